@@ -1,0 +1,10 @@
+# Sourced by the project's scripts: where the cache, the virtual environment
+# and the cargo target directory live. Everything heavy stays outside the clone
+# so fresh clones (CI) reuse builds.
+RIDE_CACHE="${RIDE_CACHE:-$HOME/.cache/ride}"
+RIDE_VENV="${RIDE_VENV:-$RIDE_CACHE/venv}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$RIDE_CACHE/target}"
+export VIRTUAL_ENV="$RIDE_VENV"
+export PATH="$RIDE_VENV/bin:$HOME/.cargo/bin:$PATH"
+export LIBTORCH_USE_PYTORCH=1
+RIDE_BIN="$CARGO_TARGET_DIR/release/ride-trainer"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Idempotent set-up: Python venv with the PyPI torch wheel (libtorch for tch),
+# then a release build of the workspace against it. Safe to run repeatedly.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=env.sh
+source "$here/env.sh"
+TORCH_VERSION=2.11.0
+
+mkdir -p "$RIDE_CACHE"
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo not found; install Rust (rustup) first" >&2
+  exit 1
+fi
+if [ ! -x "$RIDE_VENV/bin/python" ]; then
+  echo "==> creating virtual environment $RIDE_VENV"
+  python3 -m venv "$RIDE_VENV"
+fi
+have=$("$RIDE_VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
+if [ "$have" != "$TORCH_VERSION" ]; then
+  echo "==> installing torch==$TORCH_VERSION into $RIDE_VENV (about a minute, ~4.6 GB)"
+  "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q "torch==$TORCH_VERSION"
+fi
+"$RIDE_VENV/bin/python" -c "import numpy" 2>/dev/null || "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q numpy
+if [ "${RIDE_SETUP_BENCH:-0}" = 1 ]; then
+  # Only the benchmarks compare against PyTorch's Swin (timm); tests do not need it.
+  "$RIDE_VENV/bin/python" -c 'import timm' 2>/dev/null || \
+    "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q timm
+fi
+cd "$here/.."
+echo "==> building (cargo target dir: $CARGO_TARGET_DIR)"
+cargo build --release --workspace --bins

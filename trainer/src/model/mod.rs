@@ -1,0 +1,7 @@
+//! The Swin Transformer backbone with RIDE's branching experts.
+
+pub mod layers;
+pub mod ride_swin;
+pub mod windows;
+
+pub use ride_swin::{ModelOutput, RideSwin, SwinSpec};
