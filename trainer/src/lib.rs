@@ -3,3 +3,13 @@
 
 pub mod data;
 pub mod model;
+pub mod config;
+pub mod eval;
+pub mod loss;
+pub mod optim;
+pub mod checkpoint;
+pub mod metrics;
+pub mod plot;
+pub mod weights;
+pub mod train;
+pub mod predict;

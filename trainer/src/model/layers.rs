@@ -359,14 +359,10 @@ pub struct NormedLinear {
 }
 
 impl NormedLinear {
-    /// `weight` ~ U(-1,1), columns renormalised (RIDE's init).
+    /// `weight` ~ trunc_normal(0.02): the reference's model-wide init
+    /// overrides NormedLinear's own uniform/renorm init.
     pub fn new(path: nn::Path, inp: i64, out: i64) -> Self {
-        let weight = path.var("weight", &[inp, out], nn::Init::Uniform { lo: -1.0, up: 1.0 });
-        tch::no_grad(|| {
-            let renormed = weight.renorm(2.0, 1, 1e-5) * 1e5;
-            let _ = weight.shallow_clone().copy_(&renormed);
-        });
-        Self { weight }
+        Self { weight: trunc_normal(&path, "weight", &[inp, out]) }
     }
 
     /// `[B, in]` → `[B, out]` cosines.

@@ -99,7 +99,7 @@ impl SwinSpec {
     /// Width of stage `i` and of its downsample output, as built.
     pub fn stage_dims(&self) -> Vec<(i64, i64)> {
         let n = self.depths.len();
-        let reduce = self.num_experts > 1 && !self.force_original_feature_dim && !self.force_no_branches;
+        let reduce = self.num_experts > 1 && !self.force_original_feature_dim;
         let base = |i: usize| self.embed_dim << i;
         let dim = |i: usize| {
             if reduce && i as i64 >= self.branching_start {
@@ -151,6 +151,9 @@ impl SwinSpec {
         if self.num_experts < 1 {
             return Err("MODEL.NUM_EXPERTS must be at least 1".into());
         }
+        if self.num_experts > 1 && !self.force_original_feature_dim && self.branching_start < 1 {
+            return Err("MODEL.BRANCHING_START must be at least 1 when expert stages run at reduced width".into());
+        }
         if self.branching_start < 0 || self.branching_start as usize > self.depths.len() {
             return Err(format!("MODEL.BRANCHING_START {} must be within 0..={}", self.branching_start, self.depths.len()));
         }
@@ -190,17 +193,21 @@ impl RideSwin {
             let down = (i + 1 < n).then_some(out);
             let path = root / "layers" / i;
             let build = |p: nn::Path| BasicLayer::new(p, dim, (r, r), depth, drops, &o, down);
+            // The reference wraps every stage in `branches` (one branch when
+            // shared); only FORCE_NO_BRANCHES keeps the plain Swin names.
             stages.push(if spec.is_branched(i) {
                 Stage::Branched((0..spec.num_experts).map(|j| build(&path / "branches" / j)).collect())
-            } else {
+            } else if spec.force_no_branches {
                 Stage::Shared(build(path))
+            } else {
+                Stage::Shared(build(&path / "branches" / 0))
             });
         }
         let num_features = dims[n - 1].0;
         let norm = super::layers::layer_norm(root / "norm", num_features);
         let heads = (0..spec.num_experts)
             .map(|j| {
-                let p = root / "heads" / j;
+                let p = if spec.force_no_branches { root / "head" } else { root / "heads" / j };
                 if spec.use_normed_linear {
                     Head::Normed(NormedLinear::new(p, num_features, spec.num_classes))
                 } else {
@@ -266,7 +273,8 @@ impl RideSwin {
         let mut out = Vec::new();
         for (i, stage) in self.stages.iter().enumerate() {
             let layers: Vec<(String, &BasicLayer)> = match stage {
-                Stage::Shared(l) => vec![(format!("layers.{i}"), l)],
+                Stage::Shared(l) if self.spec.force_no_branches => vec![(format!("layers.{i}"), l)],
+                Stage::Shared(l) => vec![(format!("layers.{i}.branches.0"), l)],
                 Stage::Branched(ls) => ls.iter().enumerate().map(|(j, l)| (format!("layers.{i}.branches.{j}"), l)).collect(),
             };
             for (prefix, l) in layers {
@@ -315,7 +323,7 @@ pub fn parameter_count(vs: &nn::VarStore) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     pub(crate) fn tiny_spec(experts: i64) -> SwinSpec {
         SwinSpec {
@@ -351,8 +359,8 @@ mod tests {
         for key in [
             "patch_embed.proj.weight",
             "patch_embed.norm.bias",
-            "layers.0.blocks.1.attn.relative_position_bias_table",
-            "layers.1.downsample.reduction.weight",
+            "layers.0.branches.0.blocks.1.attn.relative_position_bias_table",
+            "layers.1.branches.0.downsample.reduction.weight",
             "layers.2.branches.1.blocks.0.attn.qkv.weight",
             "layers.2.branches.0.downsample.norm.weight",
             "layers.3.branches.1.blocks.1.mlp.fc2.bias",
@@ -362,7 +370,7 @@ mod tests {
             assert!(v.contains_key(key), "missing {key}");
         }
         // 3/4 width: stage 1 (32 wide) merges into 48, not 64.
-        assert_eq!(v["layers.1.downsample.reduction.weight"].size(), vec![48, 128]);
+        assert_eq!(v["layers.1.branches.0.downsample.reduction.weight"].size(), vec![48, 128]);
         assert_eq!(v["heads.0.weight"].size(), vec![96, 5]);
         assert!(!v.contains_key("layers.3.branches.0.downsample.norm.weight"));
     }

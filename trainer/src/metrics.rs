@@ -1,0 +1,130 @@
+//! Prometheus metrics (`ride_*`) and the HTTP endpoint that serves them.
+
+use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+
+/// The trainer's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Optimiser steps taken.
+    pub step: IntGauge,
+    /// Current epoch (0-based).
+    pub epoch: IntGauge,
+    /// Training loss of the last step.
+    pub loss: Gauge,
+    /// Learning rate of the last step.
+    pub lr: Gauge,
+    /// Training throughput.
+    pub images_per_second: Gauge,
+    /// Global gradient norm before clipping.
+    pub grad_norm: Gauge,
+    /// Latest evaluation top-1 by split (`overall`, `many`, `medium`, `few`).
+    pub eval_top1: GaugeVec,
+    /// Latest evaluation top-5.
+    pub eval_top5: Gauge,
+    /// Latest per-expert top-1.
+    pub eval_expert_top1: GaugeVec,
+    /// Samples skipped because they failed to decode.
+    pub skipped_samples: IntCounter,
+}
+
+impl Metrics {
+    /// Register all metrics in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let g = |name: &str, help: &str| {
+            let m = Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
+            registry.register(Box::new(m.clone())).expect("unique metric");
+            m
+        };
+        let ig = |name: &str, help: &str| {
+            let m = IntGauge::with_opts(Opts::new(name, help)).expect("valid metric");
+            registry.register(Box::new(m.clone())).expect("unique metric");
+            m
+        };
+        let gv = |name: &str, help: &str, label: &str| {
+            let m = GaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(m.clone())).expect("unique metric");
+            m
+        };
+        let skipped = IntCounter::with_opts(Opts::new("ride_skipped_samples_total", "Samples skipped because they could not be decoded"))
+            .expect("valid metric");
+        registry.register(Box::new(skipped.clone())).expect("unique metric");
+        Self {
+            step: ig("ride_step", "Optimiser steps taken"),
+            epoch: ig("ride_epoch", "Current epoch (0-based)"),
+            loss: g("ride_loss", "Training loss of the last iteration"),
+            lr: g("ride_learning_rate", "Learning rate of the last iteration"),
+            images_per_second: g("ride_images_per_second", "Training throughput of this process"),
+            grad_norm: g("ride_grad_norm", "Global gradient L2 norm before clipping"),
+            eval_top1: gv("ride_eval_top1_percent", "Latest evaluation top-1 accuracy by long-tail split", "split"),
+            eval_top5: g("ride_eval_top5_percent", "Latest evaluation top-5 accuracy"),
+            eval_expert_top1: gv("ride_eval_expert_top1_percent", "Latest evaluation top-1 of each expert alone", "expert"),
+            skipped_samples: skipped,
+            registry,
+        }
+    }
+
+    /// Record an evaluation report.
+    pub fn record_eval(&self, r: &crate::eval::EvalReport) {
+        self.eval_top1.with_label_values(&["overall"]).set(r.top1);
+        for (name, v) in [("many", r.many), ("medium", r.medium), ("few", r.few)] {
+            if let Some(v) = v {
+                self.eval_top1.with_label_values(&[name]).set(v);
+            }
+        }
+        self.eval_top5.set(r.top5);
+        for (e, a) in r.per_expert_top1.iter().enumerate() {
+            self.eval_expert_top1.with_label_values(&[&e.to_string()]).set(*a);
+        }
+    }
+
+    /// The Prometheus text exposition of all metrics.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Serve `/metrics` on `addr` from a background thread; returns the bound address.
+    pub fn serve(&self, addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+        let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e} (use --metrics-addr to pick another address, or 'off')"))?;
+        let bound = server.server_addr().to_ip().ok_or_else(|| anyhow::anyhow!("metrics server has no IP address"))?;
+        let me = Arc::new(self.clone());
+        std::thread::spawn(move || {
+            for req in server.incoming_requests() {
+                let body = if req.url().starts_with("/metrics") { me.render() } else { "see /metrics\n".into() };
+                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..]).expect("static header");
+                let _ = req.respond(tiny_http::Response::from_string(body).with_header(header));
+            }
+        });
+        Ok(bound)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn serves_prometheus_text_over_http() {
+        let m = Metrics::new();
+        m.step.set(42);
+        m.eval_top1.with_label_values(&["few"]).set(12.5);
+        let addr = m.serve("127.0.0.1:0").unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        assert!(body.contains("ride_step 42"), "{body}");
+        assert!(body.contains("ride_eval_top1_percent{split=\"few\"} 12.5"), "{body}");
+    }
+}

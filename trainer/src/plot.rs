@@ -1,0 +1,75 @@
+//! Per-class accuracy against training-class size, as an SVG scatter plot.
+
+use crate::data::longtail::Split;
+use crate::eval::EvalReport;
+use plotters::prelude::*;
+use std::path::Path;
+
+/// Write the plot of `report` to `path` (SVG).
+pub fn per_class_accuracy_svg(report: &EvalReport, path: &Path, title: &str) -> anyhow::Result<()> {
+    let points: Vec<(f64, f64, Split)> = report
+        .train_class_counts
+        .iter()
+        .zip(&report.per_class_top1)
+        .filter_map(|(&n, acc)| acc.map(|a| ((n.max(1)) as f64, a, Split::of(n))))
+        .collect();
+    let max_n = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.5;
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d((1f64..max_n).log_scale(), 0f64..100f64)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("training images in class (log scale)")
+        .y_desc("top-1 accuracy (%)")
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (split, color) in [(Split::Many, BLUE), (Split::Medium, GREEN), (Split::Few, RED)] {
+        let series: Vec<(f64, f64)> = points.iter().filter(|p| p.2 == split).map(|p| (p.0, p.1)).collect();
+        chart
+            .draw_series(series.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(split.name())
+            .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_one_point_per_class() {
+        let r = EvalReport {
+            samples: 30,
+            top1: 50.0,
+            top5: 90.0,
+            loss: 1.0,
+            many: Some(80.0),
+            medium: Some(50.0),
+            few: Some(20.0),
+            per_expert_top1: vec![50.0],
+            per_class_top1: vec![Some(80.0), Some(50.0), Some(20.0)],
+            train_class_counts: vec![300, 50, 5],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("plot.svg");
+        per_class_accuracy_svg(&r, &p, "test").unwrap();
+        let svg = std::fs::read_to_string(&p).unwrap();
+        assert!(svg.starts_with("<svg"));
+        assert_eq!(svg.matches("<circle").count(), 3 + 3, "3 points and 3 legend markers");
+    }
+}

@@ -1,0 +1,452 @@
+//! The training and evaluation driver: builds data, model, optimiser and
+//! criterion from a [`Config`], runs epochs with the reference's semantics,
+//! checkpoints, evaluates and reports.
+
+use crate::checkpoint::{CheckpointMeta, CheckpointStore};
+use crate::config::Config;
+use crate::data::loader::{epoch_order, BatchLoader, LoaderOptions};
+use crate::data::mixup::{mix, smooth_one_hot, MixupOptions};
+use crate::data::synthetic::{SyntheticDataset, SyntheticSpec, SyntheticSplit};
+use crate::data::transforms::Transform;
+use crate::data::{mix_seed, Dataset};
+use crate::eval::{EvalAccumulator, EvalReport};
+use crate::loss::{Criterion, LdamDrwLoss, RideLoss, RideLossOptions};
+use crate::metrics::Metrics;
+use crate::model::ride_swin::parameter_count;
+use crate::model::RideSwin;
+use crate::optim::schedule::{scale_lr, CosineSchedule};
+use crate::optim::{clip_grad_norm, AdamW};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+/// The train and test splits of the configured dataset.
+pub struct Datasets {
+    /// Training split (long-tailed).
+    pub train: Arc<dyn Dataset>,
+    /// Evaluation split.
+    pub test: Arc<dyn Dataset>,
+}
+
+/// Build the datasets named by `DATA.DATASET`.
+pub fn build_datasets(cfg: &Config) -> Result<Datasets> {
+    match cfg.data.dataset.as_str() {
+        "synthetic" => {
+            let s = &cfg.data.synthetic;
+            let spec = SyntheticSpec {
+                num_classes: s.num_classes,
+                max_per_class: s.max_per_class,
+                imbalance: s.imbalance_factor,
+                test_per_class: s.test_per_class,
+                image_size: cfg.data.img_size as usize,
+                seed: s.seed,
+            };
+            Ok(Datasets {
+                train: Arc::new(SyntheticDataset::new(spec.clone(), SyntheticSplit::Train)),
+                test: Arc::new(SyntheticDataset::new(spec, SyntheticSplit::Test)),
+            })
+        }
+        other => bail!(
+            "DATA.DATASET '{other}' cannot be read yet: this build reads only the built-in 'synthetic' dataset \
+             (ImageNet-LT list files, CIFAR-LT and image folders are planned); set DATA.DATASET: synthetic"
+        ),
+    }
+}
+
+/// Process-level options that are not part of the reference config.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Device to train on.
+    pub device: Device,
+    /// Prometheus address, or `None` for no endpoint.
+    pub metrics_addr: Option<String>,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+/// The resolved output location: `OUTPUT/MODEL.NAME/TAG` as in the reference.
+pub fn output_location(cfg: &Config) -> String {
+    let base = if cfg.output.is_empty() { "output" } else { cfg.output.as_str() };
+    format!("{}/{}/{}", base.trim_end_matches('/'), cfg.model.name, cfg.tag)
+}
+
+fn local_dir(location: &str) -> Option<PathBuf> {
+    if let Some(p) = location.strip_prefix("file://") {
+        Some(PathBuf::from(p))
+    } else if location.contains("://") {
+        None
+    } else {
+        Some(PathBuf::from(location))
+    }
+}
+
+/// Build the criterion the reference would build for this config.
+pub fn build_criterion(cfg: &Config, train_counts: &[usize]) -> Criterion {
+    let t = &cfg.train;
+    if cfg.aug.mixup > 0.0 {
+        match t.loss_type.as_str() {
+            "RIDE" => {
+                let l = &t.loss;
+                Criterion::Ride(RideLoss::new(
+                    train_counts,
+                    &RideLossOptions {
+                        max_m: l.max_m,
+                        s: l.s,
+                        base_div_temp: l.base_div_temp,
+                        base_loss_factor: l.base_loss_factor,
+                        additional_div_factor: l.additional_div_factor,
+                        reweight_factor: l.reweight_factor,
+                        reweight_epoch: (l.reweight && t.reweight_epoch >= 0).then_some(t.reweight_epoch as u64),
+                    },
+                ))
+            }
+            // The reference hard-codes max_m = 0.5 and s = 30 for LDAM.
+            "LDAM" => Criterion::LdamDrw(LdamDrwLoss::new(train_counts, 0.5, 30.0, t.reweight_epoch.max(0) as u64)),
+            _ => Criterion::SoftTarget,
+        }
+    } else if cfg.model.label_smoothing > 0.0 {
+        Criterion::LabelSmoothing(cfg.model.label_smoothing)
+    } else {
+        Criterion::CrossEntropy
+    }
+}
+
+/// Evaluate `model` on `dataset` (no augmentation).
+pub fn evaluate(model: &RideSwin, dataset: &Arc<dyn Dataset>, cfg: &Config, train_counts: &[usize], device: Device) -> EvalReport {
+    let transform = Transform::Eval { size: cfg.data.img_size as usize, center_crop: cfg.test.crop };
+    let order = epoch_order(dataset.len(), cfg.seed, 0, 0, 1, false);
+    let opts = LoaderOptions {
+        batch_size: cfg.data.batch_size,
+        workers: cfg.data.num_workers.max(1),
+        prefetch: 2,
+        drop_last: false,
+        seed: cfg.seed,
+        epoch: 0,
+    };
+    let mut acc = EvalAccumulator::new(cfg.model.num_classes as usize, cfg.model.num_experts as usize);
+    tch::no_grad(|| {
+        for batch in BatchLoader::new(dataset.clone(), transform, order, 0, opts) {
+            if batch.is_empty() {
+                continue;
+            }
+            let x = batch.image_tensor().to_device(device);
+            let y = batch.label_tensor().to_device(device);
+            let out = model.forward(&x, false);
+            acc.add(&out.mean(), &out.stacked(), &y);
+        }
+    });
+    acc.report(train_counts)
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// Final evaluation.
+    pub eval: Option<EvalReport>,
+    /// Epochs trained in this process.
+    pub epochs_run: u64,
+    /// Optimiser steps in total.
+    pub steps: u64,
+    /// Wall time of training, seconds.
+    pub train_seconds: f64,
+    /// Mean training throughput.
+    pub images_per_second: f64,
+    /// Last checkpoint written or resumed from.
+    pub checkpoint: Option<String>,
+    /// Output location.
+    pub output: String,
+    /// Trainable parameters.
+    pub parameters: i64,
+}
+
+fn progress_bar(len: u64, epoch: u64, epochs: u64, show: bool) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if !show {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
+    pb
+}
+
+/// Train (or, with `EVAL_MODE`, only evaluate) as configured.
+pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
+    let data = build_datasets(cfg)?;
+    let train_counts = data.train.class_counts();
+    let device = run.device;
+    tch::manual_seed(cfg.seed as i64);
+    let mut vs = nn::VarStore::new(device);
+    let model = RideSwin::new(&vs.root(), &cfg.swin_spec()).map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
+    let parameters = parameter_count(&vs);
+    let output = output_location(cfg);
+    let store = CheckpointStore::open(&output).with_context(|| format!("opening output {output}"))?;
+    let metrics = Metrics::new();
+    if let Some(addr) = &run.metrics_addr {
+        let bound = metrics.serve(addr)?;
+        eprintln!("metrics: http://{bound}/metrics");
+    }
+    if cfg.train.use_checkpoint {
+        eprintln!("note: TRAIN.USE_CHECKPOINT is accepted but activation checkpointing is not implemented yet; training keeps all activations");
+    }
+    if !(cfg.amp_opt_level.is_empty() || cfg.amp_opt_level == "O0") && device.is_cuda() {
+        eprintln!("note: mixed precision is not implemented yet; training in fp32");
+    }
+    if cfg.aug.auto_augment != "none" && !cfg.aug.auto_augment.is_empty() && !cfg.eval_mode {
+        eprintln!("note: AUG.AUTO_AUGMENT '{}' (RandAugment) is not implemented yet and is skipped", cfg.aug.auto_augment);
+    }
+
+    // LR scaling by global batch, as the reference does before building anything.
+    let accum = cfg.train.accumulation_steps.max(1);
+    let bs = cfg.data.batch_size;
+    let base_lr = scale_lr(cfg.train.base_lr, bs, 1, cfg.train.accumulation_steps);
+    let warmup_lr = scale_lr(cfg.train.warmup_lr, bs, 1, cfg.train.accumulation_steps);
+    let min_lr = scale_lr(cfg.train.min_lr, bs, 1, cfg.train.accumulation_steps);
+    let betas = (cfg.train.optimizer.betas[0], cfg.train.optimizer.betas[1]);
+    let mut opt = AdamW::new(&vs, cfg.train.weight_decay, cfg.train.optimizer.eps, betas);
+    let params = opt.params();
+
+    let mut start_epoch = cfg.train.start_epoch;
+    let mut micro_step = 0u64;
+    let mut next_lr = warmup_lr;
+    let mut max_accuracy = 0.0f64;
+    let mut last_checkpoint = None;
+    let mut last_eval: Option<EvalReport> = None;
+
+    // Resume: an explicit MODEL.RESUME weights file, or the newest checkpoint in the output.
+    let latest = if cfg.train.auto_resume { store.latest()? } else { None };
+    if let Some((dir, meta)) = latest {
+        let (model_t, opt_t) = store.load_tensors(&dir)?;
+        crate::weights::apply_weights(&vs, &model.buffers(), &model_t.into_iter().collect())?;
+        if !cfg.eval_mode {
+            opt.load_state(&opt_t).map_err(|e| anyhow::anyhow!("checkpoint {dir}: {e}"))?;
+            start_epoch = meta.epoch + 1;
+            micro_step = meta.micro_step;
+            next_lr = meta.next_lr;
+            max_accuracy = meta.max_accuracy;
+        }
+        last_eval = meta.eval.clone();
+        eprintln!("resumed from {output}/{dir} (epoch {}, step {})", meta.epoch, meta.step);
+        last_checkpoint = Some(format!("{output}/{dir}"));
+    } else if !cfg.model.resume.is_empty() {
+        let w = crate::weights::read_weights(std::path::Path::new(&cfg.model.resume))?;
+        crate::weights::apply_weights(&vs, &model.buffers(), &w)?;
+        eprintln!("loaded weights from {}", cfg.model.resume);
+    }
+
+    if cfg.eval_mode {
+        let report = evaluate(&model, &data.test, cfg, &train_counts, device);
+        metrics.record_eval(&report);
+        return Ok(RunSummary {
+            eval: Some(report),
+            epochs_run: 0,
+            steps: opt.steps(),
+            train_seconds: 0.0,
+            images_per_second: 0.0,
+            checkpoint: last_checkpoint,
+            output,
+            parameters,
+        });
+    }
+    if cfg.throughput_mode {
+        let ips = throughput(&model, cfg, device);
+        eprintln!("throughput: {ips:.1} images/s (batch {bs}, forward only)");
+        return Ok(RunSummary { eval: None, epochs_run: 0, steps: 0, train_seconds: 0.0, images_per_second: ips, checkpoint: None, output, parameters });
+    }
+
+    let criterion = build_criterion(cfg, &train_counts);
+    let mixup = MixupOptions {
+        mixup_alpha: cfg.aug.mixup,
+        cutmix_alpha: cfg.aug.cutmix,
+        prob: cfg.aug.mixup_prob,
+        switch_prob: cfg.aug.mixup_switch_prob,
+        label_smoothing: cfg.model.label_smoothing,
+        num_classes: cfg.model.num_classes,
+    };
+    let transform = Transform::Train { size: cfg.data.img_size as usize, erase_prob: cfg.aug.reprob as f32, flip_prob: 0.5 };
+    let per_epoch = (data.train.len() / bs) as u64;
+    if per_epoch == 0 {
+        bail!("DATA.BATCH_SIZE {bs} is larger than the training set ({} images)", data.train.len());
+    }
+    let sched = CosineSchedule {
+        base_lr,
+        warmup_lr,
+        min_lr,
+        warmup_steps: (cfg.train.warmup_epochs * per_epoch as f64) as u64,
+        total_steps: cfg.train.epochs * per_epoch,
+    };
+    eprintln!(
+        "training {} ({} parameters, {} experts) on {:?}: {} images, {} classes, {} iterations/epoch, epochs {}..{}",
+        cfg.model.name,
+        parameters,
+        cfg.model.num_experts,
+        device,
+        data.train.len(),
+        cfg.model.num_classes,
+        per_epoch,
+        start_epoch,
+        cfg.train.epochs
+    );
+    let started = Instant::now();
+    let mut images_seen = 0u64;
+    let mut epochs_run = 0;
+    for epoch in start_epoch..cfg.train.epochs {
+        // Reseed per epoch so dropout/drop-path streams are reproducible on resume.
+        tch::manual_seed(mix_seed(&[cfg.seed, 0xD0, epoch]) as i64 & i64::MAX);
+        metrics.epoch.set(epoch as i64);
+        let order = epoch_order(data.train.len(), cfg.seed, epoch, 0, 1, true);
+        let lopts = LoaderOptions { batch_size: bs, workers: cfg.data.num_workers.max(1), prefetch: 4, drop_last: true, seed: cfg.seed, epoch };
+        let loader = BatchLoader::new(data.train.clone(), transform.clone(), order, 0, lopts);
+        let pb = progress_bar(per_epoch, epoch, cfg.train.epochs, run.progress);
+        let epoch_start = Instant::now();
+        let (mut loss_sum, mut loss_n) = (0.0, 0u64);
+        opt.zero_grad();
+        for (idx, batch) in loader.enumerate() {
+            metrics.skipped_samples.inc_by(batch.skipped as u64);
+            let mut n = batch.len() as i64;
+            if mixup.active() && n % 2 == 1 {
+                n -= 1; // timm's batch mixup needs an even batch.
+            }
+            if n <= 0 {
+                continue;
+            }
+            let x = batch.image_tensor().narrow(0, 0, n).to_device(device);
+            let y = batch.label_tensor().narrow(0, 0, n).to_device(device);
+            let (x, soft) = if mixup.active() {
+                let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[cfg.seed, 0x313, epoch, idx as u64]));
+                let (xm, t, _) = mix(&x, &y, &mixup, &mut rng);
+                (xm, t)
+            } else {
+                let t = smooth_one_hot(&y, cfg.model.num_classes, 0.0);
+                (x, t)
+            };
+            let out = model.forward(&x, true);
+            let loss = criterion.loss(&out.experts, &y, &soft, epoch);
+            let loss_value = loss.double_value(&[]);
+            if !loss_value.is_finite() {
+                bail!("loss became {loss_value} at epoch {epoch} iteration {idx}; lower TRAIN.BASE_LR or check the data");
+            }
+            let t = epoch * per_epoch + idx as u64;
+            let lr_used = next_lr;
+            let grad_norm = if accum > 1 {
+                (loss / accum as f64).backward();
+                // The reference clips at every micro-step, on the partial sum.
+                let g = clip_grad_norm(&params, cfg.train.clip_grad);
+                if (idx + 1) % accum == 0 {
+                    opt.step(lr_used);
+                    opt.zero_grad();
+                    next_lr = sched.lr(t);
+                }
+                g
+            } else {
+                opt.zero_grad();
+                loss.backward();
+                let g = clip_grad_norm(&params, cfg.train.clip_grad);
+                opt.step(lr_used);
+                next_lr = sched.lr(t);
+                g
+            };
+            micro_step += 1;
+            images_seen += n as u64;
+            loss_sum += loss_value;
+            loss_n += 1;
+            let ips = images_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            metrics.step.set(opt.steps() as i64);
+            metrics.loss.set(loss_value);
+            metrics.lr.set(lr_used);
+            metrics.grad_norm.set(grad_norm);
+            metrics.images_per_second.set(ips);
+            pb.set_message(format!("loss {loss_value:.4} lr {lr_used:.2e} {ips:.0} img/s"));
+            pb.inc(1);
+            if !run.progress && cfg.print_freq > 0 && (idx as u64) % cfg.print_freq == 0 {
+                eprintln!("epoch {epoch} [{idx}/{per_epoch}] loss {loss_value:.4} lr {lr_used:.3e} grad_norm {grad_norm:.3} {ips:.0} img/s");
+            }
+        }
+        pb.finish_and_clear();
+        epochs_run += 1;
+        let last = epoch + 1 == cfg.train.epochs;
+        let mut line = format!(
+            "epoch {}/{} loss {:.4} lr {:.3e} {:.1}s",
+            epoch + 1,
+            cfg.train.epochs,
+            loss_sum / loss_n.max(1) as f64,
+            next_lr,
+            epoch_start.elapsed().as_secs_f64()
+        );
+        if epoch % cfg.save_freq.max(1) == 0 || last {
+            let report = evaluate(&model, &data.test, cfg, &train_counts, device);
+            metrics.record_eval(&report);
+            max_accuracy = max_accuracy.max(report.top1);
+            line.push_str(&format!(
+                " | top-1 {:.2} many {} medium {} few {}",
+                report.top1,
+                report.many.map_or("-".into(), |v| format!("{v:.1}")),
+                report.medium.map_or("-".into(), |v| format!("{v:.1}")),
+                report.few.map_or("-".into(), |v| format!("{v:.1}"))
+            ));
+            let meta = CheckpointMeta {
+                epoch,
+                step: opt.steps(),
+                micro_step,
+                next_lr,
+                max_accuracy,
+                eval: Some(report.clone()),
+                config: serde_norway::to_string(cfg).unwrap_or_default(),
+                saved_at: chrono::Utc::now().to_rfc3339(),
+            };
+            let model_tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            last_checkpoint = Some(store.save(&model_tensors, &opt.state(), &meta)?);
+            last_eval = Some(report);
+        }
+        eprintln!("{line}");
+    }
+    vs.freeze();
+    let train_seconds = started.elapsed().as_secs_f64();
+    if let (Some(report), Some(dir)) = (&last_eval, local_dir(&output)) {
+        write_eval_artifacts(report, &dir, &cfg.model.name)?;
+    }
+    Ok(RunSummary {
+        eval: last_eval,
+        epochs_run,
+        steps: opt.steps(),
+        train_seconds,
+        images_per_second: images_seen as f64 / train_seconds.max(1e-9),
+        checkpoint: last_checkpoint,
+        output,
+        parameters,
+    })
+}
+
+/// Write `eval.json` and the per-class accuracy plot into `dir`.
+pub fn write_eval_artifacts(report: &EvalReport, dir: &std::path::Path, name: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("eval.json"), serde_json::to_string_pretty(report)?)?;
+    crate::plot::per_class_accuracy_svg(report, &dir.join("per_class_accuracy.svg"), &format!("{name}: per-class top-1 vs class size"))?;
+    Ok(())
+}
+
+/// Forward-only images/s on a random batch (the reference's `--throughput`).
+pub fn throughput(model: &RideSwin, cfg: &Config, device: Device) -> f64 {
+    let s = cfg.data.img_size;
+    let bs = cfg.data.batch_size as i64;
+    let x = Tensor::randn([bs, 3, s, s], (Kind::Float, device));
+    tch::no_grad(|| {
+        for _ in 0..5 {
+            let _ = model.forward(&x, false);
+        }
+        let t = Instant::now();
+        let iters = 10;
+        for _ in 0..iters {
+            let _ = model.forward(&x, false).mean().sum(Kind::Float).double_value(&[]);
+        }
+        (bs * iters) as f64 / t.elapsed().as_secs_f64()
+    })
+}
