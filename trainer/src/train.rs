@@ -367,7 +367,7 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             pb.set_message(format!("loss {loss_value:.4} lr {lr_used:.2e} {ips:.0} img/s"));
             pb.inc(1);
             if !run.progress && cfg.print_freq > 0 && (idx as u64) % cfg.print_freq == 0 {
-                eprintln!("epoch {epoch} [{idx}/{per_epoch}] loss {loss_value:.4} lr {lr_used:.3e} grad_norm {grad_norm:.3} {ips:.0} img/s");
+                eprintln!("epoch {} [{idx}/{per_epoch}] loss {loss_value:.4} lr {lr_used:.3e} grad_norm {grad_norm:.3} {ips:.0} img/s", epoch + 1);
             }
         }
         pb.finish_and_clear();

@@ -304,8 +304,9 @@ impl RideSwin {
                 Stage::Branched(ls) => ls.iter().map(|l| l.flops()).sum(),
             };
         }
-        let last_res = res >> (s.depths.len() - 1);
-        f += s.num_experts * (self.num_features * last_res * last_res + self.num_features * s.num_classes);
+        // The reference divides by 2^num_layers (not squared) and counts one head.
+        f += self.num_features * res * res / (1i64 << s.depths.len());
+        f += self.num_features * s.num_classes;
         f
     }
 
