@@ -78,6 +78,8 @@ pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>, WeightsErro
 /// dict (`buffers`) are optional but, when present, must equal ours.
 pub fn apply_weights(vs: &nn::VarStore, buffers: &[(String, Tensor)], weights: &BTreeMap<String, Tensor>) -> Result<usize, WeightsError> {
     let vars = vs.variables();
+    let mut vars: Vec<(String, Tensor)> = vars.into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     let mut missing = Vec::new();
     let mut shape_errors = Vec::new();
     let mut buffer_errors = Vec::new();
@@ -101,7 +103,7 @@ pub fn apply_weights(vs: &nn::VarStore, buffers: &[(String, Tensor)], weights: &
     }
     let unexpected: Vec<&String> = weights
         .keys()
-        .filter(|k| !vars.contains_key(*k) && !buffers.iter().any(|(b, _)| b == *k))
+        .filter(|k| !vars.iter().any(|(n, _)| n == *k) && !buffers.iter().any(|(b, _)| b == *k))
         .collect();
     if !(missing.is_empty() && shape_errors.is_empty() && unexpected.is_empty() && buffer_errors.is_empty()) {
         let mut msg = String::new();
@@ -120,7 +122,7 @@ pub fn apply_weights(vs: &nn::VarStore, buffers: &[(String, Tensor)], weights: &
     }
     tch::no_grad(|| {
         for (name, var) in &vars {
-            let w = &weights[name];
+            let w = &weights[name.as_str()];
             let _ = var.shallow_clone().copy_(&w.to_kind(var.kind()).to_device(var.device()));
         }
     });

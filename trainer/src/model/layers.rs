@@ -291,10 +291,11 @@ impl PatchMerging {
         self.reduction.forward(&self.norm.forward(&cat))
     }
 
-    /// Multiply-accumulates per image.
+    /// Multiply-accumulates per image. Like the reference, this counts the
+    /// reduction as 4C→2C even where RIDE narrows it to 3/2·C.
     pub fn flops(&self) -> i64 {
         let (h, w) = self.resolution;
-        h * w * self.dim + (h / 2) * (w / 2) * 4 * self.dim * self.out_dim
+        h * w * self.dim + (h / 2) * (w / 2) * 4 * self.dim * 2 * self.dim
     }
 }
 

@@ -192,8 +192,8 @@ mod tests {
     fn adamw_matches_formula_by_hand() {
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
-        let w = root.var("lin.weight", &[1, 1], nn::Init::Const(1.0));
-        let bias = root.var("lin.bias", &[1], nn::Init::Const(1.0));
+        let w = (&root / "lin").var("weight", &[1, 1], nn::Init::Const(1.0));
+        let bias = (&root / "lin").var("bias", &[1], nn::Init::Const(1.0));
         let mut opt = AdamW::new(&vs, 0.5, 1e-8, (0.9, 0.999));
         assert_eq!(opt.no_decay_count(), 1);
         // loss = 2w + 3b: g_w = 2, g_b = 3. Step 1: m̂ = g, v̂ = g², update = lr·g/(|g|+eps) ≈ lr.
