@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tch::Tensor;
 
+/// Tensors by name, as stored in a safetensors file.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
 /// What a checkpoint records besides tensors.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CheckpointMeta {
@@ -40,7 +43,10 @@ pub struct CheckpointStore {
 fn tensors_to_bytes(tensors: &[(String, Tensor)]) -> anyhow::Result<Vec<u8>> {
     let dir = tempfile::tempdir()?;
     let p = dir.path().join("t.safetensors");
-    let refs: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu))).collect();
+    let refs: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu)))
+        .collect();
     Tensor::write_safetensors(&refs, &p)?;
     Ok(std::fs::read(&p)?)
 }
@@ -55,18 +61,32 @@ fn bytes_to_tensors(bytes: &[u8]) -> anyhow::Result<Vec<(String, Tensor)>> {
 impl CheckpointStore {
     /// Open `uri`; a plain path is a local directory (created if needed).
     pub fn open(uri: &str) -> anyhow::Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let (store, prefix): (Arc<dyn ObjectStore>, StorePath) = if uri.contains("://") {
             let url = url_parse(uri)?;
-            let (s, p) = object_store::parse_url(&url)
-                .map_err(|e| anyhow::anyhow!("checkpoint URI {uri}: {e} (supported here: file://, or a plain path)"))?;
+            let (s, p) = object_store::parse_url(&url).map_err(|e| {
+                anyhow::anyhow!(
+                    "checkpoint URI {uri}: {e} (supported here: file://, or a plain path)"
+                )
+            })?;
             (Arc::from(s), p)
         } else {
-            std::fs::create_dir_all(uri).map_err(|e| anyhow::anyhow!("cannot create output directory {uri}: {e}"))?;
+            std::fs::create_dir_all(uri)
+                .map_err(|e| anyhow::anyhow!("cannot create output directory {uri}: {e}"))?;
             let abs = std::fs::canonicalize(uri)?;
-            (Arc::new(object_store::local::LocalFileSystem::new_with_prefix(abs)?), StorePath::default())
+            (
+                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(abs)?),
+                StorePath::default(),
+            )
         };
-        Ok(Self { store, prefix, uri: uri.to_string(), rt })
+        Ok(Self {
+            store,
+            prefix,
+            uri: uri.to_string(),
+            rt,
+        })
     }
 
     fn key(&self, parts: &[&str]) -> StorePath {
@@ -78,15 +98,35 @@ impl CheckpointStore {
     }
 
     /// Save a checkpoint for `meta.epoch`; returns its location.
-    pub fn save(&self, model: &[(String, Tensor)], optimizer: &[(String, Tensor)], meta: &CheckpointMeta) -> anyhow::Result<String> {
+    pub fn save(
+        &self,
+        model: &[(String, Tensor)],
+        optimizer: &[(String, Tensor)],
+        meta: &CheckpointMeta,
+    ) -> anyhow::Result<String> {
         let dir = format!("ckpt_epoch_{}", meta.epoch);
         let model_bytes = tensors_to_bytes(model)?;
         let opt_bytes = tensors_to_bytes(optimizer)?;
         let meta_bytes = serde_json::to_vec_pretty(meta)?;
         self.rt.block_on(async {
-            self.store.put(&self.key(&[&dir, "model.safetensors"]), PutPayload::from(model_bytes)).await?;
-            self.store.put(&self.key(&[&dir, "optimizer.safetensors"]), PutPayload::from(opt_bytes)).await?;
-            self.store.put(&self.key(&[&dir, "meta.json"]), PutPayload::from(meta_bytes)).await?;
+            self.store
+                .put(
+                    &self.key(&[&dir, "model.safetensors"]),
+                    PutPayload::from(model_bytes),
+                )
+                .await?;
+            self.store
+                .put(
+                    &self.key(&[&dir, "optimizer.safetensors"]),
+                    PutPayload::from(opt_bytes),
+                )
+                .await?;
+            self.store
+                .put(
+                    &self.key(&[&dir, "meta.json"]),
+                    PutPayload::from(meta_bytes),
+                )
+                .await?;
             Ok::<_, object_store::Error>(())
         })?;
         Ok(format!("{}/{dir}", self.uri.trim_end_matches('/')))
@@ -95,8 +135,9 @@ impl CheckpointStore {
     /// The newest complete checkpoint (highest epoch with a `meta.json`).
     pub fn latest(&self) -> anyhow::Result<Option<(String, CheckpointMeta)>> {
         use futures::TryStreamExt;
-        let entries: Vec<object_store::ObjectMeta> =
-            self.rt.block_on(async { self.store.list(Some(&self.prefix)).try_collect().await })?;
+        let entries: Vec<object_store::ObjectMeta> = self
+            .rt
+            .block_on(async { self.store.list(Some(&self.prefix)).try_collect().await })?;
         let mut best: Option<(u64, String)> = None;
         for e in entries {
             let parts: Vec<String> = e.location.parts().map(|p| p.as_ref().to_string()).collect();
@@ -104,13 +145,18 @@ impl CheckpointStore {
                 continue;
             }
             let dir = &parts[parts.len() - 2];
-            if let Some(n) = dir.strip_prefix("ckpt_epoch_").and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(n) = dir
+                .strip_prefix("ckpt_epoch_")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 if best.as_ref().is_none_or(|(b, _)| n > *b) {
                     best = Some((n, dir.clone()));
                 }
             }
         }
-        let Some((_, dir)) = best else { return Ok(None) };
+        let Some((_, dir)) = best else {
+            return Ok(None);
+        };
         let bytes = self.read(&dir, "meta.json")?;
         let meta: CheckpointMeta = serde_json::from_slice(&bytes)?;
         Ok(Some((dir, meta)))
@@ -118,13 +164,18 @@ impl CheckpointStore {
 
     fn read(&self, dir: &str, name: &str) -> anyhow::Result<Vec<u8>> {
         let key = self.key(&[dir, name]);
-        let bytes = self.rt.block_on(async { self.store.get(&key).await?.bytes().await })?;
+        let bytes = self
+            .rt
+            .block_on(async { self.store.get(&key).await?.bytes().await })?;
         Ok(bytes.to_vec())
     }
 
     /// Read the model and optimizer tensors of checkpoint `dir`.
-    pub fn load_tensors(&self, dir: &str) -> anyhow::Result<(Vec<(String, Tensor)>, Vec<(String, Tensor)>)> {
-        Ok((bytes_to_tensors(&self.read(dir, "model.safetensors")?)?, bytes_to_tensors(&self.read(dir, "optimizer.safetensors")?)?))
+    pub fn load_tensors(&self, dir: &str) -> anyhow::Result<(NamedTensors, NamedTensors)> {
+        Ok((
+            bytes_to_tensors(&self.read(dir, "model.safetensors")?)?,
+            bytes_to_tensors(&self.read(dir, "optimizer.safetensors")?)?,
+        ))
     }
 }
 
@@ -137,7 +188,16 @@ mod tests {
     use super::*;
 
     fn meta(epoch: u64) -> CheckpointMeta {
-        CheckpointMeta { epoch, step: 3, micro_step: 3, next_lr: 0.1, max_accuracy: 0.0, eval: None, config: String::new(), saved_at: String::new() }
+        CheckpointMeta {
+            epoch,
+            step: 3,
+            micro_step: 3,
+            next_lr: 0.1,
+            max_accuracy: 0.0,
+            eval: None,
+            config: String::new(),
+            saved_at: String::new(),
+        }
     }
 
     #[test]
@@ -150,7 +210,11 @@ mod tests {
         s.save(&model, &[], &meta(2)).unwrap();
         // An interrupted save of epoch 5: tensors written, meta.json never.
         std::fs::create_dir_all(dir.path().join("ckpt_epoch_5")).unwrap();
-        std::fs::write(dir.path().join("ckpt_epoch_5/model.safetensors"), b"garbage").unwrap();
+        std::fs::write(
+            dir.path().join("ckpt_epoch_5/model.safetensors"),
+            b"garbage",
+        )
+        .unwrap();
         let (d, m) = s.latest().unwrap().unwrap();
         assert_eq!((d.as_str(), m.epoch), ("ckpt_epoch_2", 2));
         let (t, _) = s.load_tensors(&d).unwrap();
@@ -162,7 +226,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uri = format!("file://{}", dir.path().display());
         let s = CheckpointStore::open(&uri).unwrap();
-        s.save(&[("w".into(), Tensor::from_slice(&[3f32]))], &[], &meta(1)).unwrap();
+        s.save(&[("w".into(), Tensor::from_slice(&[3f32]))], &[], &meta(1))
+            .unwrap();
         assert!(dir.path().join("ckpt_epoch_1/meta.json").exists());
         assert_eq!(s.latest().unwrap().unwrap().1.epoch, 1);
     }

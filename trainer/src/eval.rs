@@ -76,9 +76,16 @@ impl EvalAccumulator {
                 self.top5 += 1;
             }
         }
-        let pe = per_expert.to_kind(Kind::Float).to_device(tch::Device::Cpu).argmax(2, false);
+        let pe = per_expert
+            .to_kind(Kind::Float)
+            .to_device(tch::Device::Cpu)
+            .argmax(2, false);
         for e in 0..self.expert_top1.len() {
-            let correct = pe.select(1, e as i64).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
+            let correct = pe
+                .select(1, e as i64)
+                .eq_tensor(&labels)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
             self.expert_top1[e] += correct as u64;
         }
         let loss = logits.cross_entropy_for_logits(&labels).double_value(&[]);
@@ -104,7 +111,13 @@ impl EvalAccumulator {
 
     /// Final report; `train_counts` decides each class's split.
     pub fn report(&self, train_counts: &[usize]) -> EvalReport {
-        let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        let pct = |a: u64, b: u64| {
+            if b == 0 {
+                0.0
+            } else {
+                100.0 * a as f64 / b as f64
+            }
+        };
         // As the reference: the mean of per-class accuracies within the split.
         let split_acc = |split: Split| {
             let accs: Vec<f64> = train_counts
@@ -119,11 +132,19 @@ impl EvalAccumulator {
             samples: self.samples,
             top1: pct(self.class_top1.iter().sum(), self.samples),
             top5: pct(self.top5, self.samples),
-            loss: if self.samples == 0 { 0.0 } else { self.loss_sum / self.samples as f64 },
+            loss: if self.samples == 0 {
+                0.0
+            } else {
+                self.loss_sum / self.samples as f64
+            },
             many: split_acc(Split::Many),
             medium: split_acc(Split::Medium),
             few: split_acc(Split::Few),
-            per_expert_top1: self.expert_top1.iter().map(|&c| pct(c, self.samples)).collect(),
+            per_expert_top1: self
+                .expert_top1
+                .iter()
+                .map(|&c| pct(c, self.samples))
+                .collect(),
             per_class_top1: self
                 .class_total
                 .iter()
@@ -143,13 +164,22 @@ impl EvalReport {
     /// A fixed-width table for the terminal.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let classes_in = |split: Split| self.train_class_counts.iter().filter(|&&n| Split::of(n) == split).count();
+        let classes_in = |split: Split| {
+            self.train_class_counts
+                .iter()
+                .filter(|&&n| Split::of(n) == split)
+                .count()
+        };
         let _ = writeln!(s, "+----------------+---------+");
         let _ = writeln!(s, "| metric         |     %   |");
         let _ = writeln!(s, "+----------------+---------+");
         let _ = writeln!(s, "| top-1 overall  | {:>7.2} |", self.top1);
         let _ = writeln!(s, "| top-5 overall  | {:>7.2} |", self.top5);
-        for (name, v, split) in [("many", self.many, Split::Many), ("medium", self.medium, Split::Medium), ("few", self.few, Split::Few)] {
+        for (name, v, split) in [
+            ("many", self.many, Split::Many),
+            ("medium", self.medium, Split::Medium),
+            ("few", self.few, Split::Few),
+        ] {
             let label = format!("{name} ({})", classes_in(split));
             let _ = writeln!(s, "| {label:<14} | {:>7} |", fmt_opt(v));
         }
@@ -179,7 +209,9 @@ mod tests {
         .view([4, 3]);
         let labels = Tensor::from_slice(&[0i64, 1, 2, 1]);
         // Expert 0 equals the ensemble; expert 1 always predicts class 0.
-        let e1 = Tensor::from_slice(&[1f32, 0., 0.]).view([1, 3]).repeat([4, 1]);
+        let e1 = Tensor::from_slice(&[1f32, 0., 0.])
+            .view([1, 3])
+            .repeat([4, 1]);
         let per = Tensor::stack(&[logits.shallow_clone(), e1], 1);
         acc.add(&logits, &per, &labels);
         let r = acc.report(&[150, 50, 5]);
@@ -202,6 +234,9 @@ mod tests {
         b.add(&logits, &logits.unsqueeze(1), &Tensor::from_slice(&[1i64]));
         a.merge(&b);
         let r = a.report(&[200, 10]);
-        assert_eq!((r.samples, r.top1, r.many, r.few), (2, 50.0, Some(100.0), Some(0.0)));
+        assert_eq!(
+            (r.samples, r.top1, r.many, r.few),
+            (2, 50.0, Some(100.0), Some(0.0))
+        );
     }
 }

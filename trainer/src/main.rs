@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use tch::{nn, Device};
 
 #[derive(Parser)]
-#[command(name = "ride-trainer", version, about = "RIDE long-tailed recognition on a Swin Transformer (libtorch)")]
+#[command(
+    name = "ride-trainer",
+    version,
+    about = "RIDE long-tailed recognition on a Swin Transformer (libtorch)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +28,29 @@ enum Command {
     Summary(ConfigArgs),
     /// Run inference with trained weights.
     Predict(PredictArgs),
+    /// Time training steps on random data (forward, loss, backward, AdamW).
+    BenchStep(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: i64,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Intra-op threads (0: libtorch default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args, Clone)]
@@ -121,7 +148,10 @@ fn parse_device(s: &str) -> Result<Device> {
 }
 
 fn load(c: &ConfigArgs, o: Overrides) -> Result<Config> {
-    let o = Overrides { opts: c.opts.clone(), ..o };
+    let o = Overrides {
+        opts: c.opts.clone(),
+        ..o
+    };
     Ok(load_config(c.cfg.as_deref(), &o)?)
 }
 
@@ -133,7 +163,10 @@ fn print_summary(s: &RunSummary) {
     println!("epochs run   {}", s.epochs_run);
     println!("steps        {}", s.steps);
     if s.train_seconds > 0.0 {
-        println!("train time   {:.1}s ({:.1} img/s)", s.train_seconds, s.images_per_second);
+        println!(
+            "train time   {:.1}s ({:.1} img/s)",
+            s.train_seconds, s.images_per_second
+        );
     }
     if let Some(c) = &s.checkpoint {
         println!("checkpoint   {c}");
@@ -158,9 +191,17 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         ..Default::default()
     };
     let cfg = load(&a.config, o)?;
-    let metrics_addr = (a.metrics_addr != "off" && !a.metrics_addr.is_empty()).then(|| a.metrics_addr.clone());
+    let metrics_addr =
+        (a.metrics_addr != "off" && !a.metrics_addr.is_empty()).then(|| a.metrics_addr.clone());
     let progress = !a.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let summary = run(&cfg, &RunOptions { device: parse_device(&a.device)?, metrics_addr, progress })?;
+    let summary = run(
+        &cfg,
+        &RunOptions {
+            device: parse_device(&a.device)?,
+            metrics_addr,
+            progress,
+        },
+    )?;
     print_summary(&summary);
     if let Some(e) = &summary.eval {
         if a.json {
@@ -168,7 +209,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         }
         if !summary.output.contains("://") || summary.output.starts_with("file://") {
             let dir = summary.output.trim_start_matches("file://");
-            ride_trainer::train::write_eval_artifacts(e, std::path::Path::new(dir), &cfg.model.name)?;
+            ride_trainer::train::write_eval_artifacts(
+                e,
+                std::path::Path::new(dir),
+                &cfg.model.name,
+            )?;
             println!("eval json    {dir}/eval.json");
             println!("plot         {dir}/per_class_accuracy.svg");
         }
@@ -179,7 +224,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 fn cmd_summary(c: ConfigArgs) -> Result<()> {
     let cfg = load(&c, Overrides::default())?;
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = RideSwin::new(&vs.root(), &cfg.swin_spec()).map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
+    let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
+        .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
     println!("model        {}", cfg.model.name);
     println!("experts      {}", cfg.model.num_experts);
     println!("parameters   {}", parameter_count(&vs));
@@ -188,11 +234,28 @@ fn cmd_summary(c: ConfigArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_bench(b: BenchArgs) -> Result<()> {
+    let cfg = load(&b.config, Overrides::default())?;
+    if b.threads > 0 {
+        tch::set_num_threads(b.threads);
+    }
+    let t = ride_trainer::bench::time_training_steps(
+        &cfg,
+        parse_device(&b.device)?,
+        b.batch_size,
+        b.warmup,
+        b.steps,
+    )?;
+    println!("{}", serde_json::to_string(&t)?);
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => cmd_train(a),
         Command::Summary(c) => cmd_summary(c),
+        Command::BenchStep(b) => cmd_bench(b),
         Command::Predict(p) => ride_trainer::predict::run(
             &p.config.cfg,
             &p.config.opts,

@@ -35,32 +35,54 @@ impl Metrics {
         let registry = Registry::new();
         let g = |name: &str, help: &str| {
             let m = Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
-            registry.register(Box::new(m.clone())).expect("unique metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
             m
         };
         let ig = |name: &str, help: &str| {
             let m = IntGauge::with_opts(Opts::new(name, help)).expect("valid metric");
-            registry.register(Box::new(m.clone())).expect("unique metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
             m
         };
         let gv = |name: &str, help: &str, label: &str| {
             let m = GaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-            registry.register(Box::new(m.clone())).expect("unique metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
             m
         };
-        let skipped = IntCounter::with_opts(Opts::new("ride_skipped_samples_total", "Samples skipped because they could not be decoded"))
-            .expect("valid metric");
-        registry.register(Box::new(skipped.clone())).expect("unique metric");
+        let skipped = IntCounter::with_opts(Opts::new(
+            "ride_skipped_samples_total",
+            "Samples skipped because they could not be decoded",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(skipped.clone()))
+            .expect("unique metric");
         Self {
             step: ig("ride_step", "Optimiser steps taken"),
             epoch: ig("ride_epoch", "Current epoch (0-based)"),
             loss: g("ride_loss", "Training loss of the last iteration"),
             lr: g("ride_learning_rate", "Learning rate of the last iteration"),
-            images_per_second: g("ride_images_per_second", "Training throughput of this process"),
+            images_per_second: g(
+                "ride_images_per_second",
+                "Training throughput of this process",
+            ),
             grad_norm: g("ride_grad_norm", "Global gradient L2 norm before clipping"),
-            eval_top1: gv("ride_eval_top1_percent", "Latest evaluation top-1 accuracy by long-tail split", "split"),
+            eval_top1: gv(
+                "ride_eval_top1_percent",
+                "Latest evaluation top-1 accuracy by long-tail split",
+                "split",
+            ),
             eval_top5: g("ride_eval_top5_percent", "Latest evaluation top-5 accuracy"),
-            eval_expert_top1: gv("ride_eval_expert_top1_percent", "Latest evaluation top-1 of each expert alone", "expert"),
+            eval_expert_top1: gv(
+                "ride_eval_expert_top1_percent",
+                "Latest evaluation top-1 of each expert alone",
+                "expert",
+            ),
             skipped_samples: skipped,
             registry,
         }
@@ -76,7 +98,9 @@ impl Metrics {
         }
         self.eval_top5.set(r.top5);
         for (e, a) in r.per_expert_top1.iter().enumerate() {
-            self.eval_expert_top1.with_label_values(&[&e.to_string()]).set(*a);
+            self.eval_expert_top1
+                .with_label_values(&[&e.to_string()])
+                .set(*a);
         }
     }
 
@@ -90,12 +114,23 @@ impl Metrics {
     /// Serve `/metrics` on `addr` from a background thread; returns the bound address.
     pub fn serve(&self, addr: &str) -> anyhow::Result<std::net::SocketAddr> {
         let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e} (use --metrics-addr to pick another address, or 'off')"))?;
-        let bound = server.server_addr().to_ip().ok_or_else(|| anyhow::anyhow!("metrics server has no IP address"))?;
+        let bound = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| anyhow::anyhow!("metrics server has no IP address"))?;
         let me = Arc::new(self.clone());
         std::thread::spawn(move || {
             for req in server.incoming_requests() {
-                let body = if req.url().starts_with("/metrics") { me.render() } else { "see /metrics\n".into() };
-                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..]).expect("static header");
+                let body = if req.url().starts_with("/metrics") {
+                    me.render()
+                } else {
+                    "see /metrics\n".into()
+                };
+                let header = tiny_http::Header::from_bytes(
+                    &b"Content-Type"[..],
+                    &b"text/plain; version=0.0.4"[..],
+                )
+                .expect("static header");
                 let _ = req.respond(tiny_http::Response::from_string(body).with_header(header));
             }
         });
@@ -125,6 +160,9 @@ mod tests {
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
         assert!(body.contains("ride_step 42"), "{body}");
-        assert!(body.contains("ride_eval_top1_percent{split=\"few\"} 12.5"), "{body}");
+        assert!(
+            body.contains("ride_eval_top1_percent{split=\"few\"} 12.5"),
+            "{body}"
+        );
     }
 }

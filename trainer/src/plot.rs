@@ -29,10 +29,22 @@ pub fn per_class_accuracy_svg(report: &EvalReport, path: &Path, title: &str) -> 
         .y_desc("top-1 accuracy (%)")
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (split, color) in [(Split::Many, BLUE), (Split::Medium, GREEN), (Split::Few, RED)] {
-        let series: Vec<(f64, f64)> = points.iter().filter(|p| p.2 == split).map(|p| (p.0, p.1)).collect();
+    for (split, color) in [
+        (Split::Many, BLUE),
+        (Split::Medium, GREEN),
+        (Split::Few, RED),
+    ] {
+        let series: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|p| p.2 == split)
+            .map(|p| (p.0, p.1))
+            .collect();
         chart
-            .draw_series(series.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))
+            .draw_series(
+                series
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
+            )
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .label(split.name())
             .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
@@ -70,6 +82,10 @@ mod tests {
         per_class_accuracy_svg(&r, &p, "test").unwrap();
         let svg = std::fs::read_to_string(&p).unwrap();
         assert!(svg.starts_with("<svg"));
-        assert_eq!(svg.matches("<circle").count(), 3 + 3, "3 points and 3 legend markers");
+        assert_eq!(
+            svg.matches("<circle").count(),
+            3 + 3,
+            "3 points and 3 legend markers"
+        );
     }
 }

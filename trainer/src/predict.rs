@@ -12,8 +12,14 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// Decode an image file into RGB (grayscale and alpha are converted).
 pub fn read_image(path: &Path) -> Result<RgbImage> {
-    let img = image::open(path).with_context(|| format!("cannot decode {}", path.display()))?.to_rgb8();
-    Ok(RgbImage { width: img.width() as usize, height: img.height() as usize, pixels: img.into_raw() })
+    let img = image::open(path)
+        .with_context(|| format!("cannot decode {}", path.display()))?
+        .to_rgb8();
+    Ok(RgbImage {
+        width: img.width() as usize,
+        height: img.height() as usize,
+        pixels: img.into_raw(),
+    })
 }
 
 /// Run `ride-trainer predict`.
@@ -28,15 +34,27 @@ pub fn run(
     topk: i64,
     device: Device,
 ) -> Result<()> {
-    let cfg = load_config(cfg_path.as_deref(), &Overrides { opts: opts.to_vec(), ..Default::default() })?;
+    let cfg = load_config(
+        cfg_path.as_deref(),
+        &Overrides {
+            opts: opts.to_vec(),
+            ..Default::default()
+        },
+    )?;
     let vs = nn::VarStore::new(device);
-    let model = RideSwin::new(&vs.root(), &cfg.swin_spec()).map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
+    let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
+        .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
     let w = crate::weights::read_weights(weights)?;
     crate::weights::apply_weights(&vs, &model.buffers(), &w)?;
     if let Some(input) = input_tensor {
-        let tensors = Tensor::read_safetensors(input).with_context(|| format!("reading {}", input.display()))?;
+        let tensors = Tensor::read_safetensors(input)
+            .with_context(|| format!("reading {}", input.display()))?;
         if tensors.len() != 1 {
-            bail!("{} must hold exactly one tensor, found {}", input.display(), tensors.len());
+            bail!(
+                "{} must hold exactly one tensor, found {}",
+                input.display(),
+                tensors.len()
+            );
         }
         let x = tensors[0].1.to_kind(Kind::Float).to_device(device);
         if x.dim() != 4 || x.size()[1] != 3 {
@@ -50,11 +68,19 @@ pub fn run(
         eprintln!("wrote {}", dest.display());
         return Ok(());
     }
-    let Some(list) = images else { bail!("give --images LIST or --input-tensor X.safetensors") };
-    let text = std::fs::read_to_string(list).with_context(|| format!("reading {}", list.display()))?;
-    let transform = Transform::Eval { size: cfg.data.img_size as usize, center_crop: cfg.test.crop };
+    let Some(list) = images else {
+        bail!("give --images LIST or --input-tensor X.safetensors")
+    };
+    let text =
+        std::fs::read_to_string(list).with_context(|| format!("reading {}", list.display()))?;
+    let transform = Transform::Eval {
+        size: cfg.data.img_size as usize,
+        center_crop: cfg.test.crop,
+    };
     let mut sink: Box<dyn Write> = match output {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        Some(p) => {
+            Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
         None => Box::new(std::io::stdout()),
     };
     let size = cfg.data.img_size;
@@ -63,19 +89,29 @@ pub fn run(
         let img = match read_image(Path::new(line)) {
             Ok(i) => i,
             Err(e) => {
-                writeln!(sink, "{}", serde_json::json!({"path": line, "error": format!("{e:#}")}))?;
+                writeln!(
+                    sink,
+                    "{}",
+                    serde_json::json!({"path": line, "error": format!("{e:#}")})
+                )?;
                 continue;
             }
         };
         let mut buf = vec![0f32; (3 * size * size) as usize];
         transform.apply(&img, &mut rng, &mut buf);
-        let x = Tensor::from_slice(&buf).view([1, 3, size, size]).to_device(device);
+        let x = Tensor::from_slice(&buf)
+            .view([1, 3, size, size])
+            .to_device(device);
         let out = tch::no_grad(|| model.forward(&x, false));
         let probs = out.mean().softmax(-1, Kind::Float).to_device(Device::Cpu);
         let (p, c) = probs.topk(topk.min(cfg.model.num_classes), -1, true, true);
         let classes: Vec<i64> = Vec::try_from(c.view([-1]))?;
         let scores: Vec<f32> = Vec::try_from(p.view([-1]))?;
-        writeln!(sink, "{}", serde_json::json!({"path": line, "classes": classes, "scores": scores}))?;
+        writeln!(
+            sink,
+            "{}",
+            serde_json::json!({"path": line, "classes": classes, "scores": scores})
+        )?;
     }
     Ok(())
 }

@@ -71,8 +71,17 @@ pub struct RunOptions {
 
 /// The resolved output location: `OUTPUT/MODEL.NAME/TAG` as in the reference.
 pub fn output_location(cfg: &Config) -> String {
-    let base = if cfg.output.is_empty() { "output" } else { cfg.output.as_str() };
-    format!("{}/{}/{}", base.trim_end_matches('/'), cfg.model.name, cfg.tag)
+    let base = if cfg.output.is_empty() {
+        "output"
+    } else {
+        cfg.output.as_str()
+    };
+    format!(
+        "{}/{}/{}",
+        base.trim_end_matches('/'),
+        cfg.model.name,
+        cfg.tag
+    )
 }
 
 fn local_dir(location: &str) -> Option<PathBuf> {
@@ -101,12 +110,18 @@ pub fn build_criterion(cfg: &Config, train_counts: &[usize]) -> Criterion {
                         base_loss_factor: l.base_loss_factor,
                         additional_div_factor: l.additional_div_factor,
                         reweight_factor: l.reweight_factor,
-                        reweight_epoch: (l.reweight && t.reweight_epoch >= 0).then_some(t.reweight_epoch as u64),
+                        reweight_epoch: (l.reweight && t.reweight_epoch >= 0)
+                            .then_some(t.reweight_epoch as u64),
                     },
                 ))
             }
             // The reference hard-codes max_m = 0.5 and s = 30 for LDAM.
-            "LDAM" => Criterion::LdamDrw(LdamDrwLoss::new(train_counts, 0.5, 30.0, t.reweight_epoch.max(0) as u64)),
+            "LDAM" => Criterion::LdamDrw(LdamDrwLoss::new(
+                train_counts,
+                0.5,
+                30.0,
+                t.reweight_epoch.max(0) as u64,
+            )),
             _ => Criterion::SoftTarget,
         }
     } else if cfg.model.label_smoothing > 0.0 {
@@ -117,8 +132,17 @@ pub fn build_criterion(cfg: &Config, train_counts: &[usize]) -> Criterion {
 }
 
 /// Evaluate `model` on `dataset` (no augmentation).
-pub fn evaluate(model: &RideSwin, dataset: &Arc<dyn Dataset>, cfg: &Config, train_counts: &[usize], device: Device) -> EvalReport {
-    let transform = Transform::Eval { size: cfg.data.img_size as usize, center_crop: cfg.test.crop };
+pub fn evaluate(
+    model: &RideSwin,
+    dataset: &Arc<dyn Dataset>,
+    cfg: &Config,
+    train_counts: &[usize],
+    device: Device,
+) -> EvalReport {
+    let transform = Transform::Eval {
+        size: cfg.data.img_size as usize,
+        center_crop: cfg.test.crop,
+    };
     let order = epoch_order(dataset.len(), cfg.seed, 0, 0, 1, false);
     let opts = LoaderOptions {
         batch_size: cfg.data.batch_size,
@@ -128,7 +152,10 @@ pub fn evaluate(model: &RideSwin, dataset: &Arc<dyn Dataset>, cfg: &Config, trai
         seed: cfg.seed,
         epoch: 0,
     };
-    let mut acc = EvalAccumulator::new(cfg.model.num_classes as usize, cfg.model.num_experts as usize);
+    let mut acc = EvalAccumulator::new(
+        cfg.model.num_classes as usize,
+        cfg.model.num_experts as usize,
+    );
     tch::no_grad(|| {
         for batch in BatchLoader::new(dataset.clone(), transform, order, 0, opts) {
             if batch.is_empty() {
@@ -185,10 +212,12 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
     let device = run.device;
     tch::manual_seed(cfg.seed as i64);
     let mut vs = nn::VarStore::new(device);
-    let model = RideSwin::new(&vs.root(), &cfg.swin_spec()).map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
+    let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
+        .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
     let parameters = parameter_count(&vs);
     let output = output_location(cfg);
-    let store = CheckpointStore::open(&output).with_context(|| format!("opening output {output}"))?;
+    let store =
+        CheckpointStore::open(&output).with_context(|| format!("opening output {output}"))?;
     let metrics = Metrics::new();
     if let Some(addr) = &run.metrics_addr {
         let bound = metrics.serve(addr)?;
@@ -201,7 +230,10 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         eprintln!("note: mixed precision is not implemented yet; training in fp32");
     }
     if cfg.aug.auto_augment != "none" && !cfg.aug.auto_augment.is_empty() && !cfg.eval_mode {
-        eprintln!("note: AUG.AUTO_AUGMENT '{}' (RandAugment) is not implemented yet and is skipped", cfg.aug.auto_augment);
+        eprintln!(
+            "note: AUG.AUTO_AUGMENT '{}' (RandAugment) is not implemented yet and is skipped",
+            cfg.aug.auto_augment
+        );
     }
 
     // LR scaling by global batch, as the reference does before building anything.
@@ -222,19 +254,27 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
     let mut last_eval: Option<EvalReport> = None;
 
     // Resume: an explicit MODEL.RESUME weights file, or the newest checkpoint in the output.
-    let latest = if cfg.train.auto_resume { store.latest()? } else { None };
+    let latest = if cfg.train.auto_resume {
+        store.latest()?
+    } else {
+        None
+    };
     if let Some((dir, meta)) = latest {
         let (model_t, opt_t) = store.load_tensors(&dir)?;
         crate::weights::apply_weights(&vs, &model.buffers(), &model_t.into_iter().collect())?;
         if !cfg.eval_mode {
-            opt.load_state(&opt_t).map_err(|e| anyhow::anyhow!("checkpoint {dir}: {e}"))?;
+            opt.load_state(&opt_t)
+                .map_err(|e| anyhow::anyhow!("checkpoint {dir}: {e}"))?;
             start_epoch = meta.epoch + 1;
             micro_step = meta.micro_step;
             next_lr = meta.next_lr;
             max_accuracy = meta.max_accuracy;
         }
         last_eval = meta.eval.clone();
-        eprintln!("resumed from {output}/{dir} (epoch {}, step {})", meta.epoch, meta.step);
+        eprintln!(
+            "resumed from {output}/{dir} (epoch {}, step {})",
+            meta.epoch, meta.step
+        );
         last_checkpoint = Some(format!("{output}/{dir}"));
     } else if !cfg.model.resume.is_empty() {
         let w = crate::weights::read_weights(std::path::Path::new(&cfg.model.resume))?;
@@ -259,7 +299,16 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
     if cfg.throughput_mode {
         let ips = throughput(&model, cfg, device);
         eprintln!("throughput: {ips:.1} images/s (batch {bs}, forward only)");
-        return Ok(RunSummary { eval: None, epochs_run: 0, steps: 0, train_seconds: 0.0, images_per_second: ips, checkpoint: None, output, parameters });
+        return Ok(RunSummary {
+            eval: None,
+            epochs_run: 0,
+            steps: 0,
+            train_seconds: 0.0,
+            images_per_second: ips,
+            checkpoint: None,
+            output,
+            parameters,
+        });
     }
 
     let criterion = build_criterion(cfg, &train_counts);
@@ -271,10 +320,17 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         label_smoothing: cfg.model.label_smoothing,
         num_classes: cfg.model.num_classes,
     };
-    let transform = Transform::Train { size: cfg.data.img_size as usize, erase_prob: cfg.aug.reprob as f32, flip_prob: 0.5 };
+    let transform = Transform::Train {
+        size: cfg.data.img_size as usize,
+        erase_prob: cfg.aug.reprob as f32,
+        flip_prob: 0.5,
+    };
     let per_epoch = (data.train.len() / bs) as u64;
     if per_epoch == 0 {
-        bail!("DATA.BATCH_SIZE {bs} is larger than the training set ({} images)", data.train.len());
+        bail!(
+            "DATA.BATCH_SIZE {bs} is larger than the training set ({} images)",
+            data.train.len()
+        );
     }
     let sched = CosineSchedule {
         base_lr,
@@ -303,7 +359,14 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         tch::manual_seed(mix_seed(&[cfg.seed, 0xD0, epoch]) as i64 & i64::MAX);
         metrics.epoch.set(epoch as i64);
         let order = epoch_order(data.train.len(), cfg.seed, epoch, 0, 1, true);
-        let lopts = LoaderOptions { batch_size: bs, workers: cfg.data.num_workers.max(1), prefetch: 4, drop_last: true, seed: cfg.seed, epoch };
+        let lopts = LoaderOptions {
+            batch_size: bs,
+            workers: cfg.data.num_workers.max(1),
+            prefetch: 4,
+            drop_last: true,
+            seed: cfg.seed,
+            epoch,
+        };
         let loader = BatchLoader::new(data.train.clone(), transform.clone(), order, 0, lopts);
         let pb = progress_bar(per_epoch, epoch, cfg.train.epochs, run.progress);
         let epoch_start = Instant::now();
@@ -321,7 +384,8 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             let x = batch.image_tensor().narrow(0, 0, n).to_device(device);
             let y = batch.label_tensor().narrow(0, 0, n).to_device(device);
             let (x, soft) = if mixup.active() {
-                let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[cfg.seed, 0x313, epoch, idx as u64]));
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(mix_seed(&[cfg.seed, 0x313, epoch, idx as u64]));
                 let (xm, t, _) = mix(&x, &y, &mixup, &mut rng);
                 (xm, t)
             } else {
@@ -364,7 +428,9 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             metrics.lr.set(lr_used);
             metrics.grad_norm.set(grad_norm);
             metrics.images_per_second.set(ips);
-            pb.set_message(format!("loss {loss_value:.4} lr {lr_used:.2e} {ips:.0} img/s"));
+            pb.set_message(format!(
+                "loss {loss_value:.4} lr {lr_used:.2e} {ips:.0} img/s"
+            ));
             pb.inc(1);
             if !run.progress && cfg.print_freq > 0 && (idx as u64) % cfg.print_freq == 0 {
                 eprintln!("epoch {} [{idx}/{per_epoch}] loss {loss_value:.4} lr {lr_used:.3e} grad_norm {grad_norm:.3} {ips:.0} img/s", epoch + 1);
@@ -429,7 +495,11 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
 pub fn write_eval_artifacts(report: &EvalReport, dir: &std::path::Path, name: &str) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("eval.json"), serde_json::to_string_pretty(report)?)?;
-    crate::plot::per_class_accuracy_svg(report, &dir.join("per_class_accuracy.svg"), &format!("{name}: per-class top-1 vs class size"))?;
+    crate::plot::per_class_accuracy_svg(
+        report,
+        &dir.join("per_class_accuracy.svg"),
+        &format!("{name}: per-class top-1 vs class size"),
+    )?;
     Ok(())
 }
 
@@ -445,7 +515,11 @@ pub fn throughput(model: &RideSwin, cfg: &Config, device: Device) -> f64 {
         let t = Instant::now();
         let iters = 10;
         for _ in 0..iters {
-            let _ = model.forward(&x, false).mean().sum(Kind::Float).double_value(&[]);
+            let _ = model
+                .forward(&x, false)
+                .mean()
+                .sum(Kind::Float)
+                .double_value(&[]);
         }
         (bs * iters) as f64 / t.elapsed().as_secs_f64()
     })

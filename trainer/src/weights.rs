@@ -24,7 +24,10 @@ pub enum WeightsError {
 }
 
 fn read_err(path: &Path, e: impl std::fmt::Display) -> WeightsError {
-    WeightsError::Read { path: path.display().to_string(), reason: e.to_string() }
+    WeightsError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
 }
 
 fn candle_to_tch(t: &candle_core::Tensor) -> Result<Tensor, candle_core::Error> {
@@ -32,9 +35,11 @@ fn candle_to_tch(t: &candle_core::Tensor) -> Result<Tensor, candle_core::Error> 
     let flat = t.flatten_all()?;
     Ok(match t.dtype() {
         candle_core::DType::I64 | candle_core::DType::U32 | candle_core::DType::U8 => {
-            Tensor::from_slice(&flat.to_dtype(candle_core::DType::I64)?.to_vec1::<i64>()?).view(shape.as_slice())
+            Tensor::from_slice(&flat.to_dtype(candle_core::DType::I64)?.to_vec1::<i64>()?)
+                .view(shape.as_slice())
         }
-        _ => Tensor::from_slice(&flat.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?).view(shape.as_slice()),
+        _ => Tensor::from_slice(&flat.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
+            .view(shape.as_slice()),
     })
 }
 
@@ -76,7 +81,11 @@ pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>, WeightsErro
 /// Copy `weights` into the model's variables. Every parameter must be
 /// present with the right shape; buffers the reference keeps in its state
 /// dict (`buffers`) are optional but, when present, must equal ours.
-pub fn apply_weights(vs: &nn::VarStore, buffers: &[(String, Tensor)], weights: &BTreeMap<String, Tensor>) -> Result<usize, WeightsError> {
+pub fn apply_weights(
+    vs: &nn::VarStore,
+    buffers: &[(String, Tensor)],
+    weights: &BTreeMap<String, Tensor>,
+) -> Result<usize, WeightsError> {
     let vars = vs.variables();
     let mut vars: Vec<(String, Tensor)> = vars.into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -86,18 +95,27 @@ pub fn apply_weights(vs: &nn::VarStore, buffers: &[(String, Tensor)], weights: &
     for (name, var) in &vars {
         match weights.get(name) {
             None => missing.push(name.clone()),
-            Some(w) if w.size() != var.size() => {
-                shape_errors.push(format!("{name}: file {:?}, model {:?}", w.size(), var.size()))
-            }
+            Some(w) if w.size() != var.size() => shape_errors.push(format!(
+                "{name}: file {:?}, model {:?}",
+                w.size(),
+                var.size()
+            )),
             Some(_) => {}
         }
     }
     for (name, ours) in buffers {
         if let Some(theirs) = weights.get(name) {
             let same = theirs.size() == ours.size()
-                && theirs.to_kind(Kind::Double).allclose(&ours.to_device(tch::Device::Cpu).to_kind(Kind::Double), 0.0, 0.0, false);
+                && theirs.to_kind(Kind::Double).allclose(
+                    &ours.to_device(tch::Device::Cpu).to_kind(Kind::Double),
+                    0.0,
+                    0.0,
+                    false,
+                );
             if !same {
-                buffer_errors.push(format!("{name}: buffer differs from the one this architecture computes"));
+                buffer_errors.push(format!(
+                    "{name}: buffer differs from the one this architecture computes"
+                ));
             }
         }
     }
@@ -105,12 +123,21 @@ pub fn apply_weights(vs: &nn::VarStore, buffers: &[(String, Tensor)], weights: &
         .keys()
         .filter(|k| !vars.iter().any(|(n, _)| n == *k) && !buffers.iter().any(|(b, _)| b == *k))
         .collect();
-    if !(missing.is_empty() && shape_errors.is_empty() && unexpected.is_empty() && buffer_errors.is_empty()) {
+    if !(missing.is_empty()
+        && shape_errors.is_empty()
+        && unexpected.is_empty()
+        && buffer_errors.is_empty())
+    {
         let mut msg = String::new();
         let mut section = |title: &str, items: Vec<String>| {
             if !items.is_empty() {
                 let shown: Vec<String> = items.iter().take(20).cloned().collect();
-                msg.push_str(&format!("  {title} ({}): {}{}\n", items.len(), shown.join(", "), if items.len() > 20 { ", ..." } else { "" }));
+                msg.push_str(&format!(
+                    "  {title} ({}): {}{}\n",
+                    items.len(),
+                    shown.join(", "),
+                    if items.len() > 20 { ", ..." } else { "" }
+                ));
             }
         };
         section("missing keys", missing);
@@ -123,7 +150,8 @@ pub fn apply_weights(vs: &nn::VarStore, buffers: &[(String, Tensor)], weights: &
     tch::no_grad(|| {
         for (name, var) in &vars {
             let w = &weights[name.as_str()];
-            let _ = var.shallow_clone().copy_(&w.to_kind(var.kind()).to_device(var.device()));
+            var.shallow_clone()
+                .copy_(&w.to_kind(var.kind()).to_device(var.device()));
         }
     });
     Ok(vars.len())
@@ -133,7 +161,10 @@ pub fn apply_weights(vs: &nn::VarStore, buffers: &[(String, Tensor)], weights: &
 pub fn save_safetensors(vs: &nn::VarStore, path: &Path) -> Result<(), WeightsError> {
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    let refs: Vec<(&str, Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu))).collect();
+    let refs: Vec<(&str, Tensor)> = named
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu)))
+        .collect();
     Tensor::write_safetensors(&refs, path).map_err(|e| read_err(path, e))
 }
 
@@ -148,8 +179,14 @@ mod tests {
         let _a = vs.root().var("a", &[2], nn::Init::Const(0.0));
         let _b = vs.root().var("b", &[3], nn::Init::Const(0.0));
         let mut w = BTreeMap::new();
-        w.insert("a".to_string(), Tensor::zeros([4], (Kind::Float, Device::Cpu)));
-        w.insert("zzz".to_string(), Tensor::zeros([1], (Kind::Float, Device::Cpu)));
+        w.insert(
+            "a".to_string(),
+            Tensor::zeros([4], (Kind::Float, Device::Cpu)),
+        );
+        w.insert(
+            "zzz".to_string(),
+            Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+        );
         let e = apply_weights(&vs, &[], &w).unwrap_err().to_string();
         assert!(e.contains("missing keys (1): b"), "{e}");
         assert!(e.contains("unexpected keys (1): zzz"), "{e}");
@@ -172,6 +209,9 @@ mod tests {
         assert_eq!(apply_weights(&vs, &buf, &w).unwrap(), 1);
         assert_eq!(a.double_value(&[1]), 1.5);
         w.insert("idx".into(), Tensor::from_slice(&[1i64, 3]));
-        assert!(apply_weights(&vs, &buf, &w).unwrap_err().to_string().contains("idx: buffer differs"));
+        assert!(apply_weights(&vs, &buf, &w)
+            .unwrap_err()
+            .to_string()
+            .contains("idx: buffer differs"));
     }
 }

@@ -38,11 +38,21 @@ fn tiny_ride_model_memorises_a_batch() {
     let x = Tensor::randn([8, 3, 16, 16], (Kind::Float, Device::Cpu));
     let y = Tensor::from_slice(&[0i64, 1, 2, 3, 0, 1, 2, 3]);
     let soft = smooth_one_hot(&y, 4, 0.0);
-    let o = RideLossOptions { max_m: 0.5, s: 30.0, base_div_temp: 1.0, base_loss_factor: 1.0, additional_div_factor: -0.2, reweight_factor: 0.05, reweight_epoch: None };
+    let o = RideLossOptions {
+        max_m: 0.5,
+        s: 30.0,
+        base_div_temp: 1.0,
+        base_loss_factor: 1.0,
+        additional_div_factor: -0.2,
+        reweight_factor: 0.05,
+        reweight_epoch: None,
+    };
     let crit = Criterion::Ride(RideLoss::new(&[2, 2, 2, 2], &o));
     let mut opt = AdamW::new(&vs, 0.0, 1e-8, (0.9, 0.999));
     let params = opt.params();
-    let first = crit.loss(&model.forward(&x, true).experts, &y, &soft, 0).double_value(&[]);
+    let first = crit
+        .loss(&model.forward(&x, true).experts, &y, &soft, 0)
+        .double_value(&[]);
     let mut last = first;
     for _ in 0..150 {
         opt.zero_grad();

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn spec(experts: i64, normed: bool) -> SwinSpec {
@@ -45,12 +47,24 @@ fn check(weights: &str, io: &str, experts: i64, normed: bool) {
     // The reference state dict carries relative_position_index and attn_mask buffers.
     assert!(w.keys().any(|k| k.ends_with("attn_mask")));
     apply_weights(&vs, &model.buffers(), &w).unwrap();
-    let io: HashMap<String, Tensor> = Tensor::read_safetensors(fixture(io)).unwrap().into_iter().collect();
+    let io: HashMap<String, Tensor> = Tensor::read_safetensors(fixture(io))
+        .unwrap()
+        .into_iter()
+        .collect();
     let out = tch::no_grad(|| model.forward(&io["input"], false));
     let diff = (out.mean() - &io["logits"]).abs().max().double_value(&[]);
-    assert!(diff < 1e-5, "{weights}: eval logits differ from the reference by {diff}");
-    let diff = (out.stacked() - &io["per_expert"]).abs().max().double_value(&[]);
-    assert!(diff < 1e-5, "{weights}: per-expert logits differ from the reference by {diff}");
+    assert!(
+        diff < 1e-5,
+        "{weights}: eval logits differ from the reference by {diff}"
+    );
+    let diff = (out.stacked() - &io["per_expert"])
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(
+        diff < 1e-5,
+        "{weights}: per-expert logits differ from the reference by {diff}"
+    );
 }
 
 #[test]
@@ -73,6 +87,11 @@ fn wrong_architecture_lists_the_problem_keys() {
     let vs = nn::VarStore::new(Device::Cpu);
     let model = RideSwin::new(&vs.root(), &spec(3, true)).unwrap();
     let w = read_weights(&fixture("tiny_ride2.pth")).unwrap();
-    let e = apply_weights(&vs, &model.buffers(), &w).unwrap_err().to_string();
-    assert!(e.contains("missing keys") && e.contains("heads.2.weight"), "{e}");
+    let e = apply_weights(&vs, &model.buffers(), &w)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing keys") && e.contains("heads.2.weight"),
+        "{e}"
+    );
 }

@@ -10,25 +10,58 @@ fn trains_checkpoints_evaluates_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), 2, "RIDE");
     let out_root = dir.path().join("out");
-    let o = trainer(&["train", "--cfg", cfg.to_str().unwrap(), "--device", "cpu", "--output", out_root.to_str().unwrap(), "--metrics-addr", "127.0.0.1:0", "--json"]);
+    let o = trainer(&[
+        "train",
+        "--cfg",
+        cfg.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--output",
+        out_root.to_str().unwrap(),
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--json",
+    ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     let run_dir = out_root.join("tiny/default");
-    for f in ["ckpt_epoch_0/meta.json", "ckpt_epoch_1/model.safetensors", "eval.json", "per_class_accuracy.svg"] {
+    for f in [
+        "ckpt_epoch_0/meta.json",
+        "ckpt_epoch_1/model.safetensors",
+        "eval.json",
+        "per_class_accuracy.svg",
+    ] {
         assert!(run_dir.join(f).exists(), "missing {f}\n{t}");
     }
     assert!(t.contains("== run summary =="), "{t}");
     assert!(t.contains("top-1 overall"), "{t}");
-    let json_line = t.lines().find(|l| l.starts_with("{\"samples\"")).expect("JSON eval line");
+    let json_line = t
+        .lines()
+        .find(|l| l.starts_with("{\"samples\""))
+        .expect("JSON eval line");
     let v: serde_json::Value = serde_json::from_str(json_line).unwrap();
     assert_eq!(v["samples"], 24);
     assert_eq!(v["per_expert_top1"].as_array().unwrap().len(), 2);
 
     // --eval on the same output resumes the latest checkpoint and evaluates it.
-    let o = trainer(&["train", "--cfg", cfg.to_str().unwrap(), "--device", "cpu", "--output", out_root.to_str().unwrap(), "--metrics-addr", "off", "--eval"]);
+    let o = trainer(&[
+        "train",
+        "--cfg",
+        cfg.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--output",
+        out_root.to_str().unwrap(),
+        "--metrics-addr",
+        "off",
+        "--eval",
+    ]);
     let t2 = text(&o);
     assert!(o.status.success(), "{t2}");
-    assert!(t2.contains("resumed from") && t2.contains("ckpt_epoch_1"), "{t2}");
+    assert!(
+        t2.contains("resumed from") && t2.contains("ckpt_epoch_1"),
+        "{t2}"
+    );
 
     // predict on a preprocessed tensor: logits are the mean of per-expert outputs.
     let x = tch::Tensor::randn([3, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
@@ -36,9 +69,24 @@ fn trains_checkpoints_evaluates_and_reports() {
     tch::Tensor::write_safetensors(&[("images", x)], &xin).unwrap();
     let yout = dir.path().join("y.safetensors");
     let w = run_dir.join("ckpt_epoch_1/model.safetensors");
-    let o = trainer(&["predict", "--cfg", cfg.to_str().unwrap(), "--weights", w.to_str().unwrap(), "--input-tensor", xin.to_str().unwrap(), "--output", yout.to_str().unwrap(), "--device", "cpu"]);
+    let o = trainer(&[
+        "predict",
+        "--cfg",
+        cfg.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--input-tensor",
+        xin.to_str().unwrap(),
+        "--output",
+        yout.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
-    let ys: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(&yout).unwrap().into_iter().collect();
+    let ys: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(&yout)
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(ys["logits"].size(), vec![3, 6]);
     assert_eq!(ys["per_expert"].size(), vec![3, 2, 6]);
     let mean = ys["per_expert"].mean_dim([1i64].as_slice(), false, tch::Kind::Float);
@@ -51,21 +99,68 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let cfg = tiny_config(dir.path(), 2, "RIDE");
     let c = cfg.to_str().unwrap();
     let straight = dir.path().join("straight");
-    let o = trainer(&["train", "--cfg", c, "--device", "cpu", "--output", straight.to_str().unwrap(), "--metrics-addr", "off", "--opts", "TRAIN.EPOCHS", "3"]);
+    let o = trainer(&[
+        "train",
+        "--cfg",
+        c,
+        "--device",
+        "cpu",
+        "--output",
+        straight.to_str().unwrap(),
+        "--metrics-addr",
+        "off",
+        "--opts",
+        "TRAIN.EPOCHS",
+        "3",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     // Same run stopped after 2 of 3 epochs (the schedule still spans 3), then resumed.
     let split = dir.path().join("split");
     let s = split.to_str().unwrap();
-    let o = trainer(&["train", "--cfg", c, "--device", "cpu", "--output", s, "--metrics-addr", "off", "--opts", "TRAIN.EPOCHS", "3", "TRAIN.START_EPOCH", "0"]);
+    let o = trainer(&[
+        "train",
+        "--cfg",
+        c,
+        "--device",
+        "cpu",
+        "--output",
+        s,
+        "--metrics-addr",
+        "off",
+        "--opts",
+        "TRAIN.EPOCHS",
+        "3",
+        "TRAIN.START_EPOCH",
+        "0",
+    ]);
     assert!(o.status.success());
     // Remove the final checkpoint to simulate a stop after epoch index 1.
     std::fs::remove_dir_all(split.join("tiny/default/ckpt_epoch_2")).unwrap();
-    let o = trainer(&["train", "--cfg", c, "--device", "cpu", "--output", s, "--metrics-addr", "off", "--opts", "TRAIN.EPOCHS", "3"]);
+    let o = trainer(&[
+        "train",
+        "--cfg",
+        c,
+        "--device",
+        "cpu",
+        "--output",
+        s,
+        "--metrics-addr",
+        "off",
+        "--opts",
+        "TRAIN.EPOCHS",
+        "3",
+    ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("resumed from") && t.contains("ckpt_epoch_1"), "{t}");
+    assert!(
+        t.contains("resumed from") && t.contains("ckpt_epoch_1"),
+        "{t}"
+    );
     let load = |p: std::path::PathBuf| -> std::collections::BTreeMap<String, tch::Tensor> {
-        tch::Tensor::read_safetensors(p.join("tiny/default/ckpt_epoch_2/model.safetensors")).unwrap().into_iter().collect()
+        tch::Tensor::read_safetensors(p.join("tiny/default/ckpt_epoch_2/model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect()
     };
     let (a, b) = (load(straight), load(split));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
@@ -79,14 +174,35 @@ fn unknown_config_key_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.yaml");
     std::fs::write(&cfg, "TRAIN:\n  EPOCH: 3\n").unwrap();
-    let o = trainer(&["train", "--cfg", cfg.to_str().unwrap(), "--metrics-addr", "off"]);
+    let o = trainer(&[
+        "train",
+        "--cfg",
+        cfg.to_str().unwrap(),
+        "--metrics-addr",
+        "off",
+    ]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("unknown config key TRAIN.EPOCH"), "{}", text(&o));
+    assert!(
+        text(&o).contains("unknown config key TRAIN.EPOCH"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
 fn unsupported_dataset_says_what_to_do() {
-    let o = trainer(&["train", "--metrics-addr", "off", "--opts", "DATA.DATASET", "imagenet-lt"]);
+    let o = trainer(&[
+        "train",
+        "--metrics-addr",
+        "off",
+        "--opts",
+        "DATA.DATASET",
+        "imagenet-lt",
+    ]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("set DATA.DATASET: synthetic"), "{}", text(&o));
+    assert!(
+        text(&o).contains("set DATA.DATASET: synthetic"),
+        "{}",
+        text(&o)
+    );
 }

@@ -82,9 +82,19 @@ pub struct Overrides {
 }
 
 fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
-    let v: Value = serde_norway::from_str(&text).map_err(|source| ConfigError::Yaml { path: path.into(), source })?;
-    Ok(if v.is_null() { Value::Mapping(Mapping::new()) } else { v })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let v: Value = serde_norway::from_str(&text).map_err(|source| ConfigError::Yaml {
+        path: path.into(),
+        source,
+    })?;
+    Ok(if v.is_null() {
+        Value::Mapping(Mapping::new())
+    } else {
+        v
+    })
 }
 
 /// Merge `src` into `dst`; every key of `src` must exist in `dst`.
@@ -94,13 +104,28 @@ fn merge(dst: &mut Value, src: &Value, prefix: &str, origin: &str) -> Result<(),
         return Ok(());
     };
     for (k, v) in s {
-        let name = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
-        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let name = k
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{k:?}"));
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
         match d.get_mut(k) {
-            None => return Err(ConfigError::UnknownKey { key, origin: origin.into() }),
+            None => {
+                return Err(ConfigError::UnknownKey {
+                    key,
+                    origin: origin.into(),
+                })
+            }
             Some(slot) if slot.is_mapping() => {
                 if !v.is_mapping() {
-                    return Err(ConfigError::WrongType { key, message: "expected a mapping of sub-keys".into() });
+                    return Err(ConfigError::WrongType {
+                        key,
+                        message: "expected a mapping of sub-keys".into(),
+                    });
                 }
                 merge(slot, v, &key, origin)?
             }
@@ -113,11 +138,18 @@ fn merge(dst: &mut Value, src: &Value, prefix: &str, origin: &str) -> Result<(),
 /// Merge a file and, first, the files in its `BASE` list.
 fn merge_file(tree: &mut Value, path: &Path, depth: usize) -> Result<(), ConfigError> {
     if depth > 16 {
-        return Err(ConfigError::Invalid { key: "BASE".into(), message: format!("{} nests BASE files too deeply", path.display()) });
+        return Err(ConfigError::Invalid {
+            key: "BASE".into(),
+            message: format!("{} nests BASE files too deeply", path.display()),
+        });
     }
     let file = read_yaml(path)?;
     if let Some(Value::Sequence(bases)) = file.get("BASE") {
-        for b in bases.iter().filter_map(Value::as_str).filter(|b| !b.is_empty()) {
+        for b in bases
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|b| !b.is_empty())
+        {
             let base_path = path.parent().unwrap_or(Path::new(".")).join(b);
             merge_file(tree, &base_path, depth + 1)?;
         }
@@ -129,12 +161,18 @@ fn set_dotted(tree: &mut Value, key: &str, value: Value) -> Result<(), ConfigErr
     let mut cur = tree;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, p) in parts.iter().enumerate() {
-        let unknown = || ConfigError::UnknownKey { key: key.into(), origin: "--opts".into() };
+        let unknown = || ConfigError::UnknownKey {
+            key: key.into(),
+            origin: "--opts".into(),
+        };
         let map = cur.as_mapping_mut().ok_or_else(unknown)?;
         let slot = map.get_mut(*p).ok_or_else(unknown)?;
         if i + 1 == parts.len() {
             if slot.is_mapping() {
-                return Err(ConfigError::WrongType { key: key.into(), message: "is a section; set one of its keys".into() });
+                return Err(ConfigError::WrongType {
+                    key: key.into(),
+                    message: "is a section; set one of its keys".into(),
+                });
             }
             *slot = value;
             return Ok(());
@@ -148,7 +186,10 @@ fn set_dotted(tree: &mut Value, key: &str, value: Value) -> Result<(), ConfigErr
 pub fn from_tree(tree: Value) -> Result<Config, ConfigError> {
     serde_path_to_error::deserialize(tree).map_err(|e| {
         let key = e.path().to_string();
-        ConfigError::WrongType { key, message: e.into_inner().to_string() }
+        ConfigError::WrongType {
+            key,
+            message: e.into_inner().to_string(),
+        }
     })
 }
 
@@ -162,7 +203,8 @@ pub fn load_config(path: Option<&Path>, overrides: &Overrides) -> Result<Config,
         return Err(ConfigError::OddOpts);
     }
     for pair in overrides.opts.chunks(2) {
-        let value: Value = serde_norway::from_str(&pair[1]).unwrap_or_else(|_| Value::String(pair[1].clone()));
+        let value: Value =
+            serde_norway::from_str(&pair[1]).unwrap_or_else(|_| Value::String(pair[1].clone()));
         set_dotted(&mut tree, &pair[0], value)?;
     }
     let mut cfg = from_tree(tree)?;
@@ -207,7 +249,10 @@ mod tests {
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
-        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         p
     }
 
@@ -226,7 +271,9 @@ mod tests {
     fn unknown_key_is_named() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "a.yaml", "MODEL:\n  SWIN:\n    EMBED_DIMS: 3\n");
-        let e = load_config(Some(&p), &Overrides::default()).unwrap_err().to_string();
+        let e = load_config(Some(&p), &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("MODEL.SWIN.EMBED_DIMS"), "{e}");
     }
 
@@ -234,30 +281,57 @@ mod tests {
     fn wrong_type_is_named() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "a.yaml", "TRAIN:\n  EPOCHS: many\n");
-        let e = load_config(Some(&p), &Overrides::default()).unwrap_err().to_string();
+        let e = load_config(Some(&p), &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("TRAIN.EPOCHS"), "{e}");
     }
 
     #[test]
     fn base_files_then_file_then_opts_then_flags() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), "base.yaml", "TRAIN:\n  EPOCHS: 7\n  WARMUP_EPOCHS: 1\nDATA:\n  BATCH_SIZE: 4\n");
-        let p = write(d.path(), "top.yaml", "BASE: ['base.yaml']\nTRAIN:\n  EPOCHS: 9\n");
+        write(
+            d.path(),
+            "base.yaml",
+            "TRAIN:\n  EPOCHS: 7\n  WARMUP_EPOCHS: 1\nDATA:\n  BATCH_SIZE: 4\n",
+        );
+        let p = write(
+            d.path(),
+            "top.yaml",
+            "BASE: ['base.yaml']\nTRAIN:\n  EPOCHS: 9\n",
+        );
         let o = Overrides {
-            opts: vec!["TRAIN.WARMUP_EPOCHS".into(), "2".into(), "MODEL.NAME".into(), "x".into()],
+            opts: vec![
+                "TRAIN.WARMUP_EPOCHS".into(),
+                "2".into(),
+                "MODEL.NAME".into(),
+                "x".into(),
+            ],
             batch_size: Some(16),
             ..Default::default()
         };
         let c = load_config(Some(&p), &o).unwrap();
-        assert_eq!((c.train.epochs, c.train.warmup_epochs, c.data.batch_size), (9, 2.0, 16));
+        assert_eq!(
+            (c.train.epochs, c.train.warmup_epochs, c.data.batch_size),
+            (9, 2.0, 16)
+        );
         assert_eq!(c.model.name, "x");
-        let bad = Overrides { opts: vec!["TRAIN.NOPE".into(), "1".into()], ..Default::default() };
-        assert!(load_config(Some(&p), &bad).unwrap_err().to_string().contains("TRAIN.NOPE"));
+        let bad = Overrides {
+            opts: vec!["TRAIN.NOPE".into(), "1".into()],
+            ..Default::default()
+        };
+        assert!(load_config(Some(&p), &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("TRAIN.NOPE"));
     }
 
     #[test]
     fn semantic_errors_name_the_key() {
-        let o = Overrides { opts: vec!["TRAIN.LOSS_TYPE".into(), "FOCAL".into()], ..Default::default() };
+        let o = Overrides {
+            opts: vec!["TRAIN.LOSS_TYPE".into(), "FOCAL".into()],
+            ..Default::default()
+        };
         let e = load_config(None, &o).unwrap_err().to_string();
         assert!(e.contains("TRAIN.LOSS_TYPE"), "{e}");
     }

@@ -336,7 +336,13 @@ impl Default for DataConfig {
 
 impl Default for SyntheticConfig {
     fn default() -> Self {
-        Self { num_classes: 20, max_per_class: 300, imbalance_factor: 50.0, test_per_class: 40, seed: 0 }
+        Self {
+            num_classes: 20,
+            max_per_class: 300,
+            imbalance_factor: 50.0,
+            test_per_class: 40,
+            seed: 0,
+        }
     }
 }
 
@@ -426,13 +432,22 @@ impl Default for TestConfig {
 
 impl Default for LrSchedulerConfig {
     fn default() -> Self {
-        Self { name: "cosine".into(), decay_epochs: 30, decay_rate: 0.1 }
+        Self {
+            name: "cosine".into(),
+            decay_epochs: 30,
+            decay_rate: 0.1,
+        }
     }
 }
 
 impl Default for OptimizerConfig {
     fn default() -> Self {
-        Self { name: "adamw".into(), eps: 1e-8, betas: vec![0.9, 0.999], momentum: 0.9 }
+        Self {
+            name: "adamw".into(),
+            eps: 1e-8,
+            betas: vec![0.9, 0.999],
+            momentum: 0.9,
+        }
     }
 }
 
@@ -499,40 +514,89 @@ impl Config {
 
     /// Semantic checks beyond types, each naming the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, msg: String| Err(ConfigError::Invalid { key: key.into(), message: msg });
+        let bad = |key: &str, msg: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message: msg,
+            })
+        };
         if self.model.kind != "swin" {
-            return bad("MODEL.TYPE", format!("'{}' is not supported (only 'swin')", self.model.kind));
+            return bad(
+                "MODEL.TYPE",
+                format!("'{}' is not supported (only 'swin')", self.model.kind),
+            );
         }
         if !["RIDE", "LDAM", "CE"].contains(&self.train.loss_type.as_str()) {
-            return bad("TRAIN.LOSS_TYPE", format!("'{}' is not one of RIDE, LDAM, CE", self.train.loss_type));
+            return bad(
+                "TRAIN.LOSS_TYPE",
+                format!("'{}' is not one of RIDE, LDAM, CE", self.train.loss_type),
+            );
         }
         if self.train.loss_type != "CE" && self.aug.mixup <= 0.0 {
-            return bad("AUG.MIXUP", format!("LOSS_TYPE {} needs mixup soft targets (AUG.MIXUP > 0), as in the reference", self.train.loss_type));
+            return bad(
+                "AUG.MIXUP",
+                format!(
+                    "LOSS_TYPE {} needs mixup soft targets (AUG.MIXUP > 0), as in the reference",
+                    self.train.loss_type
+                ),
+            );
         }
         if self.model.force_no_branches && self.model.num_experts != 1 {
-            return bad("MODEL.FORCE_NO_BRANCHES", "requires MODEL.NUM_EXPERTS = 1".into());
+            return bad(
+                "MODEL.FORCE_NO_BRANCHES",
+                "requires MODEL.NUM_EXPERTS = 1".into(),
+            );
         }
         if self.data.batch_size == 0 {
             return bad("DATA.BATCH_SIZE", "must be positive".into());
         }
         if self.train.optimizer.betas.len() != 2 {
-            return bad("TRAIN.OPTIMIZER.BETAS", format!("needs two values, got {:?}", self.train.optimizer.betas));
+            return bad(
+                "TRAIN.OPTIMIZER.BETAS",
+                format!("needs two values, got {:?}", self.train.optimizer.betas),
+            );
         }
         if self.train.optimizer.name != "adamw" {
-            return bad("TRAIN.OPTIMIZER.NAME", format!("'{}' is not supported yet (only 'adamw')", self.train.optimizer.name));
+            return bad(
+                "TRAIN.OPTIMIZER.NAME",
+                format!(
+                    "'{}' is not supported yet (only 'adamw')",
+                    self.train.optimizer.name
+                ),
+            );
         }
         if self.train.lr_scheduler.name != "cosine" {
-            return bad("TRAIN.LR_SCHEDULER.NAME", format!("'{}' is not supported yet (only 'cosine')", self.train.lr_scheduler.name));
+            return bad(
+                "TRAIN.LR_SCHEDULER.NAME",
+                format!(
+                    "'{}' is not supported yet (only 'cosine')",
+                    self.train.lr_scheduler.name
+                ),
+            );
         }
         if self.aug.cutmix_minmax.is_some() {
-            return bad("AUG.CUTMIX_MINMAX", "is not supported yet; leave it null".into());
+            return bad(
+                "AUG.CUTMIX_MINMAX",
+                "is not supported yet; leave it null".into(),
+            );
         }
         if self.aug.mixup_mode != "batch" {
-            return bad("AUG.MIXUP_MODE", format!("'{}' is not supported yet (only 'batch')", self.aug.mixup_mode));
+            return bad(
+                "AUG.MIXUP_MODE",
+                format!(
+                    "'{}' is not supported yet (only 'batch')",
+                    self.aug.mixup_mode
+                ),
+            );
         }
         if self.data.zip_mode {
             return bad("DATA.ZIP_MODE", "zip datasets are not supported".into());
         }
-        self.swin_spec().validate().map_err(|m| ConfigError::Invalid { key: "MODEL".into(), message: m })
+        self.swin_spec()
+            .validate()
+            .map_err(|m| ConfigError::Invalid {
+                key: "MODEL".into(),
+                message: m,
+            })
     }
 }

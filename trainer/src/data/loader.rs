@@ -20,7 +20,14 @@ use std::time::Duration;
 /// `DistributedSampler` semantics: shuffle with a per-epoch seed, pad by
 /// repeating the start so every rank gets the same count, then take every
 /// `world`-th sample starting at `rank`.
-pub fn epoch_order(len: usize, seed: u64, epoch: u64, rank: usize, world: usize, shuffle: bool) -> Vec<usize> {
+pub fn epoch_order(
+    len: usize,
+    seed: u64,
+    epoch: u64,
+    rank: usize,
+    world: usize,
+    shuffle: bool,
+) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
     if shuffle {
         let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[seed, 0x5A3F, epoch]));
@@ -110,7 +117,11 @@ impl BatchLoader {
         opts: LoaderOptions,
     ) -> Self {
         let bs = opts.batch_size.max(1);
-        let num_batches = if opts.drop_last { order.len() / bs } else { order.len().div_ceil(bs) };
+        let num_batches = if opts.drop_last {
+            order.len() / bs
+        } else {
+            order.len().div_ceil(bs)
+        };
         let order = Arc::new(order);
         let (tx, rx) = sync_channel(opts.prefetch.max(1));
         let claim = Arc::new(AtomicUsize::new(start_batch));
@@ -144,7 +155,14 @@ impl BatchLoader {
                 })
             })
             .collect();
-        Self { rx: Some(rx), pending: BTreeMap::new(), next: start_batch, num_batches, consumed, workers }
+        Self {
+            rx: Some(rx),
+            pending: BTreeMap::new(),
+            next: start_batch,
+            num_batches,
+            consumed,
+            workers,
+        }
     }
 
     /// Total batches in the epoch (including any skipped by `start_batch`).
@@ -169,7 +187,8 @@ fn assemble(
         let index = order[pos];
         match dataset.image(index) {
             Ok(img) => {
-                let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[opts.seed, opts.epoch, pos as u64]));
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(mix_seed(&[opts.seed, opts.epoch, pos as u64]));
                 let start = images.len();
                 images.resize(start + per, 0.0);
                 transform.apply(&img, &mut rng, &mut images[start..]);
@@ -181,7 +200,12 @@ fn assemble(
             }
         }
     }
-    Batch { images, labels, size, skipped }
+    Batch {
+        images,
+        labels,
+        size,
+        skipped,
+    }
 }
 
 impl Iterator for BatchLoader {
@@ -220,12 +244,26 @@ mod tests {
     use crate::data::synthetic::{SyntheticDataset, SyntheticSpec, SyntheticSplit};
 
     fn dataset() -> Arc<dyn Dataset> {
-        let spec = SyntheticSpec { num_classes: 5, max_per_class: 20, imbalance: 10.0, test_per_class: 2, image_size: 16, seed: 1 };
+        let spec = SyntheticSpec {
+            num_classes: 5,
+            max_per_class: 20,
+            imbalance: 10.0,
+            test_per_class: 2,
+            image_size: 16,
+            seed: 1,
+        };
         Arc::new(SyntheticDataset::new(spec, SyntheticSplit::Train))
     }
 
     fn opts(workers: usize) -> LoaderOptions {
-        LoaderOptions { batch_size: 7, workers, prefetch: 2, drop_last: false, seed: 3, epoch: 1 }
+        LoaderOptions {
+            batch_size: 7,
+            workers,
+            prefetch: 2,
+            drop_last: false,
+            seed: 3,
+            epoch: 1,
+        }
     }
 
     #[test]
@@ -238,7 +276,10 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
-        assert_ne!(epoch_order(10, 1, 0, 0, 1, true), epoch_order(10, 1, 1, 0, 1, true));
+        assert_ne!(
+            epoch_order(10, 1, 0, 0, 1, true),
+            epoch_order(10, 1, 1, 0, 1, true)
+        );
         assert_eq!(epoch_order(5, 1, 0, 0, 1, false), vec![0, 1, 2, 3, 4]);
     }
 
@@ -246,9 +287,15 @@ mod tests {
     fn batches_do_not_depend_on_worker_count_and_resume_at_offset() {
         let ds = dataset();
         let order = epoch_order(ds.len(), 3, 1, 0, 1, true);
-        let t = Transform::Train { size: 16, erase_prob: 0.25, flip_prob: 0.5 };
-        let one: Vec<Batch> = BatchLoader::new(ds.clone(), t.clone(), order.clone(), 0, opts(1)).collect();
-        let three: Vec<Batch> = BatchLoader::new(ds.clone(), t.clone(), order.clone(), 0, opts(3)).collect();
+        let t = Transform::Train {
+            size: 16,
+            erase_prob: 0.25,
+            flip_prob: 0.5,
+        };
+        let one: Vec<Batch> =
+            BatchLoader::new(ds.clone(), t.clone(), order.clone(), 0, opts(1)).collect();
+        let three: Vec<Batch> =
+            BatchLoader::new(ds.clone(), t.clone(), order.clone(), 0, opts(3)).collect();
         assert_eq!(one.len(), ds.len().div_ceil(7));
         for (a, b) in one.iter().zip(&three) {
             assert_eq!(a.images, b.images);
@@ -263,7 +310,10 @@ mod tests {
     fn dropping_a_loader_early_stops_workers() {
         let ds = dataset();
         let order = epoch_order(ds.len(), 3, 1, 0, 1, true);
-        let t = Transform::Eval { size: 16, center_crop: false };
+        let t = Transform::Eval {
+            size: 16,
+            center_crop: false,
+        };
         let mut loader = BatchLoader::new(ds, t, order, 0, opts(2));
         assert!(loader.next().is_some());
         drop(loader);

@@ -39,7 +39,12 @@ pub fn smooth_one_hot(labels: &Tensor, num_classes: i64, smoothing: f64) -> Tens
 }
 
 /// Mix `images` in place-free fashion and return `(mixed_images, soft_targets, lambda)`.
-pub fn mix<R: Rng>(images: &Tensor, labels: &Tensor, opts: &MixupOptions, rng: &mut R) -> (Tensor, Tensor, f64) {
+pub fn mix<R: Rng>(
+    images: &Tensor,
+    labels: &Tensor,
+    opts: &MixupOptions,
+    rng: &mut R,
+) -> (Tensor, Tensor, f64) {
     let (mut lam, mut use_cutmix) = (1.0, false);
     if opts.active() && rng.random::<f64>() < opts.prob {
         use_cutmix = if opts.mixup_alpha > 0.0 && opts.cutmix_alpha > 0.0 {
@@ -47,8 +52,14 @@ pub fn mix<R: Rng>(images: &Tensor, labels: &Tensor, opts: &MixupOptions, rng: &
         } else {
             opts.cutmix_alpha > 0.0
         };
-        let alpha = if use_cutmix { opts.cutmix_alpha } else { opts.mixup_alpha };
-        lam = Beta::new(alpha, alpha).map(|b| b.sample(rng)).unwrap_or(1.0);
+        let alpha = if use_cutmix {
+            opts.cutmix_alpha
+        } else {
+            opts.mixup_alpha
+        };
+        lam = Beta::new(alpha, alpha)
+            .map(|b| b.sample(rng))
+            .unwrap_or(1.0);
     }
     let flipped = images.flip([0]);
     let mixed = if lam >= 1.0 {
@@ -95,7 +106,14 @@ mod tests {
 
     #[test]
     fn mixup_targets_and_images_follow_lambda() {
-        let opts = MixupOptions { mixup_alpha: 0.8, cutmix_alpha: 0.0, prob: 1.0, switch_prob: 0.5, label_smoothing: 0.0, num_classes: 3 };
+        let opts = MixupOptions {
+            mixup_alpha: 0.8,
+            cutmix_alpha: 0.0,
+            prob: 1.0,
+            switch_prob: 0.5,
+            label_smoothing: 0.0,
+            num_classes: 3,
+        };
         let images = Tensor::from_slice(&[0f32, 1.0]).view([2, 1, 1, 1]);
         let labels = Tensor::from_slice(&[0i64, 1]);
         let (x, y, lam) = mix(&images, &labels, &opts, &mut ChaCha8Rng::seed_from_u64(5));
@@ -103,20 +121,42 @@ mod tests {
         assert!((xv[0] as f64 - (1.0 - lam)).abs() < 1e-6);
         let yv: Vec<f32> = Vec::try_from(y.view([-1])).unwrap();
         assert!((yv[0] as f64 - lam).abs() < 1e-6 && (yv[1] as f64 - (1.0 - lam)).abs() < 1e-6);
-        let rows: Vec<f32> = Vec::try_from(y.sum_dim_intlist([1i64].as_slice(), false, Kind::Float)).unwrap();
+        let rows: Vec<f32> =
+            Vec::try_from(y.sum_dim_intlist([1i64].as_slice(), false, Kind::Float)).unwrap();
         assert!(rows.iter().all(|r| (r - 1.0).abs() < 1e-6));
     }
 
     #[test]
     fn cutmix_lambda_equals_kept_area() {
-        let opts = MixupOptions { mixup_alpha: 0.0, cutmix_alpha: 1.0, prob: 1.0, switch_prob: 0.5, label_smoothing: 0.1, num_classes: 2 };
-        let images = Tensor::cat(&[Tensor::zeros([1, 1, 8, 8], (Kind::Float, tch::Device::Cpu)), Tensor::ones([1, 1, 8, 8], (Kind::Float, tch::Device::Cpu))], 0);
+        let opts = MixupOptions {
+            mixup_alpha: 0.0,
+            cutmix_alpha: 1.0,
+            prob: 1.0,
+            switch_prob: 0.5,
+            label_smoothing: 0.1,
+            num_classes: 2,
+        };
+        let images = Tensor::cat(
+            &[
+                Tensor::zeros([1, 1, 8, 8], (Kind::Float, tch::Device::Cpu)),
+                Tensor::ones([1, 1, 8, 8], (Kind::Float, tch::Device::Cpu)),
+            ],
+            0,
+        );
         let labels = Tensor::from_slice(&[0i64, 1]);
         for seed in 0..10 {
-            let (x, _, lam) = mix(&images, &labels, &opts, &mut ChaCha8Rng::seed_from_u64(seed));
+            let (x, _, lam) = mix(
+                &images,
+                &labels,
+                &opts,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            );
             // Sample 0 was all zeros; ones pasted from its partner cover (1-λ) of it.
             let pasted = x.get(0).mean(Kind::Float).double_value(&[]);
-            assert!((pasted - (1.0 - lam)).abs() < 1e-6, "seed {seed}: {pasted} vs {lam}");
+            assert!(
+                (pasted - (1.0 - lam)).abs() < 1e-6,
+                "seed {seed}: {pasted} vs {lam}"
+            );
         }
     }
 }

@@ -27,7 +27,11 @@ pub struct RgbImage {
 impl RgbImage {
     /// A black image of the given size.
     pub fn new(width: usize, height: usize) -> Self {
-        Self { width, height, pixels: vec![0; width * height * 3] }
+        Self {
+            width,
+            height,
+            pixels: vec![0; width * height * 3],
+        }
     }
 }
 
@@ -81,7 +85,10 @@ pub trait Dataset: Send + Sync {
 pub fn mix_seed(parts: &[u64]) -> u64 {
     let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
     for &p in parts {
-        h ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(h << 6).wrapping_add(h >> 2);
+        h ^= p
+            .wrapping_add(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(h << 6)
+            .wrapping_add(h >> 2);
         h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = h;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -72,8 +72,15 @@ impl SyntheticDataset {
             .enumerate()
             .flat_map(|(c, &n)| std::iter::repeat_n(c as u32, n))
             .collect();
-        let styles = (0..spec.num_classes).map(|c| class_style(spec.seed, c, spec.num_classes)).collect();
-        Self { spec, split, labels, styles }
+        let styles = (0..spec.num_classes)
+            .map(|c| class_style(spec.seed, c, spec.num_classes))
+            .collect();
+        Self {
+            spec,
+            split,
+            labels,
+            styles,
+        }
     }
 
     /// The parameters this dataset was built from.
@@ -108,7 +115,13 @@ fn class_style(seed: u64, class: usize, num_classes: usize) -> ClassStyle {
     let freq = 2.0 + ((class / 6) % 4) as f32 * 1.5 + rng.random_range(-0.2..0.2);
     let color = hsv_to_rgb(hue, 0.55, 0.9);
     let blob_color = hsv_to_rgb(hue + 0.5 + rng.random_range(-0.1..0.1), 0.8, 0.8);
-    ClassStyle { angle, freq, color, blob_color, blob_shape: (class % 3) as u8 }
+    ClassStyle {
+        angle,
+        freq,
+        color,
+        blob_color,
+        blob_shape: (class % 3) as u8,
+    }
 }
 
 fn render(style: &ClassStyle, size: usize, rng: &mut ChaCha8Rng) -> RgbImage {
@@ -118,11 +131,19 @@ fn render(style: &ClassStyle, size: usize, rng: &mut ChaCha8Rng) -> RgbImage {
     let phase = rng.random_range(0.0..2.0 * PI);
     let (ca, sa) = (angle.cos(), angle.sin());
     let brightness = rng.random_range(0.6..1.1);
-    let bg: [f32; 3] = [rng.random_range(0.0..0.4), rng.random_range(0.0..0.4), rng.random_range(0.0..0.4)];
+    let bg: [f32; 3] = [
+        rng.random_range(0.0..0.4),
+        rng.random_range(0.0..0.4),
+        rng.random_range(0.0..0.4),
+    ];
     let blob_r = rng.random_range(0.12..0.25);
     let (bx, by) = (rng.random_range(0.25..0.75), rng.random_range(0.25..0.75));
     // A distractor blob of a random colour occludes part of the texture.
-    let (dx, dy, dr) = (rng.random_range(0.0..1.0), rng.random_range(0.0..1.0), rng.random_range(0.05..0.2));
+    let (dx, dy, dr) = (
+        rng.random_range(0.0..1.0),
+        rng.random_range(0.0..1.0),
+        rng.random_range(0.05..0.2),
+    );
     let distractor = hsv_to_rgb(rng.random_range(0.0..1.0), 0.7, 0.7);
     let mut img = RgbImage::new(size, size);
     let inv = 1.0 / size as f32;
@@ -149,9 +170,9 @@ fn render(style: &ClassStyle, size: usize, rng: &mut ChaCha8Rng) -> RgbImage {
                 px = distractor;
             }
             let o = (y * size + x) * 3;
-            for ch in 0..3 {
-                let val = (px[ch] + noise.sample(rng)).clamp(0.0, 1.0);
-                img.pixels[o + ch] = (val * 255.0).round() as u8;
+            for (dst, &p) in img.pixels[o..o + 3].iter_mut().zip(&px) {
+                let val = (p + noise.sample(rng)).clamp(0.0, 1.0);
+                *dst = (val * 255.0).round() as u8;
             }
         }
     }
@@ -172,15 +193,16 @@ impl Dataset for SyntheticDataset {
     }
 
     fn image(&self, index: usize) -> Result<RgbImage, DataError> {
-        let label = *self
-            .labels
-            .get(index)
-            .ok_or(DataError::OutOfRange { index, len: self.labels.len() })? as usize;
+        let label = *self.labels.get(index).ok_or(DataError::OutOfRange {
+            index,
+            len: self.labels.len(),
+        })? as usize;
         let split_tag = match self.split {
             SyntheticSplit::Train => 1,
             SyntheticSplit::Test => 2,
         };
-        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[self.spec.seed, split_tag, index as u64]));
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(mix_seed(&[self.spec.seed, split_tag, index as u64]));
         Ok(render(&self.styles[label], self.spec.image_size, &mut rng))
     }
 }
@@ -190,7 +212,14 @@ mod tests {
     use super::*;
 
     fn spec() -> SyntheticSpec {
-        SyntheticSpec { num_classes: 10, max_per_class: 200, imbalance: 100.0, test_per_class: 5, image_size: 16, seed: 7 }
+        SyntheticSpec {
+            num_classes: 10,
+            max_per_class: 200,
+            imbalance: 100.0,
+            test_per_class: 5,
+            image_size: 16,
+            seed: 7,
+        }
     }
 
     #[test]

@@ -48,7 +48,11 @@ impl Transform {
     /// Apply to `img`, writing `3*size*size` floats (CHW) into `out`.
     pub fn apply<R: Rng>(&self, img: &RgbImage, rng: &mut R, out: &mut [f32]) {
         match *self {
-            Transform::Train { size, erase_prob, flip_prob } => {
+            Transform::Train {
+                size,
+                erase_prob,
+                flip_prob,
+            } => {
                 let cropped = if size <= 32 {
                     random_crop_padded(img, size, 4, rng)
                 } else {
@@ -69,9 +73,25 @@ impl Transform {
                     let resized = resize_shorter(img, short);
                     let x = (resized.width - size) / 2;
                     let y = (resized.height - size) / 2;
-                    resize_region(&resized, x as f32, y as f32, size as f32, size as f32, size, size)
+                    resize_region(
+                        &resized,
+                        x as f32,
+                        y as f32,
+                        size as f32,
+                        size as f32,
+                        size,
+                        size,
+                    )
                 } else {
-                    resize_region(img, 0.0, 0.0, img.width as f32, img.height as f32, size, size)
+                    resize_region(
+                        img,
+                        0.0,
+                        0.0,
+                        img.width as f32,
+                        img.height as f32,
+                        size,
+                        size,
+                    )
                 };
                 normalise_into(&img, false, out);
             }
@@ -151,7 +171,15 @@ fn resize_shorter(img: &RgbImage, short: usize) -> RgbImage {
 
 /// Bilinear resample of the region `(x, y, w, h)` to `out_w x out_h`
 /// (half-pixel centres, as `align_corners=False`).
-pub fn resize_region(img: &RgbImage, x: f32, y: f32, w: f32, h: f32, out_w: usize, out_h: usize) -> RgbImage {
+pub fn resize_region(
+    img: &RgbImage,
+    x: f32,
+    y: f32,
+    w: f32,
+    h: f32,
+    out_w: usize,
+    out_h: usize,
+) -> RgbImage {
     let mut out = RgbImage::new(out_w, out_h);
     let (sx, sy) = (w / out_w as f32, h / out_h as f32);
     let max_x = img.width as f32 - 1.0;
@@ -224,7 +252,10 @@ mod tests {
     #[test]
     fn eval_normalises_known_pixels() {
         let img = gradient(32, 32);
-        let t = Transform::Eval { size: 32, center_crop: true };
+        let t = Transform::Eval {
+            size: 32,
+            center_crop: true,
+        };
         let mut out = vec![0f32; 3 * 32 * 32];
         t.apply(&img, &mut ChaCha8Rng::seed_from_u64(0), &mut out);
         // Pixel (0,0): R=0 -> (0 - 0.485)/0.229; blue plane is constant 128/255.
@@ -236,7 +267,10 @@ mod tests {
     #[test]
     fn eval_center_crop_has_requested_size_and_keeps_centre() {
         let img = gradient(300, 200);
-        let t = Transform::Eval { size: 64, center_crop: true };
+        let t = Transform::Eval {
+            size: 64,
+            center_crop: true,
+        };
         let mut out = vec![0f32; 3 * 64 * 64];
         t.apply(&img, &mut ChaCha8Rng::seed_from_u64(0), &mut out);
         // The centre pixel of the crop is near the centre of the source: R ~ 127.
@@ -247,7 +281,11 @@ mod tests {
     #[test]
     fn train_is_deterministic_by_seed_and_varies_across_seeds() {
         let img = gradient(32, 32);
-        let t = Transform::Train { size: 32, erase_prob: 0.25, flip_prob: 0.5 };
+        let t = Transform::Train {
+            size: 32,
+            erase_prob: 0.25,
+            flip_prob: 0.5,
+        };
         let run = |seed| {
             let mut out = vec![0f32; 3 * 32 * 32];
             t.apply(&img, &mut ChaCha8Rng::seed_from_u64(seed), &mut out);
@@ -268,7 +306,8 @@ mod tests {
             let shift = d as isize - 4;
             (0..32).all(|x| {
                 let sx = x as isize + shift;
-                !(0..32).contains(&sx) || crop.pixels[(16 * 32 + x) * 3] == img.pixels[(16 * 32 + sx as usize) * 3]
+                !(0..32).contains(&sx)
+                    || crop.pixels[(16 * 32 + x) * 3] == img.pixels[(16 * 32 + sx as usize) * 3]
             })
         });
         assert!(found);

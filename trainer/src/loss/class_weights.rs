@@ -2,7 +2,10 @@
 
 /// LDAM margins: `m_j ∝ n_j^(-1/4)`, scaled so the largest is `max_m`.
 pub fn ldam_margins(counts: &[usize], max_m: f64) -> Vec<f64> {
-    let raw: Vec<f64> = counts.iter().map(|&n| 1.0 / (n.max(1) as f64).sqrt().sqrt()).collect();
+    let raw: Vec<f64> = counts
+        .iter()
+        .map(|&n| 1.0 / (n.max(1) as f64).sqrt().sqrt())
+        .collect();
     let max = raw.iter().cloned().fold(f64::MIN, f64::max);
     raw.iter().map(|m| m * max_m / max).collect()
 }
@@ -10,7 +13,10 @@ pub fn ldam_margins(counts: &[usize], max_m: f64) -> Vec<f64> {
 /// Deferred re-weighting by the effective number of samples:
 /// `w_j = (1−β)/(1−β^{n_j})`, normalised to sum to the number of classes.
 pub fn drw_weights(counts: &[usize], beta: f64) -> Vec<f64> {
-    let raw: Vec<f64> = counts.iter().map(|&n| (1.0 - beta) / (1.0 - beta.powf(n.max(1) as f64))).collect();
+    let raw: Vec<f64> = counts
+        .iter()
+        .map(|&n| (1.0 - beta) / (1.0 - beta.powf(n.max(1) as f64)))
+        .collect();
     let sum: f64 = raw.iter().sum();
     raw.iter().map(|w| w / sum * counts.len() as f64).collect()
 }
@@ -47,7 +53,10 @@ mod tests {
     #[test]
     fn drw_by_hand() {
         // n=[1,2]: raw [1, 1e-4/(1-0.9999^2) = 0.500025], sum 1.500025, x2/sum.
-        close(&drw_weights(&[1, 2], 0.9999), &[2.0 / 1.500025, 2.0 * 0.500025 / 1.500025]);
+        close(
+            &drw_weights(&[1, 2], 0.9999),
+            &[2.0 / 1.500025, 2.0 * 0.500025 / 1.500025],
+        );
         // beta = 0 gives all ones.
         close(&drw_weights(&[5, 9, 1], 0.0), &[1.0, 1.0, 1.0]);
     }

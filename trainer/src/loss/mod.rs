@@ -9,8 +9,17 @@ use tch::{Kind, Tensor};
 
 /// `mean_i w[y_i] · Σ_c −t_ic · log_softmax(z_i)_c`: soft-target CE with an
 /// optional per-class weight looked up by the hard label (not normalised by Σw).
-pub fn soft_target_ce(logits: &Tensor, soft: &Tensor, hard: &Tensor, weight: Option<&Tensor>) -> Tensor {
-    let per_sample = (-soft * logits.log_softmax(-1, Kind::Float)).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+pub fn soft_target_ce(
+    logits: &Tensor,
+    soft: &Tensor,
+    hard: &Tensor,
+    weight: Option<&Tensor>,
+) -> Tensor {
+    let per_sample = (-soft * logits.log_softmax(-1, Kind::Float)).sum_dim_intlist(
+        [-1i64].as_slice(),
+        false,
+        Kind::Float,
+    );
     match weight {
         Some(w) => (per_sample * w.index_select(0, hard)).mean(Kind::Float),
         None => per_sample.mean(Kind::Float),
@@ -95,24 +104,35 @@ impl RideLoss {
         let mean_scaled = stacked.mean_dim([0i64].as_slice(), false, Kind::Float) * self.s;
         let margins = self.margins.to_device(dev);
         let reweight = self.reweighting(epoch);
-        let weight = if reweight { self.drw.as_ref().map(|w| w.to_device(dev)) } else { None };
+        let weight = if reweight {
+            self.drw.as_ref().map(|w| w.to_device(dev))
+        } else {
+            None
+        };
         let (temp, temp_mean) = if reweight {
             let t = self.diversity.to_device(dev).view([1, -1]) * self.base_div_temp;
             let m = t.mean(Kind::Float).double_value(&[]);
             (t, m)
         } else {
-            (Tensor::from(self.base_div_temp).to_device(dev), self.base_div_temp)
+            (
+                Tensor::from(self.base_div_temp).to_device(dev),
+                self.base_div_temp,
+            )
         };
         let target_dist = tch::no_grad(|| (mean_scaled.detach() / &temp).softmax(1, Kind::Float));
         let mut loss = Tensor::zeros([], (Kind::Float, dev));
         for e in 0..experts.len() {
             let z = stacked.get(e as i64) * self.s;
-            let x = if self.additional_div_factor != 0.0 { z.shallow_clone() } else { mean_scaled.shallow_clone() };
+            let x = if self.additional_div_factor != 0.0 {
+                z.shallow_clone()
+            } else {
+                mean_scaled.shallow_clone()
+            };
             let xm = apply_margin(&x, hard, &margins, self.s);
-            loss = loss + soft_target_ce(&xm, soft, hard, weight.as_ref()) * self.base_loss_factor;
+            loss += soft_target_ce(&xm, soft, hard, weight.as_ref()) * self.base_loss_factor;
             let logq = (&z / &temp).log_softmax(1, Kind::Float);
             let kl = logq.kl_div(&target_dist, tch::Reduction::Sum, false) / z.size()[0] as f64;
-            loss = loss + kl * (self.additional_div_factor * temp_mean * temp_mean / e_count);
+            loss += kl * (self.additional_div_factor * temp_mean * temp_mean / e_count);
         }
         loss
     }
@@ -172,7 +192,13 @@ pub enum Criterion {
 impl Criterion {
     /// Loss of a batch: per-expert logits, hard labels, soft (mixup) targets.
     pub fn loss(&self, experts: &[Tensor], hard: &Tensor, soft: &Tensor, epoch: u64) -> Tensor {
-        let mean = || Tensor::stack(experts, 0).to_kind(Kind::Float).mean_dim([0i64].as_slice(), false, Kind::Float);
+        let mean = || {
+            Tensor::stack(experts, 0).to_kind(Kind::Float).mean_dim(
+                [0i64].as_slice(),
+                false,
+                Kind::Float,
+            )
+        };
         match self {
             Criterion::Ride(l) => l.forward(experts, hard, soft, epoch),
             Criterion::LdamDrw(l) => l.forward(&mean(), hard, soft, epoch),
@@ -184,7 +210,10 @@ impl Criterion {
 
     /// Whether the criterion needs mixup soft targets.
     pub fn uses_soft_targets(&self) -> bool {
-        matches!(self, Criterion::Ride(_) | Criterion::LdamDrw(_) | Criterion::SoftTarget)
+        matches!(
+            self,
+            Criterion::Ride(_) | Criterion::LdamDrw(_) | Criterion::SoftTarget
+        )
     }
 }
 
@@ -219,7 +248,10 @@ mod tests {
         // logp = [ln 1/4, ln 3/4]; y = 1, eps = 0.1:
         // 0.9 * 0.287682 + 0.1 * (1.386294 + 0.287682)/2 = 0.258914 + 0.083699 = 0.342613
         let z = t(&[0.0, 3f32.ln()], &[1, 2]);
-        close(&label_smoothing_ce(&z, &Tensor::from_slice(&[1i64]), 0.1), 0.342613);
+        close(
+            &label_smoothing_ce(&z, &Tensor::from_slice(&[1i64]), 0.1),
+            0.342613,
+        );
     }
 
     #[test]
@@ -230,7 +262,10 @@ mod tests {
         let l = LdamDrwLoss::new(&[1, 16], 0.2, 2.0, 100);
         let z = t(&[0.5, 0.2], &[1, 2]);
         let soft = t(&[1.0, 0.0], &[1, 2]);
-        close(&l.forward(&z, &Tensor::from_slice(&[0i64]), &soft, 0), 0.598139);
+        close(
+            &l.forward(&z, &Tensor::from_slice(&[0i64]), &soft, 0),
+            0.598139,
+        );
         assert!(!l.reweighting(99) && l.reweighting(100));
     }
 
@@ -253,7 +288,10 @@ mod tests {
         let l = RideLoss::new(&[10, 10], &o);
         let experts = [t(&[0.0, 3f32.ln()], &[1, 2]), t(&[3f32.ln(), 0.0], &[1, 2])];
         let soft = t(&[1.0, 0.0], &[1, 2]);
-        close(&l.forward(&experts, &Tensor::from_slice(&[0i64]), &soft, 5), 1.645208);
+        close(
+            &l.forward(&experts, &Tensor::from_slice(&[0i64]), &soft, 5),
+            1.645208,
+        );
     }
 
     #[test]
@@ -307,9 +345,17 @@ mod tests {
         let experts = [t(&[1.0, 0.0], &[1, 2]), t(&[0.0, 0.0], &[1, 2])];
         let soft = t(&[1.0, 0.0], &[1, 2]);
         let hard = Tensor::from_slice(&[0i64]);
-        let with = mk(-0.2).forward(&experts, &hard, &soft, 1).double_value(&[]);
-        let tiny = mk(-1e-12).forward(&experts, &hard, &soft, 1).double_value(&[]);
-        assert!(((with - tiny) - (-0.003728)).abs() < 2e-6, "{}", with - tiny);
+        let with = mk(-0.2)
+            .forward(&experts, &hard, &soft, 1)
+            .double_value(&[]);
+        let tiny = mk(-1e-12)
+            .forward(&experts, &hard, &soft, 1)
+            .double_value(&[]);
+        assert!(
+            ((with - tiny) - (-0.003728)).abs() < 2e-6,
+            "{}",
+            with - tiny
+        );
     }
 
     #[test]
@@ -317,6 +363,9 @@ mod tests {
         let experts = [t(&[0.0, 0.0], &[1, 2]), t(&[0.0, 2.0 * 3f32.ln()], &[1, 2])];
         let soft = t(&[0.5, 0.5], &[1, 2]);
         // mean = [0, ln3] -> 0.836988 as in soft_ce_by_hand
-        close(&Criterion::SoftTarget.loss(&experts, &Tensor::from_slice(&[0i64]), &soft, 0), 0.836988);
+        close(
+            &Criterion::SoftTarget.loss(&experts, &Tensor::from_slice(&[0i64]), &soft, 0),
+            0.836988,
+        );
     }
 }

@@ -2,14 +2,23 @@
 //! embedding, window attention with relative position bias, the MLP, the
 //! Swin block, patch merging and a stage (`BasicLayer`).
 
-use super::windows::{relative_position_index_tensor, shift_mask_tensor, window_partition, window_reverse};
+use super::windows::{
+    relative_position_index_tensor, shift_mask_tensor, window_partition, window_reverse,
+};
 use tch::nn::{self, Module};
 use tch::Tensor;
 
 /// `trunc_normal_(std=0.02)` weight init as in the reference (bounds ±2 are
 /// absolute, so with this std the truncation never binds).
 pub fn trunc_normal(path: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
-    let t = path.var(name, dims, nn::Init::Randn { mean: 0.0, stdev: 0.02 });
+    let t = path.var(
+        name,
+        dims,
+        nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        },
+    );
     tch::no_grad(|| {
         let _ = t.shallow_clone().clamp_(-2.0, 2.0);
     });
@@ -49,8 +58,17 @@ pub struct PatchEmbed {
 
 impl PatchEmbed {
     /// `patch_embed.proj` (conv) and `patch_embed.norm`.
-    pub fn new(path: nn::Path, in_chans: i64, embed_dim: i64, patch: i64, patch_norm: bool) -> Self {
-        let cfg = nn::ConvConfig { stride: patch, ..Default::default() };
+    pub fn new(
+        path: nn::Path,
+        in_chans: i64,
+        embed_dim: i64,
+        patch: i64,
+        patch_norm: bool,
+    ) -> Self {
+        let cfg = nn::ConvConfig {
+            stride: patch,
+            ..Default::default()
+        };
         let proj = nn::conv2d(&path / "proj", in_chans, embed_dim, patch, cfg);
         let norm = patch_norm.then(|| layer_norm(&path / "norm", embed_dim));
         Self { proj, norm }
@@ -100,7 +118,17 @@ impl WindowAttention {
         let head_dim = dim / heads;
         let scale = qk_scale.unwrap_or((head_dim as f64).powf(-0.5));
         let index = relative_position_index_tensor(window, path.device());
-        Self { qkv, proj, bias_table, index, heads, scale, window, attn_drop, proj_drop }
+        Self {
+            qkv,
+            proj,
+            bias_table,
+            index,
+            heads,
+            scale,
+            window,
+            attn_drop,
+            proj_drop,
+        }
     }
 
     /// The relative position index buffer (`[N,N]`, int64).
@@ -112,7 +140,11 @@ impl WindowAttention {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let s = x.size();
         let (b_, n, c) = (s[0], s[1], s[2]);
-        let qkv = self.qkv.forward(x).view([b_, n, 3, self.heads, c / self.heads]).permute([2, 0, 3, 1, 4]);
+        let qkv = self
+            .qkv
+            .forward(x)
+            .view([b_, n, 3, self.heads, c / self.heads])
+            .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let nn_ = self.window * self.window;
         let bias = self
@@ -131,14 +163,26 @@ impl WindowAttention {
             }
         };
         let drop = if train { self.attn_drop } else { 0.0 };
-        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(attn_mask), drop, false, Some(self.scale), false);
+        let out = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(attn_mask),
+            drop,
+            false,
+            Some(self.scale),
+            false,
+        );
         let out = out.transpose(1, 2).reshape([b_, n, c]);
         self.proj.forward(&out).dropout(self.proj_drop, train)
     }
 
     /// Multiply-accumulates for one window of `n` tokens (Swin's count).
     pub fn flops(dim: i64, heads: i64, n: i64) -> i64 {
-        n * dim * 3 * dim + heads * n * (dim / heads) * n + heads * n * n * (dim / heads) + n * dim * dim
+        n * dim * 3 * dim
+            + heads * n * (dim / heads) * n
+            + heads * n * n * (dim / heads)
+            + n * dim * dim
     }
 }
 
@@ -153,7 +197,11 @@ pub struct Mlp {
 impl Mlp {
     /// `mlp.fc1`, `mlp.fc2`.
     pub fn new(path: nn::Path, dim: i64, hidden: i64, drop: f64) -> Self {
-        Self { fc1: linear(&path / "fc1", dim, hidden, true), fc2: linear(&path / "fc2", hidden, dim, true), drop }
+        Self {
+            fc1: linear(&path / "fc1", dim, hidden, true),
+            fc2: linear(&path / "fc2", hidden, dim, true),
+            drop,
+        }
     }
 
     /// Apply to `[..., dim]`.
@@ -198,15 +246,32 @@ pub struct BlockOptions {
 
 impl SwinBlock {
     /// A block of width `dim` on a `resolution` map; odd blocks shift by half a window.
-    pub fn new(path: nn::Path, dim: i64, resolution: (i64, i64), shifted: bool, drop_path: f64, o: &BlockOptions) -> Self {
+    pub fn new(
+        path: nn::Path,
+        dim: i64,
+        resolution: (i64, i64),
+        shifted: bool,
+        drop_path: f64,
+        o: &BlockOptions,
+    ) -> Self {
         let (mut window, mut shift) = (o.window, if shifted { o.window / 2 } else { 0 });
         if resolution.0.min(resolution.1) <= window {
             window = resolution.0.min(resolution.1);
             shift = 0;
         }
-        let attn = WindowAttention::new(&path / "attn", dim, window, o.heads, o.qkv_bias, o.qk_scale, o.attn_drop, o.drop);
+        let attn = WindowAttention::new(
+            &path / "attn",
+            dim,
+            window,
+            o.heads,
+            o.qkv_bias,
+            o.qk_scale,
+            o.attn_drop,
+            o.drop,
+        );
         let hidden = (dim as f64 * o.mlp_ratio) as i64;
-        let mask = (shift > 0).then(|| shift_mask_tensor(resolution.0, resolution.1, window, shift, path.device()));
+        let mask = (shift > 0)
+            .then(|| shift_mask_tensor(resolution.0, resolution.1, window, shift, path.device()));
         Self {
             norm1: layer_norm(&path / "norm1", dim),
             attn,
@@ -255,7 +320,9 @@ impl SwinBlock {
         let (h, w) = self.resolution;
         let n = self.window * self.window;
         let nw = h * w / n;
-        2 * h * w * dim + nw * WindowAttention::flops(dim, heads, n) + 2 * ((h * w * dim) as f64 * dim as f64 * mlp_ratio) as i64
+        2 * h * w * dim
+            + nw * WindowAttention::flops(dim, heads, n)
+            + 2 * ((h * w * dim) as f64 * dim as f64 * mlp_ratio) as i64
     }
 }
 
@@ -266,7 +333,6 @@ pub struct PatchMerging {
     reduction: nn::Linear,
     resolution: (i64, i64),
     dim: i64,
-    out_dim: i64,
 }
 
 impl PatchMerging {
@@ -277,7 +343,6 @@ impl PatchMerging {
             reduction: linear(&path / "reduction", 4 * dim, out_dim, false),
             resolution,
             dim,
-            out_dim,
         }
     }
 
@@ -287,7 +352,11 @@ impl PatchMerging {
         let b = x.size()[0];
         let x = x.view([b, h, w, self.dim]);
         let pick = |dy: i64, dx: i64| x.slice(1, dy, h, 2).slice(2, dx, w, 2);
-        let cat = Tensor::cat(&[pick(0, 0), pick(1, 0), pick(0, 1), pick(1, 1)], -1).view([b, -1, 4 * self.dim]);
+        let cat = Tensor::cat(&[pick(0, 0), pick(1, 0), pick(0, 1), pick(1, 1)], -1).view([
+            b,
+            -1,
+            4 * self.dim,
+        ]);
         self.reduction.forward(&self.norm.forward(&cat))
     }
 
@@ -322,10 +391,26 @@ impl BasicLayer {
         downsample_to: Option<i64>,
     ) -> Self {
         let blocks = (0..depth)
-            .map(|k| SwinBlock::new(&path / "blocks" / k, dim, resolution, k % 2 == 1, drop_paths[k], o))
+            .map(|k| {
+                SwinBlock::new(
+                    &path / "blocks" / k,
+                    dim,
+                    resolution,
+                    k % 2 == 1,
+                    drop_paths[k],
+                    o,
+                )
+            })
             .collect();
-        let downsample = downsample_to.map(|out| PatchMerging::new(&path / "downsample", resolution, dim, out));
-        Self { blocks, downsample, dim, heads: o.heads, mlp_ratio: o.mlp_ratio }
+        let downsample =
+            downsample_to.map(|out| PatchMerging::new(&path / "downsample", resolution, dim, out));
+        Self {
+            blocks,
+            downsample,
+            dim,
+            heads: o.heads,
+            mlp_ratio: o.mlp_ratio,
+        }
     }
 
     /// The blocks of the stage.
@@ -347,7 +432,11 @@ impl BasicLayer {
 
     /// Multiply-accumulates per image.
     pub fn flops(&self) -> i64 {
-        let blocks: i64 = self.blocks.iter().map(|b| b.flops(self.dim, self.heads, self.mlp_ratio)).sum();
+        let blocks: i64 = self
+            .blocks
+            .iter()
+            .map(|b| b.flops(self.dim, self.heads, self.mlp_ratio))
+            .sum();
         blocks + self.downsample.as_ref().map_or(0, |d| d.flops())
     }
 }
@@ -363,7 +452,9 @@ impl NormedLinear {
     /// `weight` ~ trunc_normal(0.02): the reference's model-wide init
     /// overrides NormedLinear's own uniform/renorm init.
     pub fn new(path: nn::Path, inp: i64, out: i64) -> Self {
-        Self { weight: trunc_normal(&path, "weight", &[inp, out]) }
+        Self {
+            weight: trunc_normal(&path, "weight", &[inp, out]),
+        }
     }
 
     /// `[B, in]` → `[B, out]` cosines.
@@ -376,7 +467,9 @@ impl NormedLinear {
 
 /// `F.normalize(x, dim)` with eps 1e-12.
 pub fn normalize(x: &Tensor, dim: i64) -> Tensor {
-    let norm = x.norm_scalaropt_dim(2, [dim].as_slice(), true).clamp_min(1e-12);
+    let norm = x
+        .norm_scalaropt_dim(2, [dim].as_slice(), true)
+        .clamp_min(1e-12);
     x / norm
 }
 
@@ -422,7 +515,10 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let m = PatchMerging::new(vs.root() / "m", (2, 2), 1, 4);
         tch::no_grad(|| {
-            let _ = m.reduction.ws.shallow_clone().copy_(&Tensor::eye(4, (Kind::Float, Device::Cpu)));
+            m.reduction
+                .ws
+                .shallow_clone()
+                .copy_(&Tensor::eye(4, (Kind::Float, Device::Cpu)));
             let _ = m.norm.ws.as_ref().unwrap().shallow_clone().fill_(1.0);
         });
         // Tokens (row-major 2x2): values 0,1,2,3 -> x0=(0,0)=0, x1=(1,0)=2, x2=(0,1)=1, x3=(1,1)=3.
@@ -431,7 +527,12 @@ mod tests {
         let v: Vec<f32> = Vec::try_from(y).unwrap();
         // LayerNorm of [0,2,1,3]: mean 1.5, var 1.25
         let sd = (1.25f32 + 1e-5).sqrt();
-        let expect = [(0.0 - 1.5) / sd, (2.0 - 1.5) / sd, (1.0 - 1.5) / sd, (3.0 - 1.5) / sd];
+        let expect = [
+            (0.0 - 1.5) / sd,
+            (2.0 - 1.5) / sd,
+            (1.0 - 1.5) / sd,
+            (3.0 - 1.5) / sd,
+        ];
         for (a, b) in v.iter().zip(expect) {
             assert!((a - b).abs() < 1e-4, "{v:?} vs {expect:?}");
         }

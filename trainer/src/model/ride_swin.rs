@@ -6,7 +6,9 @@
 //! shared patch merging maps C to 3/2·C instead of 2·C, unless
 //! `force_original_feature_dim`.
 
-use super::layers::{linear, trunc_normal, BasicLayer, BlockOptions, Head, NormedLinear, PatchEmbed};
+use super::layers::{
+    linear, trunc_normal, BasicLayer, BlockOptions, Head, NormedLinear, PatchEmbed,
+};
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -108,7 +110,9 @@ impl SwinSpec {
                 base(i)
             }
         };
-        (0..n).map(|i| (dim(i), if i + 1 < n { dim(i + 1) } else { dim(i) })).collect()
+        (0..n)
+            .map(|i| (dim(i), if i + 1 < n { dim(i + 1) } else { dim(i) }))
+            .collect()
     }
 
     /// Whether stage `i` is copied per expert.
@@ -125,7 +129,10 @@ impl SwinSpec {
             ));
         }
         if self.img_size % self.patch_size != 0 {
-            return Err(format!("DATA.IMG_SIZE {} is not a multiple of MODEL.SWIN.PATCH_SIZE {}", self.img_size, self.patch_size));
+            return Err(format!(
+                "DATA.IMG_SIZE {} is not a multiple of MODEL.SWIN.PATCH_SIZE {}",
+                self.img_size, self.patch_size
+            ));
         }
         let res = self.img_size / self.patch_size;
         let down = 1i64 << (self.depths.len() - 1);
@@ -145,17 +152,27 @@ impl SwinSpec {
             let r = res >> i;
             let w = self.window_size.min(r);
             if r % w != 0 {
-                return Err(format!("stage {i}: resolution {r} is not a multiple of MODEL.SWIN.WINDOW_SIZE {}", self.window_size));
+                return Err(format!(
+                    "stage {i}: resolution {r} is not a multiple of MODEL.SWIN.WINDOW_SIZE {}",
+                    self.window_size
+                ));
             }
         }
         if self.num_experts < 1 {
             return Err("MODEL.NUM_EXPERTS must be at least 1".into());
         }
         if self.num_experts > 1 && !self.force_original_feature_dim && self.branching_start < 1 {
-            return Err("MODEL.BRANCHING_START must be at least 1 when expert stages run at reduced width".into());
+            return Err(
+                "MODEL.BRANCHING_START must be at least 1 when expert stages run at reduced width"
+                    .into(),
+            );
         }
         if self.branching_start < 0 || self.branching_start as usize > self.depths.len() {
-            return Err(format!("MODEL.BRANCHING_START {} must be within 0..={}", self.branching_start, self.depths.len()));
+            return Err(format!(
+                "MODEL.BRANCHING_START {} must be within 0..={}",
+                self.branching_start,
+                self.depths.len()
+            ));
         }
         Ok(())
     }
@@ -166,11 +183,25 @@ impl RideSwin {
     pub fn new(root: &nn::Path, spec: &SwinSpec) -> Result<Self, String> {
         spec.validate()?;
         let res = spec.img_size / spec.patch_size;
-        let patch_embed = PatchEmbed::new(root / "patch_embed", spec.in_chans, spec.embed_dim, spec.patch_size, spec.patch_norm);
-        let absolute_pos_embed = spec.ape.then(|| trunc_normal(root, "absolute_pos_embed", &[1, res * res, spec.embed_dim]));
+        let patch_embed = PatchEmbed::new(
+            root / "patch_embed",
+            spec.in_chans,
+            spec.embed_dim,
+            spec.patch_size,
+            spec.patch_norm,
+        );
+        let absolute_pos_embed = spec
+            .ape
+            .then(|| trunc_normal(root, "absolute_pos_embed", &[1, res * res, spec.embed_dim]));
         let total: i64 = spec.depths.iter().sum();
         let dpr: Vec<f64> = (0..total)
-            .map(|k| if total > 1 { spec.drop_path_rate * k as f64 / (total - 1) as f64 } else { 0.0 })
+            .map(|k| {
+                if total > 1 {
+                    spec.drop_path_rate * k as f64 / (total - 1) as f64
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let dims = spec.stage_dims();
         let n = spec.depths.len();
@@ -196,7 +227,11 @@ impl RideSwin {
             // The reference wraps every stage in `branches` (one branch when
             // shared); only FORCE_NO_BRANCHES keeps the plain Swin names.
             stages.push(if spec.is_branched(i) {
-                Stage::Branched((0..spec.num_experts).map(|j| build(&path / "branches" / j)).collect())
+                Stage::Branched(
+                    (0..spec.num_experts)
+                        .map(|j| build(&path / "branches" / j))
+                        .collect(),
+                )
             } else if spec.force_no_branches {
                 Stage::Shared(build(path))
             } else {
@@ -207,7 +242,11 @@ impl RideSwin {
         let norm = super::layers::layer_norm(root / "norm", num_features);
         let heads = (0..spec.num_experts)
             .map(|j| {
-                let p = if spec.force_no_branches { root / "head" } else { root / "heads" / j };
+                let p = if spec.force_no_branches {
+                    root / "head"
+                } else {
+                    root / "heads" / j
+                };
                 if spec.use_normed_linear {
                     Head::Normed(NormedLinear::new(p, num_features, spec.num_classes))
                 } else {
@@ -215,7 +254,16 @@ impl RideSwin {
                 }
             })
             .collect();
-        Ok(Self { spec: spec.clone(), patch_embed, absolute_pos_embed, stages, norm, heads, num_features, patches_resolution: res })
+        Ok(Self {
+            spec: spec.clone(),
+            patch_embed,
+            absolute_pos_embed,
+            stages,
+            norm,
+            heads,
+            num_features,
+            patches_resolution: res,
+        })
     }
 
     /// The architecture.
@@ -230,14 +278,16 @@ impl RideSwin {
 
     fn head_features(&self, x: &Tensor) -> Tensor {
         // LayerNorm over tokens, then average pool → [B, C].
-        self.norm.forward(x).mean_dim([1i64].as_slice(), false, x.kind())
+        self.norm
+            .forward(x)
+            .mean_dim([1i64].as_slice(), false, x.kind())
     }
 
     /// Forward pass returning every expert's logits.
     pub fn forward(&self, images: &Tensor, train: bool) -> ModelOutput {
         let mut x = self.patch_embed.forward(images);
         if let Some(ape) = &self.absolute_pos_embed {
-            x = x + ape;
+            x += ape;
         }
         x = x.dropout(self.spec.drop_rate, train);
         let mut per_expert: Option<Vec<Tensor>> = None;
@@ -249,7 +299,9 @@ impl RideSwin {
                         *y = l.forward(y, train);
                     }
                 }
-                (Stage::Branched(ls), None) => per_expert = Some(ls.iter().map(|l| l.forward(&x, train)).collect()),
+                (Stage::Branched(ls), None) => {
+                    per_expert = Some(ls.iter().map(|l| l.forward(&x, train)).collect())
+                }
                 (Stage::Branched(ls), Some(ys)) => {
                     for (y, l) in ys.iter_mut().zip(ls) {
                         *y = l.forward(y, train);
@@ -264,7 +316,13 @@ impl RideSwin {
                 (0..self.heads.len()).map(|_| f.shallow_clone()).collect()
             }
         };
-        ModelOutput { experts: feats.iter().zip(&self.heads).map(|(f, h)| h.forward(f)).collect() }
+        ModelOutput {
+            experts: feats
+                .iter()
+                .zip(&self.heads)
+                .map(|(f, h)| h.forward(f))
+                .collect(),
+        }
     }
 
     /// Buffers the reference keeps in its `state_dict`, by reference name:
@@ -275,11 +333,18 @@ impl RideSwin {
             let layers: Vec<(String, &BasicLayer)> = match stage {
                 Stage::Shared(l) if self.spec.force_no_branches => vec![(format!("layers.{i}"), l)],
                 Stage::Shared(l) => vec![(format!("layers.{i}.branches.0"), l)],
-                Stage::Branched(ls) => ls.iter().enumerate().map(|(j, l)| (format!("layers.{i}.branches.{j}"), l)).collect(),
+                Stage::Branched(ls) => ls
+                    .iter()
+                    .enumerate()
+                    .map(|(j, l)| (format!("layers.{i}.branches.{j}"), l))
+                    .collect(),
             };
             for (prefix, l) in layers {
                 for (k, b) in l.blocks().iter().enumerate() {
-                    out.push((format!("{prefix}.blocks.{k}.attn.relative_position_index"), b.attn().relative_position_index().shallow_clone()));
+                    out.push((
+                        format!("{prefix}.blocks.{k}.attn.relative_position_index"),
+                        b.attn().relative_position_index().shallow_clone(),
+                    ));
                     if let Some(m) = b.attn_mask() {
                         out.push((format!("{prefix}.blocks.{k}.attn_mask"), m.shallow_clone()));
                     }
@@ -300,7 +365,14 @@ impl RideSwin {
         }
         for stage in &self.stages {
             f += match stage {
-                Stage::Shared(l) => l.flops() * if self.is_fanned_out_before(stage) { s.num_experts } else { 1 },
+                Stage::Shared(l) => {
+                    l.flops()
+                        * if self.is_fanned_out_before(stage) {
+                            s.num_experts
+                        } else {
+                            1
+                        }
+                }
                 Stage::Branched(ls) => ls.iter().map(|l| l.flops()).sum(),
             };
         }
@@ -311,14 +383,23 @@ impl RideSwin {
     }
 
     fn is_fanned_out_before(&self, stage: &Stage) -> bool {
-        let pos = self.stages.iter().position(|s| std::ptr::eq(s, stage)).unwrap_or(0);
-        self.stages[..pos].iter().any(|s| matches!(s, Stage::Branched(_)))
+        let pos = self
+            .stages
+            .iter()
+            .position(|s| std::ptr::eq(s, stage))
+            .unwrap_or(0);
+        self.stages[..pos]
+            .iter()
+            .any(|s| matches!(s, Stage::Branched(_)))
     }
 }
 
 /// Trainable parameter count of a var store.
 pub fn parameter_count(vs: &nn::VarStore) -> i64 {
-    vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
 }
 
 #[cfg(test)]
@@ -371,7 +452,10 @@ mod tests {
             assert!(v.contains_key(key), "missing {key}");
         }
         // 3/4 width: stage 1 (32 wide) merges into 48, not 64.
-        assert_eq!(v["layers.1.branches.0.downsample.reduction.weight"].size(), vec![48, 128]);
+        assert_eq!(
+            v["layers.1.branches.0.downsample.reduction.weight"].size(),
+            vec![48, 128]
+        );
         assert_eq!(v["heads.0.weight"].size(), vec![96, 5]);
         assert!(!v.contains_key("layers.3.branches.0.downsample.norm.weight"));
     }

@@ -52,19 +52,28 @@ pub fn shift_attention_mask(h: i64, w: i64, ws: i64, shift: i64) -> Vec<f32> {
 pub fn window_partition(x: &Tensor, ws: i64) -> Tensor {
     let s = x.size();
     let (b, h, w, c) = (s[0], s[1], s[2], s[3]);
-    x.view([b, h / ws, ws, w / ws, ws, c]).permute([0, 1, 3, 2, 4, 5]).contiguous().view([-1, ws * ws, c])
+    x.view([b, h / ws, ws, w / ws, ws, c])
+        .permute([0, 1, 3, 2, 4, 5])
+        .contiguous()
+        .view([-1, ws * ws, c])
 }
 
 /// `[B*nW, ws*ws, C]` → `[B, H, W, C]`.
 pub fn window_reverse(windows: &Tensor, ws: i64, h: i64, w: i64) -> Tensor {
     let c = windows.size()[2];
     let b = windows.size()[0] / ((h / ws) * (w / ws));
-    windows.view([b, h / ws, w / ws, ws, ws, c]).permute([0, 1, 3, 2, 4, 5]).contiguous().view([b, h, w, c])
+    windows
+        .view([b, h / ws, w / ws, ws, ws, c])
+        .permute([0, 1, 3, 2, 4, 5])
+        .contiguous()
+        .view([b, h, w, c])
 }
 
 /// The relative position index as a tensor on `device`.
 pub fn relative_position_index_tensor(ws: i64, device: Device) -> Tensor {
-    Tensor::from_slice(&relative_position_index(ws)).view([ws * ws, ws * ws]).to_device(device)
+    Tensor::from_slice(&relative_position_index(ws))
+        .view([ws * ws, ws * ws])
+        .to_device(device)
 }
 
 /// The shift mask as a `[nW, N, N]` float tensor on `device`.
@@ -101,7 +110,11 @@ mod tests {
         assert_eq!(m.len(), 4 * 4 * 4);
         assert!(m[..16].iter().all(|&v| v == 0.0));
         let last = &m[48..];
-        assert_eq!(last.iter().filter(|&&v| v == 0.0).count(), 4, "only the diagonal shares a region");
+        assert_eq!(
+            last.iter().filter(|&&v| v == 0.0).count(),
+            4,
+            "only the diagonal shares a region"
+        );
     }
 
     #[test]
@@ -110,7 +123,7 @@ mod tests {
         let w = window_partition(&x, 2);
         assert_eq!(w.size(), vec![8, 4, 3]);
         // window 1 of image 0 is rows 0-1, cols 2-3; its first token is (0,2).
-        assert_eq!(w.get(1).get(0).get(0).double_value(&[]), ((0 * 4 + 2) * 3) as f64);
+        assert_eq!(w.get(1).get(0).get(0).double_value(&[]), (2 * 3) as f64);
         assert!(window_reverse(&w, 2, 4, 4).equal(&x));
     }
 }

@@ -54,7 +54,13 @@ impl AdamW {
                 param,
             })
             .collect();
-        Self { slots, step: 0, betas, eps, weight_decay }
+        Self {
+            slots,
+            step: 0,
+            betas,
+            eps,
+            weight_decay,
+        }
     }
 
     /// Number of parameters in the no-decay group.
@@ -99,7 +105,10 @@ impl AdamW {
                     let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
                 let _ = s.exp_avg.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                let _ = s.exp_avg_sq.g_mul_scalar_(b2).g_add_(&(&g * &g * (1.0 - b2)));
+                let _ = s
+                    .exp_avg_sq
+                    .g_mul_scalar_(b2)
+                    .g_add_(&(&g * &g * (1.0 - b2)));
                 let denom = (s.exp_avg_sq.sqrt() / bc2.sqrt()) + self.eps;
                 let _ = p.addcdiv_(&(&s.exp_avg * (-lr / bc1)), &denom);
             }
@@ -111,7 +120,10 @@ impl AdamW {
         let mut out = Vec::with_capacity(2 * self.slots.len() + 1);
         for s in &self.slots {
             out.push((format!("exp_avg.{}", s.name), s.exp_avg.shallow_clone()));
-            out.push((format!("exp_avg_sq.{}", s.name), s.exp_avg_sq.shallow_clone()));
+            out.push((
+                format!("exp_avg_sq.{}", s.name),
+                s.exp_avg_sq.shallow_clone(),
+            ));
         }
         out.push(("step".into(), Tensor::from(self.step as i64)));
         out
@@ -122,18 +134,27 @@ impl AdamW {
         let find = |k: &str| state.iter().find(|(n, _)| n == k).map(|(_, t)| t);
         tch::no_grad(|| {
             for s in &mut self.slots {
-                for (prefix, buf) in [("exp_avg", &mut s.exp_avg), ("exp_avg_sq", &mut s.exp_avg_sq)] {
+                for (prefix, buf) in [
+                    ("exp_avg", &mut s.exp_avg),
+                    ("exp_avg_sq", &mut s.exp_avg_sq),
+                ] {
                     let key = format!("{prefix}.{}", s.name);
                     let t = find(&key).ok_or_else(|| format!("optimizer state lacks {key}"))?;
                     if t.size() != buf.size() {
-                        return Err(format!("optimizer state {key} has shape {:?}, expected {:?}", t.size(), buf.size()));
+                        return Err(format!(
+                            "optimizer state {key} has shape {:?}, expected {:?}",
+                            t.size(),
+                            buf.size()
+                        ));
                     }
                     buf.copy_(t);
                 }
             }
             Ok(())
         })?;
-        self.step = find("step").map(|t| t.int64_value(&[]) as u64).ok_or("optimizer state lacks step")?;
+        self.step = find("step")
+            .map(|t| t.int64_value(&[]) as u64)
+            .ok_or("optimizer state lacks step")?;
         Ok(())
     }
 }
@@ -141,11 +162,23 @@ impl AdamW {
 /// Global L2 norm of all gradients; when above `max_norm` (> 0), scale them
 /// down by `max_norm / (norm + 1e-6)` like `clip_grad_norm_`. Returns the norm.
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
-    let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+    let grads: Vec<Tensor> = params
+        .iter()
+        .map(|p| p.grad())
+        .filter(|g| g.defined())
+        .collect();
     if grads.is_empty() {
         return 0.0;
     }
-    let sq: f64 = grads.iter().map(|g| g.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double).double_value(&[])).sum();
+    let sq: f64 = grads
+        .iter()
+        .map(|g| {
+            g.to_kind(tch::Kind::Double)
+                .square()
+                .sum(tch::Kind::Double)
+                .double_value(&[])
+        })
+        .sum();
     let norm = sq.sqrt();
     if max_norm > 0.0 {
         let coef = max_norm / (norm + 1e-6);
@@ -169,9 +202,15 @@ mod tests {
     fn no_decay_rules() {
         assert!(is_no_decay("norm.weight", &[96]));
         assert!(is_no_decay("layers.0.blocks.0.attn.qkv.bias", &[288]));
-        assert!(is_no_decay("layers.0.blocks.0.attn.relative_position_bias_table", &[169, 3]));
+        assert!(is_no_decay(
+            "layers.0.blocks.0.attn.relative_position_bias_table",
+            &[169, 3]
+        ));
         assert!(is_no_decay("absolute_pos_embed", &[1, 3136, 96]));
-        assert!(!is_no_decay("layers.0.blocks.0.attn.qkv.weight", &[288, 96]));
+        assert!(!is_no_decay(
+            "layers.0.blocks.0.attn.qkv.weight",
+            &[288, 96]
+        ));
         assert!(!is_no_decay("heads.0.weight", &[768, 1000]));
     }
 
@@ -180,7 +219,8 @@ mod tests {
         let a = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let b = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         // d/da sum(a*[3,0]) = [3,0]; d/db sum(b*[4]) = [4] -> norm 5.
-        let loss = (&a * Tensor::from_slice(&[3f32, 0.0])).sum(Kind::Float) + (&b * 4.0).sum(Kind::Float);
+        let loss =
+            (&a * Tensor::from_slice(&[3f32, 0.0])).sum(Kind::Float) + (&b * 4.0).sum(Kind::Float);
         loss.backward();
         let norm = clip_grad_norm(&[a.shallow_clone(), b.shallow_clone()], 1.0);
         assert!((norm - 5.0).abs() < 1e-6);

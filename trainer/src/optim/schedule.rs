@@ -28,7 +28,8 @@ impl CosineSchedule {
             return self.min_lr;
         }
         let frac = t as f64 / self.total_steps.max(1) as f64;
-        self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + (std::f64::consts::PI * frac).cos())
+        self.min_lr
+            + 0.5 * (self.base_lr - self.min_lr) * (1.0 + (std::f64::consts::PI * frac).cos())
     }
 }
 
@@ -47,7 +48,13 @@ mod tests {
     use super::*;
 
     fn sched() -> CosineSchedule {
-        CosineSchedule { base_lr: 1e-3, warmup_lr: 1e-6, min_lr: 1e-5, warmup_steps: 10, total_steps: 100 }
+        CosineSchedule {
+            base_lr: 1e-3,
+            warmup_lr: 1e-6,
+            min_lr: 1e-5,
+            warmup_steps: 10,
+            total_steps: 100,
+        }
     }
 
     #[test]
