@@ -223,9 +223,6 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         let bound = metrics.serve(addr)?;
         eprintln!("metrics: http://{bound}/metrics");
     }
-    if cfg.train.use_checkpoint {
-        eprintln!("note: TRAIN.USE_CHECKPOINT is accepted but activation checkpointing is not implemented yet; training keeps all activations");
-    }
     if !(cfg.amp_opt_level.is_empty() || cfg.amp_opt_level == "O0") && device.is_cuda() {
         eprintln!("note: mixed precision is not implemented yet; training in fp32");
     }
@@ -392,7 +389,12 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 let t = smooth_one_hot(&y, cfg.model.num_classes, 0.0);
                 (x, t)
             };
-            let out = model.forward(&x, true);
+            let (out, tape) = if cfg.train.use_checkpoint {
+                let (o, t) = model.forward_checkpointed(&x);
+                (o, Some(t))
+            } else {
+                (model.forward(&x, true), None)
+            };
             let loss = criterion.loss(&out.experts, &y, &soft, epoch);
             let loss_value = loss.double_value(&[]);
             if !loss_value.is_finite() {
@@ -400,8 +402,12 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             }
             let t = epoch * per_epoch + idx as u64;
             let lr_used = next_lr;
+            let backward = |l: &Tensor| match tape {
+                Some(t) => t.backward(l),
+                None => l.backward(),
+            };
             let grad_norm = if accum > 1 {
-                (loss / accum as f64).backward();
+                backward(&(loss / accum as f64));
                 // The reference clips at every micro-step, on the partial sum.
                 let g = clip_grad_norm(&params, cfg.train.clip_grad);
                 if (idx + 1) % accum == 0 {
@@ -412,7 +418,7 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 g
             } else {
                 opt.zero_grad();
-                loss.backward();
+                backward(&loss);
                 let g = clip_grad_norm(&params, cfg.train.clip_grad);
                 opt.step(lr_used);
                 next_lr = sched.lr(t);

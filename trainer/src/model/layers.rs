@@ -418,6 +418,11 @@ impl BasicLayer {
         &self.blocks
     }
 
+    /// The patch merging at the end of the stage, if any.
+    pub fn downsample(&self) -> Option<&PatchMerging> {
+        self.downsample.as_ref()
+    }
+
     /// Run the stage.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let mut x = x.shallow_clone();

@@ -1,5 +1,6 @@
 //! The Swin Transformer backbone with RIDE's branching experts.
 
+pub mod checkpointing;
 pub mod layers;
 pub mod ride_swin;
 pub mod windows;

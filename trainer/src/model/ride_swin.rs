@@ -79,7 +79,7 @@ impl ModelOutput {
 }
 
 #[derive(Debug)]
-enum Stage {
+pub(crate) enum Stage {
     Shared(BasicLayer),
     Branched(Vec<BasicLayer>),
 }
@@ -276,6 +276,22 @@ impl RideSwin {
         self.num_features
     }
 
+    pub(crate) fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    pub(crate) fn stem(&self, images: &Tensor, train: bool) -> Tensor {
+        let mut x = self.patch_embed.forward(images);
+        if let Some(ape) = &self.absolute_pos_embed {
+            x += ape;
+        }
+        x.dropout(self.spec.drop_rate, train)
+    }
+
+    pub(crate) fn head(&self, expert: usize, x: &Tensor) -> Tensor {
+        self.heads[expert].forward(&self.head_features(x))
+    }
+
     fn head_features(&self, x: &Tensor) -> Tensor {
         // LayerNorm over tokens, then average pool → [B, C].
         self.norm
@@ -285,11 +301,7 @@ impl RideSwin {
 
     /// Forward pass returning every expert's logits.
     pub fn forward(&self, images: &Tensor, train: bool) -> ModelOutput {
-        let mut x = self.patch_embed.forward(images);
-        if let Some(ape) = &self.absolute_pos_embed {
-            x += ape;
-        }
-        x = x.dropout(self.spec.drop_rate, train);
+        let mut x = self.stem(images, train);
         let mut per_expert: Option<Vec<Tensor>> = None;
         for stage in &self.stages {
             match (stage, per_expert.as_mut()) {
@@ -403,7 +415,7 @@ pub fn parameter_count(vs: &nn::VarStore) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tch::{Device, Kind};
 

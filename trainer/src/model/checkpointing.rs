@@ -1,0 +1,209 @@
+//! Activation checkpointing (`TRAIN.USE_CHECKPOINT`) without custom autograd
+//! functions: the forward pass runs every block under `no_grad` and keeps only
+//! block inputs; [`CheckpointTape::backward`] walks the blocks in reverse,
+//! recomputes each from its saved input with gradients on, and pushes the
+//! output gradient through with `(y · ∂L/∂y).sum().backward()`. Random masks
+//! (dropout, stochastic depth) are replayed by reseeding per block.
+
+use super::layers::{PatchMerging, SwinBlock};
+use super::ride_swin::{ModelOutput, RideSwin, Stage};
+use tch::{Kind, Tensor};
+
+enum Op<'a> {
+    Stem,
+    Block(&'a SwinBlock),
+    Down(&'a PatchMerging),
+    Head(usize),
+}
+
+struct Node<'a> {
+    op: Op<'a>,
+    input: Option<usize>,
+    out: Tensor,
+    leaf: Option<Tensor>,
+}
+
+/// What [`RideSwin::forward_checkpointed`] keeps for the backward pass.
+pub struct CheckpointTape<'a> {
+    model: &'a RideSwin,
+    images: Tensor,
+    nodes: Vec<Node<'a>>,
+    seed: i64,
+}
+
+fn run(model: &RideSwin, op: &Op, x: &Tensor) -> Tensor {
+    match op {
+        Op::Stem => model.stem(x, true),
+        Op::Block(b) => b.forward(x, true),
+        Op::Down(d) => d.forward(x),
+        Op::Head(e) => model.head(*e, x),
+    }
+}
+
+impl RideSwin {
+    /// Training-mode forward that stores only block inputs; call
+    /// [`CheckpointTape::backward`] with the loss instead of `loss.backward()`.
+    pub fn forward_checkpointed(&self, images: &Tensor) -> (ModelOutput, CheckpointTape<'_>) {
+        // One draw from the global generator keeps runs reproducible per seed.
+        let seed = Tensor::randint(1 << 40, [1], (Kind::Int64, tch::Device::Cpu)).int64_value(&[0]);
+        let mut tape = CheckpointTape {
+            model: self,
+            images: images.shallow_clone(),
+            nodes: Vec::new(),
+            seed,
+        };
+        let mut paths = vec![tape.push(Op::Stem, None)];
+        for stage in self.stages() {
+            let layers: Vec<_> = match stage {
+                Stage::Shared(l) => vec![l; paths.len()],
+                Stage::Branched(ls) => {
+                    if paths.len() == 1 {
+                        paths = vec![paths[0]; ls.len()];
+                    }
+                    ls.iter().collect()
+                }
+            };
+            for (path, layer) in paths.iter_mut().zip(layers) {
+                for b in layer.blocks() {
+                    *path = tape.push(Op::Block(b), Some(*path));
+                }
+                if let Some(d) = layer.downsample() {
+                    *path = tape.push(Op::Down(d), Some(*path));
+                }
+            }
+        }
+        let experts = self.spec().num_experts as usize;
+        if paths.len() == 1 {
+            paths = vec![paths[0]; experts];
+        }
+        let heads = (0..experts)
+            .map(|e| tape.push(Op::Head(e), Some(paths[e])))
+            .collect::<Vec<_>>();
+        let out = ModelOutput {
+            experts: heads
+                .iter()
+                .map(|&h| tape.nodes[h].out.shallow_clone())
+                .collect(),
+        };
+        (out, tape)
+    }
+}
+
+impl<'a> CheckpointTape<'a> {
+    fn input_of(&self, input: Option<usize>) -> Tensor {
+        input.map_or_else(
+            || self.images.shallow_clone(),
+            |i| self.nodes[i].out.shallow_clone(),
+        )
+    }
+
+    fn push(&mut self, op: Op<'a>, input: Option<usize>) -> usize {
+        let idx = self.nodes.len();
+        let x = self.input_of(input);
+        tch::manual_seed(self.seed + idx as i64);
+        let (out, leaf) = if let Op::Head(_) = op {
+            // Heads stay in the autograd graph so `loss.backward()` reaches their inputs.
+            let leaf = x.detach().set_requires_grad(true);
+            (run(self.model, &op, &leaf), Some(leaf))
+        } else {
+            (tch::no_grad(|| run(self.model, &op, &x)), None)
+        };
+        self.nodes.push(Node {
+            op,
+            input,
+            out,
+            leaf,
+        });
+        idx
+    }
+
+    /// Backpropagate `loss` through the whole model, recomputing blocks.
+    pub fn backward(self, loss: &Tensor) {
+        loss.backward();
+        let mut grads: Vec<Option<Tensor>> = (0..self.nodes.len()).map(|_| None).collect();
+        let add = |grads: &mut Vec<Option<Tensor>>, i: usize, g: Tensor| {
+            grads[i] = Some(match grads[i].take() {
+                Some(prev) => prev + g,
+                None => g,
+            });
+        };
+        for node in &self.nodes {
+            if let (Some(leaf), Some(input)) = (&node.leaf, node.input) {
+                let g = leaf.grad();
+                if g.defined() {
+                    add(&mut grads, input, g);
+                }
+            }
+        }
+        for idx in (0..self.nodes.len()).rev() {
+            let node = &self.nodes[idx];
+            if node.leaf.is_some() {
+                continue;
+            }
+            let Some(g) = grads[idx].take() else { continue };
+            let x = self.input_of(node.input).detach();
+            let x = if node.input.is_some() {
+                x.set_requires_grad(true)
+            } else {
+                x
+            };
+            tch::manual_seed(self.seed + idx as i64);
+            let y = run(self.model, &node.op, &x);
+            (y * g).sum(Kind::Float).backward();
+            if let Some(input) = node.input {
+                let gx = x.grad();
+                if gx.defined() {
+                    add(&mut grads, input, gx);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::ride_swin::tests::tiny_spec;
+    use crate::model::RideSwin;
+    use tch::{nn, Device, Kind, Tensor};
+
+    fn grads(checkpointed: bool) -> Vec<(String, Tensor)> {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut spec = tiny_spec(2);
+        spec.drop_path_rate = 0.0;
+        let m = RideSwin::new(&vs.root(), &spec).unwrap();
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let w = Tensor::randn([2, 5], (Kind::Float, Device::Cpu));
+        let loss_of = |out: &crate::model::ModelOutput| {
+            (&out.experts[0] * &w).sum(Kind::Float) + out.experts[1].square().sum(Kind::Float)
+        };
+        if checkpointed {
+            let (out, tape) = m.forward_checkpointed(&x);
+            tape.backward(&loss_of(&out));
+        } else {
+            loss_of(&m.forward(&x, true)).backward();
+        }
+        let mut v: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.grad().copy()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn checkpointed_gradients_equal_plain_gradients() {
+        let plain = grads(false);
+        let ckpt = grads(true);
+        assert_eq!(plain.len(), ckpt.len());
+        for ((n, a), (_, b)) in plain.iter().zip(&ckpt) {
+            assert!(b.defined(), "{n} got no gradient");
+            assert!(
+                a.allclose(b, 1e-4, 1e-6, false),
+                "{n}: max diff {}",
+                (a - b).abs().max().double_value(&[])
+            );
+        }
+    }
+}
