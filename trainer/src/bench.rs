@@ -17,6 +17,16 @@ pub struct StepTiming {
     pub median_ms: f64,
     /// Images per second at the median.
     pub images_per_second: f64,
+    /// Median of the forward + loss + backward part.
+    pub forward_backward_ms: f64,
+    /// Median of the clipping + AdamW part.
+    pub optimizer_ms: f64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
 }
 
 /// Time `steps` training steps after `warmup` untimed ones.
@@ -36,26 +46,30 @@ pub fn time_training_steps(
     let s = cfg.data.img_size;
     let x = Tensor::randn([batch, 3, s, s], (Kind::Float, device));
     let y = Tensor::randint(cfg.model.num_classes, [batch], (Kind::Int64, device));
-    let mut times = Vec::with_capacity(steps);
-    for i in 0..warmup + steps {
+    let (mut times, mut fb, mut op) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..warmup + steps.max(1) {
         let t = Instant::now();
         opt.zero_grad();
         let out = model.forward(&x, true);
         let loss = out.mean().cross_entropy_for_logits(&y);
         loss.backward();
+        let _ = loss.double_value(&[]);
+        let t_fb = t.elapsed();
         clip_grad_norm(&params, cfg.train.clip_grad);
         opt.step(1e-4);
-        let _ = loss.double_value(&[]);
+        let total = t.elapsed();
         if i >= warmup {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+            times.push(total.as_secs_f64() * 1e3);
+            fb.push(t_fb.as_secs_f64() * 1e3);
+            op.push((total - t_fb).as_secs_f64() * 1e3);
         }
     }
-    let mut sorted = times.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let median = sorted[sorted.len() / 2];
+    let m = median(&times);
     Ok(StepTiming {
+        median_ms: m,
+        images_per_second: batch as f64 / (m / 1e3),
+        forward_backward_ms: median(&fb),
+        optimizer_ms: median(&op),
         step_ms: times,
-        median_ms: median,
-        images_per_second: batch as f64 / (median / 1e3),
     })
 }

@@ -21,6 +21,21 @@ pub fn trainer(args: &[&str]) -> Output {
         .expect("ride-trainer runs")
 }
 
+/// `ride-trainer train --cfg CFG --device cpu --output OUT EXTRA...`.
+pub fn train_cpu(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--cfg",
+        cfg.to_str().expect("utf-8 path"),
+        "--device",
+        "cpu",
+        "--output",
+        out.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    trainer(&args)
+}
+
 /// stdout + stderr as one string.
 pub fn text(o: &Output) -> String {
     format!(

@@ -3,25 +3,18 @@
 
 mod common;
 
-use common::{text, tiny_config, trainer};
+use common::{text, tiny_config, train_cpu, trainer};
 
 #[test]
 fn trains_checkpoints_evaluates_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), 2, "RIDE");
     let out_root = dir.path().join("out");
-    let o = trainer(&[
-        "train",
-        "--cfg",
-        cfg.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--output",
-        out_root.to_str().unwrap(),
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--json",
-    ]);
+    let o = train_cpu(
+        &cfg,
+        &out_root,
+        &["--metrics-addr", "127.0.0.1:0", "--json"],
+    );
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     let run_dir = out_root.join("tiny/default");
@@ -44,18 +37,7 @@ fn trains_checkpoints_evaluates_and_reports() {
     assert_eq!(v["per_expert_top1"].as_array().unwrap().len(), 2);
 
     // --eval on the same output resumes the latest checkpoint and evaluates it.
-    let o = trainer(&[
-        "train",
-        "--cfg",
-        cfg.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--output",
-        out_root.to_str().unwrap(),
-        "--metrics-addr",
-        "off",
-        "--eval",
-    ]);
+    let o = train_cpu(&cfg, &out_root, &["--metrics-addr", "off", "--eval"]);
     let t2 = text(&o);
     assert!(o.status.success(), "{t2}");
     assert!(
@@ -97,59 +79,28 @@ fn trains_checkpoints_evaluates_and_reports() {
 fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), 2, "RIDE");
-    let c = cfg.to_str().unwrap();
     let straight = dir.path().join("straight");
-    let o = trainer(&[
-        "train",
-        "--cfg",
-        c,
-        "--device",
-        "cpu",
-        "--output",
-        straight.to_str().unwrap(),
-        "--metrics-addr",
-        "off",
-        "--opts",
-        "TRAIN.EPOCHS",
-        "3",
-    ]);
+    let o = train_cpu(
+        &cfg,
+        &straight,
+        &["--metrics-addr", "off", "--opts", "TRAIN.EPOCHS", "3"],
+    );
     assert!(o.status.success(), "{}", text(&o));
-    // Same run stopped after 2 of 3 epochs (the schedule still spans 3), then resumed.
+    // The same run, crashed during its last epoch: remove the final checkpoint
+    // so the newest complete one is epoch index 1, then run again.
     let split = dir.path().join("split");
-    let s = split.to_str().unwrap();
-    let o = trainer(&[
-        "train",
-        "--cfg",
-        c,
-        "--device",
-        "cpu",
-        "--output",
-        s,
-        "--metrics-addr",
-        "off",
-        "--opts",
-        "TRAIN.EPOCHS",
-        "3",
-        "TRAIN.START_EPOCH",
-        "0",
-    ]);
+    let o = train_cpu(
+        &cfg,
+        &split,
+        &["--metrics-addr", "off", "--opts", "TRAIN.EPOCHS", "3"],
+    );
     assert!(o.status.success());
-    // Remove the final checkpoint to simulate a stop after epoch index 1.
     std::fs::remove_dir_all(split.join("tiny/default/ckpt_epoch_2")).unwrap();
-    let o = trainer(&[
-        "train",
-        "--cfg",
-        c,
-        "--device",
-        "cpu",
-        "--output",
-        s,
-        "--metrics-addr",
-        "off",
-        "--opts",
-        "TRAIN.EPOCHS",
-        "3",
-    ]);
+    let o = train_cpu(
+        &cfg,
+        &split,
+        &["--metrics-addr", "off", "--opts", "TRAIN.EPOCHS", "3"],
+    );
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(

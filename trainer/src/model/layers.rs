@@ -45,8 +45,10 @@ pub fn drop_path(x: &Tensor, prob: f64, train: bool) -> Tensor {
     let keep = 1.0 - prob;
     let mut shape = vec![1i64; x.dim()];
     shape[0] = x.size()[0];
-    let mask = Tensor::empty(shape.as_slice(), (x.kind(), x.device())).bernoulli_float_(keep);
-    x * mask / keep
+    // Scale the small mask, not the activation: one full-size op instead of two.
+    let mask =
+        Tensor::empty(shape.as_slice(), (x.kind(), x.device())).bernoulli_float_(keep) / keep;
+    x * mask
 }
 
 /// Image to patch tokens: a strided conv and an optional LayerNorm.

@@ -104,13 +104,17 @@ impl AdamW {
                 if s.decay && self.weight_decay != 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
-                let _ = s.exp_avg.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                let _ = s
-                    .exp_avg_sq
-                    .g_mul_scalar_(b2)
-                    .g_add_(&(&g * &g * (1.0 - b2)));
-                let denom = (s.exp_avg_sq.sqrt() / bc2.sqrt()) + self.eps;
-                let _ = p.addcdiv_(&(&s.exp_avg * (-lr / bc1)), &denom);
+                // Same update as torch's AdamW, with as few temporaries as tch allows:
+                // m ← lerp(m, g, 1−β1); v ← lerp(v, g², 1−β2);
+                // p ← p − lr/bc1 · m / (√v/√bc2 + ε), the step size folded into the denominator.
+                let _ = s.exp_avg.lerp_(&g, 1.0 - b1);
+                let _ = s.exp_avg_sq.lerp_(&g.square(), 1.0 - b2);
+                let mut denom = s.exp_avg_sq.sqrt();
+                let _ = denom
+                    .g_div_scalar_(bc2.sqrt())
+                    .g_add_scalar_(self.eps)
+                    .g_div_scalar_(-lr / bc1);
+                let _ = p.addcdiv_(&s.exp_avg, &denom);
             }
         });
     }
@@ -170,13 +174,12 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
     if grads.is_empty() {
         return 0.0;
     }
+    // Per-tensor fp32 norms (one pass, no copies), combined in f64 on the host.
     let sq: f64 = grads
         .iter()
         .map(|g| {
-            g.to_kind(tch::Kind::Double)
-                .square()
-                .sum(tch::Kind::Double)
-                .double_value(&[])
+            let n = g.norm().double_value(&[]);
+            n * n
         })
         .sum();
     let norm = sq.sqrt();
