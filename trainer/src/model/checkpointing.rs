@@ -166,17 +166,23 @@ mod tests {
     use crate::model::RideSwin;
     use tch::{nn, Device, Kind, Tensor};
 
-    fn grads(checkpointed: bool) -> Vec<(String, Tensor)> {
-        tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let mut spec = tiny_spec(2);
-        spec.drop_path_rate = 0.0;
-        let m = RideSwin::new(&vs.root(), &spec).unwrap();
-        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let w = Tensor::randn([2, 5], (Kind::Float, Device::Cpu));
+    fn grads(m: &RideSwin, vs: &nn::VarStore, checkpointed: bool) -> Vec<(String, Tensor)> {
+        // Inputs built without the global generator: other tests run in parallel threads.
+        let x = Tensor::arange(2 * 3 * 32 * 32, (Kind::Float, Device::Cpu))
+            .view([2, 3, 32, 32])
+            .sin();
+        let w = Tensor::arange(10, (Kind::Float, Device::Cpu))
+            .view([2, 5])
+            .cos();
         let loss_of = |out: &crate::model::ModelOutput| {
             (&out.experts[0] * &w).sum(Kind::Float) + out.experts[1].square().sum(Kind::Float)
         };
+        for (_, t) in vs.variables() {
+            let mut g = t.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
         if checkpointed {
             let (out, tape) = m.forward_checkpointed(&x);
             tape.backward(&loss_of(&out));
@@ -194,15 +200,21 @@ mod tests {
 
     #[test]
     fn checkpointed_gradients_equal_plain_gradients() {
-        let plain = grads(false);
-        let ckpt = grads(true);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut spec = tiny_spec(2);
+        spec.drop_path_rate = 0.0;
+        let m = RideSwin::new(&vs.root(), &spec).unwrap();
+        let plain = grads(&m, &vs, false);
+        let ckpt = grads(&m, &vs, true);
         assert_eq!(plain.len(), ckpt.len());
         for ((n, a), (_, b)) in plain.iter().zip(&ckpt) {
             assert!(b.defined(), "{n} got no gradient");
+            // Float reassociation only: within 1e-4 of the tensor's scale.
+            let diff = (a - b).abs().max().double_value(&[]);
+            let scale = a.abs().max().double_value(&[]).max(1e-3);
             assert!(
-                a.allclose(b, 1e-4, 1e-6, false),
-                "{n}: max diff {}",
-                (a - b).abs().max().double_value(&[])
+                diff <= 1e-4 * scale,
+                "{n}: max diff {diff} at scale {scale}"
             );
         }
     }
