@@ -157,3 +157,69 @@ fn unsupported_dataset_says_what_to_do() {
         text(&o)
     );
 }
+
+#[test]
+fn predict_on_image_files_writes_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 2, "RIDE");
+    let out_root = dir.path().join("out");
+    let o = train_cpu(
+        &cfg,
+        &out_root,
+        &["--metrics-addr", "off", "--opts", "TRAIN.EPOCHS", "1"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // A colour PNG of another size, a grayscale PNG, and a missing file.
+    let rgb = image::RgbImage::from_fn(40, 30, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])
+    });
+    rgb.save(dir.path().join("a.png")).unwrap();
+    let gray = image::GrayImage::from_fn(32, 32, |x, _| image::Luma([(x * 8) as u8]));
+    gray.save(dir.path().join("b.png")).unwrap();
+    let list = dir.path().join("list.txt");
+    let paths = [
+        dir.path().join("a.png"),
+        dir.path().join("b.png"),
+        dir.path().join("missing.png"),
+    ];
+    std::fs::write(
+        &list,
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let w = out_root.join("tiny/default/ckpt_epoch_0/model.safetensors");
+    let o = trainer(&[
+        "predict",
+        "--cfg",
+        cfg.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--images",
+        list.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--topk",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for l in &lines[..2] {
+        assert_eq!(l["classes"].as_array().unwrap().len(), 3);
+        let s: Vec<f64> = l["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!(s.windows(2).all(|w| w[0] >= w[1]) && s.iter().all(|&p| (0.0..=1.0).contains(&p)));
+    }
+    assert!(lines[2]["error"].as_str().unwrap().contains("missing.png"));
+}
