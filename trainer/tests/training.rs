@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{text, tiny_config, train_cpu, trainer};
+use common::{predict_cpu, text, tiny_config, train_cpu, trainer};
 
 #[test]
 fn trains_checkpoints_evaluates_and_reports() {
@@ -51,19 +51,16 @@ fn trains_checkpoints_evaluates_and_reports() {
     tch::Tensor::write_safetensors(&[("images", x)], &xin).unwrap();
     let yout = dir.path().join("y.safetensors");
     let w = run_dir.join("ckpt_epoch_1/model.safetensors");
-    let o = trainer(&[
-        "predict",
-        "--cfg",
-        cfg.to_str().unwrap(),
-        "--weights",
-        w.to_str().unwrap(),
-        "--input-tensor",
-        xin.to_str().unwrap(),
-        "--output",
-        yout.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let o = predict_cpu(
+        &cfg,
+        &w,
+        &[
+            "--input-tensor",
+            xin.to_str().unwrap(),
+            "--output",
+            yout.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let ys: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(&yout)
         .unwrap()
@@ -192,19 +189,11 @@ fn predict_on_image_files_writes_json_lines() {
     )
     .unwrap();
     let w = out_root.join("tiny/default/ckpt_epoch_0/model.safetensors");
-    let o = trainer(&[
-        "predict",
-        "--cfg",
-        cfg.to_str().unwrap(),
-        "--weights",
-        w.to_str().unwrap(),
-        "--images",
-        list.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--topk",
-        "3",
-    ]);
+    let o = predict_cpu(
+        &cfg,
+        &w,
+        &["--images", list.to_str().unwrap(), "--topk", "3"],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
         .lines()

@@ -36,6 +36,21 @@ pub fn train_cpu(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
     trainer(&args)
 }
 
+/// `ride-trainer predict --cfg CFG --weights W --device cpu EXTRA...`.
+pub fn predict_cpu(cfg: &Path, weights: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "predict",
+        "--cfg",
+        cfg.to_str().expect("utf-8 path"),
+        "--weights",
+        weights.to_str().expect("utf-8 path"),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    trainer(&args)
+}
+
 /// stdout + stderr as one string.
 pub fn text(o: &Output) -> String {
     format!(
