@@ -1,6 +1,7 @@
 //! `ride-trainer`: RIDE (routing diverse distribution-aware experts) on a
 //! Swin Transformer backbone, trained with libtorch through `tch`.
 
+pub mod amp;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

@@ -223,9 +223,17 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         let bound = metrics.serve(addr)?;
         eprintln!("metrics: http://{bound}/metrics");
     }
-    if !(cfg.amp_opt_level.is_empty() || cfg.amp_opt_level == "O0") && device.is_cuda() {
-        eprintln!("note: mixed precision is not implemented yet; training in fp32");
+    let amp = device.is_cuda() && matches!(cfg.amp_opt_level.as_str(), "O1" | "O2");
+    let mut scaler = amp.then(|| crate::amp::GradScaler::new(device));
+    if amp {
+        eprintln!("mixed precision: fp16 autocast with dynamic loss scaling");
+    } else if !(cfg.amp_opt_level.is_empty() || cfg.amp_opt_level == "O0") {
+        eprintln!(
+            "note: AMP_OPT_LEVEL {} applies on CUDA only; training in fp32 on {device:?}",
+            cfg.amp_opt_level
+        );
     }
+    let mut overflow_steps = 0u64;
     if cfg.aug.auto_augment != "none" && !cfg.aug.auto_augment.is_empty() && !cfg.eval_mode {
         eprintln!(
             "note: AUG.AUTO_AUGMENT '{}' (RandAugment) is not implemented yet and is skipped",
@@ -389,41 +397,76 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 let t = smooth_one_hot(&y, cfg.model.num_classes, 0.0);
                 (x, t)
             };
-            let (out, tape) = if cfg.train.use_checkpoint {
-                let (o, t) = model.forward_checkpointed(&x);
-                (o, Some(t))
+            let forward = || {
+                if cfg.train.use_checkpoint {
+                    let (o, t) = model.forward_checkpointed(&x);
+                    (o, Some(t))
+                } else {
+                    (model.forward(&x, true), None)
+                }
+            };
+            // fp16 autocast on CUDA (tch's autocast is fp16-only); the loss is fp32.
+            let (out, tape) = if amp {
+                tch::autocast(true, forward)
             } else {
-                (model.forward(&x, true), None)
+                forward()
             };
             let loss = criterion.loss(&out.experts, &y, &soft, epoch);
             let loss_value = loss.double_value(&[]);
-            if !loss_value.is_finite() {
+            if !loss_value.is_finite() && scaler.is_none() {
                 bail!("loss became {loss_value} at epoch {epoch} iteration {idx}; lower TRAIN.BASE_LR or check the data");
             }
             let t = epoch * per_epoch + idx as u64;
             let lr_used = next_lr;
-            let backward = |l: &Tensor| match tape {
-                Some(t) => t.backward(l),
-                None => l.backward(),
+            let scaled = match &scaler {
+                Some(s) => s.scale(&loss),
+                None => loss.shallow_clone(),
             };
-            let grad_norm = if accum > 1 {
-                backward(&(loss / accum as f64));
-                // The reference clips at every micro-step, on the partial sum.
-                let g = clip_grad_norm(&params, cfg.train.clip_grad);
-                if (idx + 1) % accum == 0 {
-                    opt.step(lr_used);
-                    opt.zero_grad();
-                    next_lr = sched.lr(t);
-                }
-                g
+            let micro_loss = if accum > 1 {
+                scaled / accum as f64
             } else {
-                opt.zero_grad();
-                backward(&loss);
-                let g = clip_grad_norm(&params, cfg.train.clip_grad);
-                opt.step(lr_used);
-                next_lr = sched.lr(t);
-                g
+                scaled
             };
+            if accum <= 1 {
+                opt.zero_grad();
+            }
+            match tape {
+                // Recomputed blocks must see the same autocast state as the forward.
+                Some(tp) if amp => tch::autocast(true, || tp.backward(&micro_loss)),
+                Some(tp) => tp.backward(&micro_loss),
+                None => micro_loss.backward(),
+            }
+            let boundary = accum <= 1 || (idx + 1) % accum == 0;
+            let mut grad_norm = f64::NAN;
+            match scaler.as_mut() {
+                Some(s) => {
+                    // Scaled gradients can only be unscaled once, so with AMP
+                    // clipping happens at the optimiser step, not every micro-step.
+                    if boundary {
+                        let (overflow, found_inf) = s.unscale(&params);
+                        if overflow {
+                            overflow_steps += 1;
+                        } else {
+                            grad_norm = clip_grad_norm(&params, cfg.train.clip_grad);
+                            opt.step(lr_used);
+                        }
+                        s.update(&found_inf);
+                    }
+                }
+                None => {
+                    // The reference clips at every micro-step (on the partial sum when accumulating).
+                    grad_norm = clip_grad_norm(&params, cfg.train.clip_grad);
+                    if boundary {
+                        opt.step(lr_used);
+                    }
+                }
+            }
+            if boundary {
+                if accum > 1 {
+                    opt.zero_grad();
+                }
+                next_lr = sched.lr(t);
+            }
             micro_step += 1;
             images_seen += n as u64;
             loss_sum += loss_value;
@@ -443,6 +486,9 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             }
         }
         pb.finish_and_clear();
+        if overflow_steps > 0 {
+            eprintln!("mixed precision: {overflow_steps} optimiser steps skipped for inf/NaN gradients so far");
+        }
         epochs_run += 1;
         let last = epoch + 1 == cfg.train.epochs;
         let mut line = format!(
