@@ -207,16 +207,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         if a.json {
             println!("{}", serde_json::to_string(e)?);
         }
-        if !summary.output.contains("://") || summary.output.starts_with("file://") {
-            let dir = summary.output.trim_start_matches("file://");
-            ride_trainer::train::write_eval_artifacts(
-                e,
-                std::path::Path::new(dir),
-                &cfg.model.name,
-            )?;
-            println!("eval json    {dir}/eval.json");
-            println!("plot         {dir}/per_class_accuracy.svg");
-        }
+    }
+    if let Some(dir) = &summary.artifacts {
+        println!("eval json    {}", dir.join("eval.json").display());
+        println!(
+            "plot         {}",
+            dir.join("per_class_accuracy.svg").display()
+        );
     }
     Ok(())
 }

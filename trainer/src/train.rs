@@ -189,6 +189,8 @@ pub struct RunSummary {
     pub output: String,
     /// Trainable parameters.
     pub parameters: i64,
+    /// Local directory holding `eval.json` and the per-class plot, when written.
+    pub artifacts: Option<PathBuf>,
 }
 
 fn progress_bar(len: u64, epoch: u64, epochs: u64, show: bool) -> ProgressBar {
@@ -211,7 +213,7 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
     let train_counts = data.train.class_counts();
     let device = run.device;
     tch::manual_seed(cfg.seed as i64);
-    let mut vs = nn::VarStore::new(device);
+    let vs = nn::VarStore::new(device);
     let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
         .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
     let parameters = parameter_count(&vs);
@@ -290,7 +292,9 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
     if cfg.eval_mode {
         let report = evaluate(&model, &data.test, cfg, &train_counts, device);
         metrics.record_eval(&report);
+        let artifacts = write_local_artifacts(&report, &output, &cfg.model.name)?;
         return Ok(RunSummary {
+            artifacts,
             eval: Some(report),
             epochs_run: 0,
             steps: opt.steps(),
@@ -305,6 +309,7 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         let ips = throughput(&model, cfg, device);
         eprintln!("throughput: {ips:.1} images/s (batch {bs}, forward only)");
         return Ok(RunSummary {
+            artifacts: None,
             eval: None,
             epochs_run: 0,
             steps: 0,
@@ -526,12 +531,13 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         }
         eprintln!("{line}");
     }
-    vs.freeze();
     let train_seconds = started.elapsed().as_secs_f64();
-    if let (Some(report), Some(dir)) = (&last_eval, local_dir(&output)) {
-        write_eval_artifacts(report, &dir, &cfg.model.name)?;
-    }
+    let artifacts = match &last_eval {
+        Some(report) => write_local_artifacts(report, &output, &cfg.model.name)?,
+        None => None,
+    };
     Ok(RunSummary {
+        artifacts,
         eval: last_eval,
         epochs_run,
         steps: opt.steps(),
@@ -541,6 +547,17 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         output,
         parameters,
     })
+}
+
+/// Write the evaluation artifacts when the output is a local directory.
+fn write_local_artifacts(report: &EvalReport, output: &str, name: &str) -> Result<Option<PathBuf>> {
+    match local_dir(output) {
+        Some(dir) => {
+            write_eval_artifacts(report, &dir, name)?;
+            Ok(Some(dir))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Write `eval.json` and the per-class accuracy plot into `dir`.
