@@ -1,5 +1,6 @@
 //! Checkpoints through `object_store`: one directory per checkpoint
-//! (`ckpt_epoch_{N}/`) holding `model.safetensors`, `optimizer.safetensors`
+//! (`ckpt_epoch_{N}/` at the end of epoch N, `ckpt_epoch_{N}_iter_{I}/` when
+//! stopped after I iterations of epoch N) holding `model.safetensors`, `optimizer.safetensors`
 //! and `meta.json`. `meta.json` is written last, so a directory without it
 //! (an interrupted save) is never picked for resume.
 
@@ -14,8 +15,12 @@ pub type NamedTensors = Vec<(String, Tensor)>;
 /// What a checkpoint records besides tensors.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CheckpointMeta {
-    /// Epoch completed (0-based).
+    /// Epoch of the checkpoint (0-based).
     pub epoch: u64,
+    /// Iterations done in `epoch` when saved mid-epoch (preemption);
+    /// `None` when the epoch is complete.
+    #[serde(default)]
+    pub iterations_done: Option<u64>,
     /// Optimiser steps taken.
     pub step: u64,
     /// Micro-batches processed since the start of training.
@@ -104,7 +109,7 @@ impl CheckpointStore {
         optimizer: &[(String, Tensor)],
         meta: &CheckpointMeta,
     ) -> anyhow::Result<String> {
-        let dir = format!("ckpt_epoch_{}", meta.epoch);
+        let dir = checkpoint_dir_name(meta.epoch, meta.iterations_done);
         let model_bytes = tensors_to_bytes(model)?;
         let opt_bytes = tensors_to_bytes(optimizer)?;
         let meta_bytes = serde_json::to_vec_pretty(meta)?;
@@ -138,19 +143,16 @@ impl CheckpointStore {
         let entries: Vec<object_store::ObjectMeta> = self
             .rt
             .block_on(async { self.store.list(Some(&self.prefix)).try_collect().await })?;
-        let mut best: Option<(u64, String)> = None;
+        let mut best: Option<((u64, u64), String)> = None;
         for e in entries {
             let parts: Vec<String> = e.location.parts().map(|p| p.as_ref().to_string()).collect();
             if parts.last().map(String::as_str) != Some("meta.json") || parts.len() < 2 {
                 continue;
             }
             let dir = &parts[parts.len() - 2];
-            if let Some(n) = dir
-                .strip_prefix("ckpt_epoch_")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                if best.as_ref().is_none_or(|(b, _)| n > *b) {
-                    best = Some((n, dir.clone()));
+            if let Some(key) = parse_checkpoint_dir_name(dir) {
+                if best.as_ref().is_none_or(|(b, _)| key > *b) {
+                    best = Some((key, dir.clone()));
                 }
             }
         }
@@ -179,6 +181,24 @@ impl CheckpointStore {
     }
 }
 
+/// `ckpt_epoch_{E}` for a complete epoch, `ckpt_epoch_{E}_iter_{I}` mid-epoch.
+pub fn checkpoint_dir_name(epoch: u64, iterations_done: Option<u64>) -> String {
+    match iterations_done {
+        Some(i) => format!("ckpt_epoch_{epoch}_iter_{i}"),
+        None => format!("ckpt_epoch_{epoch}"),
+    }
+}
+
+/// Order key of a checkpoint directory: (epoch, iterations done), where a
+/// complete epoch sorts after all of its mid-epoch checkpoints.
+fn parse_checkpoint_dir_name(dir: &str) -> Option<(u64, u64)> {
+    let rest = dir.strip_prefix("ckpt_epoch_")?;
+    match rest.split_once("_iter_") {
+        Some((e, i)) => Some((e.parse().ok()?, i.parse().ok()?)),
+        None => Some((rest.parse().ok()?, u64::MAX)),
+    }
+}
+
 fn url_parse(uri: &str) -> anyhow::Result<url::Url> {
     url::Url::parse(uri).map_err(|e| anyhow::anyhow!("invalid checkpoint URI {uri}: {e}"))
 }
@@ -190,6 +210,7 @@ mod tests {
     fn meta(epoch: u64) -> CheckpointMeta {
         CheckpointMeta {
             epoch,
+            iterations_done: None,
             step: 3,
             micro_step: 3,
             next_lr: 0.1,
@@ -219,6 +240,40 @@ mod tests {
         assert_eq!((d.as_str(), m.epoch), ("ckpt_epoch_2", 2));
         let (t, _) = s.load_tensors(&d).unwrap();
         assert!(t[0].1.equal(&model[0].1));
+    }
+
+    #[test]
+    fn mid_epoch_checkpoints_order_before_the_epoch_end() {
+        assert!(
+            parse_checkpoint_dir_name("ckpt_epoch_1_iter_5")
+                < parse_checkpoint_dir_name("ckpt_epoch_1")
+        );
+        assert!(
+            parse_checkpoint_dir_name("ckpt_epoch_1")
+                < parse_checkpoint_dir_name("ckpt_epoch_2_iter_0")
+        );
+        assert!(
+            parse_checkpoint_dir_name("ckpt_epoch_1_iter_5")
+                < parse_checkpoint_dir_name("ckpt_epoch_1_iter_12")
+        );
+        assert_eq!(parse_checkpoint_dir_name("notes"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let s = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+        s.save(&[], &[], &meta(1)).unwrap();
+        s.save(
+            &[],
+            &[],
+            &CheckpointMeta {
+                iterations_done: Some(3),
+                ..meta(2)
+            },
+        )
+        .unwrap();
+        let (d, m) = s.latest().unwrap().unwrap();
+        assert_eq!(
+            (d.as_str(), m.iterations_done),
+            ("ckpt_epoch_2_iter_3", Some(3))
+        );
     }
 
     #[test]

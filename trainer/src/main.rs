@@ -200,6 +200,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             device: parse_device(&a.device)?,
             metrics_addr,
             progress,
+            stop: Some(stop_flag()?),
         },
     )?;
     print_summary(&summary);
@@ -216,6 +217,15 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// SIGTERM and SIGUSR1 ask training to checkpoint and exit at the next step.
+fn stop_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
+        signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
+    }
+    Ok(flag)
 }
 
 fn cmd_summary(c: ConfigArgs) -> Result<()> {
@@ -266,6 +276,10 @@ fn main() {
         .context("predict"),
     };
     if let Err(e) = result {
+        if let Some(p) = e.downcast_ref::<ride_trainer::train::Preempted>() {
+            eprintln!("{p}");
+            std::process::exit(ride_trainer::train::PREEMPTED_EXIT_CODE);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -58,6 +58,18 @@ pub fn build_datasets(cfg: &Config) -> Result<Datasets> {
     }
 }
 
+/// Training stopped on request (SIGTERM/SIGUSR1) after saving a checkpoint;
+/// the process should exit with [`PREEMPTED_EXIT_CODE`] and be restarted.
+#[derive(Debug, thiserror::Error)]
+#[error("preempted: checkpoint saved to {checkpoint}; run the same command again to resume")]
+pub struct Preempted {
+    /// Where the checkpoint went.
+    pub checkpoint: String,
+}
+
+/// Exit code for "preempted, checkpoint saved, restart me" (EX_TEMPFAIL).
+pub const PREEMPTED_EXIT_CODE: i32 = 75;
+
 /// Process-level options that are not part of the reference config.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -67,6 +79,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<String>,
     /// Show progress bars.
     pub progress: bool,
+    /// Set (e.g. by a signal handler) to stop at the next optimiser step with a checkpoint.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The resolved output location: `OUTPUT/MODEL.NAME/TAG` as in the reference.
@@ -254,6 +268,7 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
     let params = opt.params();
 
     let mut start_epoch = cfg.train.start_epoch;
+    let mut start_iter = 0u64;
     let mut micro_step = 0u64;
     let mut next_lr = warmup_lr;
     let mut max_accuracy = 0.0f64;
@@ -272,7 +287,10 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         if !cfg.eval_mode {
             opt.load_state(&opt_t)
                 .map_err(|e| anyhow::anyhow!("checkpoint {dir}: {e}"))?;
-            start_epoch = meta.epoch + 1;
+            (start_epoch, start_iter) = match meta.iterations_done {
+                Some(i) => (meta.epoch, i),
+                None => (meta.epoch + 1, 0),
+            };
             micro_step = meta.micro_step;
             next_lr = meta.next_lr;
             max_accuracy = meta.max_accuracy;
@@ -361,13 +379,33 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         start_epoch,
         cfg.train.epochs
     );
+    let save = |meta: &CheckpointMeta, opt: &AdamW| -> Result<String> {
+        let model_tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        store.save(&model_tensors, &opt.state(), meta)
+    };
+    let meta_now = |epoch: u64,
+                    iterations_done: Option<u64>,
+                    opt: &AdamW,
+                    next_lr: f64,
+                    micro_step: u64,
+                    max_accuracy: f64,
+                    eval: Option<EvalReport>| CheckpointMeta {
+        epoch,
+        iterations_done,
+        step: opt.steps(),
+        micro_step,
+        next_lr,
+        max_accuracy,
+        eval,
+        config: serde_norway::to_string(cfg).unwrap_or_default(),
+        saved_at: chrono::Utc::now().to_rfc3339(),
+    };
     let started = Instant::now();
     let mut images_seen = 0u64;
     let mut epochs_run = 0;
     for epoch in start_epoch..cfg.train.epochs {
-        // Reseed per epoch so dropout/drop-path streams are reproducible on resume.
-        tch::manual_seed(mix_seed(&[cfg.seed, 0xD0, epoch]) as i64 & i64::MAX);
         metrics.epoch.set(epoch as i64);
+        let first_iter = if epoch == start_epoch { start_iter } else { 0 };
         let order = epoch_order(data.train.len(), cfg.seed, epoch, 0, 1, true);
         let lopts = LoaderOptions {
             batch_size: bs,
@@ -377,12 +415,23 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             seed: cfg.seed,
             epoch,
         };
-        let loader = BatchLoader::new(data.train.clone(), transform.clone(), order, 0, lopts);
+        let loader = BatchLoader::new(
+            data.train.clone(),
+            transform.clone(),
+            order,
+            first_iter as usize,
+            lopts,
+        );
         let pb = progress_bar(per_epoch, epoch, cfg.train.epochs, run.progress);
+        pb.set_position(first_iter);
         let epoch_start = Instant::now();
         let (mut loss_sum, mut loss_n) = (0.0, 0u64);
         opt.zero_grad();
-        for (idx, batch) in loader.enumerate() {
+        for (k, batch) in loader.enumerate() {
+            let idx = first_iter as usize + k;
+            // Reseed per iteration so dropout/drop-path streams are reproducible
+            // when resuming anywhere, including mid-epoch.
+            tch::manual_seed(mix_seed(&[cfg.seed, 0xD0, epoch, idx as u64]) as i64 & i64::MAX);
             metrics.skipped_samples.inc_by(batch.skipped as u64);
             let mut n = batch.len() as i64;
             if mixup.active() && n % 2 == 1 {
@@ -489,6 +538,25 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             if !run.progress && cfg.print_freq > 0 && (idx as u64) % cfg.print_freq == 0 {
                 eprintln!("epoch {} [{idx}/{per_epoch}] loss {loss_value:.4} lr {lr_used:.3e} grad_norm {grad_norm:.3} {ips:.0} img/s", epoch + 1);
             }
+            if boundary
+                && run
+                    .stop
+                    .as_ref()
+                    .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                pb.finish_and_clear();
+                let meta = meta_now(
+                    epoch,
+                    Some(idx as u64 + 1),
+                    &opt,
+                    next_lr,
+                    micro_step,
+                    max_accuracy,
+                    last_eval.clone(),
+                );
+                let checkpoint = save(&meta, &opt)?;
+                return Err(Preempted { checkpoint }.into());
+            }
         }
         pb.finish_and_clear();
         if overflow_steps > 0 {
@@ -515,18 +583,16 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 report.medium.map_or("-".into(), |v| format!("{v:.1}")),
                 report.few.map_or("-".into(), |v| format!("{v:.1}"))
             ));
-            let meta = CheckpointMeta {
+            let meta = meta_now(
                 epoch,
-                step: opt.steps(),
-                micro_step,
+                None,
+                &opt,
                 next_lr,
+                micro_step,
                 max_accuracy,
-                eval: Some(report.clone()),
-                config: serde_norway::to_string(cfg).unwrap_or_default(),
-                saved_at: chrono::Utc::now().to_rfc3339(),
-            };
-            let model_tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-            last_checkpoint = Some(store.save(&model_tensors, &opt.state(), &meta)?);
+                Some(report.clone()),
+            );
+            last_checkpoint = Some(save(&meta, &opt)?);
             last_eval = Some(report);
         }
         eprintln!("{line}");

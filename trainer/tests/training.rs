@@ -212,3 +212,97 @@ fn predict_on_image_files_writes_json_lines() {
     }
     assert!(lines[2]["error"].as_str().unwrap().contains("missing.png"));
 }
+
+#[test]
+fn sigterm_saves_a_mid_epoch_checkpoint_and_resume_is_bitwise_exact() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 2, "RIDE");
+    let opts = [
+        "--metrics-addr",
+        "off",
+        "--no-progress",
+        "--opts",
+        "TRAIN.EPOCHS",
+        "3",
+        "PRINT_FREQ",
+        "1",
+    ];
+    let straight = dir.path().join("straight");
+    let o = train_cpu(&cfg, &straight, &opts);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Preempt the same run in the middle of its second epoch.
+    let preempted = dir.path().join("preempted");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ride-trainer"))
+        .args([
+            "train",
+            "--cfg",
+            cfg.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--output",
+            preempted.to_str().unwrap(),
+        ])
+        .args(opts)
+        .env("OMP_NUM_THREADS", "2")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    let mut signalled = false;
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if !signalled && line.starts_with("epoch 2 [2/") {
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            signalled = true;
+        }
+        log.push_str(&line);
+        log.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(signalled, "never reached epoch 2:\n{log}");
+    assert_eq!(
+        status.code(),
+        Some(ride_trainer::train::PREEMPTED_EXIT_CODE),
+        "{log}"
+    );
+    assert!(log.contains("preempted: checkpoint saved"), "{log}");
+    let mid: Vec<String> = std::fs::read_dir(preempted.join("tiny/default"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ckpt_epoch_1_iter_"))
+        .collect();
+    assert_eq!(mid.len(), 1, "{mid:?}\n{log}");
+
+    let o = train_cpu(&cfg, &preempted, &opts);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains(&format!(
+            "resumed from {}/tiny/default/{}",
+            preempted.display(),
+            mid[0]
+        )),
+        "{t}"
+    );
+    let load = |p: &std::path::Path| -> std::collections::BTreeMap<String, tch::Tensor> {
+        tch::Tensor::read_safetensors(p.join("tiny/default/ckpt_epoch_2/model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    let (a, b) = (load(&straight), load(&preempted));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, ta) in &a {
+        assert!(
+            ta.equal(&b[name]),
+            "{name} differs after a mid-epoch resume"
+        );
+    }
+}
