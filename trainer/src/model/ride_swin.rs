@@ -375,16 +375,11 @@ impl RideSwin {
         if s.patch_norm {
             f += res * res * s.embed_dim;
         }
+        // Stages branch monotonically (shared ones all come first), so a
+        // shared stage runs once and a branched one once per expert.
         for stage in &self.stages {
             f += match stage {
-                Stage::Shared(l) => {
-                    l.flops()
-                        * if self.is_fanned_out_before(stage) {
-                            s.num_experts
-                        } else {
-                            1
-                        }
-                }
+                Stage::Shared(l) => l.flops(),
                 Stage::Branched(ls) => ls.iter().map(|l| l.flops()).sum(),
             };
         }
@@ -392,17 +387,6 @@ impl RideSwin {
         f += self.num_features * res * res / (1i64 << s.depths.len());
         f += self.num_features * s.num_classes;
         f
-    }
-
-    fn is_fanned_out_before(&self, stage: &Stage) -> bool {
-        let pos = self
-            .stages
-            .iter()
-            .position(|s| std::ptr::eq(s, stage))
-            .unwrap_or(0);
-        self.stages[..pos]
-            .iter()
-            .any(|s| matches!(s, Stage::Branched(_)))
     }
 }
 
