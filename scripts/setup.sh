@@ -23,9 +23,15 @@ if [ "$have" != "$TORCH_VERSION" ]; then
 fi
 "$RIDE_VENV/bin/python" -c "import numpy" 2>/dev/null || "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q numpy
 if [ "${RIDE_SETUP_BENCH:-0}" = 1 ]; then
-  # Only the benchmarks compare against PyTorch's Swin (timm); tests do not need it.
-  "$RIDE_VENV/bin/python" -c 'import timm' 2>/dev/null || \
-    "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q timm
+  # Only the benchmarks compare against PyTorch (timm's Swin and transforms,
+  # torchvision + PIL); tests do not need them. --no-deps keeps torch pinned;
+  # Pillow 12+ rejects the posterize(bits=0) that timm RandAugment asks for at m10.
+  "$RIDE_VENV/bin/python" -c 'import torchvision, PIL; assert int(PIL.__version__.split(".")[0]) < 12' 2>/dev/null || \
+    "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q --no-deps "torchvision==0.26.0" "pillow<12"
+  "$RIDE_VENV/bin/python" -c 'import timm' 2>/dev/null || {
+    "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q pyyaml huggingface_hub safetensors
+    "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q --no-deps timm
+  }
 fi
 cd "$here/.."
 echo "==> building (cargo target dir: $CARGO_TARGET_DIR)"

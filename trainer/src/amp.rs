@@ -37,6 +37,17 @@ impl GradScaler {
         }
     }
 
+    /// Scale and growth tracker, for checkpoints.
+    pub fn state(&self) -> (f64, i64) {
+        (self.scale_value(), self.growth_tracker.int64_value(&[0]))
+    }
+
+    /// Restore [`GradScaler::state`].
+    pub fn load_state(&mut self, (scale, tracker): (f64, i64)) {
+        let _ = self.scale.fill_(scale);
+        let _ = self.growth_tracker.fill_(tracker);
+    }
+
     /// Current scale.
     pub fn scale_value(&self) -> f64 {
         self.scale.double_value(&[0])

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use tch::{Kind, Tensor};
 
 /// Running counts accumulated batch by batch.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalAccumulator {
     class_total: Vec<u64>,
     class_top1: Vec<u64>,

@@ -3,10 +3,13 @@
 
 pub mod amp;
 pub mod bench;
+pub mod bench_io;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod eval;
+pub mod launch;
 pub mod loss;
 pub mod metrics;
 pub mod model;

@@ -30,6 +30,90 @@ enum Command {
     Predict(PredictArgs),
     /// Time training steps on random data (forward, loss, backward, AdamW).
     BenchStep(BenchArgs),
+    /// Run N ranks of `train` on this machine; restart the gang on failure.
+    Launch(LaunchArgs),
+    /// Class counts and the many/medium/few split of the training set (labels only), with a plot.
+    DataStats(DataStatsArgs),
+    /// Measure TCP ring all-reduce bandwidth with N local ranks (prints JSON lines).
+    BenchAllreduce(BenchAllreduceArgs),
+    /// Measure checkpoint save throughput to a location against a raw upload (prints JSON).
+    BenchCheckpoint(BenchCheckpointArgs),
+    /// Measure the configured train transform on a folder of images, one thread (prints JSON).
+    BenchTransform(BenchTransformArgs),
+}
+
+#[derive(Args)]
+struct DataStatsArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Dataset root (DATA.DATA_PATH).
+    #[arg(long)]
+    data_path: Option<String>,
+    /// Where to write the class-size plot (SVG).
+    #[arg(long, default_value = "class_sizes.svg")]
+    plot: PathBuf,
+    /// Print the statistics as JSON too.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchAllreduceArgs {
+    /// Ranks (processes) to start when not already inside a job.
+    #[arg(long, default_value_t = 2)]
+    world: usize,
+    /// Message sizes in MB (10^6 bytes).
+    #[arg(long, value_delimiter = ',', default_value = "1,25,100")]
+    sizes_mb: Vec<f64>,
+    /// Untimed all-reduces per size.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed all-reduces per size.
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+}
+
+#[derive(Args)]
+struct BenchTransformArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Folder of images (*.jpg, *.png, ...), read in sorted order.
+    #[arg(long)]
+    images: PathBuf,
+    /// Timed passes over the folder.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+#[derive(Args)]
+struct BenchCheckpointArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Location to write to (path, file://, s3://, ...).
+    #[arg(long)]
+    output: String,
+    /// Timed rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+#[derive(Args)]
+struct LaunchArgs {
+    /// Ranks to start on this machine (one GPU each when training on CUDA).
+    #[arg(long, default_value_t = 1)]
+    nproc_per_node: usize,
+    /// Gang restarts allowed after a rank fails (preemptions are not counted).
+    #[arg(long, default_value_t = 3)]
+    max_restarts: u32,
+    /// Rendezvous port (default: a free port per attempt).
+    #[arg(long)]
+    master_port: Option<u16>,
+    /// Seconds between SIGTERM and SIGKILL when stopping the other ranks.
+    #[arg(long, default_value_t = 10.0)]
+    grace_seconds: f64,
+    /// Arguments for `ride-trainer train`, after `--`.
+    #[arg(last = true)]
+    train_args: Vec<String>,
 }
 
 #[derive(Args)]
@@ -171,6 +255,12 @@ fn print_summary(s: &RunSummary) {
     if let Some(c) = &s.checkpoint {
         println!("checkpoint   {c}");
     }
+    if s.skipped_samples > 0 {
+        println!(
+            "skipped      {} training samples that could not be decoded",
+            s.skipped_samples
+        );
+    }
     if let Some(e) = &s.eval {
         println!("{}", e.table());
     }
@@ -194,6 +284,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let metrics_addr =
         (a.metrics_addr != "off" && !a.metrics_addr.is_empty()).then(|| a.metrics_addr.clone());
     let progress = !a.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let world = ride_trainer::dist::WorldInfo::from_env()?;
+    let is_main = world.rank == 0;
     let summary = run(
         &cfg,
         &RunOptions {
@@ -201,8 +293,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             metrics_addr,
             progress,
             stop: Some(stop_flag()?),
+            world,
         },
     )?;
+    if !is_main {
+        return Ok(());
+    }
     print_summary(&summary);
     if let Some(e) = &summary.eval {
         if a.json {
@@ -257,12 +353,140 @@ fn cmd_bench(b: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_launch(a: LaunchArgs) -> Result<()> {
+    anyhow::ensure!(a.nproc_per_node >= 1, "--nproc-per-node must be at least 1");
+    let opts = ride_trainer::launch::LaunchOptions {
+        nproc: a.nproc_per_node,
+        max_restarts: a.max_restarts,
+        master_port: a.master_port,
+        train_args: a.train_args,
+        program: std::env::current_exe().context("finding the ride-trainer executable")?,
+        grace: std::time::Duration::from_secs_f64(a.grace_seconds.max(0.0)),
+    };
+    let code = ride_trainer::launch::launch(&opts, stop_flag()?).context("launching ranks")?;
+    std::process::exit(code);
+}
+
+fn cmd_data_stats(a: DataStatsArgs) -> Result<()> {
+    let cfg = load(
+        &a.config,
+        Overrides {
+            data_path: a.data_path.clone(),
+            ..Default::default()
+        },
+    )?;
+    let started = std::time::Instant::now();
+    let data = ride_trainer::data::select::build_datasets(&cfg)?;
+    let stats = ride_trainer::data::stats::DataStats::of(data.train.as_ref());
+    println!(
+        "{} training split ({} test images), read and checked in {:.2}s",
+        cfg.data.dataset,
+        data.test.len(),
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", stats.table());
+    stats.plot_svg(
+        &a.plot,
+        &format!("{}: training images per class", cfg.data.dataset),
+    )?;
+    println!("plot         {}", a.plot.display());
+    if a.json {
+        println!("{}", serde_json::to_string(&stats)?);
+    }
+    Ok(())
+}
+
+fn cmd_bench_allreduce(a: BenchAllreduceArgs) -> Result<()> {
+    let sizes: Vec<usize> = a
+        .sizes_mb
+        .iter()
+        .map(|mb| (mb * 1e6) as usize / 4 * 4)
+        .collect();
+    if std::env::var_os("WORLD_SIZE").is_some() {
+        let (rank, timings) =
+            ride_trainer::bench_io::all_reduce_bandwidth_from_env(&sizes, a.warmup, a.iters)?;
+        if rank == 0 {
+            for t in timings {
+                println!("{}", serde_json::to_string(&t)?);
+            }
+        }
+        return Ok(());
+    }
+    // Not inside a job: start `world` ranks of ourselves, as the launcher does.
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port();
+    let exe = std::env::current_exe()?;
+    let children: Vec<std::process::Child> = (0..a.world)
+        .map(|rank| {
+            std::process::Command::new(&exe)
+                .arg("bench-allreduce")
+                .arg("--sizes-mb")
+                .arg(
+                    a.sizes_mb
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )
+                .args([
+                    "--warmup",
+                    &a.warmup.to_string(),
+                    "--iters",
+                    &a.iters.to_string(),
+                ])
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", a.world.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .spawn()
+        })
+        .collect::<std::io::Result<_>>()?;
+    for mut c in children {
+        anyhow::ensure!(c.wait()?.success(), "a benchmark rank failed");
+    }
+    Ok(())
+}
+
+fn cmd_bench_transform(a: BenchTransformArgs) -> Result<()> {
+    let cfg = load(&a.config, Overrides::default())?;
+    let transform = ride_trainer::data::select::train_transform(&cfg)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&a.images)
+        .with_context(|| format!("reading {}", a.images.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "no images in {}", a.images.display());
+    let t = ride_trainer::bench_io::transform_throughput(&files, &transform, a.rounds)?;
+    println!("{}", serde_json::to_string(&t)?);
+    Ok(())
+}
+
+fn cmd_bench_checkpoint(a: BenchCheckpointArgs) -> Result<()> {
+    let cfg = load(&a.config, Overrides::default())?;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = RideSwin::new(&vs.root(), &cfg.swin_spec())
+        .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
+    let opt = ride_trainer::optim::AdamW::new(&vs, 0.05, 1e-8, (0.9, 0.999));
+    let model: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    let t =
+        ride_trainer::bench_io::checkpoint_throughput(&a.output, &model, &opt.state(), a.rounds)?;
+    println!("{}", serde_json::to_string(&t)?);
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => cmd_train(a),
         Command::Summary(c) => cmd_summary(c),
         Command::BenchStep(b) => cmd_bench(b),
+        Command::Launch(a) => cmd_launch(a),
+        Command::DataStats(a) => cmd_data_stats(a),
+        Command::BenchAllreduce(a) => cmd_bench_allreduce(a),
+        Command::BenchCheckpoint(a) => cmd_bench_checkpoint(a),
+        Command::BenchTransform(a) => cmd_bench_transform(a),
         Command::Predict(p) => ride_trainer::predict::run(
             &p.config.cfg,
             &p.config.opts,

@@ -27,6 +27,16 @@ pub struct Metrics {
     pub eval_expert_top1: GaugeVec,
     /// Samples skipped because they failed to decode.
     pub skipped_samples: IntCounter,
+    /// Duration of the last checkpoint save (serialise, checksum, upload).
+    pub checkpoint_save_seconds: Gauge,
+    /// Size of the last checkpoint.
+    pub checkpoint_bytes: IntGauge,
+    /// Epoch of the last checkpoint saved.
+    pub checkpoint_epoch: IntGauge,
+    /// Checkpoint saves that failed (the previous checkpoint stayed current).
+    pub checkpoint_failures: IntCounter,
+    /// Ranks in the job.
+    pub world_size: IntGauge,
 }
 
 impl Metrics {
@@ -54,14 +64,13 @@ impl Metrics {
                 .expect("unique metric");
             m
         };
-        let skipped = IntCounter::with_opts(Opts::new(
-            "ride_skipped_samples_total",
-            "Samples skipped because they could not be decoded",
-        ))
-        .expect("valid metric");
-        registry
-            .register(Box::new(skipped.clone()))
-            .expect("unique metric");
+        let counter = |name: &str, help: &str| {
+            let m = IntCounter::with_opts(Opts::new(name, help)).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
         Self {
             step: ig("ride_step", "Optimiser steps taken"),
             epoch: ig("ride_epoch", "Current epoch (0-based)"),
@@ -83,7 +92,24 @@ impl Metrics {
                 "Latest evaluation top-1 of each expert alone",
                 "expert",
             ),
-            skipped_samples: skipped,
+            skipped_samples: counter(
+                "ride_skipped_samples_total",
+                "Samples skipped because they could not be decoded",
+            ),
+            checkpoint_save_seconds: g(
+                "ride_checkpoint_save_seconds",
+                "Duration of the last checkpoint save (serialise, checksum, upload)",
+            ),
+            checkpoint_bytes: ig("ride_checkpoint_bytes", "Size of the last checkpoint"),
+            checkpoint_epoch: ig(
+                "ride_checkpoint_epoch",
+                "Epoch (0-based) of the last checkpoint saved",
+            ),
+            checkpoint_failures: counter(
+                "ride_checkpoint_failures_total",
+                "Checkpoint saves that failed; the previous checkpoint stayed current",
+            ),
+            world_size: ig("ride_world_size", "Ranks in the training job"),
             registry,
         }
     }

@@ -2,7 +2,6 @@
 //! eval-mode outputs for a preprocessed tensor (safetensors in and out).
 
 use crate::config::{load_config, Overrides};
-use crate::data::transforms::Transform;
 use crate::data::RgbImage;
 use crate::model::RideSwin;
 use anyhow::{bail, Context, Result};
@@ -73,10 +72,7 @@ pub fn run(
     };
     let text =
         std::fs::read_to_string(list).with_context(|| format!("reading {}", list.display()))?;
-    let transform = Transform::Eval {
-        size: cfg.data.img_size as usize,
-        center_crop: cfg.test.crop,
-    };
+    let transform = crate::data::select::eval_transform(&cfg)?;
     let mut sink: Box<dyn Write> = match output {
         Some(p) => {
             Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)

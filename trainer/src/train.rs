@@ -2,13 +2,14 @@
 //! criterion from a [`Config`], runs epochs with the reference's semantics,
 //! checkpoints, evaluates and reports.
 
-use crate::checkpoint::{CheckpointMeta, CheckpointStore};
+use crate::checkpoint::writer::Retention;
+use crate::checkpoint::{CheckpointMeta, CheckpointStore, CheckpointWriter, Snapshot};
 use crate::config::Config;
-use crate::data::loader::{epoch_order, BatchLoader, LoaderOptions};
+use crate::data::loader::{epoch_order, eval_shard, BatchLoader, LoaderOptions};
 use crate::data::mixup::{mix, smooth_one_hot, MixupOptions};
-use crate::data::synthetic::{SyntheticDataset, SyntheticSpec, SyntheticSplit};
-use crate::data::transforms::Transform;
 use crate::data::{mix_seed, Dataset};
+use crate::dist::ddp::{broadcast_from_rank0, GradAverager, BUCKET_BYTES};
+use crate::dist::{Collective, WorldInfo};
 use crate::eval::{EvalAccumulator, EvalReport};
 use crate::loss::{Criterion, LdamDrwLoss, RideLoss, RideLossOptions};
 use crate::metrics::Metrics;
@@ -25,38 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
-/// The train and test splits of the configured dataset.
-pub struct Datasets {
-    /// Training split (long-tailed).
-    pub train: Arc<dyn Dataset>,
-    /// Evaluation split.
-    pub test: Arc<dyn Dataset>,
-}
-
-/// Build the datasets named by `DATA.DATASET`.
-pub fn build_datasets(cfg: &Config) -> Result<Datasets> {
-    match cfg.data.dataset.as_str() {
-        "synthetic" => {
-            let s = &cfg.data.synthetic;
-            let spec = SyntheticSpec {
-                num_classes: s.num_classes,
-                max_per_class: s.max_per_class,
-                imbalance: s.imbalance_factor,
-                test_per_class: s.test_per_class,
-                image_size: cfg.data.img_size as usize,
-                seed: s.seed,
-            };
-            Ok(Datasets {
-                train: Arc::new(SyntheticDataset::new(spec.clone(), SyntheticSplit::Train)),
-                test: Arc::new(SyntheticDataset::new(spec, SyntheticSplit::Test)),
-            })
-        }
-        other => bail!(
-            "DATA.DATASET '{other}' cannot be read yet: this build reads only the built-in 'synthetic' dataset \
-             (ImageNet-LT list files, CIFAR-LT and image folders are planned); set DATA.DATASET: synthetic"
-        ),
-    }
-}
+pub use crate::data::select::{build_datasets, Datasets};
 
 /// Training stopped on request (SIGTERM/SIGUSR1) after saving a checkpoint;
 /// the process should exit with [`PREEMPTED_EXIT_CODE`] and be restarted.
@@ -81,6 +51,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Set (e.g. by a signal handler) to stop at the next optimiser step with a checkpoint.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// This process's place in the job (a single process by default).
+    pub world: WorldInfo,
 }
 
 /// The resolved output location: `OUTPUT/MODEL.NAME/TAG` as in the reference.
@@ -145,19 +117,19 @@ pub fn build_criterion(cfg: &Config, train_counts: &[usize]) -> Criterion {
     }
 }
 
-/// Evaluate `model` on `dataset` (no augmentation).
+/// Evaluate `model` on `dataset` (no augmentation). Each rank evaluates
+/// every `world`-th image and the counts are merged, so every rank returns
+/// the report of the whole set.
 pub fn evaluate(
     model: &RideSwin,
     dataset: &Arc<dyn Dataset>,
     cfg: &Config,
     train_counts: &[usize],
     device: Device,
-) -> EvalReport {
-    let transform = Transform::Eval {
-        size: cfg.data.img_size as usize,
-        center_crop: cfg.test.crop,
-    };
-    let order = epoch_order(dataset.len(), cfg.seed, 0, 0, 1, false);
+    comm: &dyn Collective,
+) -> Result<EvalReport> {
+    let transform = crate::data::select::eval_transform(cfg)?;
+    let order = eval_shard(dataset.len(), comm.rank(), comm.world_size());
     let opts = LoaderOptions {
         batch_size: cfg.data.batch_size,
         workers: cfg.data.num_workers.max(1),
@@ -181,7 +153,49 @@ pub fn evaluate(
             acc.add(&out.mean(), &out.stacked(), &y);
         }
     });
-    acc.report(train_counts)
+    if comm.world_size() > 1 {
+        let parts = comm.all_gather_bytes(&serde_json::to_vec(&acc)?)?;
+        let mut merged = EvalAccumulator::new(
+            cfg.model.num_classes as usize,
+            cfg.model.num_experts as usize,
+        );
+        for p in parts {
+            merged.merge(&serde_json::from_slice(&p)?);
+        }
+        acc = merged;
+    }
+    Ok(acc.report(train_counts))
+}
+
+/// Move the first `n` samples of a batch to `device`; for CUDA through
+/// pinned host memory with an asynchronous copy, as DataLoader(pin_memory=True).
+fn to_device(batch: &crate::data::loader::Batch, n: i64, device: Device) -> (Tensor, Tensor) {
+    let x = batch.image_tensor().narrow(0, 0, n);
+    let y = batch.label_tensor().narrow(0, 0, n);
+    if device.is_cuda() {
+        (
+            x.pin_memory(device)
+                .to_device_(device, Kind::Float, true, false),
+            y.pin_memory(device)
+                .to_device_(device, Kind::Int64, true, false),
+        )
+    } else {
+        (x, y)
+    }
+}
+
+/// The metrics address for this rank: ranks sharing a node get consecutive ports.
+fn rank_metrics_addr(addr: &str, local_rank: usize) -> String {
+    match addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+    {
+        // Port 0 means "any free port", which is already distinct per process.
+        Some((host, port)) if local_rank > 0 && port > 0 => {
+            format!("{host}:{}", port.saturating_add(local_rank as u16))
+        }
+        _ => addr.to_string(),
+    }
 }
 
 /// What a finished run reports.
@@ -189,6 +203,8 @@ pub fn evaluate(
 pub struct RunSummary {
     /// Final evaluation.
     pub eval: Option<EvalReport>,
+    /// Training samples skipped because they could not be read or decoded (this rank).
+    pub skipped_samples: u64,
     /// Epochs trained in this process.
     pub epochs_run: u64,
     /// Optimiser steps in total.
@@ -221,97 +237,167 @@ fn progress_bar(len: u64, epoch: u64, epochs: u64, show: bool) -> ProgressBar {
     pb
 }
 
-/// Train (or, with `EVAL_MODE`, only evaluate) as configured.
+/// Train (or, with `EVAL_MODE`, only evaluate) as configured. With a world
+/// of several ranks (see [`WorldInfo`]) this process trains its share of
+/// every batch and averages gradients with its peers.
 pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
     let data = build_datasets(cfg)?;
     let train_counts = data.train.class_counts();
-    let device = run.device;
+    let world = &run.world;
+    let device = match run.device {
+        Device::Cuda(_) if world.local_world_size > 1 => Device::Cuda(world.local_rank),
+        d => d,
+    };
+    let output = output_location(cfg);
+    // Storage first: bad credentials must fail before anything expensive.
+    let store = Arc::new(
+        CheckpointStore::open(&output).with_context(|| format!("opening output {output}"))?,
+    );
+    store.probe(world.rank == 0)?;
+    let comm: Box<dyn Collective> =
+        crate::dist::init(world).context("joining the distributed job")?;
+    let comm = comm.as_ref();
+    let (rank, world_size) = (comm.rank(), comm.world_size());
+    let is_main = rank == 0;
+    if world_size > 1 {
+        eprintln!(
+            "rank {rank}/{world_size} (local {}/{}) on {device:?}, {} backend",
+            world.local_rank,
+            world.local_world_size,
+            comm.backend()
+        );
+    }
     tch::manual_seed(cfg.seed as i64);
     let vs = nn::VarStore::new(device);
     let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
         .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
     let parameters = parameter_count(&vs);
-    let output = output_location(cfg);
-    let store =
-        CheckpointStore::open(&output).with_context(|| format!("opening output {output}"))?;
     let metrics = Metrics::new();
+    metrics.world_size.set(world_size as i64);
     if let Some(addr) = &run.metrics_addr {
-        let bound = metrics.serve(addr)?;
+        let bound = metrics.serve(&rank_metrics_addr(addr, world.local_rank))?;
         eprintln!("metrics: http://{bound}/metrics");
     }
     let amp = device.is_cuda() && matches!(cfg.amp_opt_level.as_str(), "O1" | "O2");
     let mut scaler = amp.then(|| crate::amp::GradScaler::new(device));
-    if amp {
+    if is_main && amp {
         eprintln!("mixed precision: fp16 autocast with dynamic loss scaling");
-    } else if !(cfg.amp_opt_level.is_empty() || cfg.amp_opt_level == "O0") {
+    } else if is_main && !(cfg.amp_opt_level.is_empty() || cfg.amp_opt_level == "O0") {
         eprintln!(
             "note: AMP_OPT_LEVEL {} applies on CUDA only; training in fp32 on {device:?}",
             cfg.amp_opt_level
         );
     }
     let mut overflow_steps = 0u64;
-    if cfg.aug.auto_augment != "none" && !cfg.aug.auto_augment.is_empty() && !cfg.eval_mode {
-        eprintln!(
-            "note: AUG.AUTO_AUGMENT '{}' (RandAugment) is not implemented yet and is skipped",
-            cfg.aug.auto_augment
-        );
-    }
 
     // LR scaling by global batch, as the reference does before building anything.
     let accum = cfg.train.accumulation_steps.max(1);
     let bs = cfg.data.batch_size;
-    let base_lr = scale_lr(cfg.train.base_lr, bs, 1, cfg.train.accumulation_steps);
-    let warmup_lr = scale_lr(cfg.train.warmup_lr, bs, 1, cfg.train.accumulation_steps);
-    let min_lr = scale_lr(cfg.train.min_lr, bs, 1, cfg.train.accumulation_steps);
+    let scaled = |lr| scale_lr(lr, bs, world_size, cfg.train.accumulation_steps);
+    let (base_lr, warmup_lr, min_lr) = (
+        scaled(cfg.train.base_lr),
+        scaled(cfg.train.warmup_lr),
+        scaled(cfg.train.min_lr),
+    );
     let betas = (cfg.train.optimizer.betas[0], cfg.train.optimizer.betas[1]);
     let mut opt = AdamW::new(&vs, cfg.train.weight_decay, cfg.train.optimizer.eps, betas);
     let params = opt.params();
 
     let mut start_epoch = cfg.train.start_epoch;
-    let mut start_iter = 0u64;
+    let mut start_samples = 0u64;
     let mut micro_step = 0u64;
     let mut next_lr = warmup_lr;
     let mut max_accuracy = 0.0f64;
     let mut last_checkpoint = None;
     let mut last_eval: Option<EvalReport> = None;
 
-    // Resume: an explicit MODEL.RESUME weights file, or the newest checkpoint in the output.
-    let latest = if cfg.train.auto_resume {
-        store.latest()?
+    // Resume: the newest valid checkpoint in the output (rank 0 picks it, all
+    // ranks load the same one), else an explicit MODEL.RESUME weights file.
+    let loaded = if cfg.train.auto_resume {
+        let mut chosen = Vec::new();
+        let mut loaded = None;
+        if is_main {
+            loaded = store.load_newest_valid(|dir, e| {
+                eprintln!("warning: skipping checkpoint {dir}: {e}");
+            })?;
+            if let Some(c) = &loaded {
+                chosen = c.dir.as_bytes().to_vec();
+            }
+        }
+        comm.broadcast_bytes(&mut chosen, 0)?;
+        if !is_main && !chosen.is_empty() {
+            loaded = Some(store.load(&String::from_utf8_lossy(&chosen))?);
+        }
+        loaded
     } else {
         None
     };
-    if let Some((dir, meta)) = latest {
-        let (model_t, opt_t) = store.load_tensors(&dir)?;
-        crate::weights::apply_weights(&vs, &model.buffers(), &model_t.into_iter().collect())?;
+    if let Some(c) = loaded {
+        let meta = c.meta;
+        crate::weights::apply_weights(&vs, &model.buffers(), &c.model.into_iter().collect())?;
         if !cfg.eval_mode {
-            opt.load_state(&opt_t)
-                .map_err(|e| anyhow::anyhow!("checkpoint {dir}: {e}"))?;
-            (start_epoch, start_iter) = match meta.iterations_done {
-                Some(i) => (meta.epoch, i),
+            opt.load_state(&c.optimizer)
+                .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}", c.dir))?;
+            (start_epoch, start_samples) = match meta.iterations_done {
+                Some(_) => (meta.epoch, meta.samples_done),
                 None => (meta.epoch + 1, 0),
             };
             micro_step = meta.micro_step;
             next_lr = meta.next_lr;
             max_accuracy = meta.max_accuracy;
+            if let (Some(s), Some(state)) = (scaler.as_mut(), meta.scaler) {
+                s.load_state(state);
+            }
+            if meta.world_size as usize != world_size {
+                if meta.iterations_done.is_some() {
+                    eprintln!(
+                        "elastic resume: checkpoint written by {} ranks, continuing with {world_size} at global sample {} of epoch {}",
+                        meta.world_size, meta.samples_done, meta.epoch
+                    );
+                }
+                // The reference scales the LR by the global batch; follow the new world.
+                next_lr *= world_size as f64 / meta.world_size.max(1) as f64;
+            }
         }
         last_eval = meta.eval.clone();
-        eprintln!(
-            "resumed from {output}/{dir} (epoch {}, step {})",
-            meta.epoch, meta.step
-        );
-        last_checkpoint = Some(format!("{output}/{dir}"));
+        if is_main {
+            eprintln!(
+                "resumed from {output}/{} (epoch {}, step {})",
+                c.dir, meta.epoch, meta.step
+            );
+        }
+        last_checkpoint = Some(format!("{output}/{}", c.dir));
     } else if !cfg.model.resume.is_empty() {
         let w = crate::weights::read_weights(std::path::Path::new(&cfg.model.resume))?;
         crate::weights::apply_weights(&vs, &model.buffers(), &w)?;
-        eprintln!("loaded weights from {}", cfg.model.resume);
+        if is_main {
+            eprintln!("loaded weights from {}", cfg.model.resume);
+        }
     }
+    // Every rank starts from rank 0's parameters, bit for bit.
+    let mut sorted_vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    sorted_vars.sort_by(|a, b| a.0.cmp(&b.0));
+    broadcast_from_rank0(
+        comm,
+        &sorted_vars
+            .iter()
+            .map(|(_, t)| t.shallow_clone())
+            .collect::<Vec<_>>(),
+    )?;
 
+    let write_artifacts = |report: &EvalReport| -> Result<Option<PathBuf>> {
+        if is_main {
+            write_local_artifacts(report, &output, &cfg.model.name)
+        } else {
+            Ok(None)
+        }
+    };
     if cfg.eval_mode {
-        let report = evaluate(&model, &data.test, cfg, &train_counts, device);
+        let report = evaluate(&model, &data.test, cfg, &train_counts, device, comm)?;
         metrics.record_eval(&report);
-        let artifacts = write_local_artifacts(&report, &output, &cfg.model.name)?;
+        let artifacts = write_artifacts(&report)?;
         return Ok(RunSummary {
+            skipped_samples: 0,
             artifacts,
             eval: Some(report),
             epochs_run: 0,
@@ -327,6 +413,7 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         let ips = throughput(&model, cfg, device);
         eprintln!("throughput: {ips:.1} images/s (batch {bs}, forward only)");
         return Ok(RunSummary {
+            skipped_samples: 0,
             artifacts: None,
             eval: None,
             epochs_run: 0,
@@ -348,18 +435,17 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         label_smoothing: cfg.model.label_smoothing,
         num_classes: cfg.model.num_classes,
     };
-    let transform = Transform::Train {
-        size: cfg.data.img_size as usize,
-        erase_prob: cfg.aug.reprob as f32,
-        flip_prob: 0.5,
-    };
-    let per_epoch = (data.train.len() / bs) as u64;
+    let transform = crate::data::select::train_transform(cfg)?;
+    // DistributedSampler: every rank gets ceil(N / world) samples per epoch.
+    let per_rank = data.train.len().div_ceil(world_size);
+    let per_epoch = (per_rank / bs) as u64;
     if per_epoch == 0 {
         bail!(
-            "DATA.BATCH_SIZE {bs} is larger than the training set ({} images)",
+            "DATA.BATCH_SIZE {bs} is larger than each rank's share of the training set ({per_rank} of {} images)",
             data.train.len()
         );
     }
+    let global_batch = (bs * world_size) as u64;
     let sched = CosineSchedule {
         base_lr,
         warmup_lr,
@@ -367,46 +453,54 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         warmup_steps: (cfg.train.warmup_epochs * per_epoch as f64) as u64,
         total_steps: cfg.train.epochs * per_epoch,
     };
-    eprintln!(
-        "training {} ({} parameters, {} experts) on {:?}: {} images, {} classes, {} iterations/epoch, epochs {}..{}",
-        cfg.model.name,
-        parameters,
-        cfg.model.num_experts,
-        device,
-        data.train.len(),
-        cfg.model.num_classes,
-        per_epoch,
-        start_epoch,
-        cfg.train.epochs
-    );
-    let save = |meta: &CheckpointMeta, opt: &AdamW| -> Result<String> {
-        let model_tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        store.save(&model_tensors, &opt.state(), meta)
-    };
-    let meta_now = |epoch: u64,
-                    iterations_done: Option<u64>,
-                    opt: &AdamW,
-                    next_lr: f64,
-                    micro_step: u64,
-                    max_accuracy: f64,
-                    eval: Option<EvalReport>| CheckpointMeta {
-        epoch,
-        iterations_done,
-        step: opt.steps(),
-        micro_step,
-        next_lr,
-        max_accuracy,
-        eval,
-        config: serde_norway::to_string(cfg).unwrap_or_default(),
-        saved_at: chrono::Utc::now().to_rfc3339(),
-    };
+    if is_main {
+        eprintln!(
+            "training {} ({} parameters, {} experts) on {:?} x{world_size}: {} images, {} classes, {} iterations/epoch, global batch {}, epochs {}..{}",
+            cfg.model.name,
+            parameters,
+            cfg.model.num_experts,
+            device,
+            data.train.len(),
+            cfg.model.num_classes,
+            per_epoch,
+            global_batch,
+            start_epoch,
+            cfg.train.epochs
+        );
+    }
+    let mut writer = is_main.then(|| {
+        CheckpointWriter::new(
+            store.clone(),
+            Retention {
+                keep_last: cfg.checkpoint.keep_last,
+                keep_best: cfg.checkpoint.keep_best,
+            },
+            metrics.clone(),
+        )
+    });
+    let config_yaml = serde_norway::to_string(cfg).unwrap_or_default();
+    let averager = GradAverager::new(&params, BUCKET_BYTES);
     let started = Instant::now();
     let mut images_seen = 0u64;
     let mut epochs_run = 0;
     for epoch in start_epoch..cfg.train.epochs {
         metrics.epoch.set(epoch as i64);
-        let first_iter = if epoch == start_epoch { start_iter } else { 0 };
-        let order = epoch_order(data.train.len(), cfg.seed, epoch, 0, 1, true);
+        let consumed = if epoch == start_epoch {
+            start_samples
+        } else {
+            0
+        };
+        // Iteration index the resumed position corresponds to (LR schedule, RNG streams).
+        let first_iter = consumed / global_batch;
+        let order = epoch_order(
+            data.train.len(),
+            cfg.seed,
+            epoch,
+            rank,
+            world_size,
+            true,
+            consumed as usize,
+        );
         let lopts = LoaderOptions {
             batch_size: bs,
             workers: cfg.data.num_workers.max(1),
@@ -415,23 +509,19 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             seed: cfg.seed,
             epoch,
         };
-        let loader = BatchLoader::new(
-            data.train.clone(),
-            transform.clone(),
-            order,
-            first_iter as usize,
-            lopts,
-        );
-        let pb = progress_bar(per_epoch, epoch, cfg.train.epochs, run.progress);
+        let loader = BatchLoader::new(data.train.clone(), transform.clone(), order, 0, lopts);
+        let pb = progress_bar(per_epoch, epoch, cfg.train.epochs, run.progress && is_main);
         pb.set_position(first_iter);
         let epoch_start = Instant::now();
         let (mut loss_sum, mut loss_n) = (0.0, 0u64);
         opt.zero_grad();
         for (k, batch) in loader.enumerate() {
             let idx = first_iter as usize + k;
-            // Reseed per iteration so dropout/drop-path streams are reproducible
-            // when resuming anywhere, including mid-epoch.
-            tch::manual_seed(mix_seed(&[cfg.seed, 0xD0, epoch, idx as u64]) as i64 & i64::MAX);
+            // Reseed per iteration (and rank) so dropout/drop-path streams are
+            // reproducible when resuming anywhere, including mid-epoch.
+            tch::manual_seed(
+                mix_seed(&[cfg.seed, 0xD0, epoch, idx as u64, rank as u64]) as i64 & i64::MAX,
+            );
             metrics.skipped_samples.inc_by(batch.skipped as u64);
             let mut n = batch.len() as i64;
             if mixup.active() && n % 2 == 1 {
@@ -440,11 +530,15 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             if n <= 0 {
                 continue;
             }
-            let x = batch.image_tensor().narrow(0, 0, n).to_device(device);
-            let y = batch.label_tensor().narrow(0, 0, n).to_device(device);
+            let (x, y) = to_device(&batch, n, device);
             let (x, soft) = if mixup.active() {
-                let mut rng =
-                    ChaCha8Rng::seed_from_u64(mix_seed(&[cfg.seed, 0x313, epoch, idx as u64]));
+                let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[
+                    cfg.seed,
+                    0x313,
+                    epoch,
+                    idx as u64,
+                    rank as u64,
+                ]));
                 let (xm, t, _) = mix(&x, &y, &mixup, &mut rng);
                 (xm, t)
             } else {
@@ -466,7 +560,7 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 forward()
             };
             let loss = criterion.loss(&out.experts, &y, &soft, epoch);
-            let loss_value = loss.double_value(&[]);
+            let mut loss_value = loss.double_value(&[]);
             if !loss_value.is_finite() && scaler.is_none() {
                 bail!("loss became {loss_value} at epoch {epoch} iteration {idx}; lower TRAIN.BASE_LR or check the data");
             }
@@ -491,29 +585,44 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 None => micro_loss.backward(),
             }
             let boundary = accum <= 1 || (idx + 1) % accum == 0;
+            let local_stop = run
+                .stop
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+            let mut stop = local_stop;
+            if world_size > 1 && boundary {
+                // Gradients are averaged once per optimiser step; the loss and
+                // any rank's stop request ride along in the same all-reduce.
+                let mut extras = [loss_value as f32, f32::from(u8::from(local_stop))];
+                averager.average(comm, &params, &mut extras)?;
+                loss_value = f64::from(extras[0]) / world_size as f64;
+                stop = extras[1] > 0.0;
+            }
             let mut grad_norm = f64::NAN;
             match scaler.as_mut() {
-                Some(s) => {
-                    // Scaled gradients can only be unscaled once, so with AMP
-                    // clipping happens at the optimiser step, not every micro-step.
-                    if boundary {
-                        let (overflow, found_inf) = s.unscale(&params);
-                        if overflow {
-                            overflow_steps += 1;
-                        } else {
-                            grad_norm = clip_grad_norm(&params, cfg.train.clip_grad);
-                            opt.step(lr_used);
-                        }
-                        s.update(&found_inf);
+                // Scaled gradients can only be unscaled once, so with AMP
+                // clipping happens at the optimiser step, not every micro-step.
+                Some(s) if boundary => {
+                    let (overflow, found_inf) = s.unscale(&params);
+                    if overflow {
+                        overflow_steps += 1;
+                    } else {
+                        grad_norm = clip_grad_norm(&params, cfg.train.clip_grad);
+                        opt.step(lr_used);
                     }
+                    s.update(&found_inf);
                 }
-                None => {
-                    // The reference clips at every micro-step (on the partial sum when accumulating).
+                Some(_) => {}
+                // The reference clips at every micro-step (on the partial sum when
+                // accumulating). With several ranks the partial sums are local, so
+                // clipping waits for the averaged gradient at the optimiser step.
+                None if world_size == 1 || boundary => {
                     grad_norm = clip_grad_norm(&params, cfg.train.clip_grad);
                     if boundary {
                         opt.step(lr_used);
                     }
                 }
+                None => {}
             }
             if boundary {
                 if accum > 1 {
@@ -522,7 +631,7 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 next_lr = sched.lr(t);
             }
             micro_step += 1;
-            images_seen += n as u64;
+            images_seen += n as u64 * world_size as u64;
             loss_sum += loss_value;
             loss_n += 1;
             let ips = images_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -535,31 +644,43 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 "loss {loss_value:.4} lr {lr_used:.2e} {ips:.0} img/s"
             ));
             pb.inc(1);
-            if !run.progress && cfg.print_freq > 0 && (idx as u64) % cfg.print_freq == 0 {
+            if is_main && !run.progress && cfg.print_freq > 0 && (idx as u64) % cfg.print_freq == 0
+            {
                 eprintln!("epoch {} [{idx}/{per_epoch}] loss {loss_value:.4} lr {lr_used:.3e} grad_norm {grad_norm:.3} {ips:.0} img/s", epoch + 1);
             }
-            if boundary
-                && run
-                    .stop
-                    .as_ref()
-                    .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
-            {
+            if boundary && stop {
                 pb.finish_and_clear();
-                let meta = meta_now(
+                let meta = CheckpointMeta {
                     epoch,
-                    Some(idx as u64 + 1),
-                    &opt,
-                    next_lr,
+                    iterations_done: Some(idx as u64 + 1),
+                    samples_done: consumed + (k as u64 + 1) * global_batch,
+                    world_size: world_size as u64,
+                    step: opt.steps(),
                     micro_step,
+                    next_lr,
                     max_accuracy,
-                    last_eval.clone(),
-                );
-                let checkpoint = save(&meta, &opt)?;
+                    scaler: scaler.as_ref().map(|s| s.state()),
+                    eval: last_eval.clone(),
+                    config: config_yaml.clone(),
+                    saved_at: chrono::Utc::now().to_rfc3339(),
+                };
+                let mut checkpoint = format!("{output}/(saved by rank 0)");
+                if let Some(w) = writer.as_mut() {
+                    let model_tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+                    if let Err(e) = w.submit(Snapshot::capture(&model_tensors, &opt.state(), meta))
+                    {
+                        eprintln!("warning: an earlier checkpoint save failed: {e}");
+                    }
+                    checkpoint = w
+                        .wait()?
+                        .ok_or_else(|| anyhow::anyhow!("no checkpoint was saved"))?;
+                }
+                comm.barrier()?;
                 return Err(Preempted { checkpoint }.into());
             }
         }
         pb.finish_and_clear();
-        if overflow_steps > 0 {
+        if is_main && overflow_steps > 0 {
             eprintln!("mixed precision: {overflow_steps} optimiser steps skipped for inf/NaN gradients so far");
         }
         epochs_run += 1;
@@ -573,7 +694,7 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             epoch_start.elapsed().as_secs_f64()
         );
         if epoch % cfg.save_freq.max(1) == 0 || last {
-            let report = evaluate(&model, &data.test, cfg, &train_counts, device);
+            let report = evaluate(&model, &data.test, cfg, &train_counts, device, comm)?;
             metrics.record_eval(&report);
             max_accuracy = max_accuracy.max(report.top1);
             line.push_str(&format!(
@@ -583,26 +704,51 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 report.medium.map_or("-".into(), |v| format!("{v:.1}")),
                 report.few.map_or("-".into(), |v| format!("{v:.1}"))
             ));
-            let meta = meta_now(
-                epoch,
-                None,
-                &opt,
-                next_lr,
-                micro_step,
-                max_accuracy,
-                Some(report.clone()),
-            );
-            last_checkpoint = Some(save(&meta, &opt)?);
+            if let Some(w) = writer.as_mut() {
+                let meta = CheckpointMeta {
+                    epoch,
+                    iterations_done: None,
+                    samples_done: 0,
+                    world_size: world_size as u64,
+                    step: opt.steps(),
+                    micro_step,
+                    next_lr,
+                    max_accuracy,
+                    scaler: scaler.as_ref().map(|s| s.state()),
+                    eval: Some(report.clone()),
+                    config: config_yaml.clone(),
+                    saved_at: chrono::Utc::now().to_rfc3339(),
+                };
+                let model_tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+                // Only the host copy blocks; the upload runs while training goes on.
+                if let Err(e) = w.submit(Snapshot::capture(&model_tensors, &opt.state(), meta)) {
+                    eprintln!("warning: an earlier checkpoint save failed: {e}");
+                }
+            }
+            last_checkpoint = Some(format!(
+                "{output}/{}",
+                crate::checkpoint::checkpoint_dir_name(epoch, None)
+            ));
             last_eval = Some(report);
         }
-        eprintln!("{line}");
+        if is_main {
+            eprintln!("{line}");
+        }
     }
+    if let Some(w) = writer.as_mut() {
+        // The run is only done when its last checkpoint is durable.
+        if let Some(uri) = w.wait()? {
+            last_checkpoint = Some(uri);
+        }
+    }
+    comm.barrier()?;
     let train_seconds = started.elapsed().as_secs_f64();
     let artifacts = match &last_eval {
-        Some(report) => write_local_artifacts(report, &output, &cfg.model.name)?,
+        Some(report) => write_artifacts(report)?,
         None => None,
     };
     Ok(RunSummary {
+        skipped_samples: metrics.skipped_samples.get(),
         artifacts,
         eval: last_eval,
         epochs_run,
@@ -658,4 +804,18 @@ pub fn throughput(model: &RideSwin, cfg: &Config, device: Device) -> f64 {
         }
         (bs * iters) as f64 / t.elapsed().as_secs_f64()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rank_metrics_addr;
+
+    #[test]
+    fn ranks_on_one_node_get_consecutive_metrics_ports() {
+        assert_eq!(rank_metrics_addr("0.0.0.0:9400", 0), "0.0.0.0:9400");
+        assert_eq!(rank_metrics_addr("0.0.0.0:9400", 3), "0.0.0.0:9403");
+        // Port 0 (any free port) stays 0.
+        assert_eq!(rank_metrics_addr("127.0.0.1:0", 2), "127.0.0.1:0");
+        assert_eq!(rank_metrics_addr("not-an-address", 1), "not-an-address");
+    }
 }

@@ -138,20 +138,28 @@ fn unknown_config_key_is_a_clear_error() {
 }
 
 #[test]
-fn unsupported_dataset_says_what_to_do() {
-    let o = trainer(&[
-        "train",
-        "--metrics-addr",
-        "off",
-        "--opts",
-        "DATA.DATASET",
-        "imagenet-lt",
-    ]);
-    assert!(!o.status.success());
-    assert!(
-        text(&o).contains("set DATA.DATASET: synthetic"),
-        "{}",
+fn unknown_datasets_and_missing_data_say_what_to_do() {
+    let run = |dataset: &str| {
+        let o = trainer(&[
+            "train",
+            "--metrics-addr",
+            "off",
+            "--opts",
+            "DATA.DATASET",
+            dataset,
+        ]);
+        assert!(!o.status.success());
         text(&o)
+    };
+    let t = run("imagenet-22k");
+    assert!(
+        t.contains("DATA.DATASET 'imagenet-22k' is not known; use one of: synthetic, imagenet-lt"),
+        "{t}"
+    );
+    let t = run("imagenet-lt");
+    assert!(
+        t.contains("ImageNet_LT_train.txt") && t.contains("set DATA.DATA_PATH"),
+        "{t}"
     );
 }
 

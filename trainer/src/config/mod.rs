@@ -34,6 +34,8 @@ pub struct Config {
     pub tag: String,
     /// Save a checkpoint every this many epochs (and at the end).
     pub save_freq: u64,
+    /// Checkpoint retention (extension).
+    pub checkpoint: CheckpointConfig,
     /// Log every this many iterations.
     pub print_freq: u64,
     /// Seed (per rank: `SEED + rank`).
@@ -70,6 +72,27 @@ pub struct DataConfig {
     pub num_workers: usize,
     /// The synthetic dataset (used when `DATASET: synthetic`); an extension.
     pub synthetic: SyntheticConfig,
+    /// Imbalance factor for `cifar10-lt` / `cifar100-lt` (extension; 1 keeps all).
+    pub imb_factor: f64,
+}
+
+/// `CHECKPOINT.*` (extension): which checkpoints to keep.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct CheckpointConfig {
+    /// Complete checkpoints to keep, newest first (0 keeps all).
+    pub keep_last: usize,
+    /// Also keep the end-of-epoch checkpoint with the best top-1.
+    pub keep_best: bool,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            keep_last: 3,
+            keep_best: true,
+        }
+    }
 }
 
 /// `DATA.SYNTHETIC.*` (extension): the deterministic long-tailed generator.
@@ -308,6 +331,7 @@ impl Default for Config {
             output: String::new(),
             tag: "default".into(),
             save_freq: 1,
+            checkpoint: CheckpointConfig::default(),
             print_freq: 10,
             seed: 0,
             eval_mode: false,
@@ -330,6 +354,7 @@ impl Default for DataConfig {
             pin_memory: true,
             num_workers: 8,
             synthetic: SyntheticConfig::default(),
+            imb_factor: 100.0,
         }
     }
 }

@@ -16,10 +16,26 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// The sample order of one epoch for one rank, with the reference's
+/// One sample of a rank's epoch: the dataset item and its position in the
+/// global epoch order. The position seeds the sample's augmentation, so a
+/// sample is augmented the same whatever the world size or resume point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// Index into the dataset.
+    pub index: usize,
+    /// Position in the (padded) global order of the epoch.
+    pub position: u64,
+}
+
+/// The samples of one epoch for one rank, with the reference's
 /// `DistributedSampler` semantics: shuffle with a per-epoch seed, pad by
 /// repeating the start so every rank gets the same count, then take every
 /// `world`-th sample starting at `rank`.
+///
+/// `consumed` global positions are skipped first (a resumed epoch): the rest of
+/// the global order is padded and strided over the current world, so a run
+/// resumed with a different world size continues at the same global position,
+/// and with the same world size sees exactly the samples it would have.
 pub fn epoch_order(
     len: usize,
     seed: u64,
@@ -27,20 +43,44 @@ pub fn epoch_order(
     rank: usize,
     world: usize,
     shuffle: bool,
-) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..len).collect();
+    consumed: usize,
+) -> Vec<Sample> {
+    let world = world.max(1);
+    let mut perm: Vec<usize> = (0..len).collect();
     if shuffle {
         let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[seed, 0x5A3F, epoch]));
-        order.shuffle(&mut rng);
+        perm.shuffle(&mut rng);
     }
-    let per_rank = len.div_ceil(world.max(1));
-    let total = per_rank * world.max(1);
-    let mut i = 0;
-    while order.len() < total && len > 0 {
-        order.push(order[i % len]);
-        i += 1;
-    }
-    order.into_iter().skip(rank).step_by(world.max(1)).collect()
+    let start = consumed.min(len);
+    let remaining = len - start;
+    let total = remaining.div_ceil(world) * world;
+    (0..total)
+        .skip(rank)
+        .step_by(world)
+        .map(|j| {
+            let p = start + j;
+            Sample {
+                index: if p < len {
+                    perm[p]
+                } else {
+                    perm[(p - len) % len]
+                },
+                position: p as u64,
+            }
+        })
+        .collect()
+}
+
+/// Rank `rank`'s share of an evaluation set: every `world`-th item, no padding,
+/// so the shares partition the set exactly.
+pub fn eval_shard(len: usize, rank: usize, world: usize) -> Vec<Sample> {
+    (rank..len)
+        .step_by(world.max(1))
+        .map(|i| Sample {
+            index: i,
+            position: i as u64,
+        })
+        .collect()
 }
 
 /// One assembled batch.
@@ -112,7 +152,7 @@ impl BatchLoader {
     pub fn new(
         dataset: Arc<dyn Dataset>,
         transform: Transform,
-        order: Vec<usize>,
+        order: Vec<Sample>,
         start_batch: usize,
         opts: LoaderOptions,
     ) -> Self {
@@ -171,10 +211,30 @@ impl BatchLoader {
     }
 }
 
+/// Log a bad sample the first time it is seen in this process; it is
+/// counted (`ride_skipped_samples_total`) every time.
+fn warn_once(dataset: &dyn Dataset, index: usize, error: &str) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashSet<(usize, usize)>>> = OnceLock::new();
+    let key = (dataset as *const dyn Dataset as *const () as usize, index);
+    let first = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .map(|mut s| s.insert(key))
+        .unwrap_or(true);
+    if first {
+        eprintln!(
+            "warning: skipping {}: {error}; further failures of it are only counted",
+            dataset.describe(index)
+        );
+    }
+}
+
 fn assemble(
     dataset: &dyn Dataset,
     transform: &Transform,
-    order: &[usize],
+    order: &[Sample],
     positions: std::ops::Range<usize>,
     opts: &LoaderOptions,
 ) -> Batch {
@@ -184,18 +244,19 @@ fn assemble(
     let mut labels = Vec::with_capacity(positions.len());
     let mut skipped = 0;
     for pos in positions {
-        let index = order[pos];
-        match dataset.image(index) {
-            Ok(img) => {
-                let mut rng =
-                    ChaCha8Rng::seed_from_u64(mix_seed(&[opts.seed, opts.epoch, pos as u64]));
-                let start = images.len();
-                images.resize(start + per, 0.0);
-                transform.apply(&img, &mut rng, &mut images[start..]);
-                labels.push(dataset.label(index) as i64);
-            }
+        let Sample { index, position } = order[pos];
+        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[opts.seed, opts.epoch, position]));
+        let start = images.len();
+        images.resize(start + per, 0.0);
+        let result = dataset
+            .source(index)
+            .map_err(|e| e.to_string())
+            .and_then(|src| transform.apply_source(&src, &mut rng, &mut images[start..]));
+        match result {
+            Ok(()) => labels.push(dataset.label(index) as i64),
             Err(e) => {
-                eprintln!("warning: skipping sample {index}: {e}");
+                images.truncate(start);
+                warn_once(dataset, index, &e);
                 skipped += 1;
             }
         }
@@ -266,32 +327,62 @@ mod tests {
         }
     }
 
+    fn indices(v: &[Sample]) -> Vec<usize> {
+        v.iter().map(|s| s.index).collect()
+    }
+
     #[test]
     fn epoch_order_is_a_padded_partition() {
-        let a = epoch_order(10, 1, 0, 0, 3, true);
-        let b = epoch_order(10, 1, 0, 1, 3, true);
-        let c = epoch_order(10, 1, 0, 2, 3, true);
+        let a = indices(&epoch_order(10, 1, 0, 0, 3, true, 0));
+        let b = indices(&epoch_order(10, 1, 0, 1, 3, true, 0));
+        let c = indices(&epoch_order(10, 1, 0, 2, 3, true, 0));
         assert_eq!((a.len(), b.len(), c.len()), (4, 4, 4));
         let mut all: Vec<usize> = a.iter().chain(&b).chain(&c).copied().collect();
         all.sort();
         all.dedup();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
         assert_ne!(
-            epoch_order(10, 1, 0, 0, 1, true),
-            epoch_order(10, 1, 1, 0, 1, true)
+            epoch_order(10, 1, 0, 0, 1, true, 0),
+            epoch_order(10, 1, 1, 0, 1, true, 0)
         );
-        assert_eq!(epoch_order(5, 1, 0, 0, 1, false), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            indices(&epoch_order(5, 1, 0, 0, 1, false, 0)),
+            vec![0, 1, 2, 3, 4]
+        );
+        // Padding repeats the start of the shuffled order, as DistributedSampler does.
+        let one = indices(&epoch_order(10, 1, 0, 0, 1, true, 0));
+        assert_eq!((a[3], b[3], c[3]), (one[9], one[0], one[1]));
+    }
+
+    #[test]
+    fn resuming_at_a_global_position_continues_the_same_order() {
+        let (len, world) = (23, 2);
+        let full: Vec<Vec<Sample>> = (0..world)
+            .map(|r| epoch_order(len, 4, 2, r, world, true, 0))
+            .collect();
+        // Same world size: after 3 batches of 2 per rank, the rest is the tail.
+        let consumed = 3 * 2 * world;
+        for (r, order) in full.iter().enumerate() {
+            assert_eq!(epoch_order(len, 4, 2, r, world, true, consumed), order[6..]);
+        }
+        // Other world size: the remaining global positions are covered exactly once
+        // (plus padding), with the same sample at the same position.
+        let single = epoch_order(len, 4, 2, 0, 1, true, 0);
+        let mut seen: Vec<Sample> = (0..3)
+            .flat_map(|r| epoch_order(len, 4, 2, r, 3, true, consumed))
+            .filter(|s| (s.position as usize) < len)
+            .collect();
+        seen.sort_by_key(|s| s.position);
+        assert_eq!(seen, single[consumed..]);
+        let shards: usize = (0..3).map(|r| eval_shard(10, r, 3).len()).sum();
+        assert_eq!(shards, 10);
     }
 
     #[test]
     fn batches_do_not_depend_on_worker_count_and_resume_at_offset() {
         let ds = dataset();
-        let order = epoch_order(ds.len(), 3, 1, 0, 1, true);
-        let t = Transform::Train {
-            size: 16,
-            erase_prob: 0.25,
-            flip_prob: 0.5,
-        };
+        let order = epoch_order(ds.len(), 3, 1, 0, 1, true, 0);
+        let t = Transform::train_basic(16, 0.25);
         let one: Vec<Batch> =
             BatchLoader::new(ds.clone(), t.clone(), order.clone(), 0, opts(1)).collect();
         let three: Vec<Batch> =
@@ -309,10 +400,11 @@ mod tests {
     #[test]
     fn dropping_a_loader_early_stops_workers() {
         let ds = dataset();
-        let order = epoch_order(ds.len(), 3, 1, 0, 1, true);
+        let order = epoch_order(ds.len(), 3, 1, 0, 1, true, 0);
         let t = Transform::Eval {
             size: 16,
             center_crop: false,
+            interpolation: crate::data::transforms::Interpolation::Bicubic,
         };
         let mut loader = BatchLoader::new(ds, t, order, 0, opts(2));
         assert!(loader.next().is_some());

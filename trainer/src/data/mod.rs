@@ -5,11 +5,19 @@
 //! threads. Real formats (list files, CIFAR, image folders) implement the
 //! same trait.
 
+pub mod augment;
+pub mod cifar;
+pub mod decode;
+pub mod files;
 pub mod loader;
 pub mod longtail;
 pub mod mixup;
+pub mod select;
+pub mod stats;
 pub mod synthetic;
 pub mod transforms;
+
+pub use decode::ImageSource;
 
 use thiserror::Error;
 
@@ -70,6 +78,15 @@ pub trait Dataset: Send + Sync {
     fn label(&self, index: usize) -> usize;
     /// Decode sample `index`.
     fn image(&self, index: usize) -> Result<RgbImage, DataError>;
+    /// Sample `index` as the transform should receive it: file-backed datasets
+    /// return the encoded bytes so the transform can decode at reduced size.
+    fn source(&self, index: usize) -> Result<ImageSource, DataError> {
+        self.image(index).map(ImageSource::Decoded)
+    }
+    /// How to name sample `index` in messages (file-backed datasets: its path).
+    fn describe(&self, index: usize) -> String {
+        format!("sample {index}")
+    }
     /// Samples per class, from labels only.
     fn class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.num_classes()];

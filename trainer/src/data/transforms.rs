@@ -4,9 +4,12 @@
 //! get RandomResizedCrop (scale 0.08–1, ratio 3/4–4/3) for training and
 //! resize-by-1/0.875 + center crop for evaluation; 32-px inputs get the
 //! CIFAR-style `RandomCrop(size, padding=4)`. Then horizontal flip,
-//! ImageNet normalisation and random erasing (pixel mode). Resampling is
-//! bilinear. RandAugment and colour jitter are not implemented yet.
+//! RandAugment (or ColorJitter without it), ImageNet normalisation and random
+//! erasing (pixel mode), in timm's order. Resampling follows
+//! `DATA.INTERPOLATION` (bicubic by default) through `fast_image_resize`.
 
+use super::augment::{color_jitter, RandAugment};
+use super::decode::ImageSource;
 use super::RgbImage;
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -16,100 +19,212 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// A transform from a decoded image to `3 * size * size` normalised floats.
+/// Resampling filter (`DATA.INTERPOLATION`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interpolation {
+    /// Nearest neighbour.
+    Nearest,
+    /// Bilinear (triangle filter, antialiased when shrinking, like PIL).
+    Bilinear,
+    /// Bicubic, a = −0.5 (PIL's), antialiased when shrinking.
+    Bicubic,
+}
+
+impl Interpolation {
+    /// Parse the reference's names; `random` (timm) picks bicubic here.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "nearest" => Ok(Self::Nearest),
+            "bilinear" => Ok(Self::Bilinear),
+            "bicubic" | "random" => Ok(Self::Bicubic),
+            other => Err(format!(
+                "'{other}' is not a known interpolation (nearest, bilinear, bicubic)"
+            )),
+        }
+    }
+}
+
+/// Training augmentation settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainAugment {
+    /// Output side.
+    pub size: usize,
+    /// Random erasing probability (`AUG.REPROB`).
+    pub erase_prob: f32,
+    /// Horizontal flip probability.
+    pub flip_prob: f32,
+    /// Resampling filter.
+    pub interpolation: Interpolation,
+    /// RandAugment policy (`AUG.AUTO_AUGMENT`), if any.
+    pub rand_augment: Option<RandAugment>,
+    /// ColorJitter strength (`AUG.COLOR_JITTER`), used only without RandAugment, as timm does.
+    pub color_jitter: f32,
+}
+
+/// A transform from an image to `3 * size * size` normalised floats.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Transform {
     /// Training augmentation.
-    Train {
-        /// Output side.
-        size: usize,
-        /// Random erasing probability (`AUG.REPROB`).
-        erase_prob: f32,
-        /// Horizontal flip probability.
-        flip_prob: f32,
-    },
+    Train(TrainAugment),
     /// Deterministic evaluation transform.
     Eval {
         /// Output side.
         size: usize,
         /// Resize to `size/0.875` then center crop (`TEST.CROP`), else plain resize.
         center_crop: bool,
+        /// Resampling filter.
+        interpolation: Interpolation,
     },
 }
 
 impl Transform {
+    /// The plain training transform (RandomResizedCrop or padded crop, flip,
+    /// erasing), bicubic, without colour augmentation.
+    pub fn train_basic(size: usize, erase_prob: f32) -> Self {
+        Transform::Train(TrainAugment {
+            size,
+            erase_prob,
+            flip_prob: 0.5,
+            interpolation: Interpolation::Bicubic,
+            rand_augment: None,
+            color_jitter: 0.0,
+        })
+    }
+
     /// Output side length.
     pub fn size(&self) -> usize {
         match self {
-            Transform::Train { size, .. } | Transform::Eval { size, .. } => *size,
+            Transform::Train(t) => t.size,
+            Transform::Eval { size, .. } => *size,
         }
     }
 
-    /// Apply to `img`, writing `3*size*size` floats (CHW) into `out`.
+    /// Apply to a decoded image, writing `3*size*size` floats (CHW) into `out`.
     pub fn apply<R: Rng>(&self, img: &RgbImage, rng: &mut R, out: &mut [f32]) {
-        match *self {
-            Transform::Train {
-                size,
-                erase_prob,
-                flip_prob,
-            } => {
-                let cropped = if size <= 32 {
-                    random_crop_padded(img, size, 4, rng)
+        // Decoded sources cannot fail to decode.
+        let _ = self.apply_source(&ImageSource::Decoded(img.clone()), rng, out);
+    }
+
+    /// Apply to an image source. Encoded JPEGs are decoded at the smallest DCT
+    /// scale that still leaves the crop at least the output size, so large
+    /// photos cost a fraction of a full decode.
+    pub fn apply_source<R: Rng>(
+        &self,
+        src: &ImageSource,
+        rng: &mut R,
+        out: &mut [f32],
+    ) -> Result<(), String> {
+        match self {
+            Transform::Train(t) => {
+                let size = t.size;
+                let mut img = if size <= 32 {
+                    let full = src.decode_at_least(usize::MAX, usize::MAX)?;
+                    random_crop_padded(&full, size, 4, rng)
                 } else {
-                    let (x, y, w, h) = random_resized_crop_box(img.width, img.height, rng);
-                    resize_region(img, x, y, w, h, size, size)
+                    let (w, h) = src.dimensions()?;
+                    let (x, y, cw, ch) = random_resized_crop_box(w, h, rng);
+                    let need_w = (w as f32 * size as f32 / cw).ceil() as usize;
+                    let need_h = (h as f32 * size as f32 / ch).ceil() as usize;
+                    let img = src.decode_at_least(need_w, need_h)?;
+                    let (sx, sy) = (img.width as f32 / w as f32, img.height as f32 / h as f32);
+                    resize_region(
+                        &img,
+                        x * sx,
+                        y * sy,
+                        cw * sx,
+                        ch * sy,
+                        size,
+                        size,
+                        t.interpolation,
+                    )
                 };
-                let flip = rng.random::<f32>() < flip_prob;
-                normalise_into(&cropped, flip, out);
-                if rng.random::<f32>() < erase_prob {
+                if rng.random::<f32>() < t.flip_prob {
+                    flip_horizontal(&mut img);
+                }
+                match &t.rand_augment {
+                    Some(ra) => ra.apply(&mut img, rng),
+                    None => color_jitter(&mut img, t.color_jitter as f64, rng),
+                }
+                normalise_into(&img, out);
+                if rng.random::<f32>() < t.erase_prob {
                     random_erase(out, size, rng);
                 }
             }
-            Transform::Eval { size, center_crop } => {
-                let img = if size <= 32 && img.width == size && img.height == size {
-                    img.clone()
-                } else if center_crop && size > 32 {
+            Transform::Eval {
+                size,
+                center_crop,
+                interpolation,
+            } => {
+                let size = *size;
+                let (w, h) = src.dimensions()?;
+                let img = if size <= 32 && w == size && h == size {
+                    src.decode_at_least(usize::MAX, usize::MAX)?
+                } else if *center_crop && size > 32 {
+                    // Resize the shorter side to size/0.875, then take the centre:
+                    // one resampling of the centre region gives the same pixels.
                     let short = (size as f32 / 0.875) as usize;
-                    let resized = resize_shorter(img, short);
-                    let x = (resized.width - size) / 2;
-                    let y = (resized.height - size) / 2;
+                    let scale = short as f32 / w.min(h) as f32;
+                    let img = src.decode_at_least(
+                        (w as f32 * scale).ceil() as usize,
+                        (h as f32 * scale).ceil() as usize,
+                    )?;
+                    let s = img.width as f32 / w as f32 * (1.0 / scale);
+                    let (rw, rh) = ((w as f32 * scale).round(), (h as f32 * scale).round());
+                    let (ox, oy) = (
+                        ((rw - size as f32) / 2.0).floor(),
+                        ((rh - size as f32) / 2.0).floor(),
+                    );
                     resize_region(
-                        &resized,
-                        x as f32,
-                        y as f32,
-                        size as f32,
-                        size as f32,
+                        &img,
+                        ox * s,
+                        oy * s,
+                        size as f32 * s,
+                        size as f32 * s,
                         size,
                         size,
+                        *interpolation,
                     )
                 } else {
+                    let img = src.decode_at_least(size, size)?;
                     resize_region(
-                        img,
+                        &img,
                         0.0,
                         0.0,
                         img.width as f32,
                         img.height as f32,
                         size,
                         size,
+                        *interpolation,
                     )
                 };
-                normalise_into(&img, false, out);
+                normalise_into(&img, out);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn flip_horizontal(img: &mut RgbImage) {
+    let w = img.width;
+    for row in img.pixels.chunks_exact_mut(w * 3) {
+        for x in 0..w / 2 {
+            let (a, b) = (x * 3, (w - 1 - x) * 3);
+            for c in 0..3 {
+                row.swap(a + c, b + c);
             }
         }
     }
 }
 
-fn normalise_into(img: &RgbImage, flip: bool, out: &mut [f32]) {
+fn normalise_into(img: &RgbImage, out: &mut [f32]) {
     let (w, h) = (img.width, img.height);
     assert_eq!(out.len(), 3 * w * h, "output buffer size");
-    for y in 0..h {
-        for x in 0..w {
-            let sx = if flip { w - 1 - x } else { x };
-            let src = (y * w + sx) * 3;
-            for c in 0..3 {
-                let v = img.pixels[src + c] as f32 / 255.0;
-                out[c * w * h + y * w + x] = (v - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
-            }
+    let plane = w * h;
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * IMAGENET_STD[c]));
+    let shift: [f32; 3] = std::array::from_fn(|c| IMAGENET_MEAN[c] / IMAGENET_STD[c]);
+    for (i, px) in img.pixels.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = px[c] as f32 * scale[c] - shift[c];
         }
     }
 }
@@ -159,18 +274,9 @@ fn random_resized_crop_box<R: Rng>(w: usize, h: usize, rng: &mut R) -> (f32, f32
     ((w as f32 - side) / 2.0, (h as f32 - side) / 2.0, side, side)
 }
 
-fn resize_shorter(img: &RgbImage, short: usize) -> RgbImage {
-    let (w, h) = (img.width as f32, img.height as f32);
-    let (nw, nh) = if w <= h {
-        (short, (h * short as f32 / w).round() as usize)
-    } else {
-        ((w * short as f32 / h).round() as usize, short)
-    };
-    resize_region(img, 0.0, 0.0, w, h, nw, nh)
-}
-
-/// Bilinear resample of the region `(x, y, w, h)` to `out_w x out_h`
-/// (half-pixel centres, as `align_corners=False`).
+/// Resample the region `(x, y, w, h)` of `img` to `out_w × out_h` with
+/// `fast_image_resize` (SIMD convolution; antialiased when shrinking, as PIL).
+#[allow(clippy::too_many_arguments)]
 pub fn resize_region(
     img: &RgbImage,
     x: f32,
@@ -179,28 +285,36 @@ pub fn resize_region(
     h: f32,
     out_w: usize,
     out_h: usize,
+    interpolation: Interpolation,
 ) -> RgbImage {
+    use fast_image_resize as fr;
+    let alg = match interpolation {
+        Interpolation::Nearest => fr::ResizeAlg::Nearest,
+        Interpolation::Bilinear => fr::ResizeAlg::Convolution(fr::FilterType::Bilinear),
+        Interpolation::Bicubic => fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom),
+    };
     let mut out = RgbImage::new(out_w, out_h);
-    let (sx, sy) = (w / out_w as f32, h / out_h as f32);
-    let max_x = img.width as f32 - 1.0;
-    let max_y = img.height as f32 - 1.0;
-    for oy in 0..out_h {
-        let fy = (y + (oy as f32 + 0.5) * sy - 0.5).clamp(0.0, max_y);
-        let y0 = fy.floor() as usize;
-        let y1 = (y0 + 1).min(img.height - 1);
-        let ty = fy - y0 as f32;
-        for ox in 0..out_w {
-            let fx = (x + (ox as f32 + 0.5) * sx - 0.5).clamp(0.0, max_x);
-            let x0 = fx.floor() as usize;
-            let x1 = (x0 + 1).min(img.width - 1);
-            let tx = fx - x0 as f32;
-            for c in 0..3 {
-                let p = |xx: usize, yy: usize| img.pixels[(yy * img.width + xx) * 3 + c] as f32;
-                let top = p(x0, y0) * (1.0 - tx) + p(x1, y0) * tx;
-                let bot = p(x0, y1) * (1.0 - tx) + p(x1, y1) * tx;
-                out.pixels[(oy * out_w + ox) * 3 + c] = (top * (1.0 - ty) + bot * ty).round() as u8;
-            }
-        }
+    let src = fr::images::ImageRef::new(
+        img.width as u32,
+        img.height as u32,
+        &img.pixels,
+        fr::PixelType::U8x3,
+    );
+    let dst = fr::images::Image::from_slice_u8(
+        out_w as u32,
+        out_h as u32,
+        &mut out.pixels,
+        fr::PixelType::U8x3,
+    );
+    if let (Ok(src), Ok(mut dst)) = (src, dst) {
+        let opts = fr::ResizeOptions::new().resize_alg(alg).crop(
+            x as f64,
+            y as f64,
+            w.max(1.0) as f64,
+            h.max(1.0) as f64,
+        );
+        // Sizes are consistent by construction; a failure leaves a black image.
+        let _ = fr::Resizer::new().resize(&src, &mut dst, &opts);
     }
     out
 }
@@ -255,6 +369,7 @@ mod tests {
         let t = Transform::Eval {
             size: 32,
             center_crop: true,
+            interpolation: Interpolation::Bicubic,
         };
         let mut out = vec![0f32; 3 * 32 * 32];
         t.apply(&img, &mut ChaCha8Rng::seed_from_u64(0), &mut out);
@@ -270,6 +385,7 @@ mod tests {
         let t = Transform::Eval {
             size: 64,
             center_crop: true,
+            interpolation: Interpolation::Bicubic,
         };
         let mut out = vec![0f32; 3 * 64 * 64];
         t.apply(&img, &mut ChaCha8Rng::seed_from_u64(0), &mut out);
@@ -281,11 +397,7 @@ mod tests {
     #[test]
     fn train_is_deterministic_by_seed_and_varies_across_seeds() {
         let img = gradient(32, 32);
-        let t = Transform::Train {
-            size: 32,
-            erase_prob: 0.25,
-            flip_prob: 0.5,
-        };
+        let t = Transform::train_basic(32, 0.25);
         let run = |seed| {
             let mut out = vec![0f32; 3 * 32 * 32];
             t.apply(&img, &mut ChaCha8Rng::seed_from_u64(seed), &mut out);
@@ -322,5 +434,99 @@ mod tests {
             let frac = w * h / (120.0 * 80.0);
             assert!(frac > 0.0 && frac <= 1.0);
         }
+    }
+
+    fn jpeg(img: &RgbImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        jpeg_encoder::Encoder::new(&mut out, 95)
+            .encode(
+                &img.pixels,
+                img.width as u16,
+                img.height as u16,
+                jpeg_encoder::ColorType::Rgb,
+            )
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn encoded_jpegs_decode_at_reduced_size_with_the_same_picture() {
+        let img = gradient(1024, 768);
+        let src = ImageSource::Encoded(jpeg(&img));
+        assert_eq!(src.dimensions().unwrap(), (1024, 768));
+        let quarter = src.decode_at_least(256, 192).unwrap();
+        assert_eq!((quarter.width, quarter.height), (256, 192));
+        let full = src.decode_at_least(usize::MAX, usize::MAX).unwrap();
+        assert_eq!((full.width, full.height), (1024, 768));
+        // Eval through DCT scaling gives (nearly) the same tensor as from full pixels.
+        let t = Transform::Eval {
+            size: 64,
+            center_crop: true,
+            interpolation: Interpolation::Bicubic,
+        };
+        let (mut a, mut b) = (vec![0f32; 3 * 64 * 64], vec![0f32; 3 * 64 * 64]);
+        t.apply_source(&src, &mut ChaCha8Rng::seed_from_u64(0), &mut a)
+            .unwrap();
+        t.apply(&full, &mut ChaCha8Rng::seed_from_u64(0), &mut b);
+        let max = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(max < 0.1, "max difference {max} (normalised units)");
+    }
+
+    #[test]
+    fn train_transform_on_photos_has_the_right_shape_range_and_determinism() {
+        let img = gradient(500, 375);
+        let src = ImageSource::Encoded(jpeg(&img));
+        let t = Transform::Train(TrainAugment {
+            size: 224,
+            erase_prob: 0.25,
+            flip_prob: 0.5,
+            interpolation: Interpolation::Bicubic,
+            rand_augment: Some(RandAugment::parse("rand-m9-mstd0.5-inc1").unwrap()),
+            color_jitter: 0.4,
+        });
+        let run = |seed| {
+            let mut out = vec![0f32; 3 * 224 * 224];
+            t.apply_source(&src, &mut ChaCha8Rng::seed_from_u64(seed), &mut out)
+                .unwrap();
+            out
+        };
+        let a = run(4);
+        assert_eq!(a, run(4));
+        assert_ne!(a, run(5));
+        // Normalised bytes lie in [(0 − mean)/std, (1 − mean)/std], except erased noise.
+        let inside = a
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| {
+                let c = i / (224 * 224);
+                let lo = -IMAGENET_MEAN[c] / IMAGENET_STD[c] - 1e-4;
+                let hi = (1.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c] + 1e-4;
+                (lo..=hi).contains(*v)
+            })
+            .count();
+        assert!(
+            inside as f64 > 0.6 * a.len() as f64,
+            "{inside} of {}",
+            a.len()
+        );
+        let corrupt = ImageSource::Encoded(vec![0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3]);
+        let mut out = vec![0f32; 3 * 224 * 224];
+        assert!(t
+            .apply_source(&corrupt, &mut ChaCha8Rng::seed_from_u64(0), &mut out)
+            .is_err());
+    }
+
+    #[test]
+    fn flip_mirrors_rows() {
+        let mut img = gradient(8, 2);
+        let before = img.clone();
+        flip_horizontal(&mut img);
+        assert_eq!(&img.pixels[0..3], &before.pixels[7 * 3..8 * 3]);
+        flip_horizontal(&mut img);
+        assert_eq!(img, before);
     }
 }

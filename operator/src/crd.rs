@@ -1,0 +1,361 @@
+//! `RideTraining` types. The CRD YAML in `crds/` is generated from them
+//! (`ride crd`); a test fails when the file drifts.
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration, Volume};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A RIDE training run: a gang of worker pods, one per rank.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "ride.dev",
+    version = "v1alpha1",
+    kind = "RideTraining",
+    namespaced,
+    shortname = "rt",
+    status = "RideTrainingStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Workers","type":"integer","jsonPath":".status.worldSize"}"#,
+    printcolumn = r#"{"name":"Epoch","type":"integer","jsonPath":".status.lastCheckpoint.epoch"}"#,
+    printcolumn = r#"{"name":"Top-1","type":"number","jsonPath":".status.latestEval.overall"}"#,
+    printcolumn = r#"{"name":"Restarts","type":"integer","jsonPath":".status.restarts"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RideTrainingSpec {
+    /// Container image with `ride-trainer`.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// What to train.
+    pub trainer: TrainerSpec,
+    /// The worker gang.
+    pub workers: WorkersSpec,
+    /// Where the data is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetSpec>,
+    /// Where checkpoints go.
+    pub checkpoint: CheckpointSpec,
+    /// How failures are handled.
+    #[serde(default)]
+    pub restart_policy: RestartPolicySpec,
+    /// Suspension, clean-up and deadline.
+    #[serde(default)]
+    pub run_policy: RunPolicySpec,
+    /// Placement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling: Option<SchedulingSpec>,
+}
+
+/// The trainer config.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainerSpec {
+    /// A config file name from `configs/` (or a path inside the image).
+    #[schemars(length(min = 1))]
+    pub config: String,
+    /// Config keys to override (`KEY: value`, as `--opts KEY value`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, String>,
+}
+
+/// The worker gang.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkersSpec {
+    /// Ranks (one pod each).
+    #[schemars(range(min = 1, max = 4096))]
+    pub replicas: i32,
+    /// Smallest world size an elastic restart may shrink to (default: replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub min_replicas: Option<i32>,
+    /// GPUs per worker (`nvidia.com/gpu`); 0 trains on CPU.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 16))]
+    pub gpus_per_worker: i32,
+    /// CPU and memory of each worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Seconds a worker may stay unschedulable before the gang restarts
+    /// smaller (never below `minReplicas`); also how long a shrunken gang runs
+    /// before trying full size again.
+    #[serde(default = "default_elastic_timeout")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub elastic_timeout_seconds: i64,
+}
+
+fn default_elastic_timeout() -> i64 {
+    300
+}
+
+/// The dataset volume.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetSpec {
+    /// `DATA.DATA_PATH` inside the pod.
+    #[schemars(length(min = 1))]
+    pub path: String,
+    /// The volume holding it, mounted read-only at `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Volume>,
+}
+
+/// Checkpoint storage.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSpec {
+    /// `s3://`, `gs://`, `az://` or `file://` URI.
+    #[schemars(length(min = 1))]
+    pub uri: String,
+    /// Secret whose keys become the worker's environment (`AWS_ACCESS_KEY_ID`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+/// What to do with a worker exit code.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Restart the gang, using the budget.
+    Restart,
+    /// Restart the gang without using the budget (preemption).
+    RestartExempt,
+    /// Fail the training.
+    Fail,
+}
+
+/// An exit-code rule.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitCodeRule {
+    /// Exit codes the rule matches.
+    #[schemars(length(min = 1))]
+    pub codes: Vec<i32>,
+    /// What to do.
+    pub action: ExitAction,
+}
+
+/// Failure handling.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartPolicySpec {
+    /// Gang restarts allowed.
+    #[schemars(range(min = 0, max = 1000))]
+    pub budget: i32,
+    /// Seconds before recreating the gang (doubling per attempt, capped at 10 minutes).
+    #[schemars(range(min = 0, max = 3600))]
+    pub backoff_seconds: i32,
+    /// Rules by exit code; the first match wins, otherwise `Restart`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exit_code_rules: Vec<ExitCodeRule>,
+    /// Exit code 75 (preempted, checkpoint saved) and node loss restart without using the budget.
+    pub preemption_exempt: bool,
+}
+
+impl Default for RestartPolicySpec {
+    fn default() -> Self {
+        Self {
+            budget: 3,
+            backoff_seconds: 10,
+            exit_code_rules: Vec::new(),
+            preemption_exempt: true,
+        }
+    }
+}
+
+/// Suspension, clean-up, deadline.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunPolicySpec {
+    /// Delete the workers and keep the resource (Kueue-style); resume by setting false.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Delete the resource this long after it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+    /// Fail the training after this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+}
+
+/// Placement of the workers.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulingSpec {
+    /// Scheduler (e.g. a gang scheduler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_name: Option<String>,
+    /// Node labels the workers need.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the workers tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Priority class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// Lifecycle phase.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted, workers not all running yet.
+    Created,
+    /// All workers running.
+    Running,
+    /// Gang being recreated after a failure.
+    Restarting,
+    /// Workers deleted on request.
+    Suspended,
+    /// Finished.
+    Succeeded,
+    /// Gave up.
+    Failed,
+}
+
+/// Last checkpoint, read from the `latest` manifest.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointStatus {
+    /// Checkpoint URI.
+    pub uri: String,
+    /// Epoch (0-based).
+    pub epoch: i64,
+    /// Optimiser step.
+    pub step: i64,
+    /// When it was saved (RFC 3339).
+    pub time: String,
+}
+
+/// Latest evaluation, percent.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EvalStatus {
+    /// Top-1 overall.
+    pub overall: f64,
+    /// Many-shot classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub many: Option<f64>,
+    /// Medium-shot classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<f64>,
+    /// Few-shot classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub few: Option<f64>,
+}
+
+/// Observed state.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RideTrainingStatus {
+    /// Phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Conditions (Created, Running, Restarting, Suspended, Succeeded, Failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Gang restarts that used the budget.
+    #[serde(default)]
+    pub restarts: i32,
+    /// Current attempt (0-based).
+    #[serde(default)]
+    pub attempt: i32,
+    /// Ranks of the current attempt.
+    #[serde(default)]
+    pub world_size: i32,
+    /// Last checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<CheckpointStatus>,
+    /// Latest evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_eval: Option<EvalStatus>,
+    /// Restarts that did not use the budget (preemption, node loss, elastic resizing, spec changes).
+    #[serde(default)]
+    pub exempt_restarts: i32,
+    /// Hash of the spec the current attempt runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
+    /// Unix time the next attempt may start (restart backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_after: Option<i64>,
+    /// Unix time the training started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<i64>,
+    /// Unix time the current attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_start_time: Option<i64>,
+    /// Unix time all workers of the current attempt were first seen running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_since: Option<i64>,
+    /// Unix time it succeeded or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<i64>,
+    /// Why the phase is what it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A spec problem, naming the field.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("spec.{field}: {message}")]
+pub struct SpecError {
+    /// Dotted path of the field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl RideTrainingSpec {
+    /// Checks the schema cannot express (cross-field rules, URI schemes).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let err = |field: &str, message: String| {
+            Err(SpecError {
+                field: field.into(),
+                message,
+            })
+        };
+        if self.workers.replicas < 1 {
+            return err("workers.replicas", "must be at least 1".into());
+        }
+        if let Some(m) = self.workers.min_replicas {
+            if m < 1 || m > self.workers.replicas {
+                return err(
+                    "workers.minReplicas",
+                    format!(
+                        "must be between 1 and workers.replicas ({})",
+                        self.workers.replicas
+                    ),
+                );
+            }
+        }
+        if !(0..=16).contains(&self.workers.gpus_per_worker) {
+            return err("workers.gpusPerWorker", "must be between 0 and 16".into());
+        }
+        let scheme = self.checkpoint.uri.split("://").next().unwrap_or("");
+        if !self.checkpoint.uri.contains("://") || !["s3", "gs", "az", "file"].contains(&scheme) {
+            return err(
+                "checkpoint.uri",
+                format!(
+                    "'{}' must be an s3://, gs://, az:// or file:// URI",
+                    self.checkpoint.uri
+                ),
+            );
+        }
+        if self.restart_policy.budget < 0 {
+            return err("restartPolicy.budget", "must not be negative".into());
+        }
+        for key in self.trainer.overrides.keys() {
+            if key.is_empty() || key.contains(char::is_whitespace) {
+                return err("trainer.overrides", format!("'{key}' is not a config key"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,478 @@
+//! The reconciler's decisions as a pure function: given a RideTraining's
+//! spec and status and what is observed of its pods, what to do and what the
+//! status becomes. All I/O (the Kubernetes API, clocks) stays outside.
+//!
+//! Pods are named `<name>-<attempt>-<rank>` (also their host name under the
+//! headless Service), so a new attempt never collides with pods of an old one
+//! that are still terminating, for example on a lost node.
+
+use crate::crd::{ExitAction, Phase, RideTrainingSpec, RideTrainingStatus};
+
+/// Exit code of a preempted worker that saved a checkpoint (`ride-trainer`).
+pub const PREEMPTED_EXIT_CODE: i32 = 75;
+/// Longest restart backoff.
+pub const MAX_BACKOFF_SECONDS: i64 = 600;
+/// A pod terminating this long on an unreachable node is force-deleted.
+pub const FORCE_DELETE_AFTER_SECONDS: i64 = 300;
+
+/// A worker pod's state as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodState {
+    /// Not yet scheduled or starting; `unschedulable_since` when the scheduler said it cannot place it.
+    Pending {
+        /// Unix time the pod was first reported unschedulable.
+        unschedulable_since: Option<i64>,
+    },
+    /// Running.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero (or was killed).
+    Failed {
+        /// Exit code of the trainer container.
+        exit_code: i32,
+    },
+    /// Its node is gone or unreachable.
+    NodeLost,
+}
+
+/// One observed worker pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedPod {
+    /// Rank label.
+    pub rank: i32,
+    /// Attempt label.
+    pub attempt: i32,
+    /// State.
+    pub state: PodState,
+    /// Unix time deletion was requested, if it was.
+    pub deleting_since: Option<i64>,
+}
+
+/// Everything the decision needs from the world.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Unix time now.
+    pub now: i64,
+    /// The worker pods owned by the resource.
+    pub pods: Vec<ObservedPod>,
+    /// Whether the headless Service exists.
+    pub service_exists: bool,
+    /// The resource itself is being deleted.
+    pub deleting: bool,
+}
+
+/// Something to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create (or apply) the headless Service.
+    EnsureService,
+    /// Create the pod of `rank` for `attempt` in a world of `world_size`.
+    CreatePod {
+        /// Rank.
+        rank: i32,
+        /// Attempt.
+        attempt: i32,
+        /// World size.
+        world_size: i32,
+    },
+    /// Delete a pod; `force` skips the grace period (lost node).
+    DeletePod {
+        /// Rank.
+        rank: i32,
+        /// Attempt.
+        attempt: i32,
+        /// Grace period 0.
+        force: bool,
+    },
+    /// Delete the RideTraining (TTL after finishing).
+    DeleteSelf,
+    /// Record a Kubernetes Event.
+    Event {
+        /// Short reason.
+        reason: String,
+        /// Message.
+        message: String,
+        /// Warning rather than Normal.
+        warning: bool,
+    },
+    /// Look again after this many seconds even without a change.
+    RequeueAfter(i64),
+}
+
+/// The outcome of one decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// What to do, in order.
+    pub actions: Vec<Action>,
+    /// The status to write.
+    pub status: RideTrainingStatus,
+}
+
+/// A stable hash of the spec (the part that shapes pods); a change restarts the gang.
+pub fn spec_hash(spec: &RideTrainingSpec) -> String {
+    let mut s = spec.clone();
+    // Suspension and clean-up settings do not change what the pods run.
+    s.run_policy = Default::default();
+    let json = serde_json::to_string(&s).unwrap_or_default();
+    // FNV-1a: small, stable across builds (unlike std's hasher).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+struct Ctx<'a> {
+    spec: &'a RideTrainingSpec,
+    obs: &'a Observed,
+    st: RideTrainingStatus,
+    actions: Vec<Action>,
+}
+
+impl Ctx<'_> {
+    fn event(&mut self, reason: &str, message: String, warning: bool) {
+        self.actions.push(Action::Event {
+            reason: reason.into(),
+            message,
+            warning,
+        });
+    }
+
+    fn set_phase(&mut self, phase: Phase, reason: &str, message: String) {
+        if self.st.phase != Some(phase) {
+            let warning = matches!(phase, Phase::Failed | Phase::Restarting);
+            self.event(reason, message.clone(), warning);
+        }
+        self.st.phase = Some(phase);
+        self.st.reason = Some(reason.into());
+        self.st.message = Some(message);
+    }
+
+    /// Delete every pod not yet being deleted; force-delete ones stuck on lost nodes.
+    fn delete_pods(&mut self, only_other_attempts: bool) {
+        for p in &self.obs.pods {
+            if only_other_attempts && p.attempt == self.st.attempt {
+                continue;
+            }
+            let stuck = p.state == PodState::NodeLost
+                && p.deleting_since
+                    .is_some_and(|t| self.obs.now - t >= FORCE_DELETE_AFTER_SECONDS);
+            if p.deleting_since.is_none() || stuck {
+                self.actions.push(Action::DeletePod {
+                    rank: p.rank,
+                    attempt: p.attempt,
+                    force: stuck,
+                });
+            }
+        }
+    }
+
+    fn finish(&mut self, phase: Phase, reason: &str, message: String) {
+        self.set_phase(phase, reason, message);
+        self.st.completion_time.get_or_insert(self.obs.now);
+        self.st.restart_after = None;
+    }
+
+    /// Start a new attempt: delete the gang, back off, recreate at `world`.
+    fn restart(&mut self, world: i32, counts: bool, reason: &str, message: String) {
+        self.delete_pods(false);
+        if counts {
+            self.st.restarts += 1;
+        } else {
+            self.st.exempt_restarts += 1;
+        }
+        self.st.attempt += 1;
+        self.st.world_size = world;
+        self.st.running_since = None;
+        self.st.attempt_start_time = None;
+        let backoff = if counts {
+            let base = i64::from(self.spec.restart_policy.backoff_seconds);
+            (base << (self.st.restarts - 1).clamp(0, 20)).min(MAX_BACKOFF_SECONDS)
+        } else {
+            i64::from(self.spec.restart_policy.backoff_seconds).min(MAX_BACKOFF_SECONDS)
+        };
+        self.st.restart_after = Some(self.obs.now + backoff);
+        self.set_phase(
+            Phase::Restarting,
+            reason,
+            format!(
+                "{message}; attempt {} starts in {backoff}s with {world} workers",
+                self.st.attempt
+            ),
+        );
+    }
+}
+
+/// What a failed worker's exit means, by the spec's rules.
+pub fn exit_action(spec: &RideTrainingSpec, state: &PodState) -> ExitAction {
+    let policy = &spec.restart_policy;
+    match state {
+        PodState::NodeLost if policy.preemption_exempt => ExitAction::RestartExempt,
+        PodState::NodeLost => ExitAction::Restart,
+        PodState::Failed { exit_code } => {
+            if let Some(rule) = policy
+                .exit_code_rules
+                .iter()
+                .find(|r| r.codes.contains(exit_code))
+            {
+                return rule.action;
+            }
+            if *exit_code == PREEMPTED_EXIT_CODE && policy.preemption_exempt {
+                ExitAction::RestartExempt
+            } else {
+                ExitAction::Restart
+            }
+        }
+        _ => ExitAction::Restart,
+    }
+}
+
+/// Decide what to do for one RideTraining.
+pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observed) -> Decision {
+    let mut c = Ctx {
+        spec,
+        obs,
+        st: status.clone(),
+        actions: Vec::new(),
+    };
+    // Being deleted: owner references remove the pods; nothing to start.
+    if obs.deleting {
+        return Decision {
+            actions: c.actions,
+            status: c.st,
+        };
+    }
+    let now = obs.now;
+    if c.st.phase.is_none() {
+        c.st.world_size = spec.workers.replicas;
+        c.st.start_time = Some(now);
+        c.st.spec_hash = Some(spec_hash(spec));
+        c.set_phase(
+            Phase::Created,
+            "Created",
+            format!("gang of {} workers", spec.workers.replicas),
+        );
+    }
+    // Finished: clean up workers still around, then honour the TTL.
+    if let Some(Phase::Succeeded | Phase::Failed) = c.st.phase {
+        c.delete_pods(false);
+        if let (Some(ttl), Some(done)) = (
+            spec.run_policy.ttl_seconds_after_finished,
+            c.st.completion_time,
+        ) {
+            if now >= done + ttl {
+                c.actions.push(Action::DeleteSelf);
+            } else {
+                c.actions.push(Action::RequeueAfter(done + ttl - now));
+            }
+        }
+        return Decision {
+            actions: c.actions,
+            status: c.st,
+        };
+    }
+    if let (Some(limit), Some(start)) = (spec.run_policy.active_deadline_seconds, c.st.start_time) {
+        if now - start >= limit {
+            c.delete_pods(false);
+            c.finish(
+                Phase::Failed,
+                "DeadlineExceeded",
+                format!("ran longer than activeDeadlineSeconds ({limit}s)"),
+            );
+            return Decision {
+                actions: c.actions,
+                status: c.st,
+            };
+        }
+    }
+    if spec.run_policy.suspend {
+        c.delete_pods(false);
+        c.st.running_since = None;
+        c.set_phase(
+            Phase::Suspended,
+            "Suspended",
+            "workers deleted; set runPolicy.suspend false to resume".into(),
+        );
+        return Decision {
+            actions: c.actions,
+            status: c.st,
+        };
+    }
+    if c.st.phase == Some(Phase::Suspended) {
+        // Resuming is a fresh attempt from the latest checkpoint, outside the budget.
+        c.st.attempt += 1;
+        c.st.world_size = spec.workers.replicas;
+        c.st.attempt_start_time = None;
+        c.set_phase(
+            Phase::Created,
+            "Resumed",
+            "recreating the workers from the latest checkpoint".into(),
+        );
+    }
+    if !obs.service_exists {
+        c.actions.push(Action::EnsureService);
+    }
+    // Pods of older attempts go, whatever happens next.
+    c.delete_pods(true);
+    // A changed spec (image, config, workers...) restarts the gang with it.
+    let hash = spec_hash(spec);
+    if c.st.spec_hash.as_deref() != Some(hash.as_str()) {
+        c.st.spec_hash = Some(hash);
+        let world = spec.workers.replicas;
+        c.restart(world, false, "SpecChanged", "the spec changed".into());
+        return Decision {
+            actions: c.actions,
+            status: c.st,
+        };
+    }
+    if let Some(after) = c.st.restart_after {
+        if now < after {
+            c.actions.push(Action::RequeueAfter(after - now));
+            return Decision {
+                actions: c.actions,
+                status: c.st,
+            };
+        }
+        c.st.restart_after = None;
+    }
+    let current: Vec<&ObservedPod> = obs
+        .pods
+        .iter()
+        .filter(|p| p.attempt == c.st.attempt && p.deleting_since.is_none())
+        .collect();
+    // The first failure decides (a rank that exited 0 does not mask another's failure).
+    if let Some(bad) = current
+        .iter()
+        .find(|p| matches!(p.state, PodState::Failed { .. } | PodState::NodeLost))
+    {
+        let what = match bad.state {
+            PodState::Failed { exit_code } => {
+                format!("worker {} exited with code {exit_code}", bad.rank)
+            }
+            _ => format!("worker {} lost its node", bad.rank),
+        };
+        match exit_action(spec, &bad.state) {
+            ExitAction::Fail => {
+                c.delete_pods(false);
+                c.finish(
+                    Phase::Failed,
+                    "WorkerFailed",
+                    format!("{what}; the exit-code rules say fail"),
+                );
+            }
+            ExitAction::Restart if c.st.restarts >= spec.restart_policy.budget => {
+                c.delete_pods(false);
+                c.finish(
+                    Phase::Failed,
+                    "RestartBudgetExhausted",
+                    format!("{what}; all {} restarts used", spec.restart_policy.budget),
+                );
+            }
+            ExitAction::Restart => {
+                let world = c.st.world_size;
+                c.restart(world, true, "WorkerFailed", what);
+            }
+            ExitAction::RestartExempt => {
+                let world = c.st.world_size;
+                c.restart(world, false, "Preempted", what);
+            }
+        }
+        return Decision {
+            actions: c.actions,
+            status: c.st,
+        };
+    }
+    let world = c.st.world_size;
+    if current.len() as i32 == world && current.iter().all(|p| p.state == PodState::Succeeded) {
+        c.delete_pods(false);
+        c.finish(
+            Phase::Succeeded,
+            "Succeeded",
+            format!("all {world} workers finished"),
+        );
+        return Decision {
+            actions: c.actions,
+            status: c.st,
+        };
+    }
+    // Elastic: shrink when workers stay unschedulable, grow back after a while.
+    let timeout = spec.workers.elastic_timeout_seconds;
+    let min = spec.workers.min_replicas.unwrap_or(spec.workers.replicas);
+    let stuck = current
+        .iter()
+        .filter(|p| matches!(p.state, PodState::Pending { unschedulable_since: Some(t) } if now - t >= timeout))
+        .count() as i32;
+    if stuck > 0 {
+        let placed = world - stuck;
+        if placed >= min && placed < world {
+            c.restart(
+                placed,
+                false,
+                "Shrinking",
+                format!("{stuck} workers unschedulable for {timeout}s"),
+            );
+            return Decision {
+                actions: c.actions,
+                status: c.st,
+            };
+        }
+    }
+    if world < spec.workers.replicas && c.st.running_since.is_some_and(|t| now - t >= timeout) {
+        let full = spec.workers.replicas;
+        c.restart(
+            full,
+            false,
+            "Growing",
+            format!("trying {full} workers again"),
+        );
+        return Decision {
+            actions: c.actions,
+            status: c.st,
+        };
+    }
+    // Create missing ranks of this attempt.
+    for rank in 0..world {
+        if !current.iter().any(|p| p.rank == rank) {
+            c.actions.push(Action::CreatePod {
+                rank,
+                attempt: c.st.attempt,
+                world_size: world,
+            });
+        }
+    }
+    c.st.attempt_start_time.get_or_insert(now);
+    let running = current
+        .iter()
+        .filter(|p| matches!(p.state, PodState::Running | PodState::Succeeded))
+        .count() as i32;
+    if running == world {
+        c.st.running_since.get_or_insert(now);
+        c.set_phase(
+            Phase::Running,
+            "Running",
+            format!("{world} workers running"),
+        );
+    } else if c.st.phase != Some(Phase::Running) {
+        let phase = if c.st.attempt > 0 {
+            Phase::Restarting
+        } else {
+            Phase::Created
+        };
+        let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
+        c.st.phase = Some(phase);
+        c.st.reason = Some(reason);
+        c.st.message = Some(format!("{running} of {world} workers running"));
+    }
+    if world < spec.workers.replicas {
+        c.actions.push(Action::RequeueAfter(timeout));
+    }
+    Decision {
+        actions: c.actions,
+        status: c.st,
+    }
+}
+
+#[cfg(test)]
+mod tests;

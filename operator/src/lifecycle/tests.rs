@@ -1,0 +1,360 @@
+use super::*;
+use crate::crd::{ExitCodeRule, RideTraining};
+
+fn spec() -> RideTrainingSpec {
+    let rt: RideTraining = serde_norway::from_str(
+        r#"
+apiVersion: ride.dev/v1alpha1
+kind: RideTraining
+metadata: {name: t}
+spec:
+  image: ride:1
+  trainer: {config: c.yaml}
+  workers: {replicas: 4, minReplicas: 2, elasticTimeoutSeconds: 60}
+  checkpoint: {uri: "s3://b/t"}
+  restartPolicy: {budget: 2, backoffSeconds: 10, preemptionExempt: true}
+"#,
+    )
+    .unwrap();
+    rt.spec
+}
+
+fn pod(rank: i32, attempt: i32, state: PodState) -> ObservedPod {
+    ObservedPod {
+        rank,
+        attempt,
+        state,
+        deleting_since: None,
+    }
+}
+
+fn gang(attempt: i32, n: i32, state: PodState) -> Vec<ObservedPod> {
+    (0..n).map(|r| pod(r, attempt, state.clone())).collect()
+}
+
+fn obs(now: i64, pods: Vec<ObservedPod>) -> Observed {
+    Observed {
+        now,
+        pods,
+        service_exists: true,
+        deleting: false,
+    }
+}
+
+/// Status after the first reconcile and all 4 workers running.
+fn running(s: &RideTrainingSpec) -> RideTrainingStatus {
+    let d = decide(s, &RideTrainingStatus::default(), &obs(0, vec![]));
+    decide(s, &d.status, &obs(5, gang(0, 4, PodState::Running))).status
+}
+
+fn creates(d: &Decision) -> Vec<(i32, i32, i32)> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreatePod {
+                rank,
+                attempt,
+                world_size,
+            } => Some((*rank, *attempt, *world_size)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn deletes(d: &Decision) -> Vec<(i32, i32, bool)> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeletePod {
+                rank,
+                attempt,
+                force,
+            } => Some((*rank, *attempt, *force)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_event(d: &Decision, reason: &str) -> bool {
+    d.actions
+        .iter()
+        .any(|a| matches!(a, Action::Event { reason: r, .. } if r == reason))
+}
+
+#[test]
+fn a_new_training_gets_a_service_and_every_rank() {
+    let s = spec();
+    let mut o = obs(0, vec![]);
+    o.service_exists = false;
+    let d = decide(&s, &RideTrainingStatus::default(), &o);
+    assert_eq!(d.actions[1], Action::EnsureService);
+    assert_eq!(
+        creates(&d),
+        vec![(0, 0, 4), (1, 0, 4), (2, 0, 4), (3, 0, 4)]
+    );
+    assert_eq!(d.status.phase, Some(Phase::Created));
+    assert!(has_event(&d, "Created"));
+    // Idempotent: the same observation after the pods exist creates nothing more.
+    let d2 = decide(
+        &s,
+        &d.status,
+        &obs(
+            1,
+            gang(
+                0,
+                4,
+                PodState::Pending {
+                    unschedulable_since: None,
+                },
+            ),
+        ),
+    );
+    assert!(creates(&d2).is_empty());
+    assert_eq!(d2.status.phase, Some(Phase::Created));
+}
+
+#[test]
+fn all_workers_running_means_running_once() {
+    let s = spec();
+    let st = running(&s);
+    assert_eq!(st.phase, Some(Phase::Running));
+    assert_eq!(st.running_since, Some(5));
+    let d = decide(&s, &st, &obs(6, gang(0, 4, PodState::Running)));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+}
+
+#[test]
+fn a_failed_worker_restarts_the_whole_gang_after_backoff() {
+    let s = spec();
+    let st = running(&s);
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[2].state = PodState::Failed { exit_code: 1 };
+    let d = decide(&s, &st, &obs(100, pods));
+    assert_eq!(deletes(&d).len(), 4, "the whole gang goes");
+    assert_eq!((d.status.attempt, d.status.restarts), (1, 1));
+    assert_eq!(d.status.phase, Some(Phase::Restarting));
+    assert_eq!(d.status.restart_after, Some(110));
+    assert!(has_event(&d, "WorkerFailed"));
+    // During the backoff nothing is created.
+    let mut old = gang(0, 4, PodState::Running);
+    old.iter_mut().for_each(|p| p.deleting_since = Some(100));
+    let d2 = decide(&s, &d.status, &obs(105, old));
+    assert!(creates(&d2).is_empty());
+    assert_eq!(d2.actions, vec![Action::RequeueAfter(5)]);
+    // After it, attempt 1 is created even while attempt 0 is still terminating.
+    let mut old = gang(0, 4, PodState::Running);
+    old.iter_mut().for_each(|p| p.deleting_since = Some(100));
+    let d3 = decide(&s, &d2.status, &obs(111, old));
+    assert_eq!(
+        creates(&d3),
+        vec![(0, 1, 4), (1, 1, 4), (2, 1, 4), (3, 1, 4)]
+    );
+    // A second failure doubles the backoff.
+    let mut pods = gang(1, 4, PodState::Running);
+    pods[0].state = PodState::Failed { exit_code: 137 };
+    let d4 = decide(&s, &d3.status, &obs(200, pods));
+    assert_eq!(d4.status.restart_after, Some(220));
+}
+
+#[test]
+fn the_budget_ends_in_failed() {
+    let s = spec();
+    let mut st = running(&s);
+    st.restarts = 2;
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[1].state = PodState::Failed { exit_code: 1 };
+    let d = decide(&s, &st, &obs(50, pods));
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(d.status.reason.as_deref(), Some("RestartBudgetExhausted"));
+    assert_eq!(d.status.completion_time, Some(50));
+    assert_eq!(deletes(&d).len(), 4);
+}
+
+#[test]
+fn preemption_and_node_loss_do_not_use_the_budget_and_rules_can_fail_fast() {
+    let mut s = spec();
+    let st = running(&s);
+    for state in [PodState::Failed { exit_code: 75 }, PodState::NodeLost] {
+        let mut pods = gang(0, 4, PodState::Running);
+        pods[3].state = state;
+        let d = decide(&s, &st, &obs(30, pods));
+        assert_eq!(
+            (
+                d.status.restarts,
+                d.status.exempt_restarts,
+                d.status.attempt
+            ),
+            (0, 1, 1)
+        );
+        assert!(has_event(&d, "Preempted"));
+    }
+    s.restart_policy.exit_code_rules = vec![ExitCodeRule {
+        codes: vec![2],
+        action: ExitAction::Fail,
+    }];
+    let st = running(&s);
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[0].state = PodState::Failed { exit_code: 2 };
+    let d = decide(&s, &st, &obs(30, pods));
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    s.restart_policy.preemption_exempt = false;
+    assert_eq!(
+        exit_action(&s, &PodState::Failed { exit_code: 75 }),
+        ExitAction::Restart
+    );
+}
+
+#[test]
+fn a_rank_that_exits_zero_while_another_fails_is_still_a_failure() {
+    let s = spec();
+    let st = running(&s);
+    let pods = vec![
+        pod(0, 0, PodState::Succeeded),
+        pod(1, 0, PodState::Failed { exit_code: 1 }),
+        pod(2, 0, PodState::Running),
+        pod(3, 0, PodState::Succeeded),
+    ];
+    let d = decide(&s, &st, &obs(40, pods));
+    assert_eq!(d.status.phase, Some(Phase::Restarting));
+    assert_eq!(d.status.restarts, 1);
+    // Only when every rank succeeded is the training done.
+    let d = decide(&s, &st, &obs(40, gang(0, 4, PodState::Succeeded)));
+    assert_eq!(d.status.phase, Some(Phase::Succeeded));
+    assert!(has_event(&d, "Succeeded"));
+}
+
+#[test]
+fn a_pod_stuck_terminating_on_a_lost_node_is_force_deleted_and_does_not_block() {
+    let s = spec();
+    let mut st = running(&s);
+    st.attempt = 1;
+    let mut stuck = pod(2, 0, PodState::NodeLost);
+    stuck.deleting_since = Some(1000);
+    let mut pods = gang(1, 4, PodState::Running);
+    pods.push(stuck.clone());
+    let d = decide(&s, &st, &obs(1100, pods.clone()));
+    assert!(
+        deletes(&d).is_empty(),
+        "deletion already requested; wait for the grace"
+    );
+    assert!(creates(&d).is_empty(), "attempt 1 is complete");
+    let d = decide(&s, &st, &obs(1000 + FORCE_DELETE_AFTER_SECONDS, pods));
+    assert_eq!(deletes(&d), vec![(2, 0, true)]);
+}
+
+#[test]
+fn a_spec_change_while_running_restarts_with_the_new_spec() {
+    let mut s = spec();
+    let st = running(&s);
+    s.image = "ride:2".into();
+    let d = decide(&s, &st, &obs(60, gang(0, 4, PodState::Running)));
+    assert_eq!(d.status.attempt, 1);
+    assert_eq!((d.status.restarts, d.status.exempt_restarts), (0, 1));
+    assert!(has_event(&d, "SpecChanged"));
+    assert_eq!(deletes(&d).len(), 4);
+    // Changing only the TTL is not a restart.
+    let mut s2 = spec();
+    s2.run_policy.ttl_seconds_after_finished = Some(5);
+    let d = decide(
+        &s2,
+        &running(&spec()),
+        &obs(60, gang(0, 4, PodState::Running)),
+    );
+    assert!(deletes(&d).is_empty());
+}
+
+#[test]
+fn deletion_during_a_restart_does_nothing() {
+    let s = spec();
+    let mut st = running(&s);
+    st.phase = Some(Phase::Restarting);
+    st.restart_after = Some(500);
+    let mut o = obs(450, gang(0, 4, PodState::Running));
+    o.deleting = true;
+    let d = decide(&s, &st, &o);
+    assert!(d.actions.is_empty());
+    assert_eq!(d.status, st);
+}
+
+#[test]
+fn suspend_deletes_the_workers_and_resume_recreates_them() {
+    let mut s = spec();
+    let st = running(&s);
+    s.run_policy.suspend = true;
+    let d = decide(&s, &st, &obs(70, gang(0, 4, PodState::Running)));
+    assert_eq!(d.status.phase, Some(Phase::Suspended));
+    assert_eq!(deletes(&d).len(), 4);
+    s.run_policy.suspend = false;
+    let d = decide(&s, &d.status, &obs(80, vec![]));
+    assert_eq!(d.status.attempt, 1);
+    assert_eq!(creates(&d).len(), 4);
+    assert!(has_event(&d, "Resumed"));
+    assert_eq!(d.status.restarts, 0);
+}
+
+#[test]
+fn ttl_and_deadline() {
+    let mut s = spec();
+    s.run_policy.ttl_seconds_after_finished = Some(100);
+    let st = running(&s);
+    let d = decide(&s, &st, &obs(10, gang(0, 4, PodState::Succeeded)));
+    assert_eq!(d.status.completion_time, Some(10));
+    let d2 = decide(&s, &d.status, &obs(50, vec![]));
+    assert_eq!(d2.actions, vec![Action::RequeueAfter(60)]);
+    let d3 = decide(&s, &d.status, &obs(110, vec![]));
+    assert_eq!(d3.actions, vec![Action::DeleteSelf]);
+    let mut s = spec();
+    s.run_policy.active_deadline_seconds = Some(3600);
+    let st = running(&s);
+    let d = decide(&s, &st, &obs(3600, gang(0, 4, PodState::Running)));
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(d.status.reason.as_deref(), Some("DeadlineExceeded"));
+}
+
+#[test]
+fn elastic_shrink_when_unschedulable_and_grow_back_later() {
+    let s = spec();
+    let d = decide(&s, &RideTrainingStatus::default(), &obs(0, vec![]));
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[3].state = PodState::Pending {
+        unschedulable_since: Some(10),
+    };
+    // Not yet past the timeout.
+    let d1 = decide(&s, &d.status, &obs(60, pods.clone()));
+    assert_eq!(d1.status.attempt, 0);
+    // Past it: restart with 3 workers, outside the budget.
+    let d2 = decide(&s, &d1.status, &obs(70, pods));
+    assert_eq!(
+        (d2.status.attempt, d2.status.world_size, d2.status.restarts),
+        (1, 3, 0)
+    );
+    assert!(has_event(&d2, "Shrinking"));
+    let d3 = decide(&s, &d2.status, &obs(81, vec![]));
+    assert_eq!(creates(&d3), vec![(0, 1, 3), (1, 1, 3), (2, 1, 3)]);
+    let d4 = decide(&s, &d3.status, &obs(90, gang(1, 3, PodState::Running)));
+    assert_eq!(d4.status.phase, Some(Phase::Running));
+    // After the timeout at reduced size, try the full size again.
+    let d5 = decide(&s, &d4.status, &obs(150, gang(1, 3, PodState::Running)));
+    assert_eq!((d5.status.attempt, d5.status.world_size), (2, 4));
+    assert!(has_event(&d5, "Growing"));
+    // Never below minReplicas: with 3 of 4 unschedulable nothing shrinks.
+    let mut pods = gang(
+        0,
+        4,
+        PodState::Pending {
+            unschedulable_since: Some(0),
+        },
+    );
+    pods[0].state = PodState::Running;
+    let d6 = decide(&s, &d.status, &obs(100, pods));
+    assert_eq!(d6.status.attempt, 0);
+}
+
+#[test]
+fn spec_hash_is_stable_and_sensitive() {
+    let a = spec();
+    let mut b = spec();
+    assert_eq!(spec_hash(&a), spec_hash(&b));
+    b.workers.replicas = 8;
+    assert_ne!(spec_hash(&a), spec_hash(&b));
+}

@@ -1,0 +1,88 @@
+//! Running a `RideTraining` without a cluster: the manifest becomes the local
+//! launcher's invocation (`ride-trainer launch`), with `file://` storage
+//! unless the manifest names another.
+
+use crate::crd::RideTraining;
+use std::path::{Path, PathBuf};
+
+/// The `ride-trainer` argument list for `rt`: `launch` with one rank per
+/// worker and the restart budget, then the `train` arguments.
+pub fn launcher_args(rt: &RideTraining, configs_dir: &Path, output: Option<&str>) -> Vec<String> {
+    let spec = &rt.spec;
+    let cfg = if spec.trainer.config.contains('/') {
+        PathBuf::from(&spec.trainer.config)
+    } else {
+        configs_dir.join(&spec.trainer.config)
+    };
+    let output = output.map(str::to_string).unwrap_or_else(|| {
+        if spec.checkpoint.uri.starts_with("file://") {
+            spec.checkpoint.uri.clone()
+        } else {
+            // Remote URIs need credentials that a local run may not have.
+            format!("output/{}", rt.metadata.name.as_deref().unwrap_or("ride"))
+        }
+    });
+    let mut args: Vec<String> = vec![
+        "launch".into(),
+        "--nproc-per-node".into(),
+        spec.workers.replicas.to_string(),
+        "--max-restarts".into(),
+        spec.restart_policy.budget.to_string(),
+        "--".into(),
+        "--cfg".into(),
+        cfg.display().to_string(),
+        "--device".into(),
+        if spec.workers.gpus_per_worker > 0 {
+            "cuda"
+        } else {
+            "cpu"
+        }
+        .into(),
+        "--output".into(),
+        output,
+        "--metrics-addr".into(),
+        "off".into(),
+    ];
+    if let Some(d) = &spec.dataset {
+        args.extend(["--data-path".into(), d.path.clone()]);
+    }
+    if !spec.trainer.overrides.is_empty() {
+        args.push("--opts".into());
+        for (k, v) in &spec.trainer.overrides {
+            args.extend([k.clone(), v.clone()]);
+        }
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_becomes_a_launch_command() {
+        let rt: RideTraining = serde_norway::from_str(
+            r#"
+apiVersion: ride.dev/v1alpha1
+kind: RideTraining
+metadata: {name: demo}
+spec:
+  image: ride:dev
+  trainer:
+    config: synthetic_ride_2e_cpu.yaml
+    overrides: {TRAIN.EPOCHS: "2", DATA.BATCH_SIZE: "32"}
+  workers: {replicas: 2}
+  checkpoint: {uri: "s3://bucket/demo"}
+  restartPolicy: {budget: 5, backoffSeconds: 1, preemptionExempt: true}
+"#,
+        )
+        .unwrap();
+        rt.spec.validate().unwrap();
+        let args = launcher_args(&rt, Path::new("configs"), None).join(" ");
+        assert_eq!(
+            args,
+            "launch --nproc-per-node 2 --max-restarts 5 -- --cfg configs/synthetic_ride_2e_cpu.yaml \
+             --device cpu --output output/demo --metrics-addr off --opts DATA.BATCH_SIZE 32 TRAIN.EPOCHS 2"
+        );
+    }
+}

@@ -1,0 +1,356 @@
+//! The objects a RideTraining owns: one worker Pod per rank and the headless
+//! Service that gives them stable DNS names for the rendezvous.
+
+use crate::crd::RideTraining;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, Pod, PodSpec,
+    ResourceRequirements, SecretKeySelector, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use std::collections::BTreeMap;
+
+/// Rendezvous store port (rank 0).
+pub const MASTER_PORT: i32 = 29500;
+/// Trainer metrics port.
+pub const METRICS_PORT: i32 = 9400;
+/// Where configs live in the trainer image.
+pub const IMAGE_CONFIGS: &str = "/opt/ride/configs";
+/// Label: the owning RideTraining.
+pub const LABEL_TRAINING: &str = "ride.dev/training";
+/// Label: rank.
+pub const LABEL_RANK: &str = "ride.dev/rank";
+/// Label: attempt.
+pub const LABEL_ATTEMPT: &str = "ride.dev/attempt";
+
+fn name(rt: &RideTraining) -> String {
+    rt.metadata.name.clone().unwrap_or_default()
+}
+
+/// The headless Service's name.
+pub fn service_name(rt: &RideTraining) -> String {
+    format!("{}-workers", name(rt))
+}
+
+/// A worker pod's name, which is also its host name under the Service.
+pub fn pod_name(rt: &RideTraining, attempt: i32, rank: i32) -> String {
+    format!("{}-{attempt}-{rank}", name(rt))
+}
+
+fn owner(rt: &RideTraining) -> OwnerReference {
+    OwnerReference {
+        api_version: "ride.dev/v1alpha1".into(),
+        kind: "RideTraining".into(),
+        name: name(rt),
+        uid: rt.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn labels(rt: &RideTraining) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_TRAINING.to_string(), name(rt))])
+}
+
+/// The headless Service (no cluster IP; not-ready addresses published so
+/// ranks can rendezvous before any readiness).
+pub fn headless_service(rt: &RideTraining) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(service_name(rt)),
+            namespace: rt.metadata.namespace.clone(),
+            labels: Some(labels(rt)),
+            owner_references: Some(vec![owner(rt)]),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(labels(rt)),
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![ServicePort {
+                name: Some("rendezvous".into()),
+                port: MASTER_PORT,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// Credential variables for the checkpoint URI's scheme, each read from the
+/// Secret by reference (the operator never reads the values).
+pub fn credential_env(uri: &str, secret: &str) -> Vec<EnvVar> {
+    let keys: &[(&str, bool)] = match uri.split("://").next().unwrap_or("") {
+        "s3" => &[
+            ("AWS_ACCESS_KEY_ID", false),
+            ("AWS_SECRET_ACCESS_KEY", false),
+            ("AWS_SESSION_TOKEN", true),
+            ("AWS_REGION", true),
+            ("AWS_ENDPOINT_URL", true),
+        ],
+        "gs" => &[("GOOGLE_SERVICE_ACCOUNT_KEY", false)],
+        "az" => &[
+            ("AZURE_STORAGE_ACCOUNT_NAME", false),
+            ("AZURE_STORAGE_ACCOUNT_KEY", false),
+        ],
+        _ => &[],
+    };
+    keys.iter()
+        .map(|&(key, optional)| EnvVar {
+            name: key.into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.into(),
+                    key: key.into(),
+                    optional: Some(optional),
+                }),
+                ..Default::default()
+            }),
+        })
+        .collect()
+}
+
+/// The `ride-trainer train` arguments for this training.
+pub fn trainer_args(rt: &RideTraining) -> Vec<String> {
+    let spec = &rt.spec;
+    let cfg = if spec.trainer.config.starts_with('/') {
+        spec.trainer.config.clone()
+    } else {
+        format!("{IMAGE_CONFIGS}/{}", spec.trainer.config)
+    };
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        "--cfg".into(),
+        cfg,
+        "--output".into(),
+        spec.checkpoint.uri.clone(),
+        "--device".into(),
+        if spec.workers.gpus_per_worker > 0 {
+            "cuda"
+        } else {
+            "cpu"
+        }
+        .into(),
+        "--no-progress".into(),
+        "--metrics-addr".into(),
+        format!("0.0.0.0:{METRICS_PORT}"),
+    ];
+    if let Some(d) = &spec.dataset {
+        args.extend(["--data-path".into(), d.path.clone()]);
+    }
+    if !spec.trainer.overrides.is_empty() {
+        args.push("--opts".into());
+        for (k, v) in &spec.trainer.overrides {
+            args.extend([k.clone(), v.clone()]);
+        }
+    }
+    args
+}
+
+/// The pod of `rank` in `attempt`, for a world of `world_size`.
+pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -> Pod {
+    let spec = &rt.spec;
+    let pod = pod_name(rt, attempt, rank);
+    let svc = service_name(rt);
+    let mut env_vars = vec![
+        env("RANK", rank.to_string()),
+        env("WORLD_SIZE", world_size.to_string()),
+        env("LOCAL_RANK", "0"),
+        env("LOCAL_WORLD_SIZE", "1"),
+        env("MASTER_ADDR", format!("{}.{svc}", pod_name(rt, attempt, 0))),
+        env("MASTER_PORT", MASTER_PORT.to_string()),
+        env("RIDE_RESTART_ATTEMPT", attempt.to_string()),
+    ];
+    if let Some(secret) = &spec.checkpoint.credentials_secret {
+        env_vars.extend(credential_env(&spec.checkpoint.uri, secret));
+    }
+    let mut resources = spec.workers.resources.clone().unwrap_or_default();
+    if spec.workers.gpus_per_worker > 0 {
+        let gpus = Quantity(spec.workers.gpus_per_worker.to_string());
+        resources
+            .limits
+            .get_or_insert_with(BTreeMap::new)
+            .insert("nvidia.com/gpu".into(), gpus);
+    }
+    let mut volumes = vec![Volume {
+        name: "dshm".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "dshm".into(),
+        mount_path: "/dev/shm".into(),
+        ..Default::default()
+    }];
+    if let Some(d) = &spec.dataset {
+        if let Some(v) = &d.volume {
+            let mut v = v.clone();
+            v.name = "dataset".into();
+            volumes.push(v);
+            mounts.push(VolumeMount {
+                name: "dataset".into(),
+                mount_path: d.path.clone(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+    }
+    let mut pod_labels = labels(rt);
+    pod_labels.insert(LABEL_RANK.into(), rank.to_string());
+    pod_labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
+    let sched = spec.scheduling.clone().unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod.clone()),
+            namespace: rt.metadata.namespace.clone(),
+            labels: Some(pod_labels),
+            annotations: Some(BTreeMap::from([(
+                "ride.dev/spec-hash".to_string(),
+                crate::lifecycle::spec_hash(spec),
+            )])),
+            owner_references: Some(vec![owner(rt)]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            hostname: Some(pod),
+            subdomain: Some(svc),
+            restart_policy: Some("Never".into()),
+            scheduler_name: sched.scheduler_name,
+            node_selector: (!sched.node_selector.is_empty()).then_some(sched.node_selector),
+            tolerations: (!sched.tolerations.is_empty()).then_some(sched.tolerations),
+            priority_class_name: sched.priority_class_name,
+            volumes: Some(volumes),
+            containers: vec![Container {
+                name: "trainer".into(),
+                image: Some(spec.image.clone()),
+                command: Some(vec!["ride-trainer".into()]),
+                args: Some(trainer_args(rt)),
+                env: Some(env_vars),
+                resources: Some(ResourceRequirements { ..resources }),
+                volume_mounts: Some(mounts),
+                ports: Some(vec![
+                    ContainerPort {
+                        name: Some("rendezvous".into()),
+                        container_port: MASTER_PORT,
+                        ..Default::default()
+                    },
+                    ContainerPort {
+                        name: Some("metrics".into()),
+                        container_port: METRICS_PORT,
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> RideTraining {
+        let mut rt: RideTraining = serde_norway::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/ride-tiny-2e.yaml"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        rt.metadata.namespace = Some("ml".into());
+        rt.metadata.uid = Some("uid-1".into());
+        rt
+    }
+
+    #[test]
+    fn worker_pods_carry_torchrun_env_gpus_shm_and_stable_names() {
+        let rt = rt();
+        let p = worker_pod(&rt, 3, 2, 8);
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(p.metadata.name.as_deref(), Some("ride-tiny-2e-2-3"));
+        assert_eq!(spec.hostname.as_deref(), Some("ride-tiny-2e-2-3"));
+        assert_eq!(spec.subdomain.as_deref(), Some("ride-tiny-2e-workers"));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let c = &spec.containers[0];
+        let env: BTreeMap<_, _> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
+            .collect();
+        assert_eq!(env["RANK"], "3");
+        assert_eq!(env["WORLD_SIZE"], "8");
+        assert_eq!(env["MASTER_ADDR"], "ride-tiny-2e-2-0.ride-tiny-2e-workers");
+        assert_eq!(env["MASTER_PORT"], "29500");
+        let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["nvidia.com/gpu"], Quantity("1".into()));
+        assert_eq!(limits["memory"], Quantity("64Gi".into()));
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        assert!(mounts.iter().any(|m| m.mount_path == "/dev/shm"));
+        assert!(mounts
+            .iter()
+            .any(|m| m.mount_path == "/data/ImageNet_LT" && m.read_only == Some(true)));
+        let args = c.args.as_ref().unwrap().join(" ");
+        assert!(args.starts_with("train --cfg /opt/ride/configs/swin_tiny_patch4_window7_224_lt_2_experts_ride.yaml --output s3://ride-checkpoints/ride-tiny-2e --device cuda"), "{args}");
+        assert!(
+            args.ends_with("--opts DATA.BATCH_SIZE 64 TRAIN.ACCUMULATION_STEPS 2"),
+            "{args}"
+        );
+        let owner = &p.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("RideTraining", "uid-1", Some(true))
+        );
+    }
+
+    #[test]
+    fn credentials_are_secret_references_never_values() {
+        let rt = rt();
+        let p = worker_pod(&rt, 0, 0, 8);
+        let env = p.spec.unwrap().containers[0].env.clone().unwrap();
+        let secret_vars: Vec<&EnvVar> = env.iter().filter(|e| e.name.starts_with("AWS_")).collect();
+        assert_eq!(secret_vars.len(), 5);
+        for e in secret_vars {
+            assert!(e.value.is_none(), "{} has a literal value", e.name);
+            let r = e
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap();
+            assert_eq!(
+                (r.name.as_str(), r.key.as_str()),
+                ("ride-s3", e.name.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn the_service_is_headless_and_selects_the_gang() {
+        let s = headless_service(&rt());
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        assert_eq!(spec.selector.unwrap()[LABEL_TRAINING], "ride-tiny-2e");
+    }
+}

@@ -1,0 +1,161 @@
+//! Opening a checkpoint location: a local path, `file://`, `s3://` (AWS
+//! environment variables, custom endpoints for S3-compatible servers),
+//! `gs://` or `az://`, with retries so a storage hiccup costs time, not the run.
+
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, RetryConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Errors opening or probing a checkpoint location.
+#[derive(Debug, thiserror::Error)]
+pub enum LocationError {
+    /// The URI is malformed or of an unsupported scheme.
+    #[error("checkpoint location {uri}: {message}")]
+    Invalid {
+        /// The URI.
+        uri: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The store rejected our credentials or permissions.
+    #[error("checkpoint location {uri}: the server refused access ({source}); check {hint}")]
+    Denied {
+        /// The URI.
+        uri: String,
+        /// Which variables to check.
+        hint: &'static str,
+        /// The store's error.
+        source: object_store::Error,
+    },
+    /// Any other storage error.
+    #[error("checkpoint location {uri}: {source}")]
+    Store {
+        /// The URI.
+        uri: String,
+        /// The store's error.
+        source: object_store::Error,
+    },
+}
+
+/// How long requests are retried before an error surfaces
+/// (`RIDE_STORAGE_RETRY_SECONDS`, default 180 s).
+pub fn retry_config() -> RetryConfig {
+    let secs = std::env::var("RIDE_STORAGE_RETRY_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .unwrap_or(180.0);
+    RetryConfig {
+        // Refused connections fail fast, so a retry count would run out long
+        // before a restarting server is back: let the time bound decide.
+        max_retries: 10_000,
+        retry_timeout: Duration::from_secs_f64(secs),
+        ..Default::default()
+    }
+}
+
+/// Which environment variables hold the credentials for `scheme`.
+pub fn credential_hint(scheme: &str) -> &'static str {
+    match scheme {
+        "s3" | "s3a" => "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL, AWS_REGION for S3-compatible servers)",
+        "gs" => "GOOGLE_SERVICE_ACCOUNT / GOOGLE_APPLICATION_CREDENTIALS",
+        "az" | "azure" | "abfs" | "abfss" => "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY",
+        _ => "the file permissions of the output directory",
+    }
+}
+
+/// Open `uri` and return the store with the key prefix inside it.
+pub fn open(uri: &str) -> Result<(Arc<dyn ObjectStore>, StorePath), LocationError> {
+    let invalid = |message: String| LocationError::Invalid {
+        uri: uri.to_string(),
+        message,
+    };
+    if !uri.contains("://") {
+        std::fs::create_dir_all(uri)
+            .map_err(|e| invalid(format!("cannot create the directory: {e}")))?;
+        let abs = std::fs::canonicalize(uri).map_err(|e| invalid(e.to_string()))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(abs)
+            .map_err(|e| invalid(e.to_string()))?;
+        return Ok((Arc::new(fs), StorePath::default()));
+    }
+    let url = url::Url::parse(uri).map_err(|e| invalid(format!("not a URL: {e}")))?;
+    let prefix = StorePath::from_url_path(url.path()).map_err(|e| invalid(e.to_string()))?;
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "file" => {
+            let path = url
+                .to_file_path()
+                .map_err(|_| invalid("not a local file path".into()))?;
+            std::fs::create_dir_all(&path)
+                .map_err(|e| invalid(format!("cannot create the directory: {e}")))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)
+                .map_err(|e| invalid(e.to_string()))?;
+            return Ok((Arc::new(fs), StorePath::default()));
+        }
+        "s3" | "s3a" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(uri)
+                .with_retry(retry_config());
+            // An http:// endpoint (a local S3-compatible server) needs plain HTTP allowed.
+            if let Ok(ep) =
+                std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"))
+            {
+                if ep.starts_with("http://") {
+                    b = b.with_allow_http(true);
+                }
+            }
+            Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
+        }
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(uri)
+                .with_retry(retry_config())
+                .build()
+                .map_err(|e| invalid(e.to_string()))?,
+        ),
+        "az" | "azure" | "abfs" | "abfss" => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(uri)
+                .with_retry(retry_config())
+                .build()
+                .map_err(|e| invalid(e.to_string()))?,
+        ),
+        other => {
+            return Err(invalid(format!(
+                "unsupported scheme '{other}': use a path, file://, s3://, gs:// or az://"
+            )))
+        }
+    };
+    Ok((store, prefix))
+}
+
+/// Classify a storage error: credentials/permission problems become [`LocationError::Denied`].
+pub fn classify(uri: &str, e: object_store::Error) -> LocationError {
+    let scheme = uri.split("://").next().unwrap_or("");
+    let text = e.to_string();
+    let denied = matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) || [
+        "403",
+        "401",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "Forbidden",
+    ]
+    .iter()
+    .any(|m| text.contains(m));
+    if denied {
+        LocationError::Denied {
+            uri: uri.to_string(),
+            hint: credential_hint(scheme),
+            source: e,
+        }
+    } else {
+        LocationError::Store {
+            uri: uri.to_string(),
+            source: e,
+        }
+    }
+}

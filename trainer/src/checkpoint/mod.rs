@@ -1,0 +1,575 @@
+//! Checkpoints on any `object_store` location.
+//!
+//! Layout under the run's output URI:
+//!
+//! ```text
+//! ckpt_epoch_3/            end of epoch 3 (0-based)
+//!   model.safetensors      weights and buffers
+//!   optimizer.safetensors  AdamW moments and step
+//!   meta.json              epoch, step, data position, schedule, scaler, config, eval
+//!   manifest.json          SHA-256 and size of each file above; written after them
+//! ckpt_epoch_4_iter_120/   mid-epoch (preemption), after 120 iterations of epoch 4
+//! latest                   a copy of the newest manifest; written last
+//! ```
+//!
+//! A crash during a save leaves `latest` pointing at the previous checkpoint.
+//! Resume verifies every file against its checksum and falls back to older
+//! checkpoints when one is corrupt or incomplete.
+
+pub mod location;
+pub mod writer;
+
+pub use location::LocationError;
+pub use writer::{CheckpointWriter, Snapshot};
+
+use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tch::Tensor;
+
+/// Tensors by name, as stored in a safetensors file.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
+/// Name of the pointer to the newest checkpoint.
+pub const LATEST: &str = "latest";
+/// Name of the per-checkpoint manifest.
+pub const MANIFEST: &str = "manifest.json";
+const MODEL_FILE: &str = "model.safetensors";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const META_FILE: &str = "meta.json";
+
+/// What a checkpoint records besides tensors.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointMeta {
+    /// Epoch of the checkpoint (0-based).
+    pub epoch: u64,
+    /// Iterations done in `epoch` when saved mid-epoch (preemption);
+    /// `None` when the epoch is complete.
+    #[serde(default)]
+    pub iterations_done: Option<u64>,
+    /// Global sample positions of `epoch` consumed (all ranks together), for
+    /// resuming mid-epoch at any world size.
+    #[serde(default)]
+    pub samples_done: u64,
+    /// World size that wrote the checkpoint.
+    #[serde(default = "one")]
+    pub world_size: u64,
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Micro-batches processed since the start of training.
+    pub micro_step: u64,
+    /// LR the next optimiser step will use.
+    pub next_lr: f64,
+    /// Best top-1 so far.
+    pub max_accuracy: f64,
+    /// Loss scale and growth tracker of mixed precision, when used.
+    #[serde(default)]
+    pub scaler: Option<(f64, i64)>,
+    /// Latest evaluation, if any.
+    pub eval: Option<crate::eval::EvalReport>,
+    /// The full config, as YAML.
+    pub config: String,
+    /// RFC 3339 time of the save.
+    pub saved_at: String,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Checksum and size of one checkpoint file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileDigest {
+    /// Lower-case hex SHA-256.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// The summary of a checkpoint that `manifest.json` and `latest` hold; small,
+/// so operators and dashboards can read progress without the tensors.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Layout version.
+    pub format: u32,
+    /// Checkpoint directory name, relative to the output URI.
+    pub dir: String,
+    /// Epoch (0-based).
+    pub epoch: u64,
+    /// Iterations done in `epoch` for a mid-epoch checkpoint.
+    pub iterations_done: Option<u64>,
+    /// Optimiser steps.
+    pub step: u64,
+    /// World size that wrote it.
+    pub world_size: u64,
+    /// RFC 3339 time of the save.
+    pub saved_at: String,
+    /// Evaluation at this checkpoint (end-of-epoch checkpoints only).
+    pub eval: Option<EvalSummary>,
+    /// Every file of the checkpoint.
+    pub files: BTreeMap<String, FileDigest>,
+}
+
+/// Headline evaluation numbers, percent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EvalSummary {
+    /// Top-1 overall.
+    pub top1: f64,
+    /// Top-5 overall.
+    pub top5: f64,
+    /// Many-shot split.
+    pub many: Option<f64>,
+    /// Medium-shot split.
+    pub medium: Option<f64>,
+    /// Few-shot split.
+    pub few: Option<f64>,
+}
+
+impl From<&crate::eval::EvalReport> for EvalSummary {
+    fn from(r: &crate::eval::EvalReport) -> Self {
+        Self {
+            top1: r.top1,
+            top5: r.top5,
+            many: r.many,
+            medium: r.medium,
+            few: r.few,
+        }
+    }
+}
+
+/// Errors reading or writing checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Opening or reaching the location.
+    #[error(transparent)]
+    Location(#[from] LocationError),
+    /// A file does not match its manifest.
+    #[error("checkpoint {dir}: {file} is corrupt or incomplete ({message})")]
+    Corrupt {
+        /// Checkpoint directory.
+        dir: String,
+        /// File name.
+        file: String,
+        /// What differs.
+        message: String,
+    },
+    /// Tensor (de)serialisation.
+    #[error("checkpoint tensors: {0}")]
+    Tensor(#[from] tch::TchError),
+    /// JSON (de)serialisation.
+    #[error("checkpoint metadata: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Local I/O.
+    #[error("checkpoint I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A loaded, verified checkpoint.
+pub struct LoadedCheckpoint {
+    /// Directory name.
+    pub dir: String,
+    /// Metadata.
+    pub meta: CheckpointMeta,
+    /// Model tensors.
+    pub model: NamedTensors,
+    /// Optimiser tensors.
+    pub optimizer: NamedTensors,
+}
+
+/// A checkpoint location.
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: StorePath,
+    uri: String,
+    rt: tokio::runtime::Runtime,
+}
+
+/// Serialise tensors (moved to the CPU) as a safetensors file image.
+pub fn tensors_to_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, CheckpointError> {
+    let dir = tempfile::tempdir()?;
+    let p = dir.path().join("t.safetensors");
+    let refs: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu)))
+        .collect();
+    Tensor::write_safetensors(&refs, &p)?;
+    Ok(std::fs::read(&p)?)
+}
+
+fn bytes_to_tensors(bytes: &[u8]) -> Result<NamedTensors, CheckpointError> {
+    let dir = tempfile::tempdir()?;
+    let p = dir.path().join("t.safetensors");
+    std::fs::write(&p, bytes)?;
+    Ok(Tensor::read_safetensors(&p)?)
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl CheckpointStore {
+    /// Open `uri` (a plain path is a local directory, created if needed).
+    pub fn open(uri: &str) -> Result<Self, CheckpointError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (store, prefix) = location::open(uri)?;
+        Ok(Self {
+            store,
+            prefix,
+            uri: uri.trim_end_matches('/').to_string(),
+            rt,
+        })
+    }
+
+    /// The location's URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn key(&self, parts: &[&str]) -> StorePath {
+        let mut p = self.prefix.clone();
+        for part in parts {
+            p = p.child(*part);
+        }
+        p
+    }
+
+    fn err(&self, e: object_store::Error) -> CheckpointError {
+        location::classify(&self.uri, e).into()
+    }
+
+    /// Check before training that the location can be read and (with
+    /// `write`) written, so bad credentials fail fast with a clear message.
+    pub fn probe(&self, write: bool) -> Result<(), CheckpointError> {
+        use futures::TryStreamExt;
+        self.rt.block_on(async {
+            let _: Vec<_> = self
+                .store
+                .list(Some(&self.prefix))
+                .try_collect()
+                .await
+                .map_err(|e| self.err(e))?;
+            if write {
+                let key = self.key(&[".ride-write-probe"]);
+                self.store
+                    .put(&key, PutPayload::from_static(b"ok"))
+                    .await
+                    .map_err(|e| self.err(e))?;
+                self.store.delete(&key).await.map_err(|e| self.err(e))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Upload `payload` as `name` under the location, with nothing else (benchmarks).
+    pub fn put_raw(&self, name: &str, payload: PutPayload) -> Result<(), CheckpointError> {
+        let key = self.key(&[name]);
+        self.rt
+            .block_on(self.store.put(&key, payload))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn put(&self, parts: &[&str], bytes: Vec<u8>) -> Result<(), CheckpointError> {
+        let key = self.key(parts);
+        self.rt
+            .block_on(self.store.put(&key, PutPayload::from(bytes)))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn read(&self, parts: &[&str]) -> Result<Option<Vec<u8>>, CheckpointError> {
+        let key = self.key(parts);
+        let got = self
+            .rt
+            .block_on(async { self.store.get(&key).await?.bytes().await });
+        match got {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Write a checkpoint: the files, then its manifest, then `latest`.
+    /// Returns the checkpoint's URI and its manifest.
+    pub fn save(
+        &self,
+        model: &[(String, Tensor)],
+        optimizer: &[(String, Tensor)],
+        meta: &CheckpointMeta,
+    ) -> Result<(String, Manifest), CheckpointError> {
+        let files = [
+            (MODEL_FILE, tensors_to_bytes(model)?),
+            (OPTIMIZER_FILE, tensors_to_bytes(optimizer)?),
+            (META_FILE, serde_json::to_vec_pretty(meta)?),
+        ];
+        self.save_files(meta, files.into_iter().collect())
+    }
+
+    /// Write already-serialised checkpoint files, then the manifest, then `latest`.
+    pub fn save_files(
+        &self,
+        meta: &CheckpointMeta,
+        files: Vec<(&str, Vec<u8>)>,
+    ) -> Result<(String, Manifest), CheckpointError> {
+        let dir = checkpoint_dir_name(meta.epoch, meta.iterations_done);
+        let mut digests = BTreeMap::new();
+        for (name, bytes) in files {
+            digests.insert(
+                name.to_string(),
+                FileDigest {
+                    sha256: sha256_hex(&bytes),
+                    bytes: bytes.len() as u64,
+                },
+            );
+            self.put(&[&dir, name], bytes)?;
+        }
+        let manifest = Manifest {
+            format: 1,
+            dir: dir.clone(),
+            epoch: meta.epoch,
+            iterations_done: meta.iterations_done,
+            step: meta.step,
+            world_size: meta.world_size,
+            saved_at: meta.saved_at.clone(),
+            eval: meta
+                .eval
+                .as_ref()
+                .filter(|_| meta.iterations_done.is_none())
+                .map(EvalSummary::from),
+            files: digests,
+        };
+        let json = serde_json::to_vec_pretty(&manifest)?;
+        self.put(&[&dir, MANIFEST], json.clone())?;
+        self.put(&[LATEST], json)?;
+        Ok((format!("{}/{dir}", self.uri), manifest))
+    }
+
+    /// Complete checkpoints (directories with a manifest), newest first.
+    pub fn list(&self) -> Result<Vec<String>, CheckpointError> {
+        Ok(self
+            .list_dirs()?
+            .into_iter()
+            .filter(|(_, complete)| *complete)
+            .map(|(d, _)| d)
+            .collect())
+    }
+
+    /// Every checkpoint directory (newest first) and whether it has a manifest.
+    fn list_dirs(&self) -> Result<Vec<(String, bool)>, CheckpointError> {
+        use futures::TryStreamExt;
+        let entries: Vec<object_store::ObjectMeta> = self
+            .rt
+            .block_on(async { self.store.list(Some(&self.prefix)).try_collect().await })
+            .map_err(|e| self.err(e))?;
+        let depth = self.prefix.parts().count();
+        let mut dirs: BTreeMap<(u64, u64), (String, bool)> = BTreeMap::new();
+        for e in entries {
+            let parts: Vec<String> = e.location.parts().map(|p| p.as_ref().to_string()).collect();
+            if parts.len() != depth + 2 {
+                continue;
+            }
+            let dir = &parts[depth];
+            if let Some(key) = parse_checkpoint_dir_name(dir) {
+                let entry = dirs.entry(key).or_insert_with(|| (dir.clone(), false));
+                entry.1 |= parts[depth + 1] == MANIFEST;
+            }
+        }
+        Ok(dirs.into_values().rev().collect())
+    }
+
+    /// The manifest `latest` points to, if any (for status displays).
+    pub fn latest_manifest(&self) -> Result<Option<Manifest>, CheckpointError> {
+        match self.read(&[LATEST])? {
+            Some(b) => Ok(Some(serde_json::from_slice(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Load checkpoint `dir`, verifying every file against its manifest.
+    pub fn load(&self, dir: &str) -> Result<LoadedCheckpoint, CheckpointError> {
+        let corrupt = |file: &str, message: String| CheckpointError::Corrupt {
+            dir: dir.to_string(),
+            file: file.to_string(),
+            message,
+        };
+        let manifest: Manifest = match self.read(&[dir, MANIFEST])? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt(MANIFEST, e.to_string()))?,
+            None => return Err(corrupt(MANIFEST, "missing".into())),
+        };
+        let mut contents = BTreeMap::new();
+        for name in [MODEL_FILE, OPTIMIZER_FILE, META_FILE] {
+            let digest = manifest
+                .files
+                .get(name)
+                .ok_or_else(|| corrupt(name, "not listed in the manifest".into()))?;
+            let bytes = self
+                .read(&[dir, name])?
+                .ok_or_else(|| corrupt(name, "missing".into()))?;
+            if bytes.len() as u64 != digest.bytes {
+                return Err(corrupt(
+                    name,
+                    format!("{} bytes, manifest says {}", bytes.len(), digest.bytes),
+                ));
+            }
+            let sha = sha256_hex(&bytes);
+            if sha != digest.sha256 {
+                return Err(corrupt(
+                    name,
+                    format!("SHA-256 {sha}, manifest says {}", digest.sha256),
+                ));
+            }
+            contents.insert(name, bytes);
+        }
+        Ok(LoadedCheckpoint {
+            dir: dir.to_string(),
+            meta: serde_json::from_slice(&contents[META_FILE])?,
+            model: bytes_to_tensors(&contents[MODEL_FILE])?,
+            optimizer: bytes_to_tensors(&contents[OPTIMIZER_FILE])?,
+        })
+    }
+
+    /// The newest checkpoint that verifies: the one `latest` names, else the
+    /// newest complete directory, skipping (and reporting) corrupt ones.
+    pub fn load_newest_valid(
+        &self,
+        mut skipped: impl FnMut(&str, &CheckpointError),
+    ) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
+        let mut candidates = self.list()?;
+        if let Ok(Some(m)) = self.latest_manifest() {
+            candidates.retain(|d| d != &m.dir);
+            candidates.insert(0, m.dir);
+        }
+        for dir in candidates {
+            match self.load(&dir) {
+                Ok(c) => return Ok(Some(c)),
+                Err(
+                    e @ (CheckpointError::Corrupt { .. }
+                    | CheckpointError::Tensor(_)
+                    | CheckpointError::Json(_)),
+                ) => skipped(&dir, &e),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Delete checkpoints older than `current` beyond the newest `keep_last`
+    /// complete ones, sparing the best end-of-epoch checkpoint when `keep_best`.
+    /// Incomplete directories older than `current` go too. `keep_last == 0`
+    /// keeps everything. Returns the deleted directory names.
+    pub fn apply_retention(
+        &self,
+        current: &str,
+        keep_last: usize,
+        keep_best: bool,
+    ) -> Result<Vec<String>, CheckpointError> {
+        if keep_last == 0 {
+            return Ok(Vec::new());
+        }
+        let Some(current_key) = parse_checkpoint_dir_name(current) else {
+            return Ok(Vec::new());
+        };
+        let dirs = self.list_dirs()?;
+        let best = if keep_best {
+            let mut best: Option<(f64, String)> = None;
+            for (d, complete) in &dirs {
+                if !complete {
+                    continue;
+                }
+                if let Some(Ok(m)) = self
+                    .read(&[d, MANIFEST])?
+                    .map(|b| serde_json::from_slice::<Manifest>(&b))
+                {
+                    if let Some(e) = m.eval {
+                        if best.as_ref().is_none_or(|(t, _)| e.top1 > *t) {
+                            best = Some((e.top1, d.clone()));
+                        }
+                    }
+                }
+            }
+            best.map(|(_, d)| d)
+        } else {
+            None
+        };
+        let mut kept_complete = 0usize;
+        let mut deleted = Vec::new();
+        for (d, complete) in dirs {
+            let Some(key) = parse_checkpoint_dir_name(&d) else {
+                continue;
+            };
+            if key > current_key {
+                continue; // newer than what we just wrote: not ours to judge
+            }
+            if complete && kept_complete < keep_last {
+                kept_complete += 1;
+                continue;
+            }
+            if best.as_deref() == Some(d.as_str()) || d == current {
+                continue;
+            }
+            self.delete_dir(&d)?;
+            deleted.push(d);
+        }
+        Ok(deleted)
+    }
+
+    fn delete_dir(&self, dir: &str) -> Result<(), CheckpointError> {
+        use futures::TryStreamExt;
+        let prefix = self.key(&[dir]);
+        self.rt
+            .block_on(async {
+                let objs: Vec<object_store::ObjectMeta> =
+                    self.store.list(Some(&prefix)).try_collect().await?;
+                // The manifest goes first so a half-deleted directory is never "complete".
+                let mut keys: Vec<StorePath> = objs.into_iter().map(|o| o.location).collect();
+                keys.sort_by_key(|k| k.filename() != Some(MANIFEST));
+                for k in keys {
+                    self.store.delete(&k).await?;
+                }
+                Ok::<_, object_store::Error>(())
+            })
+            .map_err(|e| self.err(e))?;
+        if let Some(local) = self.local_path(dir) {
+            let _ = std::fs::remove_dir(local);
+        }
+        Ok(())
+    }
+
+    fn local_path(&self, dir: &str) -> Option<std::path::PathBuf> {
+        let base = if let Some(p) = self.uri.strip_prefix("file://") {
+            p.to_string()
+        } else if self.uri.contains("://") {
+            return None;
+        } else {
+            self.uri.clone()
+        };
+        Some(std::path::Path::new(&base).join(dir))
+    }
+}
+
+/// `ckpt_epoch_{E}` for a complete epoch, `ckpt_epoch_{E}_iter_{I}` mid-epoch.
+pub fn checkpoint_dir_name(epoch: u64, iterations_done: Option<u64>) -> String {
+    match iterations_done {
+        Some(i) => format!("ckpt_epoch_{epoch}_iter_{i}"),
+        None => format!("ckpt_epoch_{epoch}"),
+    }
+}
+
+/// Order key of a checkpoint directory: (epoch, iterations done), where a
+/// complete epoch sorts after all of its mid-epoch checkpoints.
+pub fn parse_checkpoint_dir_name(dir: &str) -> Option<(u64, u64)> {
+    let rest = dir.strip_prefix("ckpt_epoch_")?;
+    match rest.split_once("_iter_") {
+        Some((e, i)) => Some((e.parse().ok()?, i.parse().ok()?)),
+        None => Some((rest.parse().ok()?, u64::MAX)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

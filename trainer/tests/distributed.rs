@@ -1,0 +1,220 @@
+//! End-to-end distributed training on CPU with the TCP backend: 2 ranks match
+//! 1 rank at the same global batch; a rank killed mid-epoch under the
+//! launcher costs a gang restart, not the result; preemption and elastic resume.
+
+mod common;
+
+use common::{bitwise_equal, max_abs_diff, text, tiny_config, train_cpu, wait_for_file, Watched};
+use std::path::Path;
+
+/// `ride-trainer launch --nproc-per-node N -- train args`.
+fn launch(
+    nproc: usize,
+    cfg: &Path,
+    out: &Path,
+    opts: &[&str],
+    extra_env: &[(&str, &str)],
+) -> Watched {
+    let n = nproc.to_string();
+    let mut args = vec![
+        "launch",
+        "--nproc-per-node",
+        &n,
+        "--max-restarts",
+        "2",
+        "--grace-seconds",
+        "5",
+        "--",
+        "--cfg",
+        cfg.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--output",
+        out.to_str().unwrap(),
+        "--metrics-addr",
+        "off",
+        "--no-progress",
+        "--opts",
+    ];
+    args.extend_from_slice(opts);
+    let mut env = vec![("OMP_NUM_THREADS", "1")];
+    env.extend_from_slice(extra_env);
+    Watched::start(&args, &env)
+}
+
+/// Per-epoch mean losses from "epoch i/n loss X" lines.
+fn epoch_losses(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.split("epoch ").nth(1)?;
+            let loss = rest.split(" loss ").nth(1)?.split_whitespace().next()?;
+            if rest.contains('[') {
+                return None; // per-iteration lines
+            }
+            loss.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn two_ranks_match_one_rank_at_the_same_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    // Label-smoothed CE is a plain mean over the batch, so averaging two
+    // half-batch gradients is the full-batch gradient (RIDE's re-weighted
+    // terms are weighted means per rank, as in the reference's DDP).
+    let cfg = tiny_config(dir.path(), 2, "CE");
+    // Batch-level randomness (mixup pairs, drop-path masks) differs by
+    // construction between 1×16 and 2×8; everything per-sample is identical.
+    let common_opts = [
+        "AUG.MIXUP",
+        "0.0",
+        "AUG.CUTMIX",
+        "0.0",
+        "MODEL.DROP_PATH_RATE",
+        "0.0",
+        "TRAIN.EPOCHS",
+        "2",
+    ];
+    let one = dir.path().join("one");
+    let mut opts = common_opts.to_vec();
+    opts.extend_from_slice(&["DATA.BATCH_SIZE", "16"]);
+    let mut args = vec!["--metrics-addr", "off", "--no-progress", "--opts"];
+    args.extend_from_slice(&opts);
+    let o = train_cpu(&cfg, &one, &args);
+    let t1 = text(&o);
+    assert!(o.status.success(), "{t1}");
+
+    let two = dir.path().join("two");
+    let mut opts = common_opts.to_vec();
+    opts.extend_from_slice(&["DATA.BATCH_SIZE", "8"]);
+    let (status, t2) = launch(2, &cfg, &two, &opts, &[]).finish();
+    assert!(status.success(), "{t2}");
+    assert!(t2.contains("global batch 16"), "{t2}");
+
+    let (l1, l2) = (epoch_losses(&t1), epoch_losses(&t2));
+    assert_eq!(l1.len(), 2, "{t1}");
+    assert_eq!(l2.len(), 2, "{t2}");
+    for (a, b) in l1.iter().zip(&l2) {
+        assert!(
+            (a - b).abs() <= 1e-3 * a.abs().max(1.0),
+            "losses {l1:?} vs {l2:?}"
+        );
+    }
+    let w = "tiny/default/ckpt_epoch_1/model.safetensors";
+    let diff = max_abs_diff(&one.join(w), &two.join(w));
+    eprintln!("max |param difference| after 2 epochs: {diff:e}");
+    assert!(diff < 1e-5, "parameters differ by {diff}");
+    // Evaluation is reduced across ranks: the whole test set is counted once.
+    let e1: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(one.join("tiny/default/eval.json")).unwrap())
+            .unwrap();
+    let e2: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(two.join("tiny/default/eval.json")).unwrap())
+            .unwrap();
+    assert_eq!(e1["samples"], e2["samples"]);
+}
+
+fn bigger(dir: &Path) -> std::path::PathBuf {
+    // Enough iterations per epoch that a kill lands mid-epoch.
+    let cfg = tiny_config(dir, 2, "RIDE");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("MAX_PER_CLASS: 40", "MAX_PER_CLASS: 160")
+        .replace("BATCH_SIZE: 16", "BATCH_SIZE: 8");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+const EPOCHS3: [&str; 4] = ["TRAIN.EPOCHS", "3", "CHECKPOINT.KEEP_LAST", "0"];
+
+#[test]
+fn a_rank_killed_mid_epoch_restarts_the_gang_and_the_result_is_bitwise_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = bigger(dir.path());
+    let straight = dir.path().join("straight");
+    let (status, t) = launch(2, &cfg, &straight, &EPOCHS3, &[]).finish();
+    assert!(status.success(), "{t}");
+
+    let killed = dir.path().join("killed");
+    let run = launch(2, &cfg, &killed, &EPOCHS3, &[]);
+    let line = run.wait_for("attempt 0: rank 1 pid", 60);
+    let pid: i32 = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
+    wait_for_file(&killed.join("tiny/default/ckpt_epoch_0/manifest.json"), 120);
+    run.wait_for("[rank 0] epoch 2 [", 60); // PRINT_FREQ lines: inside epoch 2
+    assert_eq!(unsafe { libc_kill(pid, 9) }, 0, "kill rank 1");
+    let (status, t) = run.finish();
+    assert!(status.success(), "{t}");
+    assert!(t.contains("rank 1 ended: killed by signal 9"), "{t}");
+    assert!(t.contains("restarting all 2 ranks"), "{t}");
+    assert!(t.contains("attempt 1: rank 0 pid"), "{t}");
+    assert!(t.contains("resumed from"), "{t}");
+    let w = "tiny/default/ckpt_epoch_2/model.safetensors";
+    assert!(
+        bitwise_equal(&straight.join(w), &killed.join(w)),
+        "final weights differ from the uninterrupted run"
+    );
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn preempted_gang_resumes_bitwise_and_elastically() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = bigger(dir.path());
+    let straight = dir.path().join("straight");
+    let (status, t) = launch(2, &cfg, &straight, &EPOCHS3, &[]).finish();
+    assert!(status.success(), "{t}");
+
+    let out = dir.path().join("preempted");
+    let run = launch(2, &cfg, &out, &EPOCHS3, &[]);
+    run.wait_for("[rank 0] epoch 2 [", 120);
+    assert_eq!(unsafe { libc_kill(run.child.id() as i32, 15) }, 0);
+    let (status, t) = run.finish();
+    assert_eq!(status.code(), Some(75), "{t}");
+    let mid = std::fs::read_dir(out.join("tiny/default"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.contains("_iter_"))
+        .unwrap_or_else(|| panic!("no mid-epoch checkpoint:\n{t}"));
+    let elastic = dir.path().join("elastic");
+    copy_dir(&out, &elastic);
+
+    // Same world size: continues exactly.
+    let (status, t) = launch(2, &cfg, &out, &EPOCHS3, &[]).finish();
+    assert!(status.success(), "{t}");
+    assert!(t.contains(&mid), "{t}");
+    let w = "tiny/default/ckpt_epoch_2/model.safetensors";
+    assert!(
+        bitwise_equal(&straight.join(w), &out.join(w)),
+        "resumed run differs"
+    );
+
+    // One rank instead of two: resumes at the same global sample and finishes.
+    let mut args = vec!["--metrics-addr", "off", "--no-progress", "--opts"];
+    args.extend_from_slice(&EPOCHS3);
+    let o = train_cpu(&cfg, &elastic, &args);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("elastic resume: checkpoint written by 2 ranks, continuing with 1"),
+        "{t}"
+    );
+    assert!(elastic.join(w).exists(), "{t}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
