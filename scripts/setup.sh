@@ -22,6 +22,8 @@ if [ "$have" != "$TORCH_VERSION" ]; then
   "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q "torch==$TORCH_VERSION"
 fi
 "$RIDE_VENV/bin/python" -c "import numpy" 2>/dev/null || "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q numpy
+# Helm v4's engine for the chart tests (renders and lints without a helm binary).
+"$RIDE_VENV/bin/python" -c "import helm_python" 2>/dev/null || "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q "helm-python-sdk==0.2.2"
 if [ "${RIDE_SETUP_BENCH:-0}" = 1 ]; then
   # Only the benchmarks compare against PyTorch (timm's Swin and transforms,
   # torchvision + PIL); tests do not need them. --no-deps keeps torch pinned;

@@ -291,6 +291,9 @@ pub struct RideTrainingStatus {
     /// Unix time all workers of the current attempt were first seen running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_since: Option<i64>,
+    /// Unix time the latest gang restart began (a failure, preemption or resize was seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_time: Option<i64>,
     /// Unix time it succeeded or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<i64>,

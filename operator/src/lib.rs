@@ -1,11 +1,17 @@
 //! The `RideTraining` custom resource (`ride.dev/v1alpha1`), its CRD, spec
-//! validation, and turning a resource into a local launcher invocation.
+//! validation, the controller that reconciles it (lifecycle decisions,
+//! owned pods, progress from checkpoint storage, leader election, metrics),
+//! and turning a resource into a local launcher invocation.
 
+pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod lifecycle;
 pub mod local;
+pub mod metrics;
 pub mod observe;
 pub mod pods;
+pub mod progress;
 
 /// The CRD as YAML, exactly as `crds/ridetrainings.ride.dev.yaml` holds it.
 pub fn crd_yaml() -> Result<String, serde_norway::Error> {

@@ -7,6 +7,7 @@
 //! that are still terminating, for example on a lost node.
 
 use crate::crd::{ExitAction, Phase, RideTrainingSpec, RideTrainingStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Exit code of a preempted worker that saved a checkpoint (`ride-trainer`).
 pub const PREEMPTED_EXIT_CODE: i32 = 75;
@@ -145,6 +146,13 @@ impl Ctx<'_> {
             let warning = matches!(phase, Phase::Failed | Phase::Restarting);
             self.event(reason, message.clone(), warning);
         }
+        set_conditions(
+            &mut self.st.conditions,
+            phase,
+            reason,
+            &message,
+            self.obs.now,
+        );
         self.st.phase = Some(phase);
         self.st.reason = Some(reason.into());
         self.st.message = Some(message);
@@ -186,6 +194,7 @@ impl Ctx<'_> {
         self.st.attempt += 1;
         self.st.world_size = world;
         self.st.running_since = None;
+        self.st.restart_time = Some(self.obs.now);
         self.st.attempt_start_time = None;
         let backoff = if counts {
             let base = i64::from(self.spec.restart_policy.backoff_seconds);
@@ -202,6 +211,54 @@ impl Ctx<'_> {
                 self.st.attempt
             ),
         );
+    }
+}
+
+/// The condition types, one per phase.
+pub const CONDITION_TYPES: [Phase; 6] = [
+    Phase::Created,
+    Phase::Running,
+    Phase::Restarting,
+    Phase::Suspended,
+    Phase::Succeeded,
+    Phase::Failed,
+];
+
+/// Make `phase`'s condition True and every other phase's False, keeping each
+/// condition's transition time unless its status flips.
+pub fn set_conditions(
+    conditions: &mut Vec<Condition>,
+    phase: Phase,
+    reason: &str,
+    message: &str,
+    now: i64,
+) {
+    let time = Time(jiff::Timestamp::from_second(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH));
+    for ty in CONDITION_TYPES {
+        let name = format!("{ty:?}");
+        let want = if ty == phase { "True" } else { "False" };
+        match conditions.iter_mut().find(|c| c.type_ == name) {
+            Some(c) => {
+                if c.status != want {
+                    c.status = want.into();
+                    c.last_transition_time = time.clone();
+                }
+                if ty == phase {
+                    c.reason = reason.into();
+                    c.message = message.into();
+                }
+            }
+            // Conditions of phases never entered are not listed.
+            None if ty == phase => conditions.push(Condition {
+                type_: name,
+                status: want.into(),
+                reason: reason.into(),
+                message: message.into(),
+                last_transition_time: time.clone(),
+                observed_generation: None,
+            }),
+            None => {}
+        }
     }
 }
 
@@ -455,15 +512,19 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             format!("{world} workers running"),
         );
     } else if c.st.phase != Some(Phase::Running) {
-        let phase = if c.st.attempt > 0 {
-            Phase::Restarting
-        } else {
-            Phase::Created
+        // Still starting: keep the phase and reason that began this attempt
+        // (Created, Resumed, or Restarting after a failure); update the count.
+        let phase = match c.st.phase {
+            Some(p @ (Phase::Created | Phase::Restarting)) => p,
+            _ if c.st.attempt > 0 => Phase::Restarting,
+            _ => Phase::Created,
         };
         let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
+        let message = format!("{running} of {world} workers running");
+        set_conditions(&mut c.st.conditions, phase, &reason, &message, now);
         c.st.phase = Some(phase);
         c.st.reason = Some(reason);
-        c.st.message = Some(format!("{running} of {world} workers running"));
+        c.st.message = Some(message);
     }
     if world < spec.workers.replicas {
         c.actions.push(Action::RequeueAfter(timeout));

@@ -1,0 +1,188 @@
+//! `ride-operator`: reconciles RideTrainings into gangs of worker pods.
+//! Talks to the cluster of the current kubeconfig (or in-cluster service
+//! account), holds a Lease so only one replica reconciles, and serves
+//! `/metrics`, `/healthz` and `/readyz`.
+
+use anyhow::Context as _;
+use clap::Parser;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+use ride_operator::controller::{self, Context};
+use ride_operator::leader::LeaderElector;
+use ride_operator::metrics::OperatorMetrics;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Reconciles RideTraining resources into gangs of trainer pods"
+)]
+struct Args {
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: String,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Run without a leader Lease (only with a single replica).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "ride-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (default: $POD_NAMESPACE, else "default").
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// Lease duration in seconds; renewed every third of it.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// This replica's identity in the Lease and in Events (default: $HOSTNAME).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Seconds between reads of a training's checkpoint manifest.
+    #[arg(long, default_value_t = 30)]
+    progress_interval_seconds: u64,
+    /// Log format: `json` (structured, one object per line) or `text`.
+    #[arg(long, default_value = "json")]
+    log_format: String,
+}
+
+fn init_logs(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "json" => builder.json().flatten_event(true).init(),
+        "text" => builder.init(),
+        other => anyhow::bail!("--log-format {other}: use json or text"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logs(&args.log_format)?;
+    let metrics = OperatorMetrics::new();
+    let bound = metrics.serve(&args.metrics_addr)?;
+    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+    let client = Client::try_default().await.context(
+        "no Kubernetes configuration: set KUBECONFIG or run in a pod with a service account",
+    )?;
+    let version = client
+        .apiserver_version()
+        .await
+        .context("cannot reach the Kubernetes API server")?;
+    tracing::info!(server = %version.git_version, "connected to the API server");
+    metrics.set_ready(true);
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("ride-operator-{}", std::process::id()));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = {
+        let rx = stop_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        }
+    };
+
+    let elector = if args.no_leader_election {
+        None
+    } else {
+        let ns = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
+        let api: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let duration = Duration::from_secs(args.lease_seconds.max(3));
+        let elector = LeaderElector::new(api, &args.lease_name, &identity, duration);
+        tracing::info!(lease = %args.lease_name, namespace = %ns, %identity, "waiting for the leader lease");
+        loop {
+            if *stop_rx.borrow() {
+                return Ok(());
+            }
+            match elector.try_acquire_or_renew().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "lease"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(duration / 3) => {}
+                _ = stopped() => return Ok(()),
+            }
+        }
+        tracing::info!(%identity, "leading");
+        metrics.leader.set(1);
+        Some((elector, duration))
+    };
+
+    let ctx = Context::new(
+        client.clone(),
+        metrics.clone(),
+        &identity,
+        Duration::from_secs(args.progress_interval_seconds.max(1)),
+    );
+    let run = controller::run(ctx, args.namespace.clone(), stopped());
+    match &elector {
+        None => run.await,
+        Some((elector, duration)) => {
+            // Keep renewing; losing the Lease for a whole term means another
+            // replica may lead, so this one stops at once.
+            let renew = async {
+                let mut last_ok = std::time::Instant::now();
+                loop {
+                    tokio::time::sleep(*duration / 3).await;
+                    match elector.try_acquire_or_renew().await {
+                        Ok(true) => last_ok = std::time::Instant::now(),
+                        Ok(false) => return "another replica holds the lease",
+                        Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+                    }
+                    if last_ok.elapsed() >= *duration {
+                        return "the lease could not be renewed within its duration";
+                    }
+                }
+            };
+            tokio::select! {
+                _ = run => {}
+                why = renew => {
+                    metrics.leader.set(0);
+                    tracing::error!(reason = why, "lost leadership; exiting");
+                    std::process::exit(1);
+                }
+            }
+            metrics.leader.set(0);
+            if let Err(e) = elector.release().await {
+                tracing::warn!(error = %e, "cannot release the lease");
+            }
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

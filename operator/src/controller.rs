@@ -1,0 +1,508 @@
+//! The controller: watches RideTrainings and the Pods and Services they own,
+//! and for each one observes, asks [`crate::lifecycle::decide`] what to do,
+//! does it, and writes the status. All decisions live in `lifecycle`; this
+//! module is the I/O around them.
+//!
+//! Each reconcile reads the RideTraining and its pods fresh from the API
+//! server rather than from the watch cache: acting on a stale status (for
+//! example one that predates our own restart) could delete the new gang.
+//! The status write carries the read `resourceVersion`, so a concurrent
+//! change makes it fail and the reconcile runs again.
+
+use crate::crd::{Phase, RideTraining, RideTrainingStatus};
+use crate::lifecycle::{decide, Action, Observed};
+use crate::metrics::OperatorMetrics;
+use crate::observe::observe_pod;
+use crate::pods::{headless_service, service_name, worker_pod, LABEL_TRAINING};
+use crate::progress::read_progress;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "ride-operator";
+
+/// Why a reconcile failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The API server refused or could not be reached.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object has no namespace or name.
+    #[error("RideTraining without {0}")]
+    Incomplete(&'static str),
+}
+
+/// What the reconciler shares between calls.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<OperatorMetrics>,
+    progress_interval: Duration,
+    last_progress_read: Mutex<HashMap<String, Instant>>,
+}
+
+impl Context {
+    /// A context whose events name `instance` as the reporting instance and
+    /// which reads checkpoint progress at most every `progress_interval`.
+    pub fn new(
+        client: Client,
+        metrics: Arc<OperatorMetrics>,
+        instance: &str,
+        progress_interval: Duration,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(instance.into()),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            progress_interval,
+            last_progress_read: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether progress is due for `key` (and mark it read if so).
+    fn progress_due(&self, key: &str, force: bool) -> bool {
+        let mut map = self
+            .last_progress_read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let due = force
+            || map
+                .get(key)
+                .is_none_or(|t| t.elapsed() >= self.progress_interval);
+        if due {
+            map.insert(key.to_string(), Instant::now());
+        }
+        due
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn unix_now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// A JSON merge patch turning `old` into `new` (RFC 7386): removed keys become null.
+pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut out = serde_json::Map::new();
+            for (k, nv) in n {
+                match o.get(k) {
+                    Some(ov) if ov == nv => {}
+                    Some(ov) => {
+                        out.insert(k.clone(), merge_patch(ov, nv));
+                    }
+                    None => {
+                        out.insert(k.clone(), nv.clone());
+                    }
+                }
+            }
+            for k in o.keys() {
+                if !n.contains_key(k) {
+                    out.insert(k.clone(), Value::Null);
+                }
+            }
+            Value::Object(out)
+        }
+        _ => new.clone(),
+    }
+}
+
+/// The credentials Secret's data by key, for reading checkpoint progress.
+async fn credentials(
+    client: &Client,
+    ns: &str,
+    rt: &RideTraining,
+) -> Result<BTreeMap<String, String>, kube::Error> {
+    let Some(name) = &rt.spec.checkpoint.credentials_secret else {
+        return Ok(BTreeMap::new());
+    };
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await?;
+    let mut out = BTreeMap::new();
+    for (k, v) in secret.data.unwrap_or_default() {
+        out.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+    }
+    for (k, v) in secret.string_data.unwrap_or_default() {
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// Reconcile one RideTraining.
+pub async fn reconcile(
+    cached: Arc<RideTraining>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ReconcileError> {
+    let timer = ctx.metrics.reconcile_duration.start_timer();
+    let result = reconcile_inner(&cached, &ctx).await;
+    timer.observe_duration();
+    result
+}
+
+async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue, ReconcileError> {
+    let ns = cached
+        .namespace()
+        .ok_or(ReconcileError::Incomplete("a namespace"))?;
+    let name = cached
+        .meta()
+        .name
+        .clone()
+        .ok_or(ReconcileError::Incomplete("a name"))?;
+    let rts: Api<RideTraining> = Api::namespaced(ctx.client.clone(), &ns);
+    let rt = match rts.get(&name).await {
+        Ok(rt) => rt,
+        Err(e) if is_not_found(&e) => return Ok(Requeue::await_change()),
+        Err(e) => return Err(e.into()),
+    };
+    if rt.metadata.deletion_timestamp.is_some() {
+        // Owner references take the pods and the Service with it.
+        return Ok(Requeue::await_change());
+    }
+    let old_status = rt.status.clone().unwrap_or_default();
+    let now = unix_now();
+    let reference = rt.object_ref(&());
+
+    if let Err(e) = rt.spec.validate() {
+        let mut status = old_status.clone();
+        if status.phase != Some(Phase::Failed) || status.reason.as_deref() != Some("InvalidSpec") {
+            status.phase = Some(Phase::Failed);
+            status.reason = Some("InvalidSpec".into());
+            status.message = Some(e.to_string());
+            status.completion_time = Some(now);
+            crate::lifecycle::set_conditions(
+                &mut status.conditions,
+                Phase::Failed,
+                "InvalidSpec",
+                &e.to_string(),
+                now,
+            );
+            publish(ctx, &reference, "InvalidSpec", &e.to_string(), true).await;
+            write_status(&rts, &rt, &old_status, &status).await?;
+        }
+        return Ok(Requeue::await_change());
+    }
+
+    let uid = rt.metadata.uid.clone().unwrap_or_default();
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let svc_api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods = pods_api
+        .list(&ListParams::default().labels(&format!("{LABEL_TRAINING}={name}")))
+        .await?;
+    // Only pods this very object owns: a recreated RideTraining of the same
+    // name must not adopt its predecessor's pods.
+    let observed_pods = pods
+        .items
+        .iter()
+        .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
+        .filter_map(observe_pod)
+        .collect();
+    let service_exists = svc_api.get_opt(&service_name(&rt)).await?.is_some();
+    let observed = Observed {
+        now,
+        pods: observed_pods,
+        service_exists,
+        deleting: false,
+    };
+    let decision = decide(&rt.spec, &old_status, &observed);
+    let mut status = decision.status;
+    let finished = matches!(status.phase, Some(Phase::Succeeded | Phase::Failed));
+    let mut requeue: Option<i64> = (!finished).then_some(ctx.progress_interval.as_secs() as i64);
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    for action in decision.actions {
+        match action {
+            Action::EnsureService => {
+                let svc = headless_service(&rt);
+                svc_api
+                    .patch(&service_name(&rt), &apply, &Patch::Apply(&svc))
+                    .await?;
+            }
+            Action::CreatePod {
+                rank,
+                attempt,
+                world_size,
+            } => {
+                let pod = worker_pod(&rt, rank, attempt, world_size);
+                let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                pods_api
+                    .patch(&pod_name, &apply, &Patch::Apply(&pod))
+                    .await?;
+            }
+            Action::DeletePod {
+                rank,
+                attempt,
+                force,
+            } => {
+                let params = DeleteParams {
+                    grace_period_seconds: force.then_some(0),
+                    ..Default::default()
+                };
+                let pod_name = crate::pods::pod_name(&rt, attempt, rank);
+                match pods_api.delete(&pod_name, &params).await {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Action::DeleteSelf => {
+                tracing::info!(training = %name, namespace = %ns, "deleting after ttlSecondsAfterFinished");
+                match rts.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                return Ok(Requeue::await_change());
+            }
+            Action::Event {
+                reason,
+                message,
+                warning,
+            } => {
+                tracing::info!(training = %name, namespace = %ns, %reason, %message, "transition");
+                publish(ctx, &reference, &reason, &message, warning).await;
+            }
+            Action::RequeueAfter(s) => {
+                requeue = Some(requeue.map_or(s, |r| r.min(s)));
+            }
+        }
+    }
+
+    // The final evaluation is read once more when the run ends.
+    let just_finished =
+        finished && !matches!(old_status.phase, Some(Phase::Succeeded | Phase::Failed));
+    if ctx.progress_due(&format!("{ns}/{name}"), just_finished) && !(finished && !just_finished) {
+        let progress = match credentials(&ctx.client, &ns, &rt).await {
+            Ok(creds) => read_progress(&rt.spec.checkpoint.uri, &creds)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("credentials Secret: {e}")),
+        };
+        match progress {
+            Ok(Some((checkpoint, eval))) => {
+                status.last_checkpoint = Some(checkpoint);
+                if eval.is_some() {
+                    status.latest_eval = eval;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(training = %name, namespace = %ns, error = %e, "cannot read checkpoint progress")
+            }
+        }
+    }
+
+    record_transitions(&ctx.metrics, &rt, &old_status, &status);
+    write_status(&rts, &rt, &old_status, &status).await?;
+    Ok(match requeue {
+        Some(s) => Requeue::requeue(Duration::from_secs(s.max(1) as u64)),
+        None => Requeue::await_change(),
+    })
+}
+
+/// Restart counters and time-to-running histograms from a status change.
+fn record_transitions(
+    metrics: &OperatorMetrics,
+    rt: &RideTraining,
+    old: &RideTrainingStatus,
+    new: &RideTrainingStatus,
+) {
+    let budget = (new.restarts - old.restarts).max(0) as u64;
+    let exempt = (new.exempt_restarts - old.exempt_restarts).max(0) as u64;
+    if budget > 0 {
+        metrics
+            .restarts
+            .with_label_values(&["budget"])
+            .inc_by(budget);
+    }
+    if exempt > 0 {
+        metrics
+            .restarts
+            .with_label_values(&["exempt"])
+            .inc_by(exempt);
+    }
+    if let (None, Some(running)) = (old.running_since, new.running_since) {
+        if new.attempt == 0 {
+            let created = rt
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .or(new.start_time);
+            if let Some(c) = created {
+                metrics.time_to_running.observe((running - c).max(0) as f64);
+            }
+        } else if let Some(r) = new.restart_time {
+            metrics.time_to_restart.observe((running - r).max(0) as f64);
+        }
+    }
+}
+
+async fn write_status(
+    rts: &Api<RideTraining>,
+    rt: &RideTraining,
+    old: &RideTrainingStatus,
+    new: &RideTrainingStatus,
+) -> Result<(), kube::Error> {
+    if old == new && rt.status.is_some() {
+        return Ok(());
+    }
+    // Diff against what the server holds (absent fields included), not the
+    // defaults it deserialised to, or zero counters would never be written.
+    let old_json = match &rt.status {
+        Some(_) => serde_json::to_value(old).unwrap_or_default(),
+        None => serde_json::json!({}),
+    };
+    let new_json = serde_json::to_value(new).unwrap_or_default();
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": rt.resource_version()},
+        "status": merge_patch(&old_json, &new_json),
+    });
+    rts.patch_status(
+        &rt.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    reason: &str,
+    message: &str,
+    warning: bool,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // An event that cannot be recorded must not stop the reconcile.
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, %reason, "cannot record event");
+    }
+}
+
+/// Retry a failed reconcile after a short delay.
+pub fn error_policy(rt: Arc<RideTraining>, error: &ReconcileError, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.reconcile_errors.inc();
+    tracing::warn!(training = %rt.name_any(), namespace = ?rt.namespace(), error = %error, "reconcile failed; retrying");
+    Requeue::requeue(Duration::from_secs(5))
+}
+
+/// The `phase` label values of `ride_operator_trainings` (Pending: not yet reconciled).
+pub const PHASE_LABELS: [&str; 7] = [
+    "Pending",
+    "Created",
+    "Running",
+    "Restarting",
+    "Suspended",
+    "Succeeded",
+    "Failed",
+];
+
+/// Count RideTrainings by phase from the watch cache.
+pub fn update_phase_gauges(metrics: &OperatorMetrics, store: &Store<RideTraining>) {
+    let mut counts: BTreeMap<&'static str, i64> =
+        PHASE_LABELS.into_iter().map(|p| (p, 0)).collect();
+    for rt in store.state() {
+        let phase = match rt.status.as_ref().and_then(|s| s.phase) {
+            None => "Pending",
+            Some(Phase::Created) => "Created",
+            Some(Phase::Running) => "Running",
+            Some(Phase::Restarting) => "Restarting",
+            Some(Phase::Suspended) => "Suspended",
+            Some(Phase::Succeeded) => "Succeeded",
+            Some(Phase::Failed) => "Failed",
+        };
+        *counts.entry(phase).or_default() += 1;
+    }
+    for (phase, n) in counts {
+        metrics.trainings.with_label_values(&[phase]).set(n);
+    }
+}
+
+/// Run the controller until `shutdown` resolves. `namespace` limits it to one
+/// namespace; `None` watches all.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (rts, pods, svcs): (Api<RideTraining>, Api<Pod>, Api<Service>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    let owned = watcher::Config::default().labels(LABEL_TRAINING);
+    let controller = Controller::new(rts, watcher::Config::default())
+        .owns(pods, owned.clone())
+        .owns(svcs, owned)
+        .graceful_shutdown_on(shutdown);
+    let store = controller.store();
+    let metrics = Arc::clone(&ctx.metrics);
+    let gauges = tokio::spawn(async move {
+        loop {
+            update_phase_gauges(&metrics, &store);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    gauges.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_nulls_removed_keys_and_keeps_equal_ones_out() {
+        let old = json!({"phase": "Running", "restartAfter": 10, "n": {"a": 1, "b": 2}});
+        let new = json!({"phase": "Restarting", "n": {"a": 1, "b": 3}, "attempt": 1});
+        assert_eq!(
+            merge_patch(&old, &new),
+            json!({"phase": "Restarting", "restartAfter": null, "n": {"b": 3}, "attempt": 1})
+        );
+    }
+}

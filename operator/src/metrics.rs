@@ -1,0 +1,190 @@
+//! The operator's Prometheus metrics and its `/metrics`, `/healthz` and
+//! `/readyz` endpoints.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Every metric the operator exports (names prefixed `ride_operator_`).
+pub struct OperatorMetrics {
+    registry: Registry,
+    /// Seconds per reconcile.
+    pub reconcile_duration: Histogram,
+    /// Reconciles that returned an error.
+    pub reconcile_errors: IntCounter,
+    /// Gang restarts started, by kind (`budget` or `exempt`).
+    pub restarts: IntCounterVec,
+    /// RideTrainings by phase.
+    pub trainings: IntGaugeVec,
+    /// Seconds from creation to all workers of the first attempt running.
+    pub time_to_running: Histogram,
+    /// Seconds from a failure being seen to all workers of the new attempt running.
+    pub time_to_restart: Histogram,
+    /// Whether this replica holds the leader Lease.
+    pub leader: prometheus::IntGauge,
+    ready: AtomicBool,
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("static histogram options are valid")
+}
+
+impl OperatorMetrics {
+    /// Create and register the metrics.
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let seconds = vec![
+            1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+        ];
+        let m = Self {
+            reconcile_duration: histogram(
+                "ride_operator_reconcile_duration_seconds",
+                "Time spent in one reconcile of a RideTraining",
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0,
+                ],
+            ),
+            reconcile_errors: IntCounter::new(
+                "ride_operator_reconcile_errors_total",
+                "Reconciles that failed (retried with backoff)",
+            )
+            .expect("static counter options are valid"),
+            restarts: IntCounterVec::new(
+                Opts::new(
+                    "ride_operator_restarts_total",
+                    "Gang restarts started; kind=budget counts against restartPolicy.budget, kind=exempt does not",
+                ),
+                &["kind"],
+            )
+            .expect("static counter options are valid"),
+            trainings: IntGaugeVec::new(
+                Opts::new("ride_operator_trainings", "RideTrainings by phase"),
+                &["phase"],
+            )
+            .expect("static gauge options are valid"),
+            time_to_running: histogram(
+                "ride_operator_time_to_running_seconds",
+                "Seconds from a RideTraining's creation to all workers of its first attempt running",
+                seconds.clone(),
+            ),
+            time_to_restart: histogram(
+                "ride_operator_time_to_restart_seconds",
+                "Seconds from a worker failure being seen to all workers of the new attempt running",
+                seconds,
+            ),
+            leader: prometheus::IntGauge::new(
+                "ride_operator_leader",
+                "1 while this replica holds the leader Lease",
+            )
+            .expect("static gauge options are valid"),
+            registry,
+            ready: AtomicBool::new(false),
+        };
+        for c in [
+            Box::new(m.reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.reconcile_errors.clone()),
+            Box::new(m.restarts.clone()),
+            Box::new(m.trainings.clone()),
+            Box::new(m.time_to_running.clone()),
+            Box::new(m.time_to_restart.clone()),
+            Box::new(m.leader.clone()),
+        ] {
+            m.registry
+                .register(c)
+                .expect("metric names are registered once");
+        }
+        // Every series exists from the start, so rates and dashboards see zeros.
+        for kind in ["budget", "exempt"] {
+            m.restarts.with_label_values(&[kind]);
+        }
+        for phase in crate::controller::PHASE_LABELS {
+            m.trainings.with_label_values(&[phase]);
+        }
+        Arc::new(m)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Mark the operator ready (`/readyz` answers 200) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Serve `/metrics`, `/healthz` and `/readyz` on `addr` from a background
+    /// thread; returns the bound address (port 0 picks a free one).
+    pub fn serve(self: &Arc<Self>, addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+        let server = tiny_http::Server::http(addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e}"))?;
+        let bound = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| anyhow::anyhow!("{addr} is not an IP address"))?;
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("metrics-http".into())
+            .spawn(move || {
+                for req in server.incoming_requests() {
+                    let (code, body) = match req.url() {
+                        "/metrics" => (200, me.render()),
+                        "/healthz" => (200, "ok\n".to_string()),
+                        "/readyz" if me.is_ready() => (200, "ok\n".to_string()),
+                        "/readyz" => (
+                            503,
+                            "not ready: the API server was not reached yet\n".into(),
+                        ),
+                        _ => (404, "try /metrics, /healthz or /readyz\n".into()),
+                    };
+                    let _ =
+                        req.respond(tiny_http::Response::from_string(body).with_status_code(code));
+                }
+            })?;
+        Ok(bound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_answer_over_http() {
+        let m = OperatorMetrics::new();
+        m.reconcile_errors.inc();
+        m.restarts.with_label_values(&["budget"]).inc();
+        let addr = m.serve("127.0.0.1:0").unwrap();
+        let get = |path: &str| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        let metrics = get("/metrics");
+        assert!(
+            metrics.contains("ride_operator_reconcile_errors_total 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("ride_operator_restarts_total{kind=\"budget\"} 1"));
+        assert!(get("/healthz").starts_with("HTTP/1.0 200") || get("/healthz").contains(" 200 "));
+        assert!(get("/readyz").contains(" 503 "));
+        m.set_ready(true);
+        assert!(get("/readyz").contains(" 200 "));
+    }
+}

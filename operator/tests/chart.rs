@@ -1,0 +1,266 @@
+//! The Helm chart, linted and rendered by Helm v4's engine (the PyPI
+//! `helm-python-sdk`, which `scripts/setup.sh` installs into the project's
+//! virtual environment): lint is clean, the CRD it ships is the generated
+//! one, RBAC grants what the controller does, options change what they say,
+//! and the Grafana dashboard only uses metrics that exist.
+
+mod common;
+
+use common::repo;
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+fn python() -> std::path::PathBuf {
+    let venv = std::env::var("RIDE_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            let cache = std::env::var("RIDE_CACHE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|_| {
+                    std::path::PathBuf::from(std::env::var("HOME").expect("HOME"))
+                        .join(".cache/ride")
+                });
+            cache.join("venv")
+        });
+    venv.join("bin/python")
+}
+
+struct Rendered {
+    lint: Value,
+    objects: Vec<Value>,
+    crds: Vec<Value>,
+}
+
+fn render(values: &str) -> Rendered {
+    let out = std::process::Command::new(python())
+        .arg(repo().join("charts/render.py"))
+        .arg(repo().join("charts/ride-operator"))
+        .arg(values)
+        .output()
+        .expect("the project's Python (run scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "charts/render.py failed (is helm-python-sdk installed? scripts/setup.sh installs it):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON from render.py");
+    let mut objects = vec![];
+    for (path, text) in v["manifests"].as_object().expect("manifests") {
+        for doc in text.as_str().unwrap_or_default().split("\n---") {
+            if doc.trim().is_empty()
+                || doc
+                    .lines()
+                    .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+            {
+                continue;
+            }
+            let obj: Value =
+                serde_norway::from_str(doc).unwrap_or_else(|e| panic!("{path}: {e}\n{doc}"));
+            if !obj.is_null() {
+                objects.push(obj);
+            }
+        }
+    }
+    let crds = v["crds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| serde_norway::from_str(c["data"].as_str().unwrap_or_default()).expect("CRD YAML"))
+        .collect();
+    Rendered {
+        lint: v["lint"].clone(),
+        objects,
+        crds,
+    }
+}
+
+fn kinds(r: &Rendered) -> Vec<String> {
+    r.objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn find<'a>(r: &'a Rendered, kind: &str) -> &'a Value {
+    r.objects
+        .iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {:?}", kinds(r)))
+}
+
+fn args(r: &Rendered) -> Vec<String> {
+    find(r, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// (apiGroup, resource, verb) the controller needs, from what it calls.
+const NEEDED: &[(&str, &str, &str)] = &[
+    ("ride.dev", "ridetrainings", "get"),
+    ("ride.dev", "ridetrainings", "list"),
+    ("ride.dev", "ridetrainings", "watch"),
+    ("ride.dev", "ridetrainings", "delete"),
+    ("ride.dev", "ridetrainings/status", "patch"),
+    ("", "pods", "list"),
+    ("", "pods", "watch"),
+    ("", "pods", "patch"),
+    ("", "pods", "create"),
+    ("", "pods", "delete"),
+    ("", "services", "get"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
+    ("", "services", "patch"),
+    ("", "services", "create"),
+    ("", "secrets", "get"),
+    ("events.k8s.io", "events", "create"),
+    ("events.k8s.io", "events", "patch"),
+];
+
+fn granted(role: &Value) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().into_iter().flatten() {
+        for g in rule["apiGroups"].as_array().into_iter().flatten() {
+            for res in rule["resources"].as_array().into_iter().flatten() {
+                for verb in rule["verbs"].as_array().into_iter().flatten() {
+                    out.insert((
+                        g.as_str().unwrap().to_string(),
+                        res.as_str().unwrap().to_string(),
+                        verb.as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn default_install_is_lint_clean_with_crd_rbac_and_leader_election() {
+    let r = render("{}");
+    let messages = r.lint["messages"].as_array().cloned().unwrap_or_default();
+    let problems: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["severity"].as_i64().unwrap_or(0) >= 2)
+        .collect();
+    assert!(problems.is_empty(), "helm lint: {problems:?}");
+    assert!(
+        r.lint["errors"].as_array().is_none_or(|e| e.is_empty()),
+        "{}",
+        r.lint
+    );
+
+    let generated: Value = serde_norway::from_str(&ride_operator::crd_yaml().unwrap()).unwrap();
+    assert_eq!(r.crds.len(), 1);
+    assert!(
+        r.crds[0] == generated,
+        "charts/ride-operator/crds/ is out of date: cp crds/ridetrainings.ride.dev.yaml charts/ride-operator/crds/"
+    );
+
+    let role = find(&r, "ClusterRole");
+    let have = granted(role);
+    for (g, res, verb) in NEEDED {
+        assert!(
+            have.contains(&(g.to_string(), res.to_string(), verb.to_string())),
+            "ClusterRole lacks {verb} {res} in '{g}'"
+        );
+    }
+    let leader = r
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Role")
+        .expect("leader Role");
+    assert!(granted(leader).contains(&(
+        "coordination.k8s.io".into(),
+        "leases".into(),
+        "update".into()
+    )));
+
+    let a = args(&r);
+    assert!(
+        a.contains(&"--lease-name=ride-operator".to_string()),
+        "{a:?}"
+    );
+    assert!(!a.iter().any(|x| x.starts_with("--namespace")), "{a:?}");
+    let dep = find(&r, "Deployment");
+    assert_eq!(dep["spec"]["replicas"], 2);
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(!kinds(&r).contains(&"ServiceMonitor".to_string()));
+}
+
+#[test]
+fn one_namespace_without_leader_election_gets_a_role_and_one_replica() {
+    let r = render(r#"{"watchNamespace": "team-a", "leaderElection": {"enabled": false}}"#);
+    assert!(
+        !kinds(&r).contains(&"ClusterRole".to_string()),
+        "{:?}",
+        kinds(&r)
+    );
+    let role = r
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Role")
+        .expect("Role");
+    assert_eq!(role["metadata"]["namespace"], "team-a");
+    let a = args(&r);
+    assert!(a.contains(&"--namespace=team-a".to_string()), "{a:?}");
+    assert!(a.contains(&"--no-leader-election".to_string()), "{a:?}");
+    assert_eq!(find(&r, "Deployment")["spec"]["replicas"], 1);
+}
+
+#[test]
+fn monitoring_objects_and_dashboard_use_exported_metrics() {
+    let r = render(
+        r#"{"metrics": {"serviceMonitor": {"enabled": true}}, "grafanaDashboard": {"enabled": true}}"#,
+    );
+    let k = kinds(&r);
+    assert!(
+        k.contains(&"ServiceMonitor".to_string()) && k.contains(&"PodMonitor".to_string()),
+        "{k:?}"
+    );
+    let cm = r
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap")
+        .expect("dashboard ConfigMap");
+    let dashboard: Value =
+        serde_json::from_str(cm["data"]["ride-trainings.json"].as_str().unwrap())
+            .expect("dashboard JSON");
+    // Every ride_* series the dashboard queries is documented (docs/metrics.md
+    // lists both the trainer's and the operator's metrics).
+    let reference = std::fs::read_to_string(repo().join("docs/metrics.md")).unwrap();
+    let mut used = BTreeSet::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("ride_") {
+                    let base = word
+                        .trim_end_matches("_bucket")
+                        .trim_end_matches("_count")
+                        .trim_end_matches("_sum");
+                    used.insert(base.to_string());
+                }
+            }
+        }
+    }
+    assert!(used.len() >= 8, "{used:?}");
+    for m in &used {
+        assert!(
+            reference.contains(&format!("`{m}`")),
+            "dashboard uses {m}, which docs/metrics.md does not list"
+        );
+    }
+    // And the operator really exports its own.
+    let exported = ride_operator::metrics::OperatorMetrics::new().render();
+    for m in used.iter().filter(|m| m.starts_with("ride_operator_")) {
+        assert!(
+            exported.contains(&format!("# TYPE {m} ")),
+            "the operator does not export {m}"
+        );
+    }
+}
