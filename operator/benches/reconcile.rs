@@ -93,9 +93,15 @@ async fn run(n: usize) {
             "json",
         ])
         .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("RIDE_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var("RIDE_BENCH_OPERATOR_LOG") {
+            Ok(path) => Stdio::from(std::fs::File::create(path).expect("operator log file")),
+            Err(_) => Stdio::null(),
+        })
         .spawn()
         .expect("start ride-operator");
     let pid = child.id();
@@ -145,7 +151,7 @@ async fn run(n: usize) {
                 to_created.insert(name.clone(), created[&name].elapsed().as_secs_f64());
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let burst_created = start.elapsed();
     eprintln!("reporting every pod running...");
@@ -175,7 +181,7 @@ async fn run(n: usize) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let rss = proc_kib(pid, "VmRSS:");
     let hwm = proc_kib(pid, "VmHWM:");

@@ -288,7 +288,8 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     // The final evaluation is read once more when the run ends.
     let just_finished =
         finished && !matches!(old_status.phase, Some(Phase::Succeeded | Phase::Failed));
-    if ctx.progress_due(&format!("{ns}/{name}"), just_finished) && !(finished && !just_finished) {
+    // Finished runs are not read again; the check comes first so it does not mark a read.
+    if (!finished || just_finished) && ctx.progress_due(&format!("{ns}/{name}"), just_finished) {
         let progress = match credentials(&ctx.client, &ns, &rt).await {
             Ok(creds) => read_progress(&rt.spec.checkpoint.uri, &creds)
                 .await

@@ -142,25 +142,40 @@ pub struct ExitCodeRule {
 #[serde(rename_all = "camelCase")]
 pub struct RestartPolicySpec {
     /// Gang restarts allowed.
+    #[serde(default = "default_budget")]
     #[schemars(range(min = 0, max = 1000))]
     pub budget: i32,
     /// Seconds before recreating the gang (doubling per attempt, capped at 10 minutes).
+    #[serde(default = "default_backoff_seconds")]
     #[schemars(range(min = 0, max = 3600))]
     pub backoff_seconds: i32,
     /// Rules by exit code; the first match wins, otherwise `Restart`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exit_code_rules: Vec<ExitCodeRule>,
     /// Exit code 75 (preempted, checkpoint saved) and node loss restart without using the budget.
+    #[serde(default = "default_true")]
     pub preemption_exempt: bool,
+}
+
+fn default_budget() -> i32 {
+    3
+}
+
+fn default_backoff_seconds() -> i32 {
+    10
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for RestartPolicySpec {
     fn default() -> Self {
         Self {
-            budget: 3,
-            backoff_seconds: 10,
+            budget: default_budget(),
+            backoff_seconds: default_backoff_seconds(),
             exit_code_rules: Vec::new(),
-            preemption_exempt: true,
+            preemption_exempt: default_true(),
         }
     }
 }
