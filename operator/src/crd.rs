@@ -108,7 +108,7 @@ pub struct DatasetSpec {
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointSpec {
     /// `s3://`, `gs://`, `az://` or `file://` URI.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1), regex(pattern = r"^(s3|gs|az|file)://.+"))]
     pub uri: String,
     /// Secret whose keys become the worker's environment (`AWS_ACCESS_KEY_ID`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]

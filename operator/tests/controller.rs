@@ -290,14 +290,20 @@ async fn kubectl_apply_rejects_a_bad_spec_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let (api, kubeconfig) = cluster(dir.path()).await;
     let manifest = example_with_checkpoint(dir.path(), "bad");
-    let text = std::fs::read_to_string(&manifest)
-        .unwrap()
-        .replace("replicas: 2", "replicas: 0");
-    std::fs::write(&manifest, text).unwrap();
-    let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
-    assert!(!ok, "{out}");
-    assert!(out.contains("spec.workers.replicas"), "{out}");
-    assert!(api.get(RTS, NS, "bad").is_none());
+    let good = std::fs::read_to_string(&manifest).unwrap();
+    for (from, to, field) in [
+        ("replicas: 2", "replicas: 0", "spec.workers.replicas"),
+        ("budget: 2", "budget: -1", "spec.restartPolicy.budget"),
+        ("uri: file://", "uri: ftp://", "spec.checkpoint.uri"),
+        ("uri: file://", "url: file://", "spec.checkpoint.uri: Required value"),
+    ] {
+        assert!(good.contains(from), "{from}");
+        std::fs::write(&manifest, good.replacen(from, to, 1)).unwrap();
+        let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
+        assert!(!ok, "{to}: {out}");
+        assert!(out.contains(field), "{to}: {out}");
+        assert!(api.get(RTS, NS, "bad").is_none());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 //! - discovery (`/api`, `/apis`, group versions, short names, `/version`);
 //! - CRDs: creating a `CustomResourceDefinition` serves its resource, with its
 //!   structural schema checked on writes (types, required, enum, minimum,
-//!   maximum, minLength, minItems; unknown fields pruned, or rejected under
+//!   maximum, minLength, minItems, pattern; unknown fields pruned, or rejected under
 //!   `fieldValidation=Strict`), its status subresource and its printer
 //!   columns (`kubectl get` asks for a Table);
 //! - list and watch with resource versions: a watch from version N replays
@@ -320,6 +320,12 @@ fn validate(
     ) {
         if (s.chars().count() as u64) < min {
             errors.push(format!("{path}: Invalid value: {value}: {path} in body should be at least {min} chars long"));
+        }
+    }
+    if let (Some(pattern), Some(text)) = (schema.get("pattern").and_then(Value::as_str), value.as_str()) {
+        let fits = regex::Regex::new(pattern).map(|re| re.is_match(text)).unwrap_or(false);
+        if !fits {
+            errors.push(format!("{path}: Invalid value: {value}: {path} in body should match '{pattern}'"));
         }
     }
     if let Value::Array(items) = value {
