@@ -79,7 +79,13 @@ CONF
 stop() {
   for d in slurmd slurmctld; do
     f="$RIDE_SLURM_DIR/$d.pid"
-    if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
+    if [ -f "$f" ]; then
+      pid="$(cat "$f")"
+      kill "$pid" 2>/dev/null || true
+      # slurmctld writes its state on the way out; wait so callers can delete the directory.
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      rm -f "$f"
+    fi
   done
   if [ -f "$RIDE_SLURM_DIR/started-munged" ]; then
     pkill -x munged || true

@@ -12,9 +12,12 @@ RIDE_S3_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ride-s3.XXXXXX")"
 RIDE_SLURM_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ride-slurm.XXXXXX")"
 export RIDE_S3_DIR RIDE_SLURM_DIR
 cleanup() {
+  # The tests' exit status is the script's, whatever clean-up meets.
+  local rc=$?
   "$here/s3-server.sh" stop || true
   "$here/slurm-cluster.sh" stop || true
-  rm -rf "$RIDE_S3_DIR" "$RIDE_SLURM_DIR"
+  rm -rf "$RIDE_S3_DIR" "$RIDE_SLURM_DIR" || true
+  exit "$rc"
 }
 trap cleanup EXIT
 "$here/s3-server.sh" start
