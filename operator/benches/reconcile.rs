@@ -6,7 +6,9 @@
 //! says Created, then, after every pod is reported running in one burst, the
 //! latency until its status says Running. Prints p50/p99/max of both, the
 //! operator's reconcile-duration histogram summary, and its memory (peak and
-//! current RSS from /proc). Run: `cargo bench -p ride-operator --bench reconcile`.
+//! current RSS from /proc), once per `--max-concurrent-reconciles` setting in
+//! `RIDE_BENCH_CONCURRENCY` (default "16,0": the default bound, then
+//! unbounded). Run: `cargo bench -p ride-operator --bench reconcile`.
 //!
 //! There is no reference operator to run beside it on these machines
 //! (Kubeflow's needs a real cluster), so the numbers stand alone.
@@ -62,10 +64,18 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(n));
+    // RIDE_BENCH_CONCURRENCY: comma-separated --max-concurrent-reconciles values to compare.
+    let settings: Vec<u16> = std::env::var("RIDE_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "16,0".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    for c in settings {
+        runtime.block_on(run(n, c));
+    }
 }
 
-async fn run(n: usize) {
+async fn run(n: usize, concurrency: u16) {
     let dir = tempfile::tempdir().expect("temp dir");
     let api = ApiServer::start().await;
     let crd = std::fs::read_to_string(
@@ -87,6 +97,8 @@ async fn run(n: usize) {
             "--no-leader-election",
         ])
         .args([
+            "--max-concurrent-reconciles",
+            &concurrency.to_string(),
             "--progress-interval-seconds",
             "3600",
             "--log-format",
@@ -209,7 +221,9 @@ async fn run(n: usize) {
     let count = metric("ride_operator_reconcile_duration_seconds_count");
     let sum = metric("ride_operator_reconcile_duration_seconds_sum");
     println!(
-        "\nride-operator against the API server double: {n} RideTrainings x 2 workers, one burst"
+        "\nride-operator against the API server double: {n} RideTrainings x 2 workers, one burst, \
+         --max-concurrent-reconciles {concurrency}{}",
+        if concurrency == 0 { " (unbounded)" } else { "" }
     );
     println!(
         "{:<44} {:>6} {:>9} {:>9} {:>9}",
@@ -222,10 +236,28 @@ async fn run(n: usize) {
         let (k, p50, p99, max) = summary(v);
         println!("{label:<44} {k:>6} {p50:>9.3} {p99:>9.3} {max:>9.3}");
     }
+    // Quantiles of one reconcile's duration from the histogram: the upper
+    // bound of the bucket where the cumulative count crosses q.
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("ride_operator_reconcile_duration_seconds_bucket{le=\"")?;
+            let (le, n) = rest.split_once("\"} ")?;
+            Some((le.parse().unwrap_or(f64::INFINITY), n.trim().parse().ok()?))
+        })
+        .collect();
+    let quantile = |q: f64| {
+        buckets
+            .iter()
+            .find(|(_, n)| *n >= q * count)
+            .map_or(f64::NAN, |(le, _)| *le)
+    };
     println!(
-        "{:<44} {:>6.0} {:>9.4} (mean s)",
-        "reconciles (operator histogram)",
+        "{:<44} {:>6.0} {:>9} {:>9} (mean {:.4} s; bucket upper bounds)",
+        "one reconcile (operator histogram)",
         count,
+        format!("<={}", quantile(0.5)),
+        format!("<={}", quantile(0.99)),
         sum / count
     );
     println!(

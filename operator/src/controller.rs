@@ -449,10 +449,12 @@ pub fn update_phase_gauges(metrics: &OperatorMetrics, store: &Store<RideTraining
 }
 
 /// Run the controller until `shutdown` resolves. `namespace` limits it to one
-/// namespace; `None` watches all.
+/// namespace; `None` watches all. At most `concurrency` reconciles run at
+/// once (0: unbounded); one object is never reconciled twice at once.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
+    concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -470,6 +472,7 @@ pub async fn run(
     };
     let owned = watcher::Config::default().labels(LABEL_TRAINING);
     let controller = Controller::new(rts, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .owns(pods, owned.clone())
         .owns(svcs, owned)
         .graceful_shutdown_on(shutdown);

@@ -295,7 +295,11 @@ async fn kubectl_apply_rejects_a_bad_spec_naming_the_field() {
         ("replicas: 2", "replicas: 0", "spec.workers.replicas"),
         ("budget: 2", "budget: -1", "spec.restartPolicy.budget"),
         ("uri: file://", "uri: ftp://", "spec.checkpoint.uri"),
-        ("uri: file://", "url: file://", "spec.checkpoint.uri: Required value"),
+        (
+            "uri: file://",
+            "url: file://",
+            "spec.checkpoint.uri: Required value",
+        ),
     ] {
         assert!(good.contains(from), "{from}");
         std::fs::write(&manifest, good.replacen(from, to, 1)).unwrap();

@@ -9,12 +9,16 @@ use std::path::PathBuf;
 
 /// The server's variables (`$RIDE_S3_DIR/env`), or a panic saying how to get them.
 fn s3_secret() -> BTreeMap<String, String> {
-    let dir = std::env::var("RIDE_S3_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        let cache = std::env::var("RIDE_CACHE").map(PathBuf::from).unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/ride")
+    let dir = std::env::var("RIDE_S3_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let cache = std::env::var("RIDE_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/ride")
+                });
+            cache.join("s3")
         });
-        cache.join("s3")
-    });
     let file = dir.join("env");
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
         panic!(
@@ -43,11 +47,15 @@ async fn progress_is_read_from_s3_with_secret_credentials() {
     assert!(read_progress(&uri, &secret).await.unwrap().is_none());
 
     let (store, prefix) = open_store(&uri, &secret).unwrap();
-    let manifest = br#"{"dir":"ckpt_epoch_4","epoch":4,"step":120,"saved_at":"2026-11-29T04:00:00Z",
+    let manifest =
+        br#"{"dir":"ckpt_epoch_4","epoch":4,"step":120,"saved_at":"2026-11-29T04:00:00Z",
         "eval":{"top1":52.5,"many":64.0,"medium":49.0,"few":33.0}}"#;
     let key = prefix.child("swin_tiny").child("default").child("latest");
     store.put(&key, manifest.to_vec().into()).await.unwrap();
-    let (c, e) = read_progress(&uri, &secret).await.unwrap().expect("a manifest");
+    let (c, e) = read_progress(&uri, &secret)
+        .await
+        .unwrap()
+        .expect("a manifest");
     assert_eq!(c.uri, format!("{uri}/swin_tiny/default/ckpt_epoch_4"));
     assert_eq!((c.epoch, c.step), (4, 120));
     assert_eq!(e.unwrap().overall, 52.5);
@@ -56,5 +64,8 @@ async fn progress_is_read_from_s3_with_secret_credentials() {
     secret.insert("AWS_SECRET_ACCESS_KEY".into(), "0".repeat(64));
     let err = read_progress(&uri, &secret).await.unwrap_err().to_string();
     assert!(err.contains(&uri), "{err}");
-    assert!(!err.contains(&"0".repeat(64)), "the secret leaked into the error: {err}");
+    assert!(
+        !err.contains(&"0".repeat(64)),
+        "the secret leaked into the error: {err}"
+    );
 }

@@ -42,6 +42,10 @@ struct Args {
     /// Seconds between reads of a training's checkpoint manifest.
     #[arg(long, default_value_t = 30)]
     progress_interval_seconds: u64,
+    /// Reconciles running at once (0: unbounded). Bounding them keeps a burst
+    /// of new trainings from queueing hundreds of requests at the API server.
+    #[arg(long, default_value_t = 16)]
+    max_concurrent_reconciles: u16,
     /// Log format: `json` (structured, one object per line) or `text`.
     #[arg(long, default_value = "json")]
     log_format: String,
@@ -149,7 +153,12 @@ async fn main() -> anyhow::Result<()> {
         &identity,
         Duration::from_secs(args.progress_interval_seconds.max(1)),
     );
-    let run = controller::run(ctx, args.namespace.clone(), stopped());
+    let run = controller::run(
+        ctx,
+        args.namespace.clone(),
+        args.max_concurrent_reconciles,
+        stopped(),
+    );
     match &elector {
         None => run.await,
         Some((elector, duration)) => {

@@ -322,10 +322,17 @@ fn validate(
             errors.push(format!("{path}: Invalid value: {value}: {path} in body should be at least {min} chars long"));
         }
     }
-    if let (Some(pattern), Some(text)) = (schema.get("pattern").and_then(Value::as_str), value.as_str()) {
-        let fits = regex::Regex::new(pattern).map(|re| re.is_match(text)).unwrap_or(false);
+    if let (Some(pattern), Some(text)) = (
+        schema.get("pattern").and_then(Value::as_str),
+        value.as_str(),
+    ) {
+        let fits = regex::Regex::new(pattern)
+            .map(|re| re.is_match(text))
+            .unwrap_or(false);
         if !fits {
-            errors.push(format!("{path}: Invalid value: {value}: {path} in body should match '{pattern}'"));
+            errors.push(format!(
+                "{path}: Invalid value: {value}: {path} in body should match '{pattern}'"
+            ));
         }
     }
     if let Value::Array(items) = value {
