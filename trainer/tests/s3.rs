@@ -128,8 +128,8 @@ fn a_server_restart_mid_run_costs_retries_not_the_run() {
     let run = train_s3(&env, &cfg, &uri, "12");
     // Once training has started (storage probed), take the server away. How
     // far training got by then depends on the machine, so the test does not
-    // assume it: the next epoch line printed after the crash marks a save
-    // handed to the background writer while the server was down.
+    // assume it: a save is either in flight at the crash or handed to the
+    // background writer at the next epoch end, while the server is down.
     run.wait_for("training tiny", 120);
     let script = repo_root().join("scripts/s3-server.sh");
     // Whatever happens below, the server comes back for the other tests.
@@ -153,13 +153,12 @@ fn a_server_restart_mid_run_costs_retries_not_the_run() {
         "training finished before the server was down; make it longer:\n{}",
         run.text()
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    while epochs_done(&run.text()) == before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no epoch ended within 180 s of the outage:\n{}",
-            run.text()
-        );
+    // Wait for the next epoch to end (its save then meets the dead server),
+    // but not forever: training blocks at an epoch end while the previous
+    // save is still in flight, and that save is then the one meeting the
+    // outage.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while epochs_done(&run.text()) == before && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     std::thread::sleep(std::time::Duration::from_secs(3));
