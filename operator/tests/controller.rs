@@ -448,3 +448,85 @@ async fn only_the_lease_holder_reconciles_and_a_successor_takes_over() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unschedulable_worker_shrinks_the_gang_and_it_grows_back_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, kubeconfig) = cluster(dir.path()).await;
+    let op = Operator::start(&kubeconfig, "op-e", &["--no-leader-election"]);
+    let manifest = example_with_checkpoint(dir.path(), "ela");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "replicas: 2",
+        "replicas: 2\n    minReplicas: 1\n    elasticTimeoutSeconds: 10",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let ctx = || {
+        format!(
+            "pods: {:?}\nstatus: {}\nlog:\n{}",
+            names(&pods_of(&api, "ela")),
+            status(&api, "ela"),
+            op.log_text()
+        )
+    };
+    wait_for(
+        30,
+        "pods",
+        || (pods_of(&api, "ela").len() == 2).then_some(()),
+        ctx,
+    )
+    .await;
+    set_pod(&api, "ela-0-0", None);
+    // The scheduler has not been able to place rank 1 for longer than the timeout.
+    let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(15);
+    api.patch(PODS, NS, "ela-0-1", json!({"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled",
+        "status": "False", "reason": "Unschedulable", "lastTransitionTime": since.round(jiff::Unit::Second).unwrap().to_string()}]}}))
+        .unwrap();
+    let pods = wait_for(
+        30,
+        "a gang of one",
+        || {
+            let p = pods_of(&api, "ela");
+            (names(&p) == ["ela-1-0"]).then_some(p)
+        },
+        ctx,
+    )
+    .await;
+    let env = &pods[0]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "WORLD_SIZE" && e["value"] == "1"),
+        "{env}"
+    );
+    let st = status(&api, "ela");
+    assert_eq!(
+        (
+            st["worldSize"].clone(),
+            st["restarts"].clone(),
+            st["exemptRestarts"].clone()
+        ),
+        (json!(1), json!(0), json!(1)),
+        "{st}"
+    );
+    // Running at reduced size for the timeout, it tries the full size again.
+    set_pod(&api, "ela-1-0", None);
+    wait_for(
+        60,
+        "full size again",
+        || {
+            let p = pods_of(&api, "ela");
+            (names(&p) == ["ela-2-0", "ela-2-1"]).then_some(())
+        },
+        ctx,
+    )
+    .await;
+    let st = status(&api, "ela");
+    assert_eq!(
+        (st["worldSize"].clone(), st["restarts"].clone()),
+        (json!(2), json!(0)),
+        "{st}"
+    );
+}
