@@ -10,7 +10,7 @@
 //! change makes it fail and the reconcile runs again.
 
 use crate::crd::{Phase, RideTraining, RideTrainingStatus};
-use crate::lifecycle::{decide, Action, Observed};
+use crate::lifecycle::{decide, Action, Observed, CONDITION_TYPES};
 use crate::metrics::OperatorMetrics;
 use crate::observe::observe_pod;
 use crate::pods::{headless_service, service_name, worker_pod, LABEL_TRAINING};
@@ -416,31 +416,21 @@ pub fn error_policy(rt: Arc<RideTraining>, error: &ReconcileError, ctx: Arc<Cont
     Requeue::requeue(Duration::from_secs(5))
 }
 
-/// The `phase` label values of `ride_operator_trainings` (Pending: not yet reconciled).
-pub const PHASE_LABELS: [&str; 7] = [
-    "Pending",
-    "Created",
-    "Running",
-    "Restarting",
-    "Suspended",
-    "Succeeded",
-    "Failed",
-];
+/// The `phase` label of a training not reconciled yet.
+pub const PENDING_LABEL: &str = "Pending";
 
 /// Count RideTrainings by phase from the watch cache.
 pub fn update_phase_gauges(metrics: &OperatorMetrics, store: &Store<RideTraining>) {
-    let mut counts: BTreeMap<&'static str, i64> =
-        PHASE_LABELS.into_iter().map(|p| (p, 0)).collect();
+    let mut counts: BTreeMap<&'static str, i64> = std::iter::once(PENDING_LABEL)
+        .chain(CONDITION_TYPES.map(Phase::as_str))
+        .map(|p| (p, 0))
+        .collect();
     for rt in store.state() {
-        let phase = match rt.status.as_ref().and_then(|s| s.phase) {
-            None => "Pending",
-            Some(Phase::Created) => "Created",
-            Some(Phase::Running) => "Running",
-            Some(Phase::Restarting) => "Restarting",
-            Some(Phase::Suspended) => "Suspended",
-            Some(Phase::Succeeded) => "Succeeded",
-            Some(Phase::Failed) => "Failed",
-        };
+        let phase = rt
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .map_or(PENDING_LABEL, Phase::as_str);
         *counts.entry(phase).or_default() += 1;
     }
     for (phase, n) in counts {

@@ -232,6 +232,20 @@ pub enum Phase {
     Failed,
 }
 
+impl Phase {
+    /// The name as serialised, also the condition type and the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Created => "Created",
+            Phase::Running => "Running",
+            Phase::Restarting => "Restarting",
+            Phase::Suspended => "Suspended",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
 /// Last checkpoint, read from the `latest` manifest.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -235,7 +235,7 @@ pub fn set_conditions(
 ) {
     let time = Time(jiff::Timestamp::from_second(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH));
     for ty in CONDITION_TYPES {
-        let name = format!("{ty:?}");
+        let name = ty.as_str();
         let want = if ty == phase { "True" } else { "False" };
         match conditions.iter_mut().find(|c| c.type_ == name) {
             Some(c) => {
@@ -250,7 +250,7 @@ pub fn set_conditions(
             }
             // Conditions of phases never entered are not listed.
             None if ty == phase => conditions.push(Condition {
-                type_: name,
+                type_: name.into(),
                 status: want.into(),
                 reason: reason.into(),
                 message: message.into(),

@@ -32,26 +32,13 @@ pub fn launcher_args(rt: &RideTraining, configs_dir: &Path, output: Option<&str>
         "--cfg".into(),
         cfg.display().to_string(),
         "--device".into(),
-        if spec.workers.gpus_per_worker > 0 {
-            "cuda"
-        } else {
-            "cpu"
-        }
-        .into(),
+        crate::pods::device(spec).into(),
         "--output".into(),
         output,
         "--metrics-addr".into(),
         "off".into(),
     ];
-    if let Some(d) = &spec.dataset {
-        args.extend(["--data-path".into(), d.path.clone()]);
-    }
-    if !spec.trainer.overrides.is_empty() {
-        args.push("--opts".into());
-        for (k, v) in &spec.trainer.overrides {
-            args.extend([k.clone(), v.clone()]);
-        }
-    }
+    args.extend(crate::pods::data_and_override_args(spec));
     args
 }
 

@@ -102,8 +102,10 @@ impl OperatorMetrics {
         for kind in ["budget", "exempt"] {
             m.restarts.with_label_values(&[kind]);
         }
-        for phase in crate::controller::PHASE_LABELS {
-            m.trainings.with_label_values(&[phase]);
+        m.trainings
+            .with_label_values(&[crate::controller::PENDING_LABEL]);
+        for phase in crate::lifecycle::CONDITION_TYPES {
+            m.trainings.with_label_values(&[phase.as_str()]);
         }
         Arc::new(m)
     }
@@ -182,7 +184,7 @@ mod tests {
             "{metrics}"
         );
         assert!(metrics.contains("ride_operator_restarts_total{kind=\"budget\"} 1"));
-        assert!(get("/healthz").starts_with("HTTP/1.0 200") || get("/healthz").contains(" 200 "));
+        assert!(get("/healthz").contains(" 200 "));
         assert!(get("/readyz").contains(" 503 "));
         m.set_ready(true);
         assert!(get("/readyz").contains(" 200 "));

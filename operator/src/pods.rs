@@ -1,7 +1,7 @@
 //! The objects a RideTraining owns: one worker Pod per rank and the headless
 //! Service that gives them stable DNS names for the rendezvous.
 
-use crate::crd::RideTraining;
+use crate::crd::{RideTraining, RideTrainingSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, Pod, PodSpec,
     ResourceRequirements, SecretKeySelector, Service, ServicePort, ServiceSpec, Volume,
@@ -136,16 +136,28 @@ pub fn trainer_args(rt: &RideTraining) -> Vec<String> {
         "--output".into(),
         spec.checkpoint.uri.clone(),
         "--device".into(),
-        if spec.workers.gpus_per_worker > 0 {
-            "cuda"
-        } else {
-            "cpu"
-        }
-        .into(),
+        device(spec).into(),
         "--no-progress".into(),
         "--metrics-addr".into(),
         format!("0.0.0.0:{METRICS_PORT}"),
     ];
+    args.extend(data_and_override_args(spec));
+    args
+}
+
+/// The trainer's `--device` for this spec: CUDA when workers get GPUs.
+pub fn device(spec: &RideTrainingSpec) -> &'static str {
+    if spec.workers.gpus_per_worker > 0 {
+        "cuda"
+    } else {
+        "cpu"
+    }
+}
+
+/// The `train` arguments that come straight from the spec, for pods and
+/// local runs alike: `--data-path` and the config overrides (`--opts`).
+pub fn data_and_override_args(spec: &RideTrainingSpec) -> Vec<String> {
+    let mut args = Vec::new();
     if let Some(d) = &spec.dataset {
         args.extend(["--data-path".into(), d.path.clone()]);
     }

@@ -64,6 +64,16 @@ fn set_pod(api: &common::apiserver::ApiServer, name: &str, code: Option<i32>) {
         .unwrap_or_else(|| panic!("pod {name} exists"));
 }
 
+/// What a timed-out wait shows: the training's pods, its status and the operator's log.
+fn describe(api: &common::apiserver::ApiServer, op: &Operator, rt: &str) -> String {
+    format!(
+        "pods: {:?}\nstatus: {}\nlog:\n{}",
+        names(&pods_of(api, rt)),
+        status(api, rt),
+        op.log_text()
+    )
+}
+
 fn status(api: &common::apiserver::ApiServer, rt: &str) -> Value {
     api.get(RTS, NS, rt)
         .map(|o| o["status"].clone())
@@ -79,14 +89,7 @@ async fn a_failed_worker_restarts_the_gang_and_status_follows_to_success() {
     let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
     assert!(ok, "kubectl apply: {out}");
     assert!(out.contains("ridetraining.ride.dev/gang created"), "{out}");
-    let ctx = || {
-        format!(
-            "pods: {:?}\nstatus: {}\nlog:\n{}",
-            names(&pods_of(&api, "gang")),
-            status(&api, "gang"),
-            op.log_text()
-        )
-    };
+    let ctx = || describe(&api, &op, "gang");
 
     // A headless Service and one pod per rank, owned by the RideTraining.
     let pods = wait_for(
@@ -318,14 +321,7 @@ async fn suspend_deletes_the_workers_and_resume_recreates_them() {
     let manifest = example_with_checkpoint(dir.path(), "sus");
     let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
     assert!(ok, "{out}");
-    let ctx = || {
-        format!(
-            "pods: {:?}\nstatus: {}\nlog:\n{}",
-            names(&pods_of(&api, "sus")),
-            status(&api, "sus"),
-            op.log_text()
-        )
-    };
+    let ctx = || describe(&api, &op, "sus");
     wait_for(
         30,
         "pods",
@@ -462,14 +458,7 @@ async fn an_unschedulable_worker_shrinks_the_gang_and_it_grows_back_later() {
     std::fs::write(&manifest, text).unwrap();
     let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
     assert!(ok, "{out}");
-    let ctx = || {
-        format!(
-            "pods: {:?}\nstatus: {}\nlog:\n{}",
-            names(&pods_of(&api, "ela")),
-            status(&api, "ela"),
-            op.log_text()
-        )
-    };
+    let ctx = || describe(&api, &op, "ela");
     wait_for(
         30,
         "pods",

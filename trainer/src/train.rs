@@ -666,11 +666,7 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 };
                 let mut checkpoint = format!("{output}/(saved by rank 0)");
                 if let Some(w) = writer.as_mut() {
-                    let model_tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-                    if let Err(e) = w.submit(Snapshot::capture(&model_tensors, &opt.state(), meta))
-                    {
-                        eprintln!("warning: an earlier checkpoint save failed: {e}");
-                    }
+                    submit_checkpoint(w, &vs, &opt, meta);
                     checkpoint = w
                         .wait()?
                         .ok_or_else(|| anyhow::anyhow!("no checkpoint was saved"))?;
@@ -719,11 +715,7 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                     config: config_yaml.clone(),
                     saved_at: chrono::Utc::now().to_rfc3339(),
                 };
-                let model_tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-                // Only the host copy blocks; the upload runs while training goes on.
-                if let Err(e) = w.submit(Snapshot::capture(&model_tensors, &opt.state(), meta)) {
-                    eprintln!("warning: an earlier checkpoint save failed: {e}");
-                }
+                submit_checkpoint(w, &vs, &opt, meta);
             }
             last_checkpoint = Some(format!(
                 "{output}/{}",
@@ -804,6 +796,21 @@ pub fn throughput(model: &RideSwin, cfg: &Config, device: Device) -> f64 {
         }
         (bs * iters) as f64 / t.elapsed().as_secs_f64()
     })
+}
+
+/// Hand the model and optimiser state to the background writer. Only the
+/// host copy blocks; the upload runs while training goes on. A failure of
+/// the previous save is reported, and its checkpoint stays the last good one.
+fn submit_checkpoint(
+    w: &mut CheckpointWriter,
+    vs: &tch::nn::VarStore,
+    opt: &AdamW,
+    meta: CheckpointMeta,
+) {
+    let model_tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    if let Err(e) = w.submit(Snapshot::capture(&model_tensors, &opt.state(), meta)) {
+        eprintln!("warning: an earlier checkpoint save failed: {e}");
+    }
 }
 
 #[cfg(test)]

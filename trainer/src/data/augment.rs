@@ -517,16 +517,7 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     fn ramp(w: usize, h: usize) -> RgbImage {
-        let mut img = RgbImage::new(w, h);
-        for y in 0..h {
-            for x in 0..w {
-                let o = (y * w + x) * 3;
-                img.pixels[o] = (x * 255 / (w - 1)) as u8;
-                img.pixels[o + 1] = (y * 255 / (h - 1)) as u8;
-                img.pixels[o + 2] = 100;
-            }
-        }
-        img
+        RgbImage::ramp(w, h, 100)
     }
 
     fn rng() -> ChaCha8Rng {

@@ -41,6 +41,21 @@ impl RgbImage {
             pixels: vec![0; width * height * 3],
         }
     }
+
+    /// A test image: red rises left to right, green top to bottom, blue is constant.
+    #[cfg(test)]
+    pub(crate) fn ramp(width: usize, height: usize, blue: u8) -> Self {
+        let mut img = Self::new(width, height);
+        for y in 0..height {
+            for x in 0..width {
+                let o = (y * width + x) * 3;
+                img.pixels[o] = (x * 255 / (width - 1)) as u8;
+                img.pixels[o + 1] = (y * 255 / (height - 1)) as u8;
+                img.pixels[o + 2] = blue;
+            }
+        }
+        img
+    }
 }
 
 /// Errors from reading one sample; the loader skips and counts them.

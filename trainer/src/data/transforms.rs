@@ -351,16 +351,7 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     fn gradient(w: usize, h: usize) -> RgbImage {
-        let mut img = RgbImage::new(w, h);
-        for y in 0..h {
-            for x in 0..w {
-                let o = (y * w + x) * 3;
-                img.pixels[o] = (x * 255 / (w - 1)) as u8;
-                img.pixels[o + 1] = (y * 255 / (h - 1)) as u8;
-                img.pixels[o + 2] = 128;
-            }
-        }
-        img
+        RgbImage::ramp(w, h, 128)
     }
 
     #[test]
