@@ -9,6 +9,7 @@ pub mod augment;
 pub mod cifar;
 pub mod decode;
 pub mod files;
+pub mod jpeg_region;
 pub mod loader;
 pub mod longtail;
 pub mod mixup;

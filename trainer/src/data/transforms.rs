@@ -9,7 +9,7 @@
 //! `DATA.INTERPOLATION` (bicubic by default) through `fast_image_resize`.
 
 use super::augment::{color_jitter, RandAugment};
-use super::decode::ImageSource;
+use super::decode::{Cutout, ImageSource};
 use super::RgbImage;
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -31,6 +31,15 @@ pub enum Interpolation {
 }
 
 impl Interpolation {
+    /// The filter's radius in output pixels when not shrinking.
+    pub fn support(self) -> f32 {
+        match self {
+            Self::Nearest => 0.5,
+            Self::Bilinear => 1.0,
+            Self::Bicubic => 2.0,
+        }
+    }
+
     /// Parse the reference's names; `random` (timm) picks bicubic here.
     pub fn parse(name: &str) -> Result<Self, String> {
         match name {
@@ -123,20 +132,9 @@ impl Transform {
                 } else {
                     let (w, h) = src.dimensions()?;
                     let (x, y, cw, ch) = random_resized_crop_box(w, h, rng);
-                    let need_w = (w as f32 * size as f32 / cw).ceil() as usize;
-                    let need_h = (h as f32 * size as f32 / ch).ceil() as usize;
-                    let img = src.decode_at_least(need_w, need_h)?;
-                    let (sx, sy) = (img.width as f32 / w as f32, img.height as f32 / h as f32);
-                    resize_region(
-                        &img,
-                        x * sx,
-                        y * sy,
-                        cw * sx,
-                        ch * sy,
-                        size,
-                        size,
-                        t.interpolation,
-                    )
+                    let cut =
+                        src.decode_box([x, y, cw, ch], size, size, t.interpolation.support())?;
+                    resize_cutout(&cut, size, size, t.interpolation)
                 };
                 if rng.random::<f32>() < t.flip_prob {
                     flip_horizontal(&mut img);
@@ -159,43 +157,24 @@ impl Transform {
                 let (w, h) = src.dimensions()?;
                 let img = if size <= 32 && w == size && h == size {
                     src.decode_at_least(usize::MAX, usize::MAX)?
-                } else if *center_crop && size > 32 {
-                    // Resize the shorter side to size/0.875, then take the centre:
-                    // one resampling of the centre region gives the same pixels.
-                    let short = (size as f32 / 0.875) as usize;
-                    let scale = short as f32 / w.min(h) as f32;
-                    let img = src.decode_at_least(
-                        (w as f32 * scale).ceil() as usize,
-                        (h as f32 * scale).ceil() as usize,
-                    )?;
-                    let s = img.width as f32 / w as f32 * (1.0 / scale);
-                    let (rw, rh) = ((w as f32 * scale).round(), (h as f32 * scale).round());
-                    let (ox, oy) = (
-                        ((rw - size as f32) / 2.0).floor(),
-                        ((rh - size as f32) / 2.0).floor(),
-                    );
-                    resize_region(
-                        &img,
-                        ox * s,
-                        oy * s,
-                        size as f32 * s,
-                        size as f32 * s,
-                        size,
-                        size,
-                        *interpolation,
-                    )
                 } else {
-                    let img = src.decode_at_least(size, size)?;
-                    resize_region(
-                        &img,
-                        0.0,
-                        0.0,
-                        img.width as f32,
-                        img.height as f32,
-                        size,
-                        size,
-                        *interpolation,
-                    )
+                    let rect = if *center_crop && size > 32 {
+                        // Resize the shorter side to size/0.875, then take the
+                        // centre: one resampling of the centre box gives the
+                        // same pixels.
+                        let short = (size as f32 / 0.875) as usize;
+                        let scale = short as f32 / w.min(h) as f32;
+                        let (rw, rh) = ((w as f32 * scale).round(), (h as f32 * scale).round());
+                        let (ox, oy) = (
+                            ((rw - size as f32) / 2.0).floor(),
+                            ((rh - size as f32) / 2.0).floor(),
+                        );
+                        [ox, oy, size as f32, size as f32].map(|v| v / scale)
+                    } else {
+                        [0.0, 0.0, w as f32, h as f32]
+                    };
+                    let cut = src.decode_box(rect, size, size, interpolation.support())?;
+                    resize_cutout(&cut, size, size, *interpolation)
                 };
                 normalise_into(&img, out);
             }
@@ -276,6 +255,17 @@ fn random_resized_crop_box<R: Rng>(w: usize, h: usize, rng: &mut R) -> (f32, f32
 
 /// Resample the region `(x, y, w, h)` of `img` to `out_w × out_h` with
 /// `fast_image_resize` (SIMD convolution; antialiased when shrinking, as PIL).
+/// Resample a cutout's box to `out_w × out_h`.
+fn resize_cutout(
+    cut: &Cutout<'_>,
+    out_w: usize,
+    out_h: usize,
+    interpolation: Interpolation,
+) -> RgbImage {
+    let [x, y, w, h] = cut.rect;
+    resize_region(&cut.image, x, y, w, h, out_w, out_h, interpolation)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn resize_region(
     img: &RgbImage,
@@ -465,6 +455,40 @@ mod tests {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         assert!(max < 0.1, "max difference {max} (normalised units)");
+    }
+
+    /// Decoding only the crop's rows and columns (plus the filter's reach)
+    /// changes no output pixel: the resampled box equals the one taken from
+    /// the whole image decoded at the same DCT scale, at full scale and at
+    /// 1/2, 1/4 and 1/8, for bicubic and bilinear filters.
+    #[test]
+    fn resampling_a_cutout_equals_resampling_the_whole_decoded_image() {
+        let img = RgbImage::ramp(1100, 830, 77);
+        let mut noisy = img.clone();
+        for (i, p) in noisy.pixels.iter_mut().enumerate() {
+            *p = p.wrapping_add(((i * 2654435761) >> 13) as u8 % 23);
+        }
+        let src = ImageSource::Encoded(jpeg(&noisy));
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut scales = std::collections::BTreeSet::new();
+        for i in 0..40 {
+            let (x, y, cw, ch) = random_resized_crop_box(1100, 830, &mut rng);
+            let out = [224, 96, 40, 20][i % 4];
+            let interp = [Interpolation::Bicubic, Interpolation::Bilinear][i % 2];
+            let cut = src
+                .decode_box([x, y, cw, ch], out, out, interp.support())
+                .unwrap();
+            let need_w = (1100.0 * out as f32 / cw).ceil() as usize;
+            let need_h = (830.0 * out as f32 / ch).ceil() as usize;
+            let whole = src.decode_at_least(need_w, need_h).unwrap();
+            let (sx, sy) = (whole.width as f32 / 1100.0, whole.height as f32 / 830.0);
+            scales.insert(whole.width);
+            assert!(cut.image.width <= whole.width && cut.image.height <= whole.height);
+            let a = resize_cutout(&cut, out, out, interp);
+            let b = resize_region(&whole, x * sx, y * sy, cw * sx, ch * sy, out, out, interp);
+            assert!(a == b, "crop {i}: {:?} differs", (x, y, cw, ch));
+        }
+        assert_eq!(scales.len(), 4, "all four DCT scales exercised: {scales:?}");
     }
 
     #[test]
