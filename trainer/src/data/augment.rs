@@ -361,22 +361,28 @@ fn sharpness(img: &mut RgbImage, f: f64) {
         return;
     }
     let src = img.pixels.clone();
+    let stride = w * 3;
     for y in 1..h - 1 {
-        for x in 1..w - 1 {
-            for c in 0..3 {
-                let at = |xx: usize, yy: usize| src[(yy * w + xx) * 3 + c] as u32;
-                let sum = at(x - 1, y - 1)
-                    + at(x, y - 1)
-                    + at(x + 1, y - 1)
-                    + at(x - 1, y)
-                    + 5 * at(x, y)
-                    + at(x + 1, y)
-                    + at(x - 1, y + 1)
-                    + at(x, y + 1)
-                    + at(x + 1, y + 1);
-                let smooth = ((sum + 6) / 13) as f64;
-                img.pixels[(y * w + x) * 3 + c] = blend(smooth, src[(y * w + x) * 3 + c], f);
-            }
+        let (up, mid, down) = (
+            &src[(y - 1) * stride..y * stride],
+            &src[y * stride..(y + 1) * stride],
+            &src[(y + 1) * stride..(y + 2) * stride],
+        );
+        let row = &mut img.pixels[y * stride..(y + 1) * stride];
+        // Bytes 3..stride−3 are the interior pixels' channels; ±3 is the
+        // same channel of the neighbouring pixel.
+        for j in 3..stride - 3 {
+            let sum = up[j - 3] as u32
+                + up[j] as u32
+                + up[j + 3] as u32
+                + mid[j - 3] as u32
+                + 5 * mid[j] as u32
+                + mid[j + 3] as u32
+                + down[j - 3] as u32
+                + down[j] as u32
+                + down[j + 3] as u32;
+            let smooth = ((sum + 6) / 13) as f64;
+            row[j] = blend(smooth, mid[j], f);
         }
     }
 }
@@ -436,6 +442,17 @@ fn transpose(img: &mut RgbImage) {
     img.height = w;
 }
 
+/// The four cubic weights for taps at −1, 0, 1, 2 around a sample at
+/// fractional offset `t`, in f32 (PIL computes in double; the difference
+/// is below one grey level after rounding).
+fn cubic_weights(t: f64) -> [f32; 4] {
+    [cubic(1.0 + t), cubic(t), cubic(1.0 - t), cubic(2.0 - t)].map(|v| v as f32)
+}
+
+fn to_u8(v: f32) -> u8 {
+    (v.clamp(0.0, 255.0) + 0.5) as u8
+}
+
 /// Output pixel x of row y samples the row at x + offset(y) (bicubic, fill outside).
 fn shift_rows(img: &mut RgbImage, offset: impl Fn(usize) -> f64) {
     let (w, h) = (img.width, img.height);
@@ -443,27 +460,44 @@ fn shift_rows(img: &mut RgbImage, offset: impl Fn(usize) -> f64) {
     for y in 0..h {
         let d = offset(y);
         let base = d.floor();
-        let t = d - base;
-        let wts = [cubic(1.0 + t), cubic(t), cubic(1.0 - t), cubic(2.0 - t)];
+        let wts = cubic_weights(d - base);
+        let base = base as isize;
         let row = &img.pixels[y * w * 3..(y + 1) * w * 3];
         let orow = &mut out[y * w * 3..(y + 1) * w * 3];
-        for x in 0..w {
+        // Pixels whose four taps all lie inside the row share one byte
+        // offset per tap, so the row is a plain 4-tap filter over bytes.
+        let lo = (1 - base).clamp(0, w as isize) as usize;
+        let hi = (w as isize - 2 - base).clamp(lo as isize, w as isize) as usize;
+        if lo < hi {
+            let n = (hi - lo) * 3;
+            let start = ((lo as isize + base - 1) * 3) as usize;
+            let taps = [0, 3, 6, 9].map(|k| &row[start + k..start + k + n]);
+            for (j, o) in orow[lo * 3..hi * 3].iter_mut().enumerate() {
+                *o = to_u8(
+                    wts[0] * taps[0][j] as f32
+                        + wts[1] * taps[1][j] as f32
+                        + wts[2] * taps[2][j] as f32
+                        + wts[3] * taps[3][j] as f32,
+                );
+            }
+        }
+        for x in (0..lo).chain(hi..w) {
             let sx = x as f64 + 0.5 + d;
             let o = x * 3;
             if sx < 0.0 || sx >= w as f64 {
                 orow[o..o + 3].copy_from_slice(&FILL);
                 continue;
             }
-            let x0 = x as isize + base as isize;
-            let mut acc = [0.0f64; 3];
+            let x0 = x as isize + base;
+            let mut acc = [0.0f32; 3];
             for (i, wt) in wts.iter().enumerate() {
                 let xx = (x0 - 1 + i as isize).clamp(0, w as isize - 1) as usize * 3;
                 for c in 0..3 {
-                    acc[c] += wt * row[xx + c] as f64;
+                    acc[c] += wt * row[xx + c] as f32;
                 }
             }
             for c in 0..3 {
-                orow[o + c] = (acc[c].clamp(0.0, 255.0) + 0.5) as u8;
+                orow[o + c] = to_u8(acc[c]);
             }
         }
     }
@@ -487,23 +521,35 @@ fn affine_general(img: &mut RgbImage, m: [f64; 6]) {
             }
             let (fx, fy) = (sx - 0.5, sy - 0.5);
             let (x0, y0) = (fx.floor() as isize, fy.floor() as isize);
-            let (tx, ty) = (fx - x0 as f64, fy - y0 as f64);
-            let wx = [cubic(1.0 + tx), cubic(tx), cubic(1.0 - tx), cubic(2.0 - tx)];
-            let wy = [cubic(1.0 + ty), cubic(ty), cubic(1.0 - ty), cubic(2.0 - ty)];
-            let mut acc = [0.0f64; 3];
+            let wx = cubic_weights(fx - x0 as f64);
+            let wy = cubic_weights(fy - y0 as f64);
+            let interior = x0 >= 1 && y0 >= 1 && x0 + 2 < w as isize && y0 + 2 < h as isize;
+            let mut acc = [0.0f32; 3];
             for (j, wyj) in wy.iter().enumerate() {
                 let yy = (y0 - 1 + j as isize).clamp(0, h as isize - 1) as usize;
+                if interior {
+                    // All four taps in one slice: no clamping per tap.
+                    let p = (yy * w + (x0 - 1) as usize) * 3;
+                    let taps = &src[p..p + 12];
+                    for (i, wxi) in wx.iter().enumerate() {
+                        let wgt = wxi * wyj;
+                        for c in 0..3 {
+                            acc[c] += wgt * taps[i * 3 + c] as f32;
+                        }
+                    }
+                    continue;
+                }
                 for (i, wxi) in wx.iter().enumerate() {
                     let xx = (x0 - 1 + i as isize).clamp(0, w as isize - 1) as usize;
                     let p = (yy * w + xx) * 3;
                     let wgt = wxi * wyj;
                     for c in 0..3 {
-                        acc[c] += wgt * src[p + c] as f64;
+                        acc[c] += wgt * src[p + c] as f32;
                     }
                 }
             }
             for c in 0..3 {
-                out[o + c] = (acc[c].clamp(0.0, 255.0) + 0.5) as u8;
+                out[o + c] = to_u8(acc[c]);
             }
         }
     }

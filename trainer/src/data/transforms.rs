@@ -186,12 +186,8 @@ impl Transform {
 fn flip_horizontal(img: &mut RgbImage) {
     let w = img.width;
     for row in img.pixels.chunks_exact_mut(w * 3) {
-        for x in 0..w / 2 {
-            let (a, b) = (x * 3, (w - 1 - x) * 3);
-            for c in 0..3 {
-                row.swap(a + c, b + c);
-            }
-        }
+        let pixels: &mut [[u8; 3]] = bytemuck::cast_slice_mut(row);
+        pixels.reverse();
     }
 }
 
