@@ -5,7 +5,8 @@
 #   docker build -f docker/ride-trainer.Dockerfile -t ghcr.io/ride-on-cluster/ride-trainer:0.1.0 .
 # Not built on the development machines (no Docker daemon there); see docs/status.md.
 FROM rust:1.95-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/*
+# libjpeg-turbo is linked statically into the binary; the runtime stage needs no copy.
+RUN apt-get update && apt-get install -y --no-install-recommends python3-venv libjpeg62-turbo-dev && rm -rf /var/lib/apt/lists/*
 # The binary's rpath points into this venv, so the runtime stage keeps the same path.
 RUN python3 -m venv /opt/ride/venv && /opt/ride/venv/bin/pip install --no-cache-dir torch==2.11.0 numpy
 WORKDIR /src

@@ -12,6 +12,17 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found; install Rust (rustup) first" >&2
   exit 1
 fi
+# libjpeg-turbo's headers and static library: the trainer decodes JPEG crops
+# through it (trainer/csrc/jpeg_region.c) and links it into its binaries.
+if [ ! -f /usr/include/jpeglib.h ] || ! ls /usr/lib/*/libjpeg.a >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing libjpeg62-turbo-dev"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q libjpeg62-turbo-dev >/dev/null
+  else
+    echo "error: libjpeg-turbo headers missing; run: sudo apt-get install libjpeg62-turbo-dev" >&2
+    exit 1
+  fi
+fi
 if [ ! -x "$RIDE_VENV/bin/python" ]; then
   echo "==> creating virtual environment $RIDE_VENV"
   python3 -m venv "$RIDE_VENV"

@@ -12,13 +12,7 @@
 use std::path::Path;
 
 fn main() {
-    println!("cargo:rerun-if-changed=csrc/jpeg_region.c");
-    cc::Build::new()
-        .file("csrc/jpeg_region.c")
-        .opt_level(2)
-        .compile("ride_jpeg_region");
-    println!("cargo:rustc-link-lib=static=jpeg");
-    println!("cargo:rustc-link-search=native=/usr/lib/x86_64-linux-gnu");
+    build_jpeg_shim();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:warning=torch-sys did not report its libtorch directory; no rpath set");
@@ -29,4 +23,27 @@ fn main() {
     if Path::new(&lib).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
+}
+
+/// Compile the JPEG region shim and link libjpeg-turbo statically, from
+/// `RIDE_LIBJPEG_DIR` (a directory holding `libjpeg.a`) or the system's
+/// multiarch library directory.
+fn build_jpeg_shim() {
+    println!("cargo:rerun-if-changed=csrc/jpeg_region.c");
+    println!("cargo:rerun-if-env-changed=RIDE_LIBJPEG_DIR");
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let lib_dir = std::env::var("RIDE_LIBJPEG_DIR")
+        .unwrap_or_else(|_| format!("/usr/lib/{arch}-linux-gnu"));
+    if !Path::new(&lib_dir).join("libjpeg.a").exists() {
+        panic!(
+            "libjpeg.a not found in {lib_dir}: install libjpeg-turbo's development files \
+             (Debian: apt-get install libjpeg62-turbo-dev) or set RIDE_LIBJPEG_DIR"
+        );
+    }
+    cc::Build::new()
+        .file("csrc/jpeg_region.c")
+        .opt_level(2)
+        .compile("ride_jpeg_region");
+    println!("cargo:rustc-link-search=native={lib_dir}");
+    println!("cargo:rustc-link-lib=static=jpeg");
 }

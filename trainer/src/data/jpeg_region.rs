@@ -268,6 +268,26 @@ mod tests {
     }
 
     #[test]
+    fn grayscale_files_become_rgb_with_equal_channels() {
+        let (w, h) = (40usize, 24usize);
+        let luma: Vec<u8> = (0..w * h).map(|i| (i % w * 6) as u8).collect();
+        let mut bytes = Vec::new();
+        jpeg_encoder::Encoder::new(&mut bytes, 95)
+            .encode(&luma, w as u16, h as u16, jpeg_encoder::ColorType::Luma)
+            .expect("encode");
+        let header = info(&bytes).expect("header");
+        assert!(header.rgb_convertible);
+        let r = decode_region(&bytes, &header, 8, (0, 0, w, h))
+            .expect("decodes")
+            .expect("RGB");
+        assert_eq!((r.image.width, r.image.height), (w, h));
+        for (i, px) in r.image.pixels.chunks_exact(3).enumerate() {
+            assert!(px[0] == px[1] && px[1] == px[2], "pixel {i}: {px:?}");
+            assert!((px[0] as i32 - luma[i] as i32).abs() <= 3, "pixel {i}");
+        }
+    }
+
+    #[test]
     fn truncated_and_garbage_files_are_errors_not_grey_pixels() {
         let bytes = encode(&photo(160, 120), jpeg_encoder::SamplingFactor::F_2_2);
         let cut = &bytes[..bytes.len() / 2];
