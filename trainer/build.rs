@@ -32,8 +32,8 @@ fn build_jpeg_shim() {
     println!("cargo:rerun-if-changed=csrc/jpeg_region.c");
     println!("cargo:rerun-if-env-changed=RIDE_LIBJPEG_DIR");
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-    let lib_dir = std::env::var("RIDE_LIBJPEG_DIR")
-        .unwrap_or_else(|_| format!("/usr/lib/{arch}-linux-gnu"));
+    let lib_dir =
+        std::env::var("RIDE_LIBJPEG_DIR").unwrap_or_else(|_| format!("/usr/lib/{arch}-linux-gnu"));
     if !Path::new(&lib_dir).join("libjpeg.a").exists() {
         panic!(
             "libjpeg.a not found in {lib_dir}: install libjpeg-turbo's development files \

@@ -139,7 +139,10 @@ pub fn decode_region(
     );
     // libjpeg upsamples chroma at the region's side edges as if they were
     // image edges; one extra column each side keeps the requested ones exact.
-    let (x, width) = (x.saturating_sub(1), (width + 2).min(sw - x.saturating_sub(1)));
+    let (x, width) = (
+        x.saturating_sub(1),
+        (width + 2).min(sw - x.saturating_sub(1)),
+    );
     let mut pixels = vec![0u8; sw * 3 * height.max(1)];
     let mut got = RegionC::default();
     let mut err = [0 as c_char; MESSAGE_LEN];
