@@ -13,6 +13,11 @@ const UNSUPPORTED_COLOR: c_int = 2;
 const BUFFER_TOO_SMALL: c_int = 3;
 const MESSAGE_LEN: usize = 200;
 
+/// Images with more pixels are refused, as PIL refuses them
+/// (`DecompressionBombError` above twice `MAX_IMAGE_PIXELS`): a corrupt or
+/// hostile header must not make a long run allocate gigabytes.
+pub const MAX_PIXELS: usize = 178_956_970;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 struct RegionC {
@@ -127,6 +132,12 @@ pub fn decode_region(
     scale_num: usize,
     (x, y, width, height): (usize, usize, usize, usize),
 ) -> Result<Option<Region>, String> {
+    if header.width.saturating_mul(header.height) > MAX_PIXELS {
+        return Err(format!(
+            "JPEG: {}x{} pixels is over the limit of {MAX_PIXELS} (a corrupt header or a decompression bomb)",
+            header.width, header.height
+        ));
+    }
     let scale_num = scale_num.clamp(1, 8);
     let (sw, sh) = (
         scaled_len(header.width, scale_num),
@@ -209,9 +220,18 @@ mod tests {
     }
 
     fn encode(img: &RgbImage, sampling: jpeg_encoder::SamplingFactor) -> Vec<u8> {
+        encode_with(img, sampling, false)
+    }
+
+    fn encode_with(
+        img: &RgbImage,
+        sampling: jpeg_encoder::SamplingFactor,
+        progressive: bool,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         let mut enc = jpeg_encoder::Encoder::new(&mut out, 90);
         enc.set_sampling_factor(sampling);
+        enc.set_progressive(progressive);
         enc.encode(
             &img.pixels,
             img.width as u16,
@@ -229,13 +249,13 @@ mod tests {
 
     /// A region equals the same pixels of a whole-image decode at the same
     /// scale: skipping rows, cropping columns and stopping early change
-    /// nothing inside the region, for 4:2:0 and 4:4:4 files.
+    /// nothing inside the region, for 4:2:0, 4:4:4 and progressive files.
     #[test]
     fn regions_equal_the_same_pixels_of_a_full_decode() {
         use jpeg_encoder::SamplingFactor::{F_1_1, F_2_2};
         let img = photo(203, 157);
-        for sampling in [F_2_2, F_1_1] {
-            let bytes = encode(&img, sampling);
+        for (sampling, progressive) in [(F_2_2, false), (F_1_1, false), (F_2_2, true)] {
+            let bytes = encode_with(&img, sampling, progressive);
             let header = info(&bytes).expect("header");
             assert_eq!((header.width, header.height), (203, 157));
             assert!(header.rgb_convertible);
@@ -301,5 +321,47 @@ mod tests {
         assert!(decode_region(cut, &header, 8, (0, 0, 160, 8)).is_ok());
         let err = info(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J', b'F']).expect_err("garbage");
         assert!(err.starts_with("JPEG: "), "{err}");
+        let bomb = JpegInfo {
+            width: 60_000,
+            height: 60_000,
+            rgb_convertible: true,
+        };
+        let err = decode_region(&bytes, &bomb, 8, (0, 0, 10, 10)).expect_err("too large");
+        assert!(err.contains("over the limit"), "{err}");
+    }
+
+    /// Damaged files never crash the process: every one of many random
+    /// corruptions (flipped bytes, cuts) gives pixels or an error.
+    #[test]
+    fn random_corruptions_give_pixels_or_errors() {
+        use rand::{Rng, SeedableRng};
+        let good = encode(&photo(96, 80), jpeg_encoder::SamplingFactor::F_2_2);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (mut decoded, mut failed) = (0, 0);
+        for _ in 0..400 {
+            let mut bytes = good.clone();
+            for _ in 0..rng.random_range(1..6) {
+                let at = rng.random_range(2..bytes.len());
+                bytes[at] = rng.random();
+            }
+            if rng.random_bool(0.3) {
+                bytes.truncate(rng.random_range(3..bytes.len()));
+            }
+            let region = info(&bytes).and_then(|h| {
+                let m = [1, 2, 4, 8][rng.random_range(0..4)];
+                decode_region(&bytes, &h, m, (5, 7, 40, 30))
+            });
+            match region {
+                Ok(_) => decoded += 1,
+                Err(e) => {
+                    assert!(e.starts_with("JPEG: "), "{e}");
+                    failed += 1;
+                }
+            }
+        }
+        assert!(
+            decoded > 0 && failed > 0,
+            "{decoded} decoded, {failed} failed"
+        );
     }
 }
