@@ -154,6 +154,28 @@ pub struct TransformTiming {
     pub images_per_second: f64,
 }
 
+/// Apply `transform` to every file with the seeds of the first timed pass
+/// and return the outputs one after another (`3 * size * size` floats each).
+pub fn transform_outputs(
+    files: &[std::path::PathBuf],
+    transform: &crate::data::transforms::Transform,
+) -> anyhow::Result<Vec<f32>> {
+    let per = 3 * transform.size() * transform.size();
+    let mut out = vec![0f32; per * files.len()];
+    for (i, (f, chunk)) in files.iter().zip(out.chunks_exact_mut(per)).enumerate() {
+        let src = crate::data::ImageSource::Encoded(std::fs::read(f)?);
+        transform
+            .apply_source(&src, &mut pass_rng(0, i), chunk)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+    }
+    Ok(out)
+}
+
+fn pass_rng(round: usize, image: usize) -> rand_chacha::ChaCha8Rng {
+    use rand::SeedableRng;
+    rand_chacha::ChaCha8Rng::seed_from_u64(crate::data::mix_seed(&[round as u64, image as u64]))
+}
+
 /// Time `rounds` single-threaded passes of `transform` over `files`
 /// (file read, decode, augmentation, normalisation), as one data-loader
 /// worker does.
@@ -162,7 +184,6 @@ pub fn transform_throughput(
     transform: &crate::data::transforms::Transform,
     rounds: usize,
 ) -> anyhow::Result<TransformTiming> {
-    use rand::SeedableRng;
     let per = 3 * transform.size() * transform.size();
     let mut out = vec![0f32; per];
     let mut times = Vec::new();
@@ -170,11 +191,8 @@ pub fn transform_throughput(
         let t = Instant::now();
         for (i, f) in files.iter().enumerate() {
             let src = crate::data::ImageSource::Encoded(std::fs::read(f)?);
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::data::mix_seed(&[
-                r as u64, i as u64,
-            ]));
             transform
-                .apply_source(&src, &mut rng, &mut out)
+                .apply_source(&src, &mut pass_rng(r, i), &mut out)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         }
         times.push(t.elapsed().as_secs_f64());

@@ -7,7 +7,7 @@ use ride_trainer::model::ride_swin::parameter_count;
 use ride_trainer::model::RideSwin;
 use ride_trainer::train::{run, RunOptions, RunSummary};
 use std::path::PathBuf;
-use tch::{nn, Device};
+use tch::{nn, Device, Tensor};
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +83,13 @@ struct BenchTransformArgs {
     /// Timed passes over the folder.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Time the evaluation transform instead of the training one.
+    #[arg(long)]
+    eval: bool,
+    /// Also write every image's transformed tensor (first pass, seed 0) to
+    /// this safetensors file, as `images` [N, 3, S, S] in sorted file order.
+    #[arg(long)]
+    dump: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -450,7 +457,11 @@ fn cmd_bench_allreduce(a: BenchAllreduceArgs) -> Result<()> {
 
 fn cmd_bench_transform(a: BenchTransformArgs) -> Result<()> {
     let cfg = load(&a.config, Overrides::default())?;
-    let transform = ride_trainer::data::select::train_transform(&cfg)?;
+    let transform = if a.eval {
+        ride_trainer::data::select::eval_transform(&cfg)?
+    } else {
+        ride_trainer::data::select::train_transform(&cfg)?
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(&a.images)
         .with_context(|| format!("reading {}", a.images.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -458,6 +469,13 @@ fn cmd_bench_transform(a: BenchTransformArgs) -> Result<()> {
         .collect();
     files.sort();
     anyhow::ensure!(!files.is_empty(), "no images in {}", a.images.display());
+    if let Some(path) = &a.dump {
+        let outputs = ride_trainer::bench_io::transform_outputs(&files, &transform)?;
+        let s = transform.size() as i64;
+        let images = Tensor::from_slice(&outputs).reshape([files.len() as i64, 3, s, s]);
+        Tensor::write_safetensors(&[("images", images)], path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let t = ride_trainer::bench_io::transform_throughput(&files, &transform, a.rounds)?;
     println!("{}", serde_json::to_string(&t)?);
     Ok(())

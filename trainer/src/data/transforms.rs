@@ -159,17 +159,7 @@ impl Transform {
                     src.decode_at_least(usize::MAX, usize::MAX)?
                 } else {
                     let rect = if *center_crop && size > 32 {
-                        // Resize the shorter side to size/0.875, then take the
-                        // centre: one resampling of the centre box gives the
-                        // same pixels.
-                        let short = (size as f32 / 0.875) as usize;
-                        let scale = short as f32 / w.min(h) as f32;
-                        let (rw, rh) = ((w as f32 * scale).round(), (h as f32 * scale).round());
-                        let (ox, oy) = (
-                            ((rw - size as f32) / 2.0).floor(),
-                            ((rh - size as f32) / 2.0).floor(),
-                        );
-                        [ox, oy, size as f32, size as f32].map(|v| v / scale)
+                        center_crop_box(w, h, size)
                     } else {
                         [0.0, 0.0, w as f32, h as f32]
                     };
@@ -181,6 +171,30 @@ impl Transform {
         }
         Ok(())
     }
+}
+
+/// torchvision's `Resize(int(size/0.875))` + `CenterCrop(size)` as one box
+/// of the original image: the shorter side becomes `int(size/0.875)` and the
+/// longer `int(new_short · long / short)`; the crop offset is
+/// `round((resized − size)/2)`, rounding half to even as Python does. The
+/// box is then resampled in one step, with the per-axis scales PIL uses.
+fn center_crop_box(w: usize, h: usize, size: usize) -> [f32; 4] {
+    let short = (size as f32 / 0.875) as usize;
+    let resized_long =
+        |long: usize, short_side: usize| (short as f64 * long as f64 / short_side as f64) as usize;
+    let (rw, rh) = if w <= h {
+        (short, resized_long(h, w))
+    } else {
+        (resized_long(w, h), short)
+    };
+    let offset = |resized: usize| ((resized as f64 - size as f64) / 2.0).round_ties_even();
+    let (sx, sy) = (w as f64 / rw as f64, h as f64 / rh as f64);
+    [
+        (offset(rw) * sx) as f32,
+        (offset(rh) * sy) as f32,
+        (size as f64 * sx) as f32,
+        (size as f64 * sy) as f32,
+    ]
 }
 
 fn flip_horizontal(img: &mut RgbImage) {
@@ -245,8 +259,22 @@ fn random_resized_crop_box<R: Rng>(w: usize, h: usize, rng: &mut R) -> (f32, f32
             return (x, y, cw, ch);
         }
     }
-    let side = w.min(h) as f32;
-    ((w as f32 - side) / 2.0, (h as f32 - side) / 2.0, side, side)
+    // timm's (and torchvision's) fallback: the whole image, cut to the
+    // nearest allowed aspect ratio, centred.
+    let in_ratio = w as f32 / h as f32;
+    let (cw, ch) = if in_ratio < 3.0 / 4.0 {
+        (w, ((w as f32 / (3.0 / 4.0)).round() as usize).min(h))
+    } else if in_ratio > 4.0 / 3.0 {
+        (((h as f32 * (4.0 / 3.0)).round() as usize).min(w), h)
+    } else {
+        (w, h)
+    };
+    (
+        ((w - cw) / 2) as f32,
+        ((h - ch) / 2) as f32,
+        cw as f32,
+        ch as f32,
+    )
 }
 
 /// Resample the region `(x, y, w, h)` of `img` to `out_w × out_h` with
@@ -356,6 +384,24 @@ mod tests {
         assert!((out[2 * 1024 + 517] - blue).abs() < 1e-5);
     }
 
+    /// The centre box reproduces torchvision's integer arithmetic: the long
+    /// side truncated, the offset rounded half to even (an offset of 89.5
+    /// becomes 90, 92.5 becomes 92). `bench/transform_parity.sh` compares
+    /// whole tensors with torchvision's.
+    #[test]
+    fn center_crop_box_follows_torchvision_rounding() {
+        // 564×358 → 403×256 (403.3 truncated); left offset round(89.5) = 90.
+        let [x, y, w, h] = center_crop_box(564, 358, 224);
+        assert!((x - 90.0 * 564.0 / 403.0).abs() < 1e-3, "{x}");
+        assert!((y - 16.0 * 358.0 / 256.0).abs() < 1e-3, "{y}");
+        assert!(
+            (w - 224.0 * 564.0 / 403.0).abs() < 1e-3 && (h - 224.0 * 358.0 / 256.0).abs() < 1e-3
+        );
+        // 256×409 (already the right short side): top offset round(92.5) = 92.
+        let [x, y, w, h] = center_crop_box(256, 409, 224);
+        assert_eq!([x, y, w, h], [16.0, 92.0, 224.0, 224.0]);
+    }
+
     #[test]
     fn eval_center_crop_has_requested_size_and_keeps_centre() {
         let img = gradient(300, 200);
@@ -400,6 +446,23 @@ mod tests {
             })
         });
         assert!(found);
+    }
+
+    /// After ten rejected tries (only very elongated images get there),
+    /// the crop is the whole image cut to the nearest allowed ratio, as in
+    /// timm and torchvision.
+    #[test]
+    fn rrc_fallback_is_the_centre_at_the_nearest_allowed_ratio() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        // 1000×10: no sampled box fits; 4/3 of the height is 13 wide.
+        assert_eq!(
+            random_resized_crop_box(1000, 10, &mut rng),
+            (493.0, 0.0, 13.0, 10.0)
+        );
+        assert_eq!(
+            random_resized_crop_box(10, 1000, &mut rng),
+            (0.0, 493.0, 10.0, 13.0)
+        );
     }
 
     #[test]
