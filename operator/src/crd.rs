@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -62,8 +62,13 @@ pub struct TrainerSpec {
 }
 
 /// The worker gang.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
+// The API server rejects the cross-field case at apply time; the controller
+// checks it again (`RideTrainingSpec::validate`) for objects that predate the rule.
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || self.minReplicas <= self.replicas")
+    .message("must not exceed workers.replicas")
+    .field_path(".minReplicas"))]
 pub struct WorkersSpec {
     /// Ranks (one pod each).
     #[schemars(range(min = 1, max = 4096))]

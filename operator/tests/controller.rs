@@ -298,6 +298,12 @@ async fn kubectl_apply_rejects_a_bad_spec_naming_the_field() {
         ("replicas: 2", "replicas: 0", "spec.workers.replicas"),
         ("budget: 2", "budget: -1", "spec.restartPolicy.budget"),
         ("uri: file://", "uri: ftp://", "spec.checkpoint.uri"),
+        // The cross-field CEL rule on the workers object.
+        (
+            "replicas: 2",
+            "replicas: 2\n    minReplicas: 3",
+            "spec.workers.minReplicas: Invalid value: \"object\": must not exceed workers.replicas",
+        ),
         (
             "uri: file://",
             "url: file://",

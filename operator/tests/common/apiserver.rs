@@ -7,7 +7,8 @@
 //! - discovery (`/api`, `/apis`, group versions, short names, `/version`);
 //! - CRDs: creating a `CustomResourceDefinition` serves its resource, with its
 //!   structural schema checked on writes (types, required, enum, minimum,
-//!   maximum, minLength, minItems, pattern; unknown fields pruned, or rejected under
+//!   maximum, minLength, minItems, pattern, CEL `x-kubernetes-validations`
+//!   through `kube-cel`; unknown fields pruned, or rejected under
 //!   `fieldValidation=Strict`), its status subresource and its printer
 //!   columns (`kubectl get` asks for a Table);
 //! - list and watch with resource versions: a watch from version N replays
@@ -1244,6 +1245,18 @@ fn check_schema(
     if q.get("fieldValidation").map(String::as_str) == Some("Strict") {
         for u in &unknown {
             errors.push(format!("{u}: unknown field \"{u}\""));
+        }
+    }
+    // CEL rules (x-kubernetes-validations) run on structurally valid
+    // objects, as in the API server; kube-cel evaluates them.
+    if errors.is_empty() {
+        if let Err(failures) = kube_cel::validate(schema, obj, None) {
+            for f in failures.into_vec() {
+                errors.push(format!(
+                    "{}: Invalid value: \"object\": {}",
+                    f.field_path, f.message
+                ));
+            }
         }
     }
     if !errors.is_empty() {
