@@ -2,7 +2,8 @@
 transform (build_transform, is_train=False, TEST.CROP=True): Resize(int(S/0.875),
 bicubic) + CenterCrop(S) + ToTensor + Normalize, on torchvision + PIL, compared
 image by image with ride-trainer's output for the same files (a safetensors
-dump from `ride-trainer bench-transform --eval --dump`). Prints JSON."""
+dump from `ride-trainer bench-transform --eval --dump`). With --train, compares
+the train transform's output statistics with timm's instead. Prints JSON."""
 import json
 import os
 import sys
@@ -15,7 +16,36 @@ from torchvision import transforms
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def train_statistics(folder, dump, size):
+    """The train transform is random, so compare distributions: per-channel
+    mean and standard deviation of the normalised outputs over every image,
+    ours (one pass) against timm's (three passes, seeded)."""
+    from timm.data import create_transform
+    ours = load_file(dump)["images"]
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+    tf = create_transform(
+        input_size=size, is_training=True, color_jitter=0.4,
+        auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, re_mode="pixel", re_count=1,
+        interpolation="bicubic",
+    )
+    theirs = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        import random
+        random.seed(seed)
+        for f in files:
+            with open(f, "rb") as fh:
+                theirs.append(tf(Image.open(fh).convert("RGB")))
+    theirs = torch.stack(theirs)
+    stats = lambda t: (t.mean(dim=(0, 2, 3)).tolist(), t.std(dim=(0, 2, 3)).tolist())
+    (om, os_), (tm, ts) = stats(ours), stats(theirs)
+    print(json.dumps({"images": len(files), "ours_mean": om, "ours_std": os_,
+                      "timm_mean": tm, "timm_std": ts}))
+
+
 def main():
+    if sys.argv[1] == "--train":
+        return train_statistics(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     folder, dump, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
     ours = load_file(dump)["images"]
     files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
