@@ -13,15 +13,20 @@ from PIL import Image
 from timm.data import create_transform
 
 
-def main():
-    folder, rounds, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    torch.set_num_threads(1)
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
-    tf = create_transform(
+def swin_train_transform(size):
+    """The Swin-T LT config's train transform, as timm builds it."""
+    return create_transform(
         input_size=size, is_training=True, color_jitter=0.4,
         auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, re_mode="pixel", re_count=1,
         interpolation="bicubic",
     )
+
+
+def main():
+    folder, rounds, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    torch.set_num_threads(1)
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+    tf = swin_train_transform(size)
     times = []
     for _ in range(rounds):
         start = time.perf_counter()

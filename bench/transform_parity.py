@@ -6,12 +6,14 @@ dump from `ride-trainer bench-transform --eval --dump`). With --train, compares
 the train transform's output statistics with timm's instead. Prints JSON."""
 import json
 import os
+import random
 import sys
 
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 from torchvision import transforms
+from torchvision_transform import swin_train_transform  # same folder: the timing reference
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -20,18 +22,12 @@ def train_statistics(folder, dump, size):
     """The train transform is random, so compare distributions: per-channel
     mean and standard deviation of the normalised outputs over every image,
     ours (one pass) against timm's (three passes, seeded)."""
-    from timm.data import create_transform
     ours = load_file(dump)["images"]
     files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
-    tf = create_transform(
-        input_size=size, is_training=True, color_jitter=0.4,
-        auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, re_mode="pixel", re_count=1,
-        interpolation="bicubic",
-    )
+    tf = swin_train_transform(size)
     theirs = []
     for seed in range(3):
         torch.manual_seed(seed)
-        import random
         random.seed(seed)
         for f in files:
             with open(f, "rb") as fh:

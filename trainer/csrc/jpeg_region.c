@@ -36,7 +36,6 @@ typedef struct {
   uint32_t scaled_height;
   uint32_t x;
   uint32_t y;
-  uint32_t components;
 } ride_jpeg_region;
 
 typedef struct {
@@ -91,7 +90,6 @@ int ride_jpeg_info(const uint8_t *data, size_t len, ride_jpeg_region *info, char
   memset(info, 0, sizeof *info);
   info->width = info->scaled_width = cinfo.image_width;
   info->height = info->scaled_height = cinfo.image_height;
-  info->components = (uint32_t)cinfo.num_components;
   int status = is_rgb_convertible(cinfo.jpeg_color_space) ? RIDE_JPEG_OK
                                                           : RIDE_JPEG_UNSUPPORTED_COLOR;
   jpeg_destroy_decompress(&cinfo);
@@ -160,7 +158,6 @@ int ride_jpeg_decode_region(const uint8_t *data, size_t len, int scale_num, uint
   got->scaled_height = full_h;
   got->x = xoff;
   got->y = ry;
-  got->components = 3;
   /* The rows below the region are never decoded. */
   jpeg_abort_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);

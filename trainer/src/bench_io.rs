@@ -163,17 +163,29 @@ pub fn transform_outputs(
     let per = 3 * transform.size() * transform.size();
     let mut out = vec![0f32; per * files.len()];
     for (i, (f, chunk)) in files.iter().zip(out.chunks_exact_mut(per)).enumerate() {
-        let src = crate::data::ImageSource::Encoded(std::fs::read(f)?);
-        transform
-            .apply_source(&src, &mut pass_rng(0, i), chunk)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        transform_file(transform, f, 0, i, chunk)?;
     }
     Ok(out)
 }
 
-fn pass_rng(round: usize, image: usize) -> rand_chacha::ChaCha8Rng {
+/// Read, decode and transform image `image` of pass `round`, as a loader
+/// worker does, with that pass's seed for the image.
+fn transform_file(
+    transform: &crate::data::transforms::Transform,
+    file: &std::path::Path,
+    round: usize,
+    image: usize,
+    out: &mut [f32],
+) -> anyhow::Result<()> {
     use rand::SeedableRng;
-    rand_chacha::ChaCha8Rng::seed_from_u64(crate::data::mix_seed(&[round as u64, image as u64]))
+    let src = crate::data::ImageSource::Encoded(std::fs::read(file)?);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::data::mix_seed(&[
+        round as u64,
+        image as u64,
+    ]));
+    transform
+        .apply_source(&src, &mut rng, out)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
 /// Time `rounds` single-threaded passes of `transform` over `files`
@@ -190,10 +202,7 @@ pub fn transform_throughput(
     for r in 0..rounds.max(1) {
         let t = Instant::now();
         for (i, f) in files.iter().enumerate() {
-            let src = crate::data::ImageSource::Encoded(std::fs::read(f)?);
-            transform
-                .apply_source(&src, &mut pass_rng(r, i), &mut out)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            transform_file(transform, f, r, i, &mut out)?;
         }
         times.push(t.elapsed().as_secs_f64());
     }

@@ -523,28 +523,17 @@ fn affine_general(img: &mut RgbImage, m: [f64; 6]) {
             let (x0, y0) = (fx.floor() as isize, fy.floor() as isize);
             let wx = cubic_weights(fx - x0 as f64);
             let wy = cubic_weights(fy - y0 as f64);
-            let interior = x0 >= 1 && y0 >= 1 && x0 + 2 < w as isize && y0 + 2 < h as isize;
+            // The four tap columns, clamped to the image once per pixel.
+            let cols =
+                [0, 1, 2, 3].map(|i| (x0 - 1 + i as isize).clamp(0, w as isize - 1) as usize * 3);
             let mut acc = [0.0f32; 3];
             for (j, wyj) in wy.iter().enumerate() {
                 let yy = (y0 - 1 + j as isize).clamp(0, h as isize - 1) as usize;
-                if interior {
-                    // All four taps in one slice: no clamping per tap.
-                    let p = (yy * w + (x0 - 1) as usize) * 3;
-                    let taps = &src[p..p + 12];
-                    for (i, wxi) in wx.iter().enumerate() {
-                        let wgt = wxi * wyj;
-                        for c in 0..3 {
-                            acc[c] += wgt * taps[i * 3 + c] as f32;
-                        }
-                    }
-                    continue;
-                }
-                for (i, wxi) in wx.iter().enumerate() {
-                    let xx = (x0 - 1 + i as isize).clamp(0, w as isize - 1) as usize;
-                    let p = (yy * w + xx) * 3;
+                let row = &src[yy * w * 3..(yy + 1) * w * 3];
+                for (wxi, &col) in wx.iter().zip(&cols) {
                     let wgt = wxi * wyj;
                     for c in 0..3 {
-                        acc[c] += wgt * src[p + c] as f32;
+                        acc[c] += wgt * row[col + c] as f32;
                     }
                 }
             }

@@ -27,7 +27,6 @@ struct RegionC {
     scaled_height: u32,
     x: u32,
     y: u32,
-    components: u32,
 }
 
 extern "C" {
