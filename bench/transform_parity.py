@@ -9,6 +9,7 @@ import os
 import random
 import sys
 
+import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -27,8 +28,10 @@ def train_statistics(folder, dump, size):
     tf = swin_train_transform(size)
     theirs = []
     for seed in range(3):
+        # timm's RandAugment picks ops with numpy and magnitudes with random.
         torch.manual_seed(seed)
         random.seed(seed)
+        np.random.seed(seed)
         for f in files:
             with open(f, "rb") as fh:
                 theirs.append(tf(Image.open(fh).convert("RGB")))
