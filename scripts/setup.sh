@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Python venv with the PyPI torch wheel (libtorch for tch),
-# then a release build of the workspace against it. Safe to run repeatedly.
+# the Kubernetes components for the tests (RIDE_SETUP_K8S=1), then a release
+# build of the workspace against it. Safe to run repeatedly.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env.sh
@@ -45,6 +46,11 @@ if [ "${RIDE_SETUP_BENCH:-0}" = 1 ]; then
     "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q pyyaml huggingface_hub safetensors
     "$RIDE_VENV/bin/pip" install --disable-pip-version-check -q --no-deps timm
   }
+fi
+# The tests' Kubernetes control plane, kubectl and helm, built from Go modules
+# once (scripts/k8s-tools.sh); the main job does not need them.
+if [ "${RIDE_SETUP_K8S:-0}" = 1 ]; then
+  "$here/k8s-tools.sh"
 fi
 cd "$here/.."
 echo "==> building (cargo target dir: $CARGO_TARGET_DIR)"

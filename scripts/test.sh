@@ -1,22 +1,39 @@
 #!/usr/bin/env bash
 # The test command: set up (idempotent), start the services the tests use
 # (an S3-compatible server on loopback, a single-node Slurm cluster), run
-# every test of the workspace, and stop the services again.
+# every test of the workspace, and stop the services again. Tests that need
+# Kubernetes start their own control plane (scripts/k8s-cluster.sh) under
+# $RIDE_K8S_TEST_ROOT; whatever a crashed test leaves there is killed at the end.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-"$here/setup.sh"
+RIDE_SETUP_K8S=1 "$here/setup.sh"
 # shellcheck source=env.sh
 source "$here/env.sh"
 # Throw-away service directories per run; the garage binary stays cached.
 RIDE_S3_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ride-s3.XXXXXX")"
 RIDE_SLURM_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ride-slurm.XXXXXX")"
-export RIDE_S3_DIR RIDE_SLURM_DIR
+RIDE_K8S_TEST_ROOT="$(mktemp -d "${TMPDIR:-/tmp}/ride-k8s.XXXXXX")"
+export RIDE_S3_DIR RIDE_SLURM_DIR RIDE_K8S_TEST_ROOT
+# Kill every process whose command line or working directory lies under $1
+# (control-plane components and pod processes of tests that did not clean up).
+reap() {
+  local p pid
+  for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    [ "$pid" = "$$" ] && continue
+    if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF "$1" \
+      || [[ "$(readlink "$p/cwd" 2>/dev/null)" == "$1"* ]]; then
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+}
 cleanup() {
   # The tests' exit status is the script's, whatever clean-up meets.
   local rc=$?
   "$here/s3-server.sh" stop || true
   "$here/slurm-cluster.sh" stop || true
-  rm -rf "$RIDE_S3_DIR" "$RIDE_SLURM_DIR" || true
+  reap "$RIDE_K8S_TEST_ROOT" || true
+  rm -rf "$RIDE_S3_DIR" "$RIDE_SLURM_DIR" "$RIDE_K8S_TEST_ROOT" || true
   exit "$rc"
 }
 trap cleanup EXIT

@@ -1,30 +1,45 @@
-//! Benchmark: many RideTrainings at once against the API server double.
+//! Benchmark: many RideTrainings at once on a real control plane.
 //!
-//! Starts the real `ride-operator` binary, creates N trainings (default 500,
-//! `RIDE_BENCH_TRAININGS`) of 2 workers each in one burst, and measures per
-//! training the latency from creation until its pods exist and its status
-//! says Created, then, after every pod is reported running in one burst, the
-//! latency until its status says Running. Prints p50/p99/max of both, the
-//! operator's reconcile-duration histogram summary, and its memory (peak and
-//! current RSS from /proc), once per `--max-concurrent-reconciles` setting in
-//! `RIDE_BENCH_CONCURRENCY` (default "16,0": the default bound, then
-//! unbounded). Run: `cargo bench -p ride-operator --bench reconcile`.
+//! Starts a control plane (`scripts/k8s-cluster.sh`: etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler), two node agents whose pods are
+//! idle stand-in workers (`tests/common`), and the real `ride-operator`
+//! binary. Creates N RideTrainings (default 500, `RIDE_BENCH_TRAININGS`) of 2
+//! workers each in one burst and measures per training, from a watch on the
+//! pods:
 //!
-//! There is no reference operator to run beside it on these machines
-//! (Kubeflow's needs a real cluster), so the numbers stand alone.
+//! - creation → both worker pods exist (the operator's part);
+//! - creation → both worker pods running (adds the scheduler and the node
+//!   agents);
+//! - then rank 1 of every training exits 1 at once: the failure seen (pod
+//!   phase Failed) → both pods of the next attempt exist (`backoffSeconds:
+//!   0`, so only orchestration is measured).
+//!
+//! Prints p50/p99/max of each, the operator's reconcile-duration histogram
+//! and its memory (idle, final and peak RSS from /proc), once per
+//! `--max-concurrent-reconciles` value in `RIDE_BENCH_CONCURRENCY` (default
+//! "16": the operator's default). Run:
+//! `cargo bench -p ride-operator --bench reconcile`.
+//!
+//! No other operator runs beside it here; the side-by-side with Kubeflow and
+//! JobSet on the same control plane is its own benchmark.
 
-#[path = "../tests/common/apiserver.rs"]
-mod apiserver;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-use apiserver::ApiServer;
-use serde_json::json;
-use std::collections::HashMap;
+use common::cluster::Cluster;
+use common::node_agent::NodeSpec;
+use common::stand_in_image;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use ride_operator::crd::RideTraining;
+use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const NS: &str = "default";
-const RTS: &str = "ride.dev/v1alpha1/ridetrainings";
-const PODS: &str = "/v1/pods";
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -54,6 +69,58 @@ fn http_get(port: u16, path: &str) -> String {
     out
 }
 
+/// What the pod watch saw, per training.
+#[derive(Default)]
+struct Seen {
+    /// (training, attempt) → pod names seen.
+    pods: HashMap<(String, String), HashSet<String>>,
+    /// (training, attempt) → when the second pod appeared.
+    gang_created: HashMap<(String, String), Instant>,
+    /// (training, attempt) → running pod names.
+    running: HashMap<(String, String), HashSet<String>>,
+    /// (training, attempt) → when the second pod ran.
+    gang_running: HashMap<(String, String), Instant>,
+    /// training → when a worker of attempt 0 was seen Failed.
+    failed: HashMap<String, Instant>,
+}
+
+fn record(seen: &Mutex<Seen>, pod: &Pod) {
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let (Some(t), Some(a)) = (
+        labels.get("ride.dev/training"),
+        labels.get("ride.dev/attempt"),
+    ) else {
+        return;
+    };
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let key = (t.clone(), a.clone());
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let set = s.pods.entry(key.clone()).or_default();
+    set.insert(name.clone());
+    if set.len() == 2 {
+        s.gang_created
+            .entry(key.clone())
+            .or_insert_with(Instant::now);
+    }
+    if phase == "Running" {
+        let r = s.running.entry(key.clone()).or_default();
+        r.insert(name);
+        if r.len() == 2 {
+            s.gang_running
+                .entry(key.clone())
+                .or_insert_with(Instant::now);
+        }
+    }
+    if phase == "Failed" && a == "0" {
+        s.failed.entry(t.clone()).or_insert_with(Instant::now);
+    }
+}
+
 fn main() {
     let n: usize = std::env::var("RIDE_BENCH_TRAININGS")
         .ok()
@@ -64,9 +131,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    // RIDE_BENCH_CONCURRENCY: comma-separated --max-concurrent-reconciles values to compare.
     let settings: Vec<u16> = std::env::var("RIDE_BENCH_CONCURRENCY")
-        .unwrap_or_else(|_| "16,0".into())
+        .unwrap_or_else(|_| "16".into())
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
@@ -75,28 +141,49 @@ fn main() {
     }
 }
 
+async fn wait_all(
+    what: &str,
+    n: usize,
+    secs: u64,
+    seen: &Mutex<Seen>,
+    count: impl Fn(&Seen) -> usize,
+) {
+    let start = Instant::now();
+    let mut last = 0;
+    loop {
+        let k = count(&seen.lock().unwrap_or_else(|e| e.into_inner()));
+        if k >= n {
+            break;
+        }
+        if k != last && start.elapsed().as_secs() % 10 == 0 {
+            eprintln!("  {what}: {k}/{n}");
+        }
+        last = k;
+        if start.elapsed() > Duration::from_secs(secs) {
+            eprintln!("  {what}: only {k}/{n} after {secs} s");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn run(n: usize, concurrency: u16) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let api = ApiServer::start().await;
-    let crd = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../crds/ridetrainings.ride.dev.yaml"),
-    )
-    .expect("CRD file");
-    api.install_crd(&crd);
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let cluster = Cluster::start();
+    cluster.install_crd();
+    let client = cluster.client().await;
+    let mut agents = Vec::new();
+    for (i, name) in ["node-a", "node-b"].iter().enumerate() {
+        let mut spec = NodeSpec::new(name, i as u8, vec![stand_in_image(&cluster.dir)]);
+        spec.pods = (2 * n) as u32;
+        spec.cpu = "1000".into();
+        agents.push(cluster.node(spec).await);
+    }
+    let port = common::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ride-operator"))
         .args([
             "--metrics-addr",
             &format!("127.0.0.1:{port}"),
             "--no-leader-election",
-        ])
-        .args([
             "--max-concurrent-reconciles",
             &concurrency.to_string(),
             "--progress-interval-seconds",
@@ -104,7 +191,7 @@ async fn run(n: usize, concurrency: u16) {
             "--log-format",
             "json",
         ])
-        .env("KUBECONFIG", &kubeconfig)
+        .env("KUBECONFIG", &cluster.kubeconfig)
         .env(
             "RUST_LOG",
             std::env::var("RIDE_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -127,88 +214,94 @@ async fn run(n: usize, concurrency: u16) {
     }
     let rss_idle = proc_kib(pid, "VmRSS:");
 
-    eprintln!("creating {n} RideTrainings (2 workers each)...");
-    let mut created: HashMap<String, Instant> = HashMap::new();
-    for i in 0..n {
-        let name = format!("bench-{i:04}");
-        api.create(
-            RTS,
-            NS,
-            json!({"apiVersion": "ride.dev/v1alpha1", "kind": "RideTraining",
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {"image": "ride:1", "trainer": {"config": "c.yaml"},
-                         "workers": {"replicas": 2}, "checkpoint": {"uri": format!("file://{}/{name}", dir.path().display())},
-                         "restartPolicy": {"budget": 1, "backoffSeconds": 1}}}),
-        );
-        created.insert(name, Instant::now());
-    }
-    let mut to_created: HashMap<String, f64> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while to_created.len() < n && Instant::now() < deadline {
-        let mut pods_per: HashMap<String, usize> = HashMap::new();
-        for p in api.list(PODS, NS) {
-            if let Some(t) = p["metadata"]["labels"]["ride.dev/training"].as_str() {
-                *pods_per.entry(t.to_string()).or_default() += 1;
-            }
-        }
-        for rt in api.list(RTS, NS) {
-            let name = rt["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            if !to_created.contains_key(&name)
-                && rt["status"]["phase"] == "Created"
-                && pods_per.get(&name) == Some(&2)
-            {
-                to_created.insert(name.clone(), created[&name].elapsed().as_secs_f64());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let burst_created = start.elapsed();
-    eprintln!("reporting every pod running...");
-    let mut running_at: HashMap<String, Instant> = HashMap::new();
-    for p in api.list(PODS, NS) {
-        let name = p["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        api.patch(PODS, NS, &name, json!({"status": {"phase": "Running", "containerStatuses": [{"name": "trainer",
-            "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}}));
-        if let Some(t) = p["metadata"]["labels"]["ride.dev/training"].as_str() {
-            running_at.insert(t.to_string(), Instant::now());
-        }
-    }
-    let mut to_running: HashMap<String, f64> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while to_running.len() < n && Instant::now() < deadline {
-        for rt in api.list(RTS, NS) {
-            let name = rt["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            if !to_running.contains_key(&name) && rt["status"]["phase"] == "Running" {
-                if let Some(t) = running_at.get(&name) {
-                    to_running.insert(name, t.elapsed().as_secs_f64());
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let watch = {
+        let seen = Arc::clone(&seen);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+        tokio::spawn(async move {
+            let stream = watcher(pods, watcher::Config::default().labels("ride.dev/training"))
+                .default_backoff()
+                .applied_objects();
+            futures::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                if let Ok(pod) = ev {
+                    record(&seen, &pod);
                 }
             }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+    };
+
+    eprintln!("creating {n} RideTrainings (2 workers each)...");
+    let rts: Api<RideTraining> = Api::namespaced(client.clone(), NS);
+    let mut created: HashMap<String, Instant> = HashMap::new();
+    let burst = Instant::now();
+    for i in 0..n {
+        let name = format!("bench-{i:04}");
+        let rt: RideTraining = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ride.dev/v1alpha1", "kind": "RideTraining",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"image": "ghcr.io/ride-on-cluster/ride-trainer:bench", "trainer": {"config": "c.yaml"},
+                     "workers": {"replicas": 2},
+                     "checkpoint": {"uri": format!("file://{}/{name}", cluster.dir.display())},
+                     "restartPolicy": {"budget": 3, "backoffSeconds": 0}}}))
+        .expect("training object");
+        created.insert(name, Instant::now());
+        rts.create(&PostParams::default(), &rt)
+            .await
+            .expect("create RideTraining");
     }
+    let create_secs = burst.elapsed().as_secs_f64();
+    wait_all("gangs created", n, 900, &seen, |s| {
+        s.gang_created.keys().filter(|(_, a)| a == "0").count()
+    })
+    .await;
+    wait_all("gangs running", n, 900, &seen, |s| {
+        s.gang_running.keys().filter(|(_, a)| a == "0").count()
+    })
+    .await;
+    let settled = burst.elapsed().as_secs_f64();
+
+    eprintln!("rank 1 of every training exits 1...");
+    for i in 0..n {
+        let pod = format!("bench-{i:04}-0-1");
+        for a in &agents {
+            if a.signal_pod(NS, &pod, "USR2") {
+                break;
+            }
+        }
+    }
+    wait_all("new gangs created", n, 900, &seen, |s| {
+        s.gang_created.keys().filter(|(_, a)| a == "1").count()
+    })
+    .await;
+
     let rss = proc_kib(pid, "VmRSS:");
     let hwm = proc_kib(pid, "VmHWM:");
     let metrics = http_get(port, "/metrics");
     let _ = child.kill();
     let _ = child.wait();
+    watch.abort();
 
-    let summary = |v: &HashMap<String, f64>| {
-        let mut s: Vec<f64> = v.values().copied().collect();
-        s.sort_by(f64::total_cmp);
+    let s = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let since_create = |m: &HashMap<(String, String), Instant>| -> Vec<f64> {
+        m.iter()
+            .filter(|((_, a), _)| a == "0")
+            .filter_map(|((t, _), at)| Some(at.duration_since(*created.get(t)?).as_secs_f64()))
+            .collect()
+    };
+    let restart: Vec<f64> = s
+        .gang_created
+        .iter()
+        .filter(|((_, a), _)| a == "1")
+        .filter_map(|((t, _), at)| Some(at.duration_since(*s.failed.get(t)?).as_secs_f64()))
+        .collect();
+    let summary = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
         (
-            s.len(),
-            percentile(&s, 0.5),
-            percentile(&s, 0.99),
-            s.last().copied().unwrap_or(f64::NAN),
+            v.len(),
+            percentile(&v, 0.5),
+            percentile(&v, 0.99),
+            v.last().copied().unwrap_or(f64::NAN),
         )
     };
     let metric = |name: &str| -> f64 {
@@ -221,23 +314,23 @@ async fn run(n: usize, concurrency: u16) {
     let count = metric("ride_operator_reconcile_duration_seconds_count");
     let sum = metric("ride_operator_reconcile_duration_seconds_sum");
     println!(
-        "\nride-operator against the API server double: {n} RideTrainings x 2 workers, one burst, \
-         --max-concurrent-reconciles {concurrency}{}",
+        "\nride-operator on a real control plane (kube-apiserver {}), 2 node agents: {n} RideTrainings x 2 workers, \
+         one burst (created in {create_secs:.1} s), --max-concurrent-reconciles {concurrency}{}",
+        std::env::var("RIDE_K8S_VERSION").unwrap_or_else(|_| "from scripts/env.sh".into()),
         if concurrency == 0 { " (unbounded)" } else { "" }
     );
     println!(
-        "{:<44} {:>6} {:>9} {:>9} {:>9}",
+        "{:<46} {:>6} {:>9} {:>9} {:>9}",
         "latency (s)", "done", "p50", "p99", "max"
     );
     for (label, v) in [
-        ("create -> pods + status Created", &to_created),
-        ("all pods running -> status Running", &to_running),
+        ("create -> both pods created", since_create(&s.gang_created)),
+        ("create -> both pods running", since_create(&s.gang_running)),
+        ("worker Failed -> next gang's pods created", restart),
     ] {
         let (k, p50, p99, max) = summary(v);
-        println!("{label:<44} {k:>6} {p50:>9.3} {p99:>9.3} {max:>9.3}");
+        println!("{label:<46} {k:>6} {p50:>9.3} {p99:>9.3} {max:>9.3}");
     }
-    // Quantiles of one reconcile's duration from the histogram: the upper
-    // bound of the bucket where the cumulative count crosses q.
     let buckets: Vec<(f64, f64)> = metrics
         .lines()
         .filter_map(|l| {
@@ -253,7 +346,7 @@ async fn run(n: usize, concurrency: u16) {
             .map_or(f64::NAN, |(le, _)| *le)
     };
     println!(
-        "{:<44} {:>6.0} {:>9} {:>9} (mean {:.4} s; bucket upper bounds)",
+        "{:<46} {:>6.0} {:>9} {:>9} (mean {:.4} s; bucket upper bounds)",
         "one reconcile (operator histogram)",
         count,
         format!("<={}", quantile(0.5)),
@@ -261,15 +354,12 @@ async fn run(n: usize, concurrency: u16) {
         sum / count
     );
     println!(
-        "{:<44} idle {:.1} MiB, after {:.1} MiB, peak {:.1} MiB",
+        "{:<46} idle {:.1} MiB, after {:.1} MiB, peak {:.1} MiB",
         "operator memory (RSS)",
         rss_idle as f64 / 1024.0,
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
-    println!(
-        "first burst settled in {:.1} s; API requests served: {}",
-        burst_created.as_secs_f64(),
-        api.requests()
-    );
+    println!("first burst settled (all gangs running) in {settled:.1} s");
+    drop(agents);
 }

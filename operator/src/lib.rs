@@ -8,6 +8,7 @@ pub mod crd;
 pub mod leader;
 pub mod lifecycle;
 pub mod local;
+pub mod manifest;
 pub mod metrics;
 pub mod observe;
 pub mod pods;

@@ -1,192 +1,124 @@
-//! End to end: the CPU example applied with kubectl to the API server double,
-//! reconciled by the real `ride-operator`, its pods run by a node-agent
-//! double as local `ride-trainer` processes (CPU, TCP collectives). One
-//! worker is killed after the first checkpoint; the gang restarts from it and
-//! the training succeeds, with the restart and final accuracy in status.
+//! The user's path on a real control plane (`scripts/k8s-cluster.sh`):
 //!
-//! The node agent stands in for the kubelet plus cluster networking: it binds
-//! pods to a node, runs the container's command with the image's paths mapped
-//! to this checkout (`/opt/ride/configs` → `configs/`, `ride-trainer` → the
-//! built binary), resolves `secretKeyRef`s from Secrets in the double, points
-//! the rendezvous host at loopback and gives each attempt its own port (pods
-//! of a real cluster each have their own IP), reports container states, and
-//! on graceful deletion sends SIGTERM, then removes the pod.
+//! - `helm install` of `charts/ride-operator` with the real helm binary
+//!   (CRD, ServiceAccount, RBAC; no operator pods, `replicas=0`), then the
+//!   operator run outside the cluster **as the chart's ServiceAccount**
+//!   (a TokenRequest token from `kubectl create token`), so RBAC decides
+//!   what it may do;
+//! - `kubectl apply -f examples/ride-cpu.yaml`; node agents run each pod as a
+//!   local `ride-trainer` process (CPU, TCP collectives); one rank is
+//!   SIGKILLed after the first checkpoint; the gang restarts from it and the
+//!   training succeeds, with the restart and final accuracy in status;
+//! - `kubectl get rt` columns and `kubectl explain`;
+//! - a verb taken out of the chart's ClusterRole makes the operator fail
+//!   visibly; `helm upgrade` puts it back; `helm uninstall` removes the
+//!   release.
 
 mod common;
 
-use common::apiserver::ApiServer;
-use common::{cluster, free_port, kubectl, repo, wait_for, Operator, PODS, RTS};
-use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use common::cluster::Cluster;
+use common::{eventually, live_pod_names, pods_of, repo, status, Operator};
+use std::path::{Path, PathBuf};
 
 const NS: &str = "default";
+const RELEASE_NS: &str = "ride-system";
 
-fn trainer_bin() -> std::path::PathBuf {
-    // The trainer is built into the same target directory as this test.
-    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_ride-operator"));
-    exe.with_file_name("ride-trainer")
+fn chart() -> String {
+    repo()
+        .join("charts/ride-operator")
+        .to_string_lossy()
+        .into_owned()
 }
 
-struct Running {
-    child: Child,
-    terminating: bool,
+/// `helm install ride` into ride-system, without operator pods (the tests
+/// run the operator outside the cluster).
+fn helm_install(cluster: &Cluster) {
+    let (ok, out) = cluster.helm(&[
+        "install",
+        "ride",
+        &chart(),
+        "-n",
+        RELEASE_NS,
+        "--create-namespace",
+        "--set",
+        "replicas=0",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    assert!(ok, "helm install: {out}");
+    // The chart installed the CRD.
+    cluster.wait_established("ridetrainings.ride.dev");
 }
 
-/// The kubelet double: one pass over the pods.
-struct NodeAgent {
-    procs: HashMap<String, Running>,
-    ports: HashMap<String, u16>,
-    logs: std::path::PathBuf,
+/// A kubeconfig that authenticates as the chart's ServiceAccount with a
+/// bound token from the TokenRequest API.
+fn service_account_kubeconfig(cluster: &Cluster) -> PathBuf {
+    let (ok, token) = cluster.kubectl(&[
+        "create",
+        "token",
+        "ride",
+        "-n",
+        RELEASE_NS,
+        "--duration",
+        "2h",
+    ]);
+    assert!(ok, "kubectl create token: {token}");
+    let path = cluster.dir.join("operator-sa.kubeconfig");
+    let ca = cluster.dir.join("pki/ca.crt");
+    let kc = |args: &[&str]| {
+        let mut all = vec!["--kubeconfig", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let (ok, out) = cluster.kubectl(&all);
+        assert!(ok, "{args:?}: {out}");
+    };
+    kc(&[
+        "config",
+        "set-cluster",
+        "ride",
+        "--server",
+        &cluster.api,
+        "--certificate-authority",
+        ca.to_str().unwrap(),
+        "--embed-certs",
+    ]);
+    kc(&[
+        "config",
+        "set-credentials",
+        "operator",
+        "--token",
+        token.trim(),
+    ]);
+    kc(&[
+        "config",
+        "set-context",
+        "ride",
+        "--cluster",
+        "ride",
+        "--user",
+        "operator",
+    ]);
+    kc(&["config", "use-context", "ride"]);
+    let (ok, who) = cluster.kubectl_as(
+        &path,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert!(ok, "{who}");
+    assert_eq!(who.trim(), "system:serviceaccount:ride-system:ride");
+    path
 }
 
-fn container_running(api: &ApiServer, name: &str) {
-    api.patch(PODS, NS, name, json!({"status": {"phase": "Running", "containerStatuses": [{"name": "trainer",
-        "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}}));
+fn operator_as_service_account(cluster: &Cluster, identity: &str) -> Operator {
+    let kubeconfig = service_account_kubeconfig(cluster);
+    Operator::start(&kubeconfig, identity, &["--lease-namespace", RELEASE_NS])
 }
 
-fn container_exited(api: &ApiServer, name: &str, code: i32) {
-    api.patch(PODS, NS, name, json!({"status": {"phase": if code == 0 { "Succeeded" } else { "Failed" },
-        "containerStatuses": [{"name": "trainer", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
-        "state": {"terminated": {"exitCode": code}}}]}}));
-}
-
-impl NodeAgent {
-    fn sync(&mut self, api: &ApiServer) {
-        for pod in api.list(PODS, NS) {
-            let name = pod["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            if pod["metadata"]["deletionTimestamp"].is_string() {
-                match self.procs.get_mut(&name) {
-                    Some(r) if !r.terminating => {
-                        let _ = Command::new("kill")
-                            .args(["-TERM", &r.child.id().to_string()])
-                            .status();
-                        r.terminating = true;
-                    }
-                    Some(r) => {
-                        if let Ok(Some(_)) = r.child.try_wait() {
-                            self.procs.remove(&name);
-                            api.delete(PODS, NS, &name, Some(0));
-                        }
-                    }
-                    None => {
-                        api.delete(PODS, NS, &name, Some(0));
-                    }
-                }
-                continue;
-            }
-            if pod["spec"]["nodeName"].is_null() {
-                api.patch(
-                    PODS,
-                    NS,
-                    &name,
-                    json!({"spec": {"nodeName": "node-a"}, "status": {"phase": "Pending"}}),
-                );
-                self.start(api, &pod);
-                continue;
-            }
-            if let Some(r) = self.procs.get_mut(&name) {
-                if let Ok(Some(status)) = r.child.try_wait() {
-                    use std::os::unix::process::ExitStatusExt;
-                    // Container runtimes report a signal as 128 + its number.
-                    let code = status
-                        .code()
-                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(9));
-                    container_exited(api, &name, code);
-                    self.procs.remove(&name);
-                }
-            }
-        }
-    }
-
-    fn start(&mut self, api: &ApiServer, pod: &Value) {
-        let name = pod["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let c = &pod["spec"]["containers"][0];
-        let training = pod["metadata"]["labels"]["ride.dev/training"]
-            .as_str()
-            .unwrap_or_default();
-        let attempt = pod["metadata"]["labels"]["ride.dev/attempt"]
-            .as_str()
-            .unwrap_or_default();
-        let port = *self
-            .ports
-            .entry(format!("{training}-{attempt}"))
-            .or_insert_with(free_port);
-        let configs = repo().join("configs");
-        let args: Vec<String> = c["args"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .map(|a| a.replace("/opt/ride/configs", configs.to_str().unwrap_or_default()))
-            .map(|a| {
-                if a.starts_with("0.0.0.0:") {
-                    "127.0.0.1:0".to_string()
-                } else {
-                    a
-                }
-            })
-            .collect();
-        let mut cmd = Command::new(trainer_bin());
-        cmd.args(&args);
-        for e in c["env"].as_array().into_iter().flatten() {
-            let key = e["name"].as_str().unwrap_or_default();
-            let value = if let Some(v) = e["value"].as_str() {
-                Some(v.to_string())
-            } else if let Some(r) = e["valueFrom"]["secretKeyRef"].as_object() {
-                let secret = api.get("/v1/secrets", NS, r["name"].as_str().unwrap_or_default());
-                secret.and_then(|s| {
-                    s["stringData"][r["key"].as_str().unwrap_or_default()]
-                        .as_str()
-                        .map(String::from)
-                })
-            } else {
-                None
-            };
-            if let Some(v) = value {
-                cmd.env(key, v);
-            }
-        }
-        cmd.env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .env("OMP_NUM_THREADS", "1")
-            .env("RIDE_RENDEZVOUS_TIMEOUT", "120");
-        let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).expect("pod log");
-        let child = cmd
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start ride-trainer");
-        self.procs.insert(
-            name.clone(),
-            Running {
-                child,
-                terminating: false,
-            },
-        );
-        container_running(api, &name);
-    }
-}
-
-impl Drop for NodeAgent {
-    fn drop(&mut self) {
-        for r in self.procs.values_mut() {
-            let _ = r.child.kill();
-            let _ = r.child.wait();
-        }
-    }
-}
-
-fn find_latest(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+fn find_latest(dir: &Path) -> Option<PathBuf> {
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let p = entry.path();
         if p.is_dir() {
@@ -201,13 +133,15 @@ fn find_latest(dir: &std::path::Path) -> Option<std::path::PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cpu_example_survives_a_killed_worker_and_succeeds() {
-    let dir = tempfile::tempdir().unwrap();
-    let (api, kubeconfig) = cluster(dir.path()).await;
-    let api = Arc::new(api);
-    let op = Operator::start(&kubeconfig, "op-e2e", &["--no-leader-election"]);
-    let ckpt = dir.path().join("ckpt");
-    let manifest = dir.path().join("ride-cpu.yaml");
+async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds() {
+    let cluster = Cluster::start();
+    helm_install(&cluster);
+    let op = operator_as_service_account(&cluster, "op-e2e");
+    let client = cluster.client().await;
+    let agents = cluster.nodes(&["node-a", "node-b"]).await;
+
+    let ckpt = cluster.dir.join("ckpt");
+    let manifest = cluster.dir.join("ride-cpu.yaml");
     let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
         .unwrap()
         .replace(
@@ -216,85 +150,59 @@ async fn cpu_example_survives_a_killed_worker_and_succeeds() {
         )
         .replace("TRAIN.EPOCHS: \"1\"", "TRAIN.EPOCHS: \"2\"");
     std::fs::write(&manifest, text).unwrap();
-
-    let agent = Arc::new(Mutex::new(NodeAgent {
-        procs: HashMap::new(),
-        ports: HashMap::new(),
-        logs: dir.path().to_path_buf(),
-    }));
-    let stop = Arc::new(AtomicBool::new(false));
-    let agent_task = {
-        let (agent, api, stop) = (Arc::clone(&agent), Arc::clone(&api), Arc::clone(&stop));
-        tokio::task::spawn_blocking(move || {
-            while !stop.load(Ordering::SeqCst) {
-                agent.lock().unwrap_or_else(|e| e.into_inner()).sync(&api);
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-        })
-    };
-
-    let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
+    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
     assert!(ok, "kubectl apply: {out}");
-    let logs = dir.path().to_path_buf();
+
     let ctx = || {
-        let mut s = format!(
-            "status: {}\noperator:\n{}\n",
-            api.get(RTS, NS, "ride-cpu")
-                .map(|o| o["status"].clone())
-                .unwrap_or_default(),
-            op.log_text()
-        );
-        for e in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
-            if e.path().extension().is_some_and(|x| x == "log")
-                && e.file_name().to_string_lossy().starts_with("ride-cpu")
-            {
-                s += &format!(
-                    "--- {}\n{}\n",
-                    e.file_name().to_string_lossy(),
-                    std::fs::read_to_string(e.path()).unwrap_or_default()
-                );
-            }
+        let (_, rt) = cluster.kubectl(&["get", "rt", "ride-cpu", "-o", "yaml"]);
+        let (_, pods) = cluster.kubectl(&["get", "pods", "-o", "wide"]);
+        let mut s = format!("{rt}\n{pods}\noperator:\n{}\n", op.log_text());
+        for a in &agents {
+            s += &a.logs();
         }
         s
     };
+    let c = &client;
 
-    // Wait for the first checkpoint, then kill rank 1 of attempt 0.
-    wait_for(600, "the first checkpoint", || find_latest(&ckpt), ctx).await;
-    {
-        let mut a = agent.lock().unwrap_or_else(|e| e.into_inner());
-        let r = a
-            .procs
-            .get_mut("ride-cpu-0-1")
-            .expect("rank 1 of attempt 0 is running");
-        r.child.kill().expect("kill rank 1");
-    }
-    wait_for(
+    // Wait for the first checkpoint, then SIGKILL rank 1 of attempt 0.
+    eventually(
+        600,
+        "the first checkpoint",
+        || async { find_latest(&ckpt) },
+        ctx,
+    )
+    .await;
+    assert!(
+        agents
+            .iter()
+            .any(|a| a.signal_pod(NS, "ride-cpu-0-1", "KILL")),
+        "rank 1 of attempt 0 runs\n{}",
+        ctx()
+    );
+    eventually(
         120,
         "a gang restart",
-        || {
-            let st = api.get(RTS, NS, "ride-cpu")?["status"].clone();
+        || async move {
+            let st = status(c, NS, "ride-cpu").await;
             (st["restarts"] == 1 && st["attempt"] == 1).then_some(())
         },
         ctx,
     )
     .await;
-    let st = wait_for(
+    let st = eventually(
         900,
         "Succeeded",
-        || {
-            let st = api.get(RTS, NS, "ride-cpu")?["status"].clone();
+        || async move {
+            let st = status(c, NS, "ride-cpu").await;
             match st["phase"].as_str() {
                 Some("Succeeded") => Some(st),
-                Some("Failed") => panic!("training failed: {st}\n{}", ctx()),
+                Some("Failed") => panic!("training failed: {st}"),
                 _ => None,
             }
         },
         ctx,
     )
     .await;
-    stop.store(true, Ordering::SeqCst);
-    let _ = agent_task.await;
-
     assert_eq!(st["restarts"], 1, "{st}");
     assert!(
         st["latestEval"]["overall"].as_f64().is_some(),
@@ -302,9 +210,151 @@ async fn cpu_example_survives_a_killed_worker_and_succeeds() {
     );
     assert_eq!(st["lastCheckpoint"]["epoch"], 1, "{st}");
     // The new attempt resumed rather than starting over.
-    let resumed = std::fs::read_to_string(dir.path().join("ride-cpu-1-0.log")).unwrap_or_default();
+    let resumed: String = agents
+        .iter()
+        .map(|a| std::fs::read_to_string(a.log_path(NS, "ride-cpu-1-0")).unwrap_or_default())
+        .collect();
     assert!(resumed.contains("resumed from"), "{resumed}");
-    let (ok, out) = kubectl(&kubeconfig, &["get", "rt", "ride-cpu"]);
-    assert!(ok && out.contains("Succeeded"), "{out}");
+
+    // What users look at.
+    let (ok, out) = cluster.kubectl(&["get", "rt"]);
+    assert!(ok, "{out}");
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "PHASE", "WORKERS", "EPOCH", "TOP-1", "RESTARTS", "AGE"],
+        "{out}"
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("ride-cpu "))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1..4], ["Succeeded", "2", "1"], "{out}");
+    assert_eq!(row[5], "1", "{out}");
     println!("{out}");
+    let (ok, out) = cluster.kubectl(&["explain", "rt.spec.workers"]);
+    assert!(ok, "{out}");
+    for text in [
+        "KIND:       RideTraining",
+        "replicas\t<integer> -required-",
+        "Ranks (one pod each).",
+        "minReplicas\t<integer>",
+        "elasticTimeoutSeconds",
+    ] {
+        assert!(out.contains(text), "{text:?} in kubectl explain:\n{out}");
+    }
+    assert!(
+        live_pod_names(c, NS, "ride-cpu").await.is_empty(),
+        "finished pods are cleaned up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verb_missing_from_the_chart_rbac_fails_visibly_and_helm_upgrade_and_uninstall_work() {
+    let cluster = Cluster::start();
+    helm_install(&cluster);
+    let client = cluster.client().await;
+    let c = &client;
+
+    // Take "create" on pods and Services out of the chart's ClusterRole.
+    let (ok, role) = cluster.kubectl(&["get", "clusterrole", "ride", "-o", "json"]);
+    assert!(ok, "{role}");
+    let mut role: serde_json::Value = serde_json::from_str(&role).unwrap();
+    let mut removed = false;
+    for rule in role["rules"].as_array_mut().unwrap() {
+        let pods = rule["resources"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x == "pods"));
+        if pods {
+            let verbs = rule["verbs"].as_array_mut().unwrap();
+            let before = verbs.len();
+            verbs.retain(|v| v != "create");
+            removed |= verbs.len() < before;
+        }
+    }
+    assert!(removed, "the chart grants create on pods: {role}");
+    let f = cluster.dir.join("role.json");
+    std::fs::write(&f, role.to_string()).unwrap();
+    let (ok, out) = cluster.kubectl(&["replace", "-f", f.to_str().unwrap()]);
+    assert!(ok, "{out}");
+
+    let op = operator_as_service_account(&cluster, "op-rbac");
+    let manifest = cluster.dir.join("rbac.yaml");
+    let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
+        .unwrap()
+        .replace("name: ride-cpu", "name: rbac");
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    // The chart's rule covers pods and Services; the Service comes first.
+    eventually(
+        60,
+        "the forbidden creation, named, in the operator's log",
+        || async {
+            let log = op.log_text();
+            log.contains("User \"system:serviceaccount:ride-system:ride\" cannot create resource \"services\"")
+                .then_some(())
+        },
+        || op.log_text(),
+    )
+    .await;
+    assert!(pods_of(c, NS, "rbac").await.is_empty());
+
+    // helm upgrade restores the chart's ClusterRole; the operator recovers.
+    // Helm 4 upgrades by server-side apply: the hand edit owns `.rules` now,
+    // so a plain upgrade stops at the conflict and --force-conflicts wins it.
+    let upgrade = |force: bool| {
+        let mut args = vec![
+            "upgrade",
+            "ride",
+            "--set",
+            "replicas=0",
+            "--set",
+            "progressIntervalSeconds=10",
+            "-n",
+            RELEASE_NS,
+        ];
+        if force {
+            args.push("--force-conflicts");
+        }
+        let chart = chart();
+        let mut all: Vec<&str> = args[..2].to_vec();
+        all.push(&chart);
+        all.extend_from_slice(&args[2..]);
+        cluster.helm(&all)
+    };
+    let (ok, out) = upgrade(false);
+    assert!(
+        !ok && out.contains("conflict with \"kubectl-replace\""),
+        "helm upgrade over a hand-edited ClusterRole: {out}"
+    );
+    let (ok, out) = upgrade(true);
+    assert!(ok, "helm upgrade --force-conflicts: {out}");
+    eventually(
+        90,
+        "pods once RBAC allows them",
+        || async move { (pods_of(c, NS, "rbac").await.len() == 2).then_some(()) },
+        || op.log_text(),
+    )
+    .await;
+    let (ok, out) = cluster.helm(&["history", "ride", "-n", RELEASE_NS]);
+    assert!(ok && out.contains("Upgrade complete"), "{out}");
+
+    // helm uninstall removes the release's objects; the CRD stays (Helm never
+    // deletes what it installed from crds/, so trainings survive an uninstall).
+    let (ok, out) = cluster.helm(&["uninstall", "ride", "-n", RELEASE_NS, "--wait"]);
+    assert!(ok, "helm uninstall: {out}");
+    let (ok, out) = cluster.kubectl(&["get", "clusterrole", "ride"]);
+    assert!(!ok && out.contains("NotFound"), "{out}");
+    let (ok, out) = cluster.kubectl(&["get", "serviceaccount", "ride", "-n", RELEASE_NS]);
+    assert!(!ok && out.contains("NotFound"), "{out}");
+    let (ok, out) = cluster.kubectl(&["get", "crd", "ridetrainings.ride.dev"]);
+    assert!(ok, "{out}");
 }

@@ -17,10 +17,14 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinition (YAML).
     Crd,
-    /// Check a RideTraining manifest (schema types and cross-field rules).
+    /// Check RideTraining manifests as the API server will: the CRD's schema
+    /// (types, ranges, patterns, unknown fields), its CEL rules, object names
+    /// and cross-field rules. Files may hold several documents; other kinds
+    /// are listed and skipped. Exits 1 when any RideTraining is invalid.
     Check {
-        /// Manifest file.
-        file: PathBuf,
+        /// Manifest files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Run a RideTraining manifest on this machine with `ride-trainer launch`.
     RunLocal {
@@ -38,21 +42,77 @@ enum Command {
     },
 }
 
+/// The one RideTraining of `file`, checked as `ride check` does.
 fn read_manifest(file: &Path) -> Result<RideTraining> {
+    use ride_operator::manifest::{check_documents, Verdict};
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let de = serde_norway::Deserializer::from_str(&text);
-    let rt: RideTraining = serde_path_to_error_free(de)
-        .with_context(|| format!("{} is not a valid RideTraining", file.display()))?;
-    rt.spec
-        .validate()
-        .with_context(|| format!("{}", file.display()))?;
-    Ok(rt)
+    let verdicts = check_documents(&text).with_context(|| format!("{}", file.display()))?;
+    let trainings: Vec<&Verdict> = verdicts
+        .iter()
+        .filter(|v| !matches!(v, Verdict::Other { .. }))
+        .collect();
+    match trainings.as_slice() {
+        [Verdict::Valid { .. }] => {}
+        [Verdict::Invalid { errors, .. }] => {
+            anyhow::bail!(
+                "{} is not a valid RideTraining: {}",
+                file.display(),
+                errors.join("; ")
+            )
+        }
+        other => anyhow::bail!(
+            "{} holds {} RideTrainings; run-local takes exactly one",
+            file.display(),
+            other.len()
+        ),
+    }
+    use serde::Deserialize;
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        let value = serde_json::Value::deserialize(doc)?;
+        if value["kind"] == "RideTraining" {
+            return Ok(serde_json::from_value(value)?);
+        }
+    }
+    anyhow::bail!("{}: no RideTraining", file.display())
 }
 
-/// Deserialise, keeping serde's message (which names the field).
-fn serde_path_to_error_free(de: serde_norway::Deserializer<'_>) -> Result<RideTraining> {
-    Ok(serde::Deserialize::deserialize(de)?)
+/// Print a verdict per document of each file; false when any RideTraining is invalid.
+fn check(files: &[PathBuf]) -> Result<bool> {
+    use ride_operator::manifest::{check_documents, Verdict};
+    let mut all_valid = true;
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let verdicts = check_documents(&text).with_context(|| format!("{}", file.display()))?;
+        if verdicts.is_empty() {
+            println!("{}: no objects", file.display());
+        }
+        for v in verdicts {
+            match v {
+                Verdict::Valid {
+                    name,
+                    workers,
+                    config,
+                } => println!(
+                    "{}: {name}: ok ({workers} workers, config {config})",
+                    file.display()
+                ),
+                Verdict::Other { kind } => {
+                    println!("{}: {kind}: not a RideTraining, skipped", file.display())
+                }
+                Verdict::Invalid { name, errors } => {
+                    all_valid = false;
+                    let name = if name.is_empty() { "?" } else { &name };
+                    eprintln!("{}: RideTraining {name} is invalid:", file.display());
+                    for e in errors {
+                        eprintln!("  {e}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(all_valid)
 }
 
 fn trainer_binary() -> PathBuf {
@@ -72,14 +132,10 @@ fn main() -> Result<()> {
             // A closed pipe (`ride crd | head`) is not an error worth a panic.
             let _ = std::io::stdout().write_all(ride_operator::crd_yaml()?.as_bytes());
         }
-        Command::Check { file } => {
-            let rt = read_manifest(&file)?;
-            println!(
-                "{}: ok ({} workers, config {})",
-                rt.metadata.name.as_deref().unwrap_or("?"),
-                rt.spec.workers.replicas,
-                rt.spec.trainer.config
-            );
+        Command::Check { files } => {
+            if !check(&files)? {
+                std::process::exit(1);
+            }
         }
         Command::RunLocal {
             file,

@@ -1,11 +1,17 @@
-//! Shared by the operator's integration tests: the API server double, the
-//! operator process, kubectl, and waiting for conditions.
+//! Shared by the operator's integration tests: a real control plane
+//! ([`cluster::Cluster`]), node agents that run pods as processes
+//! ([`node_agent::NodeAgent`]), the operator process, and waiting.
 
 #![allow(dead_code)]
 
-pub mod apiserver;
+pub mod cluster;
+pub mod node_agent;
 
-use apiserver::ApiServer;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use ride_operator::crd::RideTraining;
+use serde_json::Value;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +22,11 @@ pub fn repo() -> PathBuf {
         .parent()
         .expect("operator/ has a parent")
         .to_path_buf()
+}
+
+/// The trainer binary, built into the same target directory as the tests.
+pub fn trainer_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ride-operator")).with_file_name("ride-trainer")
 }
 
 /// A free loopback port (bound, then released).
@@ -97,55 +108,102 @@ impl Drop for Operator {
     }
 }
 
-/// Poll `f` until it returns Some, or panic after `secs` with `what` and `context()`.
-pub async fn wait_for<T>(
+/// Poll `f` every 250 ms until it returns Some, or panic after `secs` with
+/// `what` and `context()`.
+pub async fn eventually<T, F, Fut>(
     secs: u64,
     what: &str,
-    mut f: impl FnMut() -> Option<T>,
+    mut f: F,
     context: impl Fn() -> String,
-) -> T {
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        if let Some(v) = f() {
+        if let Some(v) = f().await {
             return v;
         }
         if Instant::now() > deadline {
             panic!("timed out after {secs}s waiting for {what}\n{}", context());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
-/// Run kubectl against the double; (success, stdout + stderr).
-pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", kubeconfig.parent().expect("a directory"))
-        .output()
-        .expect("kubectl is installed on these machines");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+/// The worker pods of training `rt` in `ns`, sorted by name (terminating
+/// ones included).
+pub async fn pods_of(client: &kube::Client, ns: &str, rt: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut pods = api
+        .list(&ListParams::default().labels(&format!("ride.dev/training={rt}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    pods.sort_by_key(|p| p.metadata.name.clone().unwrap_or_default());
+    pods
+}
+
+/// Names of `pods`.
+pub fn names(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .map(|p| p.metadata.name.clone().unwrap_or_default())
+        .collect()
+}
+
+/// Names of the pods of `rt` that are not being deleted.
+pub async fn live_pod_names(client: &kube::Client, ns: &str, rt: &str) -> Vec<String> {
+    let pods: Vec<Pod> = pods_of(client, ns, rt)
+        .await
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    names(&pods)
+}
+
+/// The RideTraining `name` as JSON (None when absent).
+pub async fn training(client: &kube::Client, ns: &str, name: &str) -> Option<Value> {
+    let api: Api<RideTraining> = Api::namespaced(client.clone(), ns);
+    api.get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|rt| serde_json::to_value(rt).ok())
+}
+
+/// Its `.status` (Null when absent).
+pub async fn status(client: &kube::Client, ns: &str, name: &str) -> Value {
+    training(client, ns, name)
+        .await
+        .map(|o| o["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// A stand-in for the trainer image: a `ride-trainer` that runs until a
+/// signal says how to end (USR1: exit 0, USR2: exit 1, TERM: exit 75 as the
+/// trainer does after saving a checkpoint), so orchestration is tested
+/// without training.
+pub fn stand_in_image(dir: &Path) -> node_agent::Image {
+    let bin = dir.join("stand-in-bin");
+    std::fs::create_dir_all(&bin).expect("stand-in dir");
+    let exe = bin.join("ride-trainer");
+    std::fs::write(
+        &exe,
+        // `wait` returns as soon as a trapped signal arrives; the sleeping
+        // child is idle, so a thousand stand-ins cost no CPU.
+        "#!/bin/sh\n\
+         sleep 2147483647 & child=$!\n\
+         end() { kill $child 2>/dev/null; exit $1; }\n\
+         trap 'end 0' USR1\ntrap 'end 1' USR2\ntrap 'end 75' TERM\n\
+         wait $child\n",
     )
+    .expect("stand-in script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    node_agent::Image {
+        matches: "ride-trainer".into(),
+        bin_dir: bin,
+        paths: vec![],
+    }
 }
-
-/// A double with the project's CRD installed and a kubeconfig for it.
-pub async fn cluster(dir: &Path) -> (ApiServer, PathBuf) {
-    let api = ApiServer::start().await;
-    let crd = std::fs::read_to_string(repo().join("crds/ridetrainings.ride.dev.yaml"))
-        .expect("crds/ridetrainings.ride.dev.yaml");
-    api.install_crd(&crd);
-    let kubeconfig = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
-    (api, kubeconfig)
-}
-
-/// Pod resource id in the double.
-pub const PODS: &str = "/v1/pods";
-/// RideTraining resource id in the double.
-pub const RTS: &str = "ride.dev/v1alpha1/ridetrainings";
