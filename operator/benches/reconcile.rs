@@ -149,16 +149,16 @@ async fn wait_all(
     count: impl Fn(&Seen) -> usize,
 ) {
     let start = Instant::now();
-    let mut last = 0;
+    let mut last_print = Instant::now();
     loop {
         let k = count(&seen.lock().unwrap_or_else(|e| e.into_inner()));
         if k >= n {
             break;
         }
-        if k != last && start.elapsed().as_secs() % 10 == 0 {
+        if last_print.elapsed() >= Duration::from_secs(10) {
             eprintln!("  {what}: {k}/{n}");
+            last_print = Instant::now();
         }
-        last = k;
         if start.elapsed() > Duration::from_secs(secs) {
             eprintln!("  {what}: only {k}/{n} after {secs} s");
             break;
@@ -171,6 +171,11 @@ async fn run(n: usize, concurrency: u16) {
     let cluster = Cluster::start();
     cluster.install_crd();
     let client = cluster.client().await;
+    let server_version = client
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_default();
     let mut agents = Vec::new();
     for (i, name) in ["node-a", "node-b"].iter().enumerate() {
         let mut spec = NodeSpec::new(name, i as u8, vec![stand_in_image(&cluster.dir)]);
@@ -316,7 +321,7 @@ async fn run(n: usize, concurrency: u16) {
     println!(
         "\nride-operator on a real control plane (kube-apiserver {}), 2 node agents: {n} RideTrainings x 2 workers, \
          one burst (created in {create_secs:.1} s), --max-concurrent-reconciles {concurrency}{}",
-        std::env::var("RIDE_K8S_VERSION").unwrap_or_else(|_| "from scripts/env.sh".into()),
+        server_version,
         if concurrency == 0 { " (unbounded)" } else { "" }
     );
     println!(
