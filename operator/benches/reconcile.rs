@@ -177,8 +177,8 @@ async fn run(n: usize, concurrency: u16) {
         .map(|v| v.git_version)
         .unwrap_or_default();
     let mut agents = Vec::new();
-    for (i, name) in ["node-a", "node-b"].iter().enumerate() {
-        let mut spec = NodeSpec::new(name, i as u8, vec![stand_in_image(&cluster.dir)]);
+    for name in ["node-a", "node-b"] {
+        let mut spec = NodeSpec::new(name, vec![stand_in_image(&cluster.dir)]);
         spec.pods = (2 * n) as u32;
         spec.cpu = "1000".into();
         agents.push(cluster.node(spec).await);

@@ -6,24 +6,36 @@
 //! Each reconcile reads the RideTraining and its pods fresh from the API
 //! server rather than from the watch cache: acting on a stale status (for
 //! example one that predates our own restart) could delete the new gang.
-//! The status write carries the read `resourceVersion`, so a concurrent
-//! change makes it fail and the reconcile runs again.
+//! The decision is recorded first: the new status is written, carrying the
+//! read `resourceVersion`, and only then are pods deleted and created, Events
+//! sent and metrics counted. A concurrent change makes the write fail and
+//! nothing happens; a crash or error after the write leaves a status that
+//! the next reconcile completes (its actions are idempotent: pods of older
+//! attempts go, missing ranks of the current one are created), so a restart
+//! is never counted twice nor a verdict lost.
+//!
+//! Progress comes from the trainer's rank 0, never from its storage: its
+//! `/progress` endpoint, polled in the background (a slow pod never holds
+//! up a reconcile), and its termination message when it ends.
 
 use crate::crd::{Phase, RideTraining, RideTrainingStatus};
 use crate::lifecycle::{decide, Action, Observed, CONDITION_TYPES};
 use crate::metrics::OperatorMetrics;
-use crate::observe::observe_pod;
-use crate::pods::{headless_service, service_name, worker_pod, LABEL_TRAINING};
-use crate::progress::read_progress;
+use crate::observe::{apply_progress, observe_pod, pod_ip, termination_message};
+use crate::pods::{
+    headless_service, service_name, worker_pod, LABEL_ATTEMPT, LABEL_RANK, LABEL_TRAINING,
+    METRICS_PORT,
+};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use std::collections::{BTreeMap, HashMap};
+use ride_contract::Progress;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +53,16 @@ pub enum ReconcileError {
     Incomplete(&'static str),
 }
 
+/// How long a progress request to a trainer may take.
+pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The latest report fetched from a training's rank 0.
+#[derive(Clone)]
+struct PolledProgress {
+    attempt: i32,
+    report: Progress,
+}
+
 /// What the reconciler shares between calls.
 pub struct Context {
     client: Client,
@@ -48,6 +70,10 @@ pub struct Context {
     metrics: Arc<OperatorMetrics>,
     progress_interval: Duration,
     last_progress_read: Mutex<HashMap<String, Instant>>,
+    /// Reports by `namespace/name`, filled by background polls.
+    progress: Arc<Mutex<HashMap<String, PolledProgress>>>,
+    /// Trainings whose poll is in flight.
+    polling: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Context {
@@ -69,7 +95,37 @@ impl Context {
             metrics,
             progress_interval,
             last_progress_read: Mutex::new(HashMap::new()),
+            progress: Arc::new(Mutex::new(HashMap::new())),
+            polling: Arc::new(Mutex::new(HashSet::new())),
         })
+    }
+
+    /// Fetch rank 0's report in the background unless a fetch is in flight.
+    fn poll_progress(&self, key: String, attempt: i32, ip: std::net::IpAddr) {
+        if !lock(&self.polling).insert(key.clone()) {
+            return;
+        }
+        let (cache, polling) = (Arc::clone(&self.progress), Arc::clone(&self.polling));
+        tokio::spawn(async move {
+            match crate::progress::fetch(ip, METRICS_PORT as u16, PROGRESS_TIMEOUT).await {
+                Ok(report) => {
+                    lock(&cache).insert(key.clone(), PolledProgress { attempt, report });
+                }
+                Err(e) => tracing::debug!(training = %key, error = %e, "no progress report"),
+            }
+            lock(&polling).remove(&key);
+        });
+    }
+
+    /// The last report fetched for `key`, if any.
+    fn polled(&self, key: &str) -> Option<PolledProgress> {
+        lock(&self.progress).get(key).cloned()
+    }
+
+    /// Forget a training that is gone or finished.
+    fn forget(&self, key: &str) {
+        lock(&self.progress).remove(key);
+        lock(&self.last_progress_read).remove(key);
     }
 
     /// Whether progress is due for `key` (and mark it read if so).
@@ -87,6 +143,10 @@ impl Context {
         }
         due
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn is_not_found(e: &kube::Error) -> bool {
@@ -125,28 +185,6 @@ pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_js
     }
 }
 
-/// The credentials Secret's data by key, for reading checkpoint progress.
-async fn credentials(
-    client: &Client,
-    ns: &str,
-    rt: &RideTraining,
-) -> Result<BTreeMap<String, String>, kube::Error> {
-    let Some(name) = &rt.spec.checkpoint.credentials_secret else {
-        return Ok(BTreeMap::new());
-    };
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get(name)
-        .await?;
-    let mut out = BTreeMap::new();
-    for (k, v) in secret.data.unwrap_or_default() {
-        out.insert(k, String::from_utf8_lossy(&v.0).into_owned());
-    }
-    for (k, v) in secret.string_data.unwrap_or_default() {
-        out.insert(k, v);
-    }
-    Ok(out)
-}
-
 /// Reconcile one RideTraining.
 pub async fn reconcile(
     cached: Arc<RideTraining>,
@@ -168,13 +206,18 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         .clone()
         .ok_or(ReconcileError::Incomplete("a name"))?;
     let rts: Api<RideTraining> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = format!("{ns}/{name}");
     let rt = match rts.get(&name).await {
         Ok(rt) => rt,
-        Err(e) if is_not_found(&e) => return Ok(Requeue::await_change()),
+        Err(e) if is_not_found(&e) => {
+            ctx.forget(&key);
+            return Ok(Requeue::await_change());
+        }
         Err(e) => return Err(e.into()),
     };
     if rt.metadata.deletion_timestamp.is_some() {
         // Owner references take the pods and the Service with it.
+        ctx.forget(&key);
         return Ok(Requeue::await_change());
     }
     let old_status = rt.status.clone().unwrap_or_default();
@@ -195,8 +238,8 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
                 &e.to_string(),
                 now,
             );
-            publish(ctx, &reference, "InvalidSpec", &e.to_string(), true).await;
             write_status(&rts, &rt, &old_status, &status).await?;
+            publish(ctx, &reference, "InvalidSpec", &e.to_string(), true).await;
         }
         return Ok(Requeue::await_change());
     }
@@ -209,12 +252,12 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         .await?;
     // Only pods this very object owns: a recreated RideTraining of the same
     // name must not adopt its predecessor's pods.
-    let observed_pods = pods
+    let owned: Vec<&Pod> = pods
         .items
         .iter()
         .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
-        .filter_map(observe_pod)
         .collect();
+    let observed_pods = owned.iter().filter_map(|p| observe_pod(p)).collect();
     let service_exists = svc_api.get_opt(&service_name(&rt)).await?.is_some();
     let observed = Observed {
         now,
@@ -226,8 +269,54 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     let mut status = decision.status;
     let finished = matches!(status.phase, Some(Phase::Succeeded | Phase::Failed));
     let mut requeue: Option<i64> = (!finished).then_some(ctx.progress_interval.as_secs() as i64);
+
+    // Progress: the last background poll of rank 0, then the final reports
+    // that ended ranks 0 left in their termination messages.
+    if let Some(p) = ctx.polled(&key) {
+        if p.attempt <= status.attempt {
+            apply_progress(&mut status, &p.report);
+        }
+    }
+    let label = |p: &Pod, l: &str| -> Option<i32> { p.labels().get(l)?.parse().ok() };
+    let mut rank0: Vec<&Pod> = owned
+        .iter()
+        .copied()
+        .filter(|p| label(p, LABEL_RANK) == Some(0))
+        .collect();
+    rank0.sort_by_key(|p| label(p, LABEL_ATTEMPT));
+    for p in &rank0 {
+        if let Some(report) =
+            termination_message(p).and_then(|m| Progress::parse(m.as_bytes()).ok())
+        {
+            apply_progress(&mut status, &report);
+        }
+    }
+    let live_rank0 = rank0.iter().rev().find(|p| {
+        label(p, LABEL_ATTEMPT) == Some(status.attempt) && p.metadata.deletion_timestamp.is_none()
+    });
+    if let (false, Some(ip)) = (finished, live_rank0.and_then(|p| pod_ip(p))) {
+        if ctx.progress_due(&key, false) {
+            ctx.poll_progress(key.clone(), status.attempt, ip);
+            // Pick the answer up soon rather than a whole interval later.
+            requeue = Some(requeue.map_or(2, |r| r.min(2)));
+        }
+    }
+    if finished {
+        ctx.forget(&key);
+    }
+
+    // Record the decision before acting on it.
+    write_status(&rts, &rt, &old_status, &status).await?;
+    record_transitions(&ctx.metrics, &rt, &old_status, &status);
+
+    // Events first: a failing pod call below must not lose the record of
+    // a transition whose status is already written.
+    let (events, actions): (Vec<Action>, Vec<Action>) = decision
+        .actions
+        .into_iter()
+        .partition(|a| matches!(a, Action::Event { .. }));
     let apply = PatchParams::apply(FIELD_MANAGER).force();
-    for action in decision.actions {
+    for action in events.into_iter().chain(actions) {
         match action {
             Action::EnsureService => {
                 let svc = headless_service(&rt);
@@ -284,34 +373,6 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
             }
         }
     }
-
-    // The final evaluation is read once more when the run ends.
-    let just_finished =
-        finished && !matches!(old_status.phase, Some(Phase::Succeeded | Phase::Failed));
-    // Finished runs are not read again; the check comes first so it does not mark a read.
-    if (!finished || just_finished) && ctx.progress_due(&format!("{ns}/{name}"), just_finished) {
-        let progress = match credentials(&ctx.client, &ns, &rt).await {
-            Ok(creds) => read_progress(&rt.spec.checkpoint.uri, &creds)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("credentials Secret: {e}")),
-        };
-        match progress {
-            Ok(Some((checkpoint, eval))) => {
-                status.last_checkpoint = Some(checkpoint);
-                if eval.is_some() {
-                    status.latest_eval = eval;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(training = %name, namespace = %ns, error = %e, "cannot read checkpoint progress")
-            }
-        }
-    }
-
-    record_transitions(&ctx.metrics, &rt, &old_status, &status);
-    write_status(&rts, &rt, &old_status, &status).await?;
     Ok(match requeue {
         Some(s) => Requeue::requeue(Duration::from_secs(s.max(1) as u64)),
         None => Requeue::await_change(),

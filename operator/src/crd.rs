@@ -90,6 +90,15 @@ pub struct WorkersSpec {
     #[serde(default = "default_elastic_timeout")]
     #[schemars(range(min = 10, max = 86400))]
     pub elastic_timeout_seconds: i64,
+    /// Seconds a worker gets between SIGTERM and SIGKILL when its gang is
+    /// stopped: the trainer saves a checkpoint in that time.
+    #[serde(default = "default_termination_grace")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub termination_grace_period_seconds: i64,
+}
+
+fn default_termination_grace() -> i64 {
+    120
 }
 
 fn default_elastic_timeout() -> i64 {
@@ -157,9 +166,21 @@ pub struct RestartPolicySpec {
     /// Rules by exit code; the first match wins, otherwise `Restart`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exit_code_rules: Vec<ExitCodeRule>,
-    /// Exit code 75 (preempted, checkpoint saved) and node loss restart without using the budget.
+    /// Exit code 75 (preempted, checkpoint saved), node loss, evictions and
+    /// deleted workers restart without using the budget.
     #[serde(default = "default_true")]
     pub preemption_exempt: bool,
+    /// A worker of an old attempt still there this long after its
+    /// termination grace period ended (its node is unreachable, say) is
+    /// force-deleted; until then the next attempt waits for it, so two gangs
+    /// never run at once.
+    #[serde(default = "default_force_delete_after")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub force_delete_after_seconds: i64,
+}
+
+fn default_force_delete_after() -> i64 {
+    300
 }
 
 fn default_budget() -> i32 {
@@ -181,6 +202,7 @@ impl Default for RestartPolicySpec {
             backoff_seconds: default_backoff_seconds(),
             exit_code_rules: Vec::new(),
             preemption_exempt: default_true(),
+            force_delete_after_seconds: default_force_delete_after(),
         }
     }
 }

@@ -9,12 +9,11 @@
 use crate::crd::{ExitAction, Phase, RideTrainingSpec, RideTrainingStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-/// Exit code of a preempted worker that saved a checkpoint (`ride-trainer`).
-pub const PREEMPTED_EXIT_CODE: i32 = 75;
+pub use ride_contract::PREEMPTED_EXIT_CODE;
 /// Longest restart backoff.
 pub const MAX_BACKOFF_SECONDS: i64 = 600;
-/// A pod terminating this long on an unreachable node is force-deleted.
-pub const FORCE_DELETE_AFTER_SECONDS: i64 = 300;
+/// How often to look again while an old gang is still terminating.
+pub const TERMINATION_POLL_SECONDS: i64 = 2;
 
 /// A worker pod's state as observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,8 +32,12 @@ pub enum PodState {
         /// Exit code of the trainer container.
         exit_code: i32,
     },
-    /// Its node is gone or unreachable.
-    NodeLost,
+    /// Disrupted from outside: its node was lost, it was evicted or
+    /// preempted (`reason` as the API server gave it).
+    Disrupted {
+        /// `DeletionByTaintManager`, `EvictionByEvictionAPI`, `NodeLost`, ...
+        reason: String,
+    },
 }
 
 /// One observed worker pod.
@@ -46,8 +49,10 @@ pub struct ObservedPod {
     pub attempt: i32,
     /// State.
     pub state: PodState,
-    /// Unix time deletion was requested, if it was.
-    pub deleting_since: Option<i64>,
+    /// When its deletion was requested: the Unix time its grace period ends
+    /// (the pod's `deletionTimestamp`), after which its kubelet should have
+    /// killed it.
+    pub deletion_deadline: Option<i64>,
 }
 
 /// Everything the decision needs from the world.
@@ -158,16 +163,22 @@ impl Ctx<'_> {
         self.st.message = Some(message);
     }
 
-    /// Delete every pod not yet being deleted; force-delete ones stuck on lost nodes.
+    /// Whether `p` is still there `forceDeleteAfterSeconds` after its grace
+    /// period ended: its kubelet is not finishing it (e.g. its node is gone).
+    fn stuck(&self, p: &ObservedPod) -> bool {
+        p.deletion_deadline.is_some_and(|t| {
+            self.obs.now - t >= self.spec.restart_policy.force_delete_after_seconds
+        })
+    }
+
+    /// Delete every pod not yet being deleted; force-delete ones stuck terminating.
     fn delete_pods(&mut self, only_other_attempts: bool) {
         for p in &self.obs.pods {
             if only_other_attempts && p.attempt == self.st.attempt {
                 continue;
             }
-            let stuck = p.state == PodState::NodeLost
-                && p.deleting_since
-                    .is_some_and(|t| self.obs.now - t >= FORCE_DELETE_AFTER_SECONDS);
-            if p.deleting_since.is_none() || stuck {
+            let stuck = self.stuck(p);
+            if p.deletion_deadline.is_none() || stuck {
                 self.actions.push(Action::DeletePod {
                     rank: p.rank,
                     attempt: p.attempt,
@@ -266,8 +277,8 @@ pub fn set_conditions(
 pub fn exit_action(spec: &RideTrainingSpec, state: &PodState) -> ExitAction {
     let policy = &spec.restart_policy;
     match state {
-        PodState::NodeLost if policy.preemption_exempt => ExitAction::RestartExempt,
-        PodState::NodeLost => ExitAction::Restart,
+        PodState::Disrupted { .. } if policy.preemption_exempt => ExitAction::RestartExempt,
+        PodState::Disrupted { .. } => ExitAction::Restart,
         PodState::Failed { exit_code } => {
             if let Some(rule) = policy
                 .exit_code_rules
@@ -394,23 +405,53 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         }
         c.st.restart_after = None;
     }
+    // The current attempt's pods, those being deleted included: nothing of
+    // ours deletes them while the attempt is current, so a deletion came from
+    // outside (an eviction, a lost node, a user) and ends the attempt.
     let current: Vec<&ObservedPod> = obs
         .pods
         .iter()
-        .filter(|p| p.attempt == c.st.attempt && p.deleting_since.is_none())
+        .filter(|p| p.attempt == c.st.attempt)
         .collect();
-    // The first failure decides (a rank that exited 0 does not mask another's failure).
-    if let Some(bad) = current
-        .iter()
-        .find(|p| matches!(p.state, PodState::Failed { .. } | PodState::NodeLost))
-    {
-        let what = match bad.state {
+    // A rank that vanished after the gang was complete (force-deleted before
+    // we saw it go) ends the attempt too: the others cannot go on without it.
+    let missing = (0..c.st.world_size)
+        .find(|r| c.st.running_since.is_some() && !current.iter().any(|p| p.rank == *r));
+    let failure = current.iter().find_map(|p| {
+        let what = match &p.state {
             PodState::Failed { exit_code } => {
-                format!("worker {} exited with code {exit_code}", bad.rank)
+                format!("worker {} exited with code {exit_code}", p.rank)
             }
-            _ => format!("worker {} lost its node", bad.rank),
+            PodState::Disrupted { reason } => {
+                format!("worker {} was disrupted ({reason})", p.rank)
+            }
+            PodState::Succeeded => return None,
+            _ if p.deletion_deadline.is_some() => format!("worker {} was deleted", p.rank),
+            _ => return None,
         };
-        match exit_action(spec, &bad.state) {
+        // A deletion without an exit code yet is classified like a disruption.
+        let state = match &p.state {
+            PodState::Failed { .. } | PodState::Disrupted { .. } => p.state.clone(),
+            _ => PodState::Disrupted {
+                reason: "Deleted".into(),
+            },
+        };
+        Some((p.rank, state, what))
+    });
+    let failure = failure.or_else(|| {
+        missing.map(|r| {
+            (
+                r,
+                PodState::Disrupted {
+                    reason: "Deleted".into(),
+                },
+                format!("worker {r} disappeared"),
+            )
+        })
+    });
+    // The first failure decides (a rank that exited 0 does not mask another's failure).
+    if let Some((_, state, what)) = failure {
+        match exit_action(spec, &state) {
             ExitAction::Fail => {
                 c.delete_pods(false);
                 c.finish(
@@ -484,6 +525,27 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             "Growing",
             format!("trying {full} workers again"),
         );
+        return Decision {
+            actions: c.actions,
+            status: c.st,
+        };
+    }
+    // Two gangs never run at once: the new attempt waits until every pod of
+    // older attempts is gone (force-deleted once stuck past the grace).
+    let waiting_for_old = obs
+        .pods
+        .iter()
+        .filter(|p| p.attempt != c.st.attempt && !c.stuck(p))
+        .count();
+    if waiting_for_old > 0 {
+        c.actions
+            .push(Action::RequeueAfter(TERMINATION_POLL_SECONDS));
+        let message =
+            format!("waiting for {waiting_for_old} workers of the previous attempt to stop");
+        let phase = c.st.phase.unwrap_or(Phase::Created);
+        let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
+        set_conditions(&mut c.st.conditions, phase, &reason, &message, now);
+        c.st.message = Some(message);
         return Decision {
             actions: c.actions,
             status: c.st,

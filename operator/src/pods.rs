@@ -12,9 +12,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use std::collections::BTreeMap;
 
 /// Rendezvous store port (rank 0).
-pub const MASTER_PORT: i32 = 29500;
-/// Trainer metrics port.
-pub const METRICS_PORT: i32 = 9400;
+pub const MASTER_PORT: i32 = ride_contract::MASTER_PORT as i32;
+/// Trainer metrics and progress port.
+pub const METRICS_PORT: i32 = ride_contract::METRICS_PORT as i32;
+/// The worker pods' trainer container.
+pub const TRAINER_CONTAINER: &str = "trainer";
+/// Where the trainer leaves its final progress report (the container's
+/// termination message, read back from pod status).
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
 /// Where configs live in the trainer image.
 pub const IMAGE_CONFIGS: &str = "/opt/ride/configs";
 /// Label: the owning RideTraining.
@@ -183,6 +188,7 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
         env("MASTER_ADDR", format!("{}.{svc}", pod_name(rt, attempt, 0))),
         env("MASTER_PORT", MASTER_PORT.to_string()),
         env("RIDE_RESTART_ATTEMPT", attempt.to_string()),
+        env(ride_contract::ENV_TERMINATION_LOG, TERMINATION_LOG),
     ];
     if let Some(secret) = &spec.checkpoint.credentials_secret {
         env_vars.extend(credential_env(&spec.checkpoint.uri, secret));
@@ -241,14 +247,18 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
             hostname: Some(pod),
             subdomain: Some(svc),
             restart_policy: Some("Never".into()),
+            termination_grace_period_seconds: Some(spec.workers.termination_grace_period_seconds),
             scheduler_name: sched.scheduler_name,
             node_selector: (!sched.node_selector.is_empty()).then_some(sched.node_selector),
             tolerations: (!sched.tolerations.is_empty()).then_some(sched.tolerations),
             priority_class_name: sched.priority_class_name,
             volumes: Some(volumes),
             containers: vec![Container {
-                name: "trainer".into(),
+                name: TRAINER_CONTAINER.into(),
                 image: Some(spec.image.clone()),
+                termination_message_path: Some(TERMINATION_LOG.into()),
+                // A trainer that dies before writing its report still says why.
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
                 command: Some(vec!["ride-trainer".into()]),
                 args: Some(trainer_args(rt)),
                 env: Some(env_vars),

@@ -1,167 +1,146 @@
-//! Reading a training's progress from its checkpoint storage: the newest
-//! `latest` manifest the trainer wrote under the checkpoint URI.
+//! A running training's progress, from its rank 0: the trainer's JSON
+//! report (`ride_contract::Progress`) on its metrics port at
+//! `http://<pod IP>:9400/progress`, fetched with a short timeout. When the
+//! run ends, the same report arrives as rank 0's termination message in pod
+//! status (see `observe.rs`).
 //!
-//! The trainer writes `<uri>/<MODEL.NAME>/<TAG>/latest` (a copy of the newest
-//! checkpoint's manifest, written last), so the operator does not need to
-//! know the model name: it lists the prefix and takes the newest `latest`.
+//! The operator never opens the tenant's checkpoint storage: it holds no
+//! user credentials and takes no user-supplied client settings, so a
+//! RideTraining cannot make the operator's process call an address of the
+//! tenant's choosing with the operator's identity. The only request it
+//! makes on a training's behalf is this unauthenticated GET of a fixed path
+//! and port on the IP the kubelet reported for the pod it created, with a
+//! bounded response.
 
-use crate::crd::{CheckpointStatus, EvalStatus};
-use crate::observe::progress_from_manifest;
-use futures::TryStreamExt;
-use object_store::path::Path as StorePath;
-use object_store::ObjectStore;
-use std::collections::BTreeMap;
+use ride_contract::{Progress, PROGRESS_PATH};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Why progress could not be read.
+/// Largest response accepted (a report is well under 1 KiB).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Why the report could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ProgressError {
-    /// The URI cannot be opened.
-    #[error("checkpoint URI {uri}: {message}")]
-    Invalid {
-        /// The URI.
-        uri: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// Listing or reading failed.
-    #[error("reading {uri}: {source}")]
-    Storage {
-        /// The URI.
-        uri: String,
-        /// The store's error.
-        source: object_store::Error,
-    },
-    /// The manifest is not JSON of the expected shape.
-    #[error("{uri}: not a checkpoint manifest: {source}")]
-    Manifest {
-        /// The manifest's URI.
-        uri: String,
-        /// The parse error.
-        source: serde_json::Error,
-    },
+    /// No answer within the timeout.
+    #[error("no answer from {0} within {1:?}")]
+    Timeout(SocketAddr, Duration),
+    /// Connecting, writing or reading failed.
+    #[error("{0}: {1}")]
+    Io(SocketAddr, std::io::Error),
+    /// Not an HTTP 200 with a body.
+    #[error("{0}: unexpected response: {1}")]
+    Http(SocketAddr, String),
+    /// The body is not a progress report.
+    #[error("{0}: not a progress report: {1}")]
+    Report(SocketAddr, serde_json::Error),
 }
 
-/// Open `uri` with credentials given as the trainer's environment variable
-/// names (`AWS_ACCESS_KEY_ID`, ...), typically the referenced Secret's data.
-pub fn open_store(
-    uri: &str,
-    credentials: &BTreeMap<String, String>,
-) -> Result<(Box<dyn ObjectStore>, StorePath), ProgressError> {
-    let invalid = |message: String| ProgressError::Invalid {
-        uri: uri.to_string(),
-        message,
-    };
-    let url = if uri.contains("://") {
-        url::Url::parse(uri).map_err(|e| invalid(e.to_string()))?
-    } else {
-        let abs = std::path::absolute(uri).map_err(|e| invalid(e.to_string()))?;
-        url::Url::from_directory_path(abs).map_err(|_| invalid("not a usable path".into()))?
-    };
-    // object_store's configuration keys are the variable names in lower case.
-    let mut options: Vec<(String, String)> = credentials
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-        .collect();
-    let endpoint = credentials
-        .get("AWS_ENDPOINT_URL")
-        .or_else(|| credentials.get("AWS_ENDPOINT"));
-    if let Some(ep) = endpoint {
-        options.push(("aws_endpoint".into(), ep.clone()));
-        if ep.starts_with("http://") {
-            options.push(("allow_http".into(), "true".into()));
-        }
+/// GET the progress report of the trainer at `ip:port`.
+pub async fn fetch(ip: IpAddr, port: u16, timeout: Duration) -> Result<Progress, ProgressError> {
+    let addr = SocketAddr::new(ip, port);
+    match tokio::time::timeout(timeout, get(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(ProgressError::Timeout(addr, timeout)),
     }
-    options.retain(|(k, _)| k != "aws_endpoint_url");
-    object_store::parse_url_opts(&url, options).map_err(|e| invalid(e.to_string()))
 }
 
-/// The newest `latest` manifest under `uri`, as status fields; `None` when
-/// nothing was saved yet.
-pub async fn read_progress(
-    uri: &str,
-    credentials: &BTreeMap<String, String>,
-) -> Result<Option<(CheckpointStatus, Option<EvalStatus>)>, ProgressError> {
-    let (store, prefix) = open_store(uri, credentials)?;
-    let storage = |source| ProgressError::Storage {
-        uri: uri.to_string(),
-        source,
-    };
-    let listed: Vec<_> = match store.list(Some(&prefix)).try_collect().await {
-        Ok(l) => l,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(storage(e)),
-    };
-    let Some(newest) = listed
-        .into_iter()
-        .filter(|m| m.location.filename() == Some("latest"))
-        .max_by_key(|m| m.last_modified)
-    else {
-        return Ok(None);
-    };
-    let bytes = store
-        .get(&newest.location)
+async fn get(addr: SocketAddr) -> Result<Progress, ProgressError> {
+    let io = |e| ProgressError::Io(addr, e);
+    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+    let request =
+        format!("GET {PROGRESS_PATH} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    let mut buf = Vec::new();
+    (&mut stream)
+        .take(MAX_RESPONSE_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
         .await
-        .map_err(storage)?
-        .bytes()
-        .await
-        .map_err(storage)?;
-    // The run directory relative to the URI: the manifest's parent.
-    let relative: Vec<&str> = newest
-        .location
-        .as_ref()
-        .strip_prefix(prefix.as_ref())
-        .unwrap_or(newest.location.as_ref())
-        .trim_start_matches('/')
-        .split('/')
-        .collect();
-    let run_dir = relative[..relative.len().saturating_sub(1)].join("/");
-    let base = uri.trim_end_matches('/');
-    let dir_uri = if run_dir.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}/{run_dir}")
-    };
-    progress_from_manifest(&bytes, &dir_uri)
-        .map(Some)
-        .map_err(|source| ProgressError::Manifest {
-            uri: format!("{dir_uri}/latest"),
-            source,
-        })
+        .map_err(io)?;
+    if buf.len() > MAX_RESPONSE_BYTES {
+        return Err(ProgressError::Http(
+            addr,
+            format!("more than {MAX_RESPONSE_BYTES} bytes"),
+        ));
+    }
+    parse_response(&buf).map_err(|e| match e {
+        ResponseError::Http(m) => ProgressError::Http(addr, m),
+        ResponseError::Json(e) => ProgressError::Report(addr, e),
+    })
+}
+
+enum ResponseError {
+    Http(String),
+    Json(serde_json::Error),
+}
+
+/// The report in an HTTP/1.x response.
+fn parse_response(buf: &[u8]) -> Result<Progress, ResponseError> {
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| ResponseError::Http("no header end".into()))?;
+    let head = String::from_utf8_lossy(&buf[..split]);
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(ResponseError::Http(status.chars().take(100).collect()));
+    }
+    Progress::parse(&buf[split + 4..]).map_err(ResponseError::Json)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn responses_are_parsed_or_refused() {
+        let ok =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"step\":7,\"epoch\":1}";
+        let p = parse_response(ok).ok().unwrap();
+        assert_eq!((p.step, p.epoch), (7, 1));
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 404 Not Found\r\n\r\nnope"),
+            Err(ResponseError::Http(m)) if m.contains("404")
+        ));
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 200 OK\r\n\r\n<html>"),
+            Err(ResponseError::Json(_))
+        ));
+        assert!(matches!(
+            parse_response(b"garbage"),
+            Err(ResponseError::Http(_))
+        ));
+    }
+
     #[tokio::test]
-    async fn finds_the_newest_latest_under_the_uri() {
-        let dir = tempfile::tempdir().unwrap();
-        let none = read_progress(dir.path().to_str().unwrap(), &BTreeMap::new())
-            .await
-            .unwrap();
-        assert!(none.is_none());
-        let run = dir.path().join("tiny/default");
-        std::fs::create_dir_all(&run).unwrap();
-        std::fs::write(
-            run.join("latest"),
-            br#"{"dir":"ckpt_epoch_3","epoch":3,"step":40,"saved_at":"2026-11-29T01:00:00Z",
-                "eval":{"top1":61.5,"many":70.0,"medium":55.0,"few":40.0}}"#,
-        )
-        .unwrap();
-        std::fs::write(run.join("not-latest"), b"{}").unwrap();
-        let uri = format!("file://{}", dir.path().display());
-        let (c, e) = read_progress(&uri, &BTreeMap::new())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(c.uri, format!("{uri}/tiny/default/ckpt_epoch_3"));
-        assert_eq!((c.epoch, c.step), (3, 40));
-        assert_eq!(e.unwrap().few, Some(40.0));
-        std::fs::write(run.join("latest"), b"not json").unwrap();
-        let err = read_progress(&uri, &BTreeMap::new()).await.unwrap_err();
-        assert!(
-            err.to_string().contains("not a checkpoint manifest"),
-            "{err}"
-        );
+    async fn a_silent_peer_times_out_and_a_huge_answer_is_refused() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let t = Duration::from_millis(200);
+        let hold = tokio::spawn(async move {
+            let (_s, _) = silent.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        assert!(matches!(
+            fetch(addr.ip(), addr.port(), t).await,
+            Err(ProgressError::Timeout(..))
+        ));
+        hold.abort();
+
+        let huge = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = huge.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = huge.accept().await.unwrap();
+            let mut req = [0u8; 256];
+            let _ = s.read(&mut req).await;
+            let body = vec![b' '; MAX_RESPONSE_BYTES * 2];
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await;
+            let _ = s.write_all(&body).await;
+        });
+        assert!(matches!(
+            fetch(addr.ip(), addr.port(), Duration::from_secs(5)).await,
+            Err(ProgressError::Http(_, m)) if m.contains("more than")
+        ));
     }
 }

@@ -38,8 +38,8 @@ async fn setup(nodes: &[&str]) -> (Cluster, kube::Client, Vec<NodeAgent>) {
     cluster.install_crd();
     let client = cluster.client().await;
     let mut agents = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        let spec = NodeSpec::new(n, i as u8, vec![stand_in_image(&cluster.dir)]);
+    for n in nodes {
+        let spec = NodeSpec::new(n, vec![stand_in_image(&cluster.dir)]);
         agents.push(cluster.node(spec).await);
     }
     (cluster, client, agents)
@@ -128,14 +128,19 @@ async fn a_failed_worker_restarts_the_gang_and_status_follows_to_success() {
     )
     .await;
 
-    // The trainer's checkpoint manifest shows up in status.
-    let run_dir = cluster.dir.join("ckpt/tiny/default");
-    std::fs::create_dir_all(&run_dir).unwrap();
-    std::fs::write(
-        run_dir.join("latest"),
-        br#"{"dir":"ckpt_epoch_0","epoch":0,"step":7,"saved_at":"2026-11-29T03:00:00Z","eval":{"top1":41.5,"many":60.0,"medium":30.0,"few":10.0}}"#,
-    )
-    .unwrap();
+    // Rank 0's progress report (served on its pod IP, as the trainer does)
+    // shows up in status.
+    let ip = pods[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("rank 0 has an IP");
+    let served = common::serve_progress(&ip, || {
+        r#"{"state":"Training","epoch":1,"epochs":2,"step":9,"totalSteps":14,
+            "checkpoint":{"uri":"file:///x/ckpt_epoch_0","epoch":0,"step":7,"savedAt":"2026-11-29T03:00:00Z"},
+            "eval":{"epoch":0,"top1":41.5,"many":60.0,"medium":30.0,"few":10.0}}"#
+            .to_string()
+    });
     eventually(
         30,
         "lastCheckpoint in status",
@@ -145,7 +150,10 @@ async fn a_failed_worker_restarts_the_gang_and_status_follows_to_success() {
         ctx,
     )
     .await;
-    assert_eq!(status(c, NS, "gang").await["latestEval"]["overall"], 41.5);
+    let st = status(c, NS, "gang").await;
+    assert_eq!(st["latestEval"]["overall"], 41.5);
+    assert_eq!(st["lastCheckpoint"]["uri"], "file:///x/ckpt_epoch_0");
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 
     // Rank 1 exits 1 while rank 0 runs: the whole gang goes and comes back as attempt 1.
     signal(&agents, "gang-0-1", "USR2");
@@ -181,9 +189,17 @@ async fn a_failed_worker_restarts_the_gang_and_status_follows_to_success() {
         ctx,
     )
     .await;
+    // Rank 0's final report arrives as its termination message.
+    let rank0_dir = agents
+        .iter()
+        .map(|a| a.pod_dir(NS, "gang-1-0"))
+        .find(|d| d.is_dir())
+        .expect("rank 0 of attempt 1 runs on a node");
     std::fs::write(
-        run_dir.join("latest"),
-        br#"{"dir":"ckpt_epoch_1","epoch":1,"step":14,"saved_at":"2026-11-29T03:01:00Z","eval":{"top1":55.0,"many":70.0,"medium":50.0,"few":20.0}}"#,
+        rank0_dir.join("termination-message"),
+        r#"{"state":"Finished","epoch":1,"epochs":2,"step":14,"totalSteps":14,
+            "checkpoint":{"uri":"file:///x/ckpt_epoch_1","epoch":1,"step":14,"savedAt":"2026-11-29T03:01:00Z"},
+            "eval":{"epoch":1,"top1":55.0,"many":70.0,"medium":50.0,"few":20.0}}"#,
     )
     .unwrap();
     // A rank that finishes first does not end the run; both finishing does.
@@ -522,7 +538,7 @@ async fn an_unschedulable_worker_shrinks_the_gang_and_it_grows_back_later() {
     );
     // Capacity arrives; after running at reduced size for the timeout the gang
     // tries full size again, and the scheduler places both ranks.
-    let spec = NodeSpec::new("node-b", 1, vec![stand_in_image(&cluster.dir)]);
+    let spec = NodeSpec::new("node-b", vec![stand_in_image(&cluster.dir)]);
     agents.push(cluster.node(spec).await);
     let pods = eventually(
         90,
@@ -550,11 +566,39 @@ async fn an_unschedulable_worker_shrinks_the_gang_and_it_grows_back_later() {
     );
 }
 
+fn phase_of(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default()
+}
+
+fn attempt_of(p: &Pod) -> String {
+    p.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("ride.dev/attempt").cloned())
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_node_goes_not_ready_and_its_pods_are_evicted() {
+async fn a_lost_node_restarts_the_gang_elsewhere_without_using_the_budget() {
     let (cluster, client, agents) = setup(&["node-a", "node-b"]).await;
     let op = Operator::start(&cluster.kubeconfig, "op-n", &["--no-leader-election"]);
     let manifest = example_with_checkpoint(&cluster.dir, "lost");
+    // The pod left behind on the lost node never confirms its end; 5 s past
+    // its 2 s grace it is force-deleted and stops holding up the next attempt.
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace(
+            "preemptionExempt: true",
+            "preemptionExempt: true\n    forceDeleteAfterSeconds: 5",
+        )
+        .replace(
+            "replicas: 2",
+            "replicas: 2\n    terminationGracePeriodSeconds: 2",
+        );
+    std::fs::write(&manifest, text).unwrap();
     let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
     assert!(ok, "{out}");
     let ctx = || describe(&cluster, &op, "lost");
@@ -569,7 +613,7 @@ async fn a_lost_node_goes_not_ready_and_its_pods_are_evicted() {
         ctx,
     )
     .await;
-    let victim = pods
+    let (victim_pod, victim_node) = pods
         .iter()
         .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("node-b"))
         .or_else(|| pods.first())
@@ -580,13 +624,17 @@ async fn a_lost_node_goes_not_ready_and_its_pods_are_evicted() {
             ))
         })
         .expect("a placed pod");
-    let (victim_pod, victim_node) = victim;
+    let survivor = if victim_node == "node-a" {
+        "node-b"
+    } else {
+        "node-a"
+    };
     let agent = agents.iter().find(|a| a.name == victim_node).unwrap();
     let t0 = std::time::Instant::now();
     agent.stop();
 
     // The real node lifecycle controller: NotReady (Unknown) after the grace
-    // period, a NoExecute taint, and the pod evicted by the taint manager.
+    // period, an unreachable NoExecute taint, the pod evicted.
     let nodes: Api<Node> = Api::all(client.clone());
     let n = &nodes;
     let vn = victim_node.clone();
@@ -608,44 +656,373 @@ async fn a_lost_node_goes_not_ready_and_its_pods_are_evicted() {
     )
     .await;
     let not_ready_after = t0.elapsed();
-    let vp = victim_pod.clone();
-    let evicted = eventually(
-        60,
-        "the pod on the lost node evicted",
-        || {
-            let vp = vp.clone();
-            async move {
-                let p = Api::<Pod>::namespaced(c.clone(), NS)
-                    .get_opt(&vp)
-                    .await
-                    .ok()?;
-                // Gone already (the operator may force-delete it) or marked.
-                match p {
-                    None => Some(json!("deleted")),
-                    Some(p) => {
-                        let disrupted = p.status.as_ref()?.conditions.as_ref()?.iter().any(|c| {
-                            c.type_ == "DisruptionTarget"
-                                && c.reason.as_deref() == Some("DeletionByTaintManager")
-                        });
-                        (p.metadata.deletion_timestamp.is_some() && disrupted)
-                            .then(|| json!("evicted"))
-                    }
-                }
-            }
-        },
-        ctx,
-    )
-    .await;
-    println!(
-        "node {victim_node} NotReady after {:.1} s; pod {victim_pod} {evicted} after {:.1} s",
-        not_ready_after.as_secs_f64(),
-        t0.elapsed().as_secs_f64()
-    );
     let (_, taints) =
         cluster.kubectl(&["get", "node", &victim_node, "-o", "jsonpath={.spec.taints}"]);
     assert!(
         taints.contains("node.kubernetes.io/unreachable"),
         "{taints}"
+    );
+
+    // The gang restarts on the surviving node, outside the budget.
+    let sv = survivor.to_string();
+    let new_gang = eventually(
+        120,
+        "attempt 1 running on the surviving node",
+        || {
+            let sv = sv.clone();
+            async move {
+                let p: Vec<Pod> = pods_of(c, NS, "lost").await;
+                let ok = names(&p) == ["lost-1-0", "lost-1-1"]
+                    && p.iter().all(|p| {
+                        phase_of(p) == "Running"
+                            && p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                                == Some(sv.as_str())
+                    });
+                ok.then_some(p)
+            }
+        },
+        ctx,
+    )
+    .await;
+    let restarted_after = t0.elapsed();
+    assert_eq!(new_gang.len(), 2);
+    let st = status(c, NS, "lost").await;
+    assert_eq!(
+        (
+            st["restarts"].clone(),
+            st["exemptRestarts"].clone(),
+            st["attempt"].clone()
+        ),
+        (json!(0), json!(1), json!(1)),
+        "{st}"
+    );
+    let restarting = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Restarting")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(restarting["reason"], "Preempted", "{st}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    let notes: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Preempted"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("was disrupted (DeletionByTaintManager)")),
+        "{notes:?}"
+    );
+    println!(
+        "node {victim_node} lost: NotReady after {:.1} s, pod {victim_pod} evicted and the gang running again on {survivor} after {:.1} s",
+        not_ready_after.as_secs_f64(),
+        restarted_after.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_status_write_changes_nothing_and_the_restart_is_counted_once() {
+    let (cluster, client, agents) = setup(&["node-a"]).await;
+    let op = Operator::start(&cluster.kubeconfig, "op-w", &["--no-leader-election"]);
+    let manifest = example_with_checkpoint(&cluster.dir, "once");
+    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let ctx = || describe(&cluster, &op, "once");
+    let c = &client;
+    eventually(
+        60,
+        "Running",
+        || async move { (status(c, NS, "once").await["phase"] == "Running").then_some(()) },
+        ctx,
+    )
+    .await;
+    // A real admission policy makes the API server refuse every status
+    // write that starts a new attempt, as a lost lease or a conflict would.
+    let policy = cluster.dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: freeze-attempts}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: ["ride.dev"]
+      apiVersions: ["v1alpha1"]
+      operations: ["UPDATE"]
+      resources: ["ridetrainings/status"]
+  validations:
+  - expression: "!has(object.status.attempt) || object.status.attempt == 0"
+    message: "test: status writes that start a new attempt are refused"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: freeze-attempts}
+spec:
+  policyName: freeze-attempts
+  validationActions: [Deny]
+"#,
+    )
+    .unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", policy.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    // Effective once a (dry-run) write of attempt 1 by the admin is refused.
+    eventually(
+        30,
+        "the policy in force",
+        || async {
+            let (ok, out) = cluster.kubectl(&[
+                "patch",
+                "rt",
+                "once",
+                "--subresource=status",
+                "--type=merge",
+                "--dry-run=server",
+                "-p",
+                r#"{"status":{"attempt":1}}"#,
+            ]);
+            (!ok && out.contains("start a new attempt")).then_some(())
+        },
+        ctx,
+    )
+    .await;
+
+    signal(&agents, "once-0-1", "USR2");
+    // For a while the operator decides to restart, cannot record it, and so
+    // must not act: rank 0 keeps running, no pod of attempt 1 appears.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        let pods = pods_of(c, NS, "once").await;
+        assert!(
+            pods.iter().all(|p| attempt_of(p) == "0"),
+            "acted without recording: {:?}\n{}",
+            names(&pods),
+            ctx()
+        );
+        let rank0 = pods
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some("once-0-0"))
+            .expect("rank 0 still there");
+        assert!(rank0.metadata.deletion_timestamp.is_none(), "{}", ctx());
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        op.log_text().contains("start a new attempt"),
+        "{}",
+        op.log_text()
+    );
+    let (ok, out) = cluster.kubectl(&[
+        "delete",
+        "validatingadmissionpolicybinding",
+        "freeze-attempts",
+    ]);
+    assert!(ok, "{out}");
+    eventually(
+        60,
+        "attempt 1 running",
+        || async move {
+            let st = status(c, NS, "once").await;
+            (st["attempt"] == 1 && st["phase"] == "Running").then_some(())
+        },
+        ctx,
+    )
+    .await;
+    let st = status(c, NS, "once").await;
+    assert_eq!(st["restarts"], 1, "counted once: {st}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    let failed: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("once")
+                && e.reason.as_deref() == Some("WorkerFailed")
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "one WorkerFailed event: {failed:?}");
+    let series = failed[0].series.as_ref().map_or(1, |s| s.count);
+    assert_eq!(series, 1, "recorded once: {failed:?}");
+    let metrics = op.http_get("/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("ride_operator_restarts_total{kind=\"budget\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_attempt_waits_until_the_old_gang_has_stopped() {
+    let cluster = Cluster::start();
+    cluster.install_crd();
+    let client = cluster.client().await;
+    // Workers take 4 s after SIGTERM to stop, as when saving a checkpoint.
+    let mut spec = NodeSpec::new("node-a", vec![stand_in_image(&cluster.dir)]);
+    spec.base_env
+        .push(("STAND_IN_TERM_DELAY".into(), "4".into()));
+    let agents = vec![cluster.node(spec).await];
+    let op = Operator::start(&cluster.kubeconfig, "op-o", &["--no-leader-election"]);
+    let manifest = example_with_checkpoint(&cluster.dir, "lap");
+    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let ctx = || describe(&cluster, &op, "lap");
+    let c = &client;
+    eventually(
+        60,
+        "Running",
+        || async move { (status(c, NS, "lap").await["phase"] == "Running").then_some(()) },
+        ctx,
+    )
+    .await;
+    // The pod spec carries the grace the trainer needs to save.
+    let pods = pods_of(c, NS, "lap").await;
+    assert_eq!(
+        pods[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .termination_grace_period_seconds,
+        Some(120)
+    );
+    signal(&agents, "lap-0-1", "USR2");
+    // Sample the pods until attempt 1 runs: never both gangs at once.
+    let start = std::time::Instant::now();
+    let mut old_gone_at = None;
+    loop {
+        let pods = pods_of(c, NS, "lap").await;
+        let attempts: std::collections::BTreeSet<String> = pods.iter().map(attempt_of).collect();
+        assert!(
+            !(attempts.contains("0") && attempts.contains("1")),
+            "two attempts at once: {:?}\n{}",
+            names(&pods),
+            ctx()
+        );
+        if !attempts.contains("0") && old_gone_at.is_none() {
+            old_gone_at = Some(start.elapsed());
+        }
+        if pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| attempt_of(p) == "1" && phase_of(p) == "Running")
+        {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 90, "no attempt 1\n{}", ctx());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let old_gone_at = old_gone_at.expect("attempt 0 went");
+    assert!(
+        old_gone_at.as_secs_f64() >= 3.5,
+        "rank 0 took its 4 s to stop: gone after {old_gone_at:?}"
+    );
+    println!(
+        "attempt 0 gone {:.1} s after the failure; attempt 1 running after {:.1} s",
+        old_gone_at.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_credentials_secret_makes_the_operator_send_no_request() {
+    // Everything a tenant could put in the Secret to steer an object_store
+    // client: endpoints, container-credential URIs, a token file.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = trap.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let hits = hits.clone();
+        std::thread::spawn(move || {
+            for s in trap.incoming() {
+                drop(s);
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
+    let (cluster, client, agents) = setup(&["node-a"]).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let (ok, out) = cluster.kubectl(&[
+        "create", "secret", "generic", "evil",
+        &format!("--from-literal=AWS_ENDPOINT_URL={url}"),
+        &format!("--from-literal=aws_endpoint={url}"),
+        &format!("--from-literal=aws_container_credentials_full_uri={url}/creds"),
+        &format!("--from-literal=AWS_CONTAINER_CREDENTIALS_FULL_URI={url}/creds"),
+        "--from-literal=aws_container_authorization_token_file=/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "--from-literal=allow_http=true",
+        "--from-literal=AWS_ACCESS_KEY_ID=x",
+        "--from-literal=AWS_SECRET_ACCESS_KEY=y",
+    ]);
+    assert!(ok, "{out}");
+    let op = Operator::start(&cluster.kubeconfig, "op-x", &["--no-leader-election"]);
+    let manifest = cluster.dir.join("evil.yaml");
+    let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
+        .unwrap()
+        .replace("name: ride-cpu", "name: evil")
+        .replace(
+            "uri: file:///tmp/ride-cpu",
+            "uri: s3://bucket/run\n    credentialsSecret: evil",
+        );
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let ctx = || describe(&cluster, &op, "evil");
+    let c = &client;
+    let pods = eventually(
+        60,
+        "Running",
+        || async move {
+            let p = pods_of(c, NS, "evil").await;
+            (status(c, NS, "evil").await["phase"] == "Running").then_some(p)
+        },
+        ctx,
+    )
+    .await;
+    // Progress still reaches status, from rank 0 itself.
+    let ip = pods[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap();
+    common::serve_progress(&ip, || {
+        r#"{"state":"Training","step":3,"checkpoint":{"uri":"s3://bucket/run/m/t/ckpt_epoch_0","epoch":0,"step":3,"savedAt":"2026-11-29T03:00:00Z"}}"#.into()
+    });
+    eventually(
+        30,
+        "progress in status",
+        || async move { (status(c, NS, "evil").await["lastCheckpoint"]["step"] == 3).then_some(()) },
+        ctx,
+    )
+    .await;
+    let rank0_dir = agents[0].pod_dir(NS, "evil-0-0");
+    std::fs::write(
+        rank0_dir.join("termination-message"),
+        r#"{"state":"Finished","step":6,"eval":{"epoch":1,"top1":12.5}}"#,
+    )
+    .unwrap();
+    signal(&agents, "evil-0-0", "USR1");
+    signal(&agents, "evil-0-1", "USR1");
+    eventually(
+        60,
+        "Succeeded with the final top-1",
+        || async move {
+            let st = status(c, NS, "evil").await;
+            (st["phase"] == "Succeeded" && st["latestEval"]["overall"] == 12.5).then_some(())
+        },
+        ctx,
+    )
+    .await;
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the operator connected to the address the tenant's Secret named\n{}",
+        op.log_text()
     );
 }
 

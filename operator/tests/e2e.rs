@@ -110,6 +110,9 @@ fn service_account_kubeconfig(cluster: &Cluster) -> PathBuf {
     );
     assert!(ok, "{who}");
     assert_eq!(who.trim(), "system:serviceaccount:ride-system:ride");
+    // The operator's identity cannot read any Secret.
+    let (_, can) = cluster.kubectl_as(&path, &["auth", "can-i", "get", "secrets", "-A"]);
+    assert_eq!(can.trim(), "no", "the chart grants Secrets: {can}");
     path
 }
 
@@ -263,7 +266,7 @@ async fn a_verb_missing_from_the_chart_rbac_fails_visibly_and_helm_upgrade_and_u
     let client = cluster.client().await;
     let c = &client;
 
-    // Take "create" on pods and Services out of the chart's ClusterRole.
+    // Take "create" on pods out of the chart's ClusterRole.
     let (ok, role) = cluster.kubectl(&["get", "clusterrole", "ride", "-o", "json"]);
     assert!(ok, "{role}");
     let mut role: serde_json::Value = serde_json::from_str(&role).unwrap();
@@ -293,16 +296,21 @@ async fn a_verb_missing_from_the_chart_rbac_fails_visibly_and_helm_upgrade_and_u
     std::fs::write(&manifest, text).unwrap();
     let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
     assert!(ok, "{out}");
-    // The chart's rule covers pods and Services; the Service comes first.
     eventually(
         60,
         "the forbidden creation, named, in the operator's log",
         || async {
             let log = op.log_text();
-            log.contains("User \"system:serviceaccount:ride-system:ride\" cannot create resource \"services\"")
-                .then_some(())
+            log.contains(
+                "User \"system:serviceaccount:ride-system:ride\" cannot create resource \"pods\"",
+            )
+            .then_some(())
         },
-        || op.log_text(),
+        || {
+            let (_, pods) = cluster.kubectl(&["get", "pods,svc,rt", "-o", "wide"]);
+            let (_, role) = cluster.kubectl(&["get", "clusterrole", "ride", "-o", "yaml"]);
+            format!("{pods}\n{role}\n{}", op.log_text())
+        },
     )
     .await;
     assert!(pods_of(c, NS, "rbac").await.is_empty());

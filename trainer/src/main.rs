@@ -293,7 +293,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let progress = !a.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let world = ride_trainer::dist::WorldInfo::from_env()?;
     let is_main = world.rank == 0;
-    let summary = run(
+    let report = ride_trainer::train::SharedProgress::default();
+    let result = run(
         &cfg,
         &RunOptions {
             device: parse_device(&a.device)?,
@@ -301,8 +302,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             progress,
             stop: Some(stop_flag()?),
             world,
+            report: report.clone(),
         },
-    )?;
+    );
+    write_termination_message(&report, &result);
+    let summary = result?;
     if !is_main {
         return Ok(());
     }
@@ -320,6 +324,44 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Leave the final progress report where the launcher reads it (on
+/// Kubernetes the container's termination message), when it names a file.
+fn write_termination_message(
+    report: &ride_trainer::train::SharedProgress,
+    result: &Result<ride_trainer::train::RunSummary>,
+) {
+    use ride_contract::RunState;
+    let Some(path) = std::env::var_os(ride_contract::ENV_TERMINATION_LOG) else {
+        return;
+    };
+    ride_trainer::train::update_progress(report, |p| match result {
+        Ok(_) => {
+            p.state = RunState::Finished;
+            p.message = None;
+        }
+        Err(e) => match e.downcast_ref::<ride_trainer::train::Preempted>() {
+            Some(pre) => {
+                p.state = RunState::Preempted;
+                p.message = Some(pre.to_string());
+            }
+            None => {
+                p.state = RunState::Failed;
+                p.message = Some(format!("{e:#}"));
+            }
+        },
+    });
+    let text = report
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .termination_message();
+    if let Err(e) = std::fs::write(&path, text) {
+        eprintln!(
+            "warning: cannot write the termination message to {}: {e}",
+            std::path::Path::new(&path).display()
+        );
+    }
 }
 
 /// SIGTERM and SIGUSR1 ask training to checkpoint and exit at the next step.

@@ -1,7 +1,7 @@
 //! Prometheus metrics (`ride_*`) and the HTTP endpoint that serves them.
 
 use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, IntGauge, Opts, Registry, TextEncoder};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The trainer's metrics.
 #[derive(Clone)]
@@ -37,11 +37,18 @@ pub struct Metrics {
     pub checkpoint_failures: IntCounter,
     /// Ranks in the job.
     pub world_size: IntGauge,
+    /// The JSON progress report served at `/progress`.
+    pub progress: Arc<Mutex<ride_contract::Progress>>,
 }
 
 impl Metrics {
-    /// Register all metrics in a fresh registry.
+    /// Register all metrics in a fresh registry, with a fresh progress report.
     pub fn new() -> Self {
+        Self::with_progress(Default::default())
+    }
+
+    /// Register all metrics in a fresh registry; `/progress` serves `progress`.
+    pub fn with_progress(progress: Arc<Mutex<ride_contract::Progress>>) -> Self {
         let registry = Registry::new();
         let g = |name: &str, help: &str| {
             let m = Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
@@ -110,6 +117,7 @@ impl Metrics {
                 "Checkpoint saves that failed; the previous checkpoint stayed current",
             ),
             world_size: ig("ride_world_size", "Ranks in the training job"),
+            progress,
             registry,
         }
     }
@@ -130,6 +138,23 @@ impl Metrics {
         }
     }
 
+    /// A durable checkpoint, for the progress report.
+    pub fn record_checkpoint(&self, uri: &str, m: &crate::checkpoint::Manifest) {
+        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        p.checkpoint = Some(ride_contract::CheckpointProgress {
+            uri: uri.to_string(),
+            epoch: m.epoch,
+            step: m.step,
+            saved_at: m.saved_at.clone(),
+        });
+    }
+
+    /// The progress report as JSON.
+    pub fn progress_json(&self) -> String {
+        let p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::to_string(&*p).unwrap_or_default()
+    }
+
     /// The Prometheus text exposition of all metrics.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -137,7 +162,9 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
-    /// Serve `/metrics` on `addr` from a background thread; returns the bound address.
+    /// Serve `/metrics` (Prometheus text) and `/progress` (JSON, see
+    /// `ride_contract::Progress`) on `addr` from a background thread;
+    /// returns the bound address.
     pub fn serve(&self, addr: &str) -> anyhow::Result<std::net::SocketAddr> {
         let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e} (use --metrics-addr to pick another address, or 'off')"))?;
         let bound = server
@@ -147,16 +174,15 @@ impl Metrics {
         let me = Arc::new(self.clone());
         std::thread::spawn(move || {
             for req in server.incoming_requests() {
-                let body = if req.url().starts_with("/metrics") {
-                    me.render()
+                let (body, content_type): (String, &[u8]) = if req.url().starts_with("/metrics") {
+                    (me.render(), b"text/plain; version=0.0.4")
+                } else if req.url().starts_with(ride_contract::PROGRESS_PATH) {
+                    (me.progress_json(), b"application/json")
                 } else {
-                    "see /metrics\n".into()
+                    ("see /metrics and /progress\n".into(), b"text/plain")
                 };
-                let header = tiny_http::Header::from_bytes(
-                    &b"Content-Type"[..],
-                    &b"text/plain; version=0.0.4"[..],
-                )
-                .expect("static header");
+                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type)
+                    .expect("static header");
                 let _ = req.respond(tiny_http::Response::from_string(body).with_header(header));
             }
         });
@@ -190,5 +216,14 @@ mod tests {
             body.contains("ride_eval_top1_percent{split=\"few\"} 12.5"),
             "{body}"
         );
+        m.progress.lock().unwrap().step = 7;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /progress HTTP/1.0\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let json = resp.split("\r\n\r\n").nth(1).unwrap();
+        let p = ride_contract::Progress::parse(json.as_bytes()).unwrap();
+        assert_eq!(p.step, 7);
+        assert!(resp.contains("application/json"), "{resp}");
     }
 }

@@ -37,8 +37,7 @@ pub struct Preempted {
     pub checkpoint: String,
 }
 
-/// Exit code for "preempted, checkpoint saved, restart me" (EX_TEMPFAIL).
-pub const PREEMPTED_EXIT_CODE: i32 = 75;
+pub use ride_contract::PREEMPTED_EXIT_CODE;
 
 /// Process-level options that are not part of the reference config.
 #[derive(Clone, Debug)]
@@ -53,6 +52,25 @@ pub struct RunOptions {
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// This process's place in the job (a single process by default).
     pub world: WorldInfo,
+    /// The progress report this run keeps current (served at `/progress`
+    /// on the metrics address; the caller writes it out when the run ends).
+    pub report: SharedProgress,
+}
+
+/// A [`ride_contract::Progress`] shared between the training loop, the
+/// checkpoint writer, the HTTP endpoint and the process's exit.
+pub type SharedProgress = Arc<std::sync::Mutex<ride_contract::Progress>>;
+
+/// Change the shared report (a poisoned lock still holds a usable report).
+pub fn update_progress(p: &SharedProgress, f: impl FnOnce(&mut ride_contract::Progress)) {
+    f(&mut p.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// The resolved output location: `OUTPUT/MODEL.NAME/TAG` as in the reference.
@@ -272,8 +290,13 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
     let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
         .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
     let parameters = parameter_count(&vs);
-    let metrics = Metrics::new();
+    let metrics = Metrics::with_progress(run.report.clone());
     metrics.world_size.set(world_size as i64);
+    update_progress(&run.report, |p| {
+        p.rank = rank as u32;
+        p.world_size = world_size as u32;
+        p.epochs = cfg.train.epochs;
+    });
     if let Some(addr) = &run.metrics_addr {
         let bound = metrics.serve(&rank_metrics_addr(addr, world.local_rank))?;
         eprintln!("metrics: http://{bound}/metrics");
@@ -366,6 +389,18 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 c.dir, meta.epoch, meta.step
             );
         }
+        update_progress(&run.report, |p| {
+            p.checkpoint = Some(ride_contract::CheckpointProgress {
+                uri: format!("{output}/{}", c.dir),
+                epoch: meta.epoch,
+                step: meta.step,
+                saved_at: meta.saved_at.clone(),
+            });
+            p.step = meta.step;
+        });
+        if let Some(r) = &last_eval {
+            record_eval_progress(&run.report, meta.epoch, r);
+        }
         last_checkpoint = Some(format!("{output}/{}", c.dir));
     } else if !cfg.model.resume.is_empty() {
         let w = crate::weights::read_weights(std::path::Path::new(&cfg.model.resume))?;
@@ -395,6 +430,7 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
     if cfg.eval_mode {
         let report = evaluate(&model, &data.test, cfg, &train_counts, device, comm)?;
         metrics.record_eval(&report);
+        record_eval_progress(&run.report, start_epoch.saturating_sub(1), &report);
         let artifacts = write_artifacts(&report)?;
         return Ok(RunSummary {
             skipped_samples: 0,
@@ -483,8 +519,17 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     let mut images_seen = 0u64;
     let mut epochs_run = 0;
+    update_progress(&run.report, |p| {
+        p.state = ride_contract::RunState::Training;
+        p.total_steps = cfg.train.epochs * per_epoch / accum as u64;
+        p.step = opt.steps();
+    });
     for epoch in start_epoch..cfg.train.epochs {
         metrics.epoch.set(epoch as i64);
+        update_progress(&run.report, |p| {
+            p.epoch = epoch;
+            p.state = ride_contract::RunState::Training;
+        });
         let consumed = if epoch == start_epoch {
             start_samples
         } else {
@@ -640,6 +685,13 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             metrics.lr.set(lr_used);
             metrics.grad_norm.set(grad_norm);
             metrics.images_per_second.set(ips);
+            if boundary {
+                update_progress(&run.report, |p| {
+                    p.step = opt.steps();
+                    p.last_step_unix = Some(unix_now());
+                    p.images_per_second = ips;
+                });
+            }
             pb.set_message(format!(
                 "loss {loss_value:.4} lr {lr_used:.2e} {ips:.0} img/s"
             ));
@@ -690,8 +742,12 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             epoch_start.elapsed().as_secs_f64()
         );
         if epoch % cfg.save_freq.max(1) == 0 || last {
+            update_progress(&run.report, |p| {
+                p.state = ride_contract::RunState::Evaluating
+            });
             let report = evaluate(&model, &data.test, cfg, &train_counts, device, comm)?;
             metrics.record_eval(&report);
+            record_eval_progress(&run.report, epoch, &report);
             max_accuracy = max_accuracy.max(report.top1);
             line.push_str(&format!(
                 " | top-1 {:.2} many {} medium {} few {}",
@@ -751,6 +807,18 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         output,
         parameters,
     })
+}
+
+fn record_eval_progress(p: &SharedProgress, epoch: u64, r: &EvalReport) {
+    update_progress(p, |p| {
+        p.eval = Some(ride_contract::EvalProgress {
+            epoch,
+            top1: r.top1,
+            many: r.many,
+            medium: r.medium,
+            few: r.few,
+        })
+    });
 }
 
 /// Write the evaluation artifacts when the output is a local directory.

@@ -24,7 +24,7 @@ fn pod(rank: i32, attempt: i32, state: PodState) -> ObservedPod {
         rank,
         attempt,
         state,
-        deleting_since: None,
+        deletion_deadline: None,
     }
 }
 
@@ -137,14 +137,17 @@ fn a_failed_worker_restarts_the_whole_gang_after_backoff() {
     assert!(has_event(&d, "WorkerFailed"));
     // During the backoff nothing is created.
     let mut old = gang(0, 4, PodState::Running);
-    old.iter_mut().for_each(|p| p.deleting_since = Some(100));
+    old.iter_mut().for_each(|p| p.deletion_deadline = Some(100));
     let d2 = decide(&s, &d.status, &obs(105, old));
     assert!(creates(&d2).is_empty());
     assert_eq!(d2.actions, vec![Action::RequeueAfter(5)]);
-    // After it, attempt 1 is created even while attempt 0 is still terminating.
+    // After it, attempt 1 waits while attempt 0 is still terminating...
     let mut old = gang(0, 4, PodState::Running);
-    old.iter_mut().for_each(|p| p.deleting_since = Some(100));
+    old.iter_mut().for_each(|p| p.deletion_deadline = Some(100));
     let d3 = decide(&s, &d2.status, &obs(111, old));
+    assert!(creates(&d3).is_empty());
+    // ...and starts once it is gone.
+    let d3 = decide(&s, &d3.status, &obs(112, vec![]));
     assert_eq!(
         creates(&d3),
         vec![(0, 1, 4), (1, 1, 4), (2, 1, 4), (3, 1, 4)]
@@ -174,7 +177,10 @@ fn the_budget_ends_in_failed() {
 fn preemption_and_node_loss_do_not_use_the_budget_and_rules_can_fail_fast() {
     let mut s = spec();
     let st = running(&s);
-    for state in [PodState::Failed { exit_code: 75 }, PodState::NodeLost] {
+    let lost = PodState::Disrupted {
+        reason: "DeletionByTaintManager".into(),
+    };
+    for state in [PodState::Failed { exit_code: 75 }, lost] {
         let mut pods = gang(0, 4, PodState::Running);
         pods[3].state = state;
         let d = decide(&s, &st, &obs(30, pods));
@@ -224,22 +230,118 @@ fn a_rank_that_exits_zero_while_another_fails_is_still_a_failure() {
 }
 
 #[test]
-fn a_pod_stuck_terminating_on_a_lost_node_is_force_deleted_and_does_not_block() {
+fn a_pod_stuck_terminating_on_a_lost_node_is_force_deleted_and_then_stops_blocking() {
     let s = spec();
     let mut st = running(&s);
     st.attempt = 1;
-    let mut stuck = pod(2, 0, PodState::NodeLost);
-    stuck.deleting_since = Some(1000);
-    let mut pods = gang(1, 4, PodState::Running);
-    pods.push(stuck.clone());
-    let d = decide(&s, &st, &obs(1100, pods.clone()));
+    st.running_since = None;
+    let mut stuck = pod(
+        2,
+        0,
+        PodState::Disrupted {
+            reason: "DeletionByTaintManager".into(),
+        },
+    );
+    stuck.deletion_deadline = Some(1000);
+    let d = decide(&s, &st, &obs(1100, vec![stuck.clone()]));
     assert!(
         deletes(&d).is_empty(),
         "deletion already requested; wait for the grace"
     );
-    assert!(creates(&d).is_empty(), "attempt 1 is complete");
-    let d = decide(&s, &st, &obs(1000 + FORCE_DELETE_AFTER_SECONDS, pods));
+    assert!(
+        creates(&d).is_empty(),
+        "attempt 1 waits while a pod of attempt 0 may still run"
+    );
+    assert!(d
+        .actions
+        .contains(&Action::RequeueAfter(TERMINATION_POLL_SECONDS)));
+    let grace = s.restart_policy.force_delete_after_seconds;
+    let d = decide(&s, &st, &obs(1000 + grace, vec![stuck]));
     assert_eq!(deletes(&d), vec![(2, 0, true)]);
+    assert_eq!(creates(&d).len(), 4, "past the grace it no longer blocks");
+}
+
+#[test]
+fn attempts_never_overlap() {
+    let s = spec();
+    let st = running(&s);
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[1].state = PodState::Failed { exit_code: 1 };
+    let d = decide(&s, &st, &obs(30, pods.clone()));
+    assert_eq!(d.status.attempt, 1);
+    assert_eq!(deletes(&d).len(), 4);
+    // After the backoff, three old ranks are still saving their checkpoint.
+    let mut old = pods.clone();
+    for p in &mut old {
+        p.deletion_deadline = Some(31);
+    }
+    old.remove(1);
+    let d2 = decide(&s, &d.status, &obs(45, old));
+    assert!(creates(&d2).is_empty(), "{:?}", d2.actions);
+    assert!(d2
+        .status
+        .message
+        .as_deref()
+        .unwrap_or_default()
+        .contains("waiting for 3 workers"));
+    assert_eq!(d2.status.attempt, 1, "waiting is not another restart");
+    // Once they are gone the new gang starts.
+    let d3 = decide(&s, &d2.status, &obs(50, vec![]));
+    assert_eq!(creates(&d3).len(), 4);
+    assert!(creates(&d3).iter().all(|c| c.1 == 1));
+}
+
+#[test]
+fn an_evicted_or_deleted_rank_ends_the_attempt_without_using_the_budget() {
+    let s = spec();
+    let st = running(&s);
+    // Evicted through the Eviction API while running: deletion timestamp and
+    // a DisruptionTarget condition, no exit code yet.
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[2].state = PodState::Disrupted {
+        reason: "EvictionByEvictionAPI".into(),
+    };
+    pods[2].deletion_deadline = Some(29);
+    let d = decide(&s, &st, &obs(30, pods));
+    assert_eq!(
+        (
+            d.status.restarts,
+            d.status.exempt_restarts,
+            d.status.attempt
+        ),
+        (0, 1, 1)
+    );
+    assert!(d.status.message.unwrap().contains("worker 2 was disrupted"));
+    // A plain `kubectl delete pod` of a running rank.
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[0].deletion_deadline = Some(29);
+    let d = decide(&s, &st, &obs(30, pods));
+    assert_eq!((d.status.exempt_restarts, d.status.attempt), (1, 1));
+    assert!(d.status.message.unwrap().contains("worker 0 was deleted"));
+    // A rank that vanished (force-deleted) after the gang was complete.
+    let mut pods = gang(0, 4, PodState::Running);
+    pods.remove(3);
+    let d = decide(&s, &st, &obs(30, pods));
+    assert_eq!(d.status.attempt, 1);
+    assert!(d.status.message.unwrap().contains("worker 3 disappeared"));
+    // Before the gang ever ran, a missing rank is only not created yet.
+    let fresh = decide(&s, &RideTrainingStatus::default(), &obs(0, vec![]));
+    let d = decide(
+        &s,
+        &fresh.status,
+        &obs(
+            1,
+            gang(
+                0,
+                3,
+                PodState::Pending {
+                    unschedulable_since: None,
+                },
+            ),
+        ),
+    );
+    assert_eq!(d.status.attempt, 0);
+    assert_eq!(creates(&d), vec![(3, 0, 4)]);
 }
 
 #[test]

@@ -174,8 +174,8 @@ impl Cluster {
     /// every one is Ready (its not-ready taint removed by the controller-manager).
     pub async fn nodes(&self, names: &[&str]) -> Vec<NodeAgent> {
         let mut agents = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let spec = NodeSpec::new(name, i as u8, vec![trainer_image()]);
+        for name in names {
+            let spec = NodeSpec::new(name, vec![trainer_image()]);
             agents.push(self.node(spec).await);
         }
         agents

@@ -182,8 +182,11 @@ pub async fn status(client: &kube::Client, ns: &str, name: &str) -> Value {
 
 /// A stand-in for the trainer image: a `ride-trainer` that runs until a
 /// signal says how to end (USR1: exit 0, USR2: exit 1, TERM: exit 75 as the
-/// trainer does after saving a checkpoint), so orchestration is tested
-/// without training.
+/// trainer does after saving a checkpoint, after `STAND_IN_TERM_DELAY`
+/// seconds as if saving), so orchestration is tested without training. On
+/// exit it leaves `$HOME/termination-message` (which a test may write into
+/// the pod's directory) as its termination message, as the trainer leaves
+/// its final report.
 pub fn stand_in_image(dir: &Path) -> node_agent::Image {
     let bin = dir.join("stand-in-bin");
     std::fs::create_dir_all(&bin).expect("stand-in dir");
@@ -194,8 +197,15 @@ pub fn stand_in_image(dir: &Path) -> node_agent::Image {
         // child is idle, so a thousand stand-ins cost no CPU.
         "#!/bin/sh\n\
          sleep 2147483647 & child=$!\n\
-         end() { kill $child 2>/dev/null; exit $1; }\n\
-         trap 'end 0' USR1\ntrap 'end 1' USR2\ntrap 'end 75' TERM\n\
+         end() {\n\
+           kill $child 2>/dev/null\n\
+           if [ -f \"$HOME/termination-message\" ] && [ -n \"$RIDE_TERMINATION_LOG\" ]; then\n\
+             cat \"$HOME/termination-message\" > \"$RIDE_TERMINATION_LOG\"\n\
+           fi\n\
+           exit $1\n\
+         }\n\
+         trap 'end 0' USR1\ntrap 'end 1' USR2\n\
+         trap 'sleep ${STAND_IN_TERM_DELAY:-0}; end 75' TERM\n\
          wait $child\n",
     )
     .expect("stand-in script");
@@ -206,4 +216,33 @@ pub fn stand_in_image(dir: &Path) -> node_agent::Image {
         bin_dir: bin,
         paths: vec![],
     }
+}
+
+/// Serve `report()` as the trainer's `/progress` JSON on `ip:9400` (a pod's
+/// address from the node agent), in place of a stand-in worker that serves
+/// nothing. Returns how many requests were answered so far.
+pub fn serve_progress(
+    ip: &str,
+    report: impl Fn() -> String + Send + 'static,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((ip, ride_contract::METRICS_PORT))
+        .unwrap_or_else(|e| panic!("bind {ip}:{}: {e}", ride_contract::METRICS_PORT));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut s = stream;
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let body = report();
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    served
 }

@@ -16,7 +16,8 @@
 //!   pod's, env values are resolved (`value`, `secretKeyRef`,
 //!   `configMapKeyRef`, `fieldRef`) through the API server with the node's
 //!   identity;
-//! - gives each pod its own loopback address (`127.(100+node).x.y`) as
+//! - gives each pod its own loopback address (`127.(100+k).x.y`, a block
+//!   per agent of the test process) as
 //!   `status.podIP`; bind addresses `0.0.0.0:P` in the arguments become
 //!   `podIP:P`;
 //! - plays cluster DNS for headless Services: an env value
@@ -80,8 +81,6 @@ pub struct Image {
 pub struct NodeSpec {
     /// Node name (also its host name label).
     pub name: String,
-    /// Index that picks the node's address block, 0..=99.
-    pub index: u8,
     /// `status.capacity.cpu`.
     pub cpu: String,
     /// `status.capacity.memory`.
@@ -101,10 +100,9 @@ pub struct NodeSpec {
 
 impl NodeSpec {
     /// A node with 16 CPUs, 64 GiB and no GPUs.
-    pub fn new(name: &str, index: u8, images: Vec<Image>) -> Self {
+    pub fn new(name: &str, images: Vec<Image>) -> Self {
         Self {
             name: name.into(),
-            index,
             cpu: "16".into(),
             memory: "64Gi".into(),
             gpus: 0,
@@ -167,6 +165,15 @@ fn gang_port(namespace: &str, master_addr: &str) -> u16 {
         .or_insert_with(super::free_port)
 }
 
+/// The next free address block `127.(100+k).0.0/16` of this test process:
+/// every agent, of every cluster a test binary starts, gets its own.
+fn next_block() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let k = NEXT.fetch_add(1, Ordering::SeqCst);
+    assert!(k < 150, "too many node agents in one test process");
+    100 + k
+}
+
 fn now_rfc3339() -> String {
     jiff::Timestamp::now()
         .round(jiff::Unit::Second)
@@ -220,15 +227,22 @@ impl NodeAgent {
         let client = super::cluster::client_for(kubeconfig).await;
         let dir = dir.join(format!("node-{}", spec.name));
         std::fs::create_dir_all(&dir).expect("node directory");
-        register(&client, &spec).await;
+        let block = next_block();
+        register(&client, &spec, block).await;
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = vec![
-            tokio::spawn(heartbeat(client.clone(), spec.clone(), Arc::clone(&stop))),
+            tokio::spawn(heartbeat(
+                client.clone(),
+                spec.clone(),
+                block,
+                Arc::clone(&stop),
+            )),
             tokio::spawn(pod_loop(
                 client,
                 dns,
                 spec.clone(),
+                block,
                 Arc::clone(&state),
                 Arc::clone(&stop),
                 dir.clone(),
@@ -276,9 +290,14 @@ impl NodeAgent {
         }
     }
 
+    /// Pod `namespace/name`'s directory (its process's working directory and HOME).
+    pub fn pod_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.dir.join(format!("{namespace}_{name}"))
+    }
+
     /// Where pod `namespace/name`'s output goes.
     pub fn log_path(&self, namespace: &str, name: &str) -> PathBuf {
-        self.dir.join(format!("{namespace}_{name}")).join("log")
+        self.pod_dir(namespace, name).join("log")
     }
 
     /// Every pod log of this node, for failure messages.
@@ -312,7 +331,7 @@ impl Drop for NodeAgent {
     }
 }
 
-async fn register(client: &Client, spec: &NodeSpec) {
+async fn register(client: &Client, spec: &NodeSpec, block: u32) {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut labels = spec.labels.clone();
     labels.insert("kubernetes.io/hostname".into(), spec.name.clone());
@@ -331,13 +350,13 @@ async fn register(client: &Client, spec: &NodeSpec) {
         .patch_status(
             &spec.name,
             &PatchParams::default(),
-            &Patch::Strategic(node_status(spec)),
+            &Patch::Strategic(node_status(spec, block)),
         )
         .await
         .unwrap_or_else(|e| panic!("node {} status: {e}", spec.name));
 }
 
-fn node_status(spec: &NodeSpec) -> Value {
+fn node_status(spec: &NodeSpec, block: u32) -> Value {
     let mut capacity =
         json!({"cpu": spec.cpu, "memory": spec.memory, "pods": spec.pods.to_string()});
     if spec.gpus > 0 {
@@ -356,7 +375,7 @@ fn node_status(spec: &NodeSpec) -> Value {
             cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
             cond("PIDPressure", "False", "KubeletHasSufficientPID"),
         ],
-        "addresses": [{"type": "InternalIP", "address": format!("127.{}.0.1", 100 + spec.index as u32)},
+        "addresses": [{"type": "InternalIP", "address": format!("127.{block}.0.1")},
                       {"type": "Hostname", "address": spec.name}],
         "nodeInfo": {"machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "",
             "osImage": "node agent (tests)", "containerRuntimeVersion": "process://",
@@ -366,7 +385,7 @@ fn node_status(spec: &NodeSpec) -> Value {
 }
 
 /// Renew the node's Lease every 2 s and its Ready condition every 10 s.
-async fn heartbeat(client: Client, spec: NodeSpec, stop: Arc<AtomicBool>) {
+async fn heartbeat(client: Client, spec: NodeSpec, block: u32, stop: Arc<AtomicBool>) {
     use k8s_openapi::api::coordination::v1::Lease;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(client);
@@ -403,7 +422,7 @@ async fn heartbeat(client: Client, spec: NodeSpec, stop: Arc<AtomicBool>) {
                 .patch_status(
                     &spec.name,
                     &PatchParams::default(),
-                    &Patch::Strategic(node_status(&spec)),
+                    &Patch::Strategic(node_status(&spec, block)),
                 )
                 .await
             {
@@ -419,6 +438,7 @@ async fn pod_loop(
     client: Client,
     dns: Client,
     spec: NodeSpec,
+    block: u32,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
     dir: PathBuf,
@@ -453,6 +473,7 @@ async fn pod_loop(
         client,
         dns,
         spec,
+        block,
         state,
         dir,
     };
@@ -473,6 +494,8 @@ struct Agent {
     client: Client,
     dns: Client,
     spec: NodeSpec,
+    /// Second octet of this node's addresses.
+    block: u32,
     state: Arc<Mutex<State>>,
     dir: PathBuf,
 }
@@ -682,12 +705,7 @@ impl Agent {
         }
         st.next_ip += 1;
         let n = st.next_ip;
-        let ip = format!(
-            "127.{}.{}.{}",
-            100 + self.spec.index as u32,
-            1 + n / 250,
-            1 + n % 250
-        );
+        let ip = format!("127.{}.{}.{}", self.block, 1 + n / 250, 1 + n % 250);
         st.ips.insert(uid.to_string(), ip.clone());
         ip
     }
@@ -763,7 +781,7 @@ impl Agent {
         // container starts, so peers can resolve this pod while it starts.
         let published = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(ip.as_str());
         if !published {
-            let host_ip = format!("127.{}.0.1", 100 + self.spec.index as u32);
+            let host_ip = format!("127.{}.0.1", self.block);
             self.patch_status(
                 &ns,
                 &name,
@@ -857,7 +875,7 @@ impl Agent {
             );
         }
         let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": started_at});
-        let host_ip = format!("127.{}.0.1", 100 + self.spec.index as u32);
+        let host_ip = format!("127.{}.0.1", self.block);
         self.patch_status(&ns, &name, json!({"status": {
             "phase": "Running", "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
             "podIP": ip, "podIPs": [{"ip": ip}], "startTime": started_at,
@@ -930,7 +948,7 @@ impl Agent {
                     .as_ref()
                     .and_then(|s| s.service_account_name.clone()),
                 "status.podIP" => Some(ip.to_string()),
-                "status.hostIP" => Some(format!("127.{}.0.1", 100 + self.spec.index as u32)),
+                "status.hostIP" => Some(format!("127.{}.0.1", self.block)),
                 p => {
                     let label = p
                         .strip_prefix("metadata.labels['")

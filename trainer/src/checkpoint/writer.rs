@@ -91,6 +91,7 @@ impl CheckpointWriter {
                             metrics.checkpoint_save_seconds.set(secs);
                             metrics.checkpoint_bytes.set(bytes as i64);
                             metrics.checkpoint_epoch.set(manifest.epoch as i64);
+                            metrics.record_checkpoint(uri, manifest);
                             eprintln!(
                                 "checkpoint saved: {uri} ({:.1} MB in {secs:.2}s)",
                                 bytes as f64 / 1e6

@@ -1,0 +1,199 @@
+//! The process contract between `ride-trainer` and the launchers that start
+//! it (the operator's pods, `ride-trainer launch`, Slurm): what an exit code
+//! means, which ports and environment variables it uses, and the progress
+//! report it serves while it runs and leaves behind when it ends. Both sides
+//! build on these definitions, so a change is a compile error on the other
+//! side rather than a silent mismatch. No libtorch, no Kubernetes.
+
+use serde::{Deserialize, Serialize};
+
+/// Exit code for "stopped on request (SIGTERM/SIGUSR1), checkpoint saved,
+/// start me again" (EX_TEMPFAIL).
+pub const PREEMPTED_EXIT_CODE: i32 = 75;
+
+/// Rank 0's rendezvous store port when `MASTER_PORT` is not set by a launcher.
+pub const MASTER_PORT: u16 = 29500;
+
+/// Port of the metrics and progress endpoint (`--metrics-addr 0.0.0.0:9400`).
+pub const METRICS_PORT: u16 = 9400;
+
+/// Path of the JSON [`Progress`] report on the metrics port.
+pub const PROGRESS_PATH: &str = "/progress";
+
+/// Environment variable naming the file that receives the final
+/// [`Progress`] report as JSON when the trainer exits (on Kubernetes the
+/// container's `terminationMessagePath`, read back from pod status).
+pub const ENV_TERMINATION_LOG: &str = "RIDE_TERMINATION_LOG";
+
+/// Kubernetes keeps at most this many bytes of a termination message.
+pub const TERMINATION_MESSAGE_MAX_BYTES: usize = 4096;
+
+/// Where a run is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunState {
+    /// Setting up (data, model, rendezvous, resume).
+    #[default]
+    Starting,
+    /// Training steps.
+    Training,
+    /// Evaluating after an epoch.
+    Evaluating,
+    /// Done; the last checkpoint is durable.
+    Finished,
+    /// Stopped on request with a checkpoint saved (exit code 75).
+    Preempted,
+    /// Ended with an error.
+    Failed,
+}
+
+/// A durable checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointProgress {
+    /// Its location (`s3://…/ckpt_epoch_N`).
+    pub uri: String,
+    /// Epoch (0-based) it ends or lies in.
+    pub epoch: u64,
+    /// Optimiser steps it holds.
+    pub step: u64,
+    /// RFC 3339 time it was saved.
+    pub saved_at: String,
+}
+
+/// Headline evaluation numbers, percent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvalProgress {
+    /// Epoch (0-based) evaluated.
+    pub epoch: u64,
+    /// Top-1 overall.
+    pub top1: f64,
+    /// Many-shot classes (≥ 100 training images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub many: Option<f64>,
+    /// Medium-shot classes (21–99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<f64>,
+    /// Few-shot classes (≤ 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub few: Option<f64>,
+}
+
+/// What a trainer process reports about its run: served as JSON at
+/// [`PROGRESS_PATH`] while it runs, written to [`ENV_TERMINATION_LOG`]'s
+/// file when it ends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Progress {
+    /// Where the run is.
+    pub state: RunState,
+    /// This process's rank.
+    pub rank: u32,
+    /// Ranks in the job.
+    pub world_size: u32,
+    /// Current epoch (0-based).
+    pub epoch: u64,
+    /// Epochs in the run.
+    pub epochs: u64,
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Optimiser steps the whole run takes.
+    pub total_steps: u64,
+    /// Unix time (seconds) the last step finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_step_unix: Option<f64>,
+    /// Training throughput of the job, images per second.
+    pub images_per_second: f64,
+    /// The last durable checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointProgress>,
+    /// The latest evaluation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalProgress>,
+    /// Why the run failed or stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Progress {
+    /// Compact JSON of at most [`TERMINATION_MESSAGE_MAX_BYTES`] bytes: the
+    /// message is shortened first, then dropped, so the numbers always fit.
+    pub fn termination_message(&self) -> String {
+        let mut p = self.clone();
+        loop {
+            let json = serde_json::to_string(&p).unwrap_or_default();
+            if json.len() <= TERMINATION_MESSAGE_MAX_BYTES {
+                return json;
+            }
+            match &mut p.message {
+                Some(m) if m.chars().count() > 64 => {
+                    let keep = m.chars().count() / 2;
+                    *m = m.chars().take(keep).collect::<String>() + "…";
+                }
+                Some(_) => p.message = None,
+                None => return String::from("{}"),
+            }
+        }
+    }
+
+    /// Parse a report (from the endpoint or a termination message).
+    pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip_and_unknown_or_missing_fields_are_tolerated() {
+        let p = Progress {
+            state: RunState::Training,
+            world_size: 2,
+            epoch: 3,
+            epochs: 10,
+            step: 40,
+            total_steps: 100,
+            last_step_unix: Some(1.5),
+            checkpoint: Some(CheckpointProgress {
+                uri: "s3://b/run/ckpt_epoch_2".into(),
+                epoch: 2,
+                step: 30,
+                saved_at: "2026-11-29T03:00:00Z".into(),
+            }),
+            eval: Some(EvalProgress {
+                epoch: 2,
+                top1: 41.5,
+                many: Some(60.0),
+                medium: None,
+                few: Some(10.0),
+            }),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains("\"totalSteps\":100"), "{json}");
+        assert_eq!(Progress::parse(json.as_bytes()).unwrap(), p);
+        let older = br#"{"state":"Finished","epoch":1,"newField":true}"#;
+        let q = Progress::parse(older).unwrap();
+        assert_eq!((q.state, q.epoch, q.step), (RunState::Finished, 1, 0));
+    }
+
+    #[test]
+    fn termination_messages_fit_what_kubernetes_keeps() {
+        let p = Progress {
+            state: RunState::Failed,
+            message: Some("x".repeat(10_000)),
+            eval: Some(EvalProgress {
+                top1: 12.5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let m = p.termination_message();
+        assert!(m.len() <= TERMINATION_MESSAGE_MAX_BYTES, "{}", m.len());
+        let back = Progress::parse(m.as_bytes()).unwrap();
+        assert_eq!(back.eval.unwrap().top1, 12.5);
+        assert!(back.message.unwrap().ends_with('…'));
+    }
+}
