@@ -40,4 +40,5 @@ trap cleanup EXIT
 "$here/s3-server.sh" start
 "$here/slurm-cluster.sh" start
 cd "$here/.."
-cargo test --release --workspace "$@"
+# Every test binary runs even after a failure, so one run shows them all.
+cargo test --release --workspace --no-fail-fast "$@"
