@@ -11,3 +11,4 @@ RIDE_BIN="$CARGO_TARGET_DIR/release/ride-trainer"
 # The Kubernetes components of the tests' control plane (scripts/k8s-tools.sh).
 RIDE_K8S_VERSION=v1.36.3
 RIDE_K8S_BIN="${RIDE_K8S_BIN:-$RIDE_CACHE/k8s/$RIDE_K8S_VERSION/bin}"
+export RIDE_K8S_BIN

@@ -74,16 +74,26 @@ pub struct Context {
     progress: Arc<Mutex<HashMap<String, PolledProgress>>>,
     /// Trainings whose poll is in flight.
     polling: Arc<Mutex<HashSet<String>>>,
+    /// Consecutive failed reconciles by `namespace/name` (retry backoff).
+    failures: Mutex<HashMap<String, u32>>,
+    /// Why the last pod creation failed, by `namespace/name`, shown in
+    /// status until a creation succeeds.
+    create_failures: Mutex<HashMap<String, String>>,
+    /// Whether datasets may be `hostPath` volumes (an operator setting,
+    /// never a tenant's: a host path reads the node's files).
+    allow_host_path_datasets: bool,
 }
 
 impl Context {
     /// A context whose events name `instance` as the reporting instance and
-    /// which reads checkpoint progress at most every `progress_interval`.
+    /// which polls progress at most every `progress_interval`;
+    /// `allow_host_path_datasets` lets datasets be `hostPath` volumes.
     pub fn new(
         client: Client,
         metrics: Arc<OperatorMetrics>,
         instance: &str,
         progress_interval: Duration,
+        allow_host_path_datasets: bool,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -97,7 +107,29 @@ impl Context {
             last_progress_read: Mutex::new(HashMap::new()),
             progress: Arc::new(Mutex::new(HashMap::new())),
             polling: Arc::new(Mutex::new(HashSet::new())),
+            failures: Mutex::new(HashMap::new()),
+            create_failures: Mutex::new(HashMap::new()),
+            allow_host_path_datasets,
         })
+    }
+
+    /// This operator's own rules on top of the spec's validity.
+    fn check_policy(
+        &self,
+        spec: &crate::crd::RideTrainingSpec,
+    ) -> Result<(), crate::crd::SpecError> {
+        let host_path = spec
+            .dataset
+            .as_ref()
+            .and_then(|d| d.volume.as_ref())
+            .is_some_and(|v| v.host_path.is_some());
+        if host_path && !self.allow_host_path_datasets {
+            return Err(crate::crd::SpecError {
+                field: "dataset.volume.hostPath".into(),
+                message: "hostPath datasets are not allowed by this operator (its administrator can start it with --allow-host-path-datasets); use a PersistentVolumeClaim".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Fetch rank 0's report in the background unless a fetch is in flight.
@@ -126,6 +158,8 @@ impl Context {
     fn forget(&self, key: &str) {
         lock(&self.progress).remove(key);
         lock(&self.last_progress_read).remove(key);
+        lock(&self.create_failures).remove(key);
+        lock(&self.failures).remove(key);
     }
 
     /// Whether progress is due for `key` (and mark it read if so).
@@ -224,7 +258,7 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     let now = unix_now();
     let reference = rt.object_ref(&());
 
-    if let Err(e) = rt.spec.validate() {
+    if let Err(e) = rt.spec.validate().and_then(|()| ctx.check_policy(&rt.spec)) {
         let mut status = old_status.clone();
         if status.phase != Some(Phase::Failed) || status.reason.as_deref() != Some("InvalidSpec") {
             status.phase = Some(Phase::Failed);
@@ -304,6 +338,15 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     if finished {
         ctx.forget(&key);
     }
+    // Pods still to create and the last try failed: keep saying why.
+    let creating = decision
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::CreatePod { .. }));
+    match lock(&ctx.create_failures).get(&key) {
+        Some(why) if creating && !finished => status.message = Some(why.clone()),
+        _ => {}
+    }
 
     // Record the decision before acting on it.
     write_status(&rts, &rt, &old_status, &status).await?;
@@ -331,9 +374,31 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
             } => {
                 let pod = worker_pod(&rt, rank, attempt, world_size);
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
-                pods_api
-                    .patch(&pod_name, &apply, &Patch::Apply(&pod))
-                    .await?;
+                if let Err(e) = pods_api.patch(&pod_name, &apply, &Patch::Apply(&pod)).await {
+                    // Quota, admission, RBAC: say so where users look, then
+                    // retry with backoff (error_policy).
+                    let why = match &e {
+                        kube::Error::Api(s) => s.message.clone(),
+                        other => other.to_string(),
+                    };
+                    let message = format!("cannot create worker pod {pod_name}: {why}");
+                    lock(&ctx.create_failures).insert(key.clone(), message.clone());
+                    publish(ctx, &reference, "FailedCreatePod", &message, true).await;
+                    let rts_now = rts.get(&name).await?;
+                    let mut failing = rts_now.status.clone().unwrap_or_default();
+                    if failing.message.as_deref() != Some(message.as_str()) {
+                        failing.message = Some(message);
+                        write_status(
+                            &rts,
+                            &rts_now,
+                            &rts_now.status.clone().unwrap_or_default(),
+                            &failing,
+                        )
+                        .await?;
+                    }
+                    return Err(e.into());
+                }
+                lock(&ctx.create_failures).remove(&key);
             }
             Action::DeletePod {
                 rank,
@@ -373,6 +438,7 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
             }
         }
     }
+    lock(&ctx.failures).remove(&key);
     Ok(match requeue {
         Some(s) => Requeue::requeue(Duration::from_secs(s.max(1) as u64)),
         None => Requeue::await_change(),
@@ -470,11 +536,24 @@ async fn publish(
     }
 }
 
-/// Retry a failed reconcile after a short delay.
+/// Retry a failed reconcile, backing off per training: 5 s, doubling up to 5 minutes.
 pub fn error_policy(rt: Arc<RideTraining>, error: &ReconcileError, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.reconcile_errors.inc();
-    tracing::warn!(training = %rt.name_any(), namespace = ?rt.namespace(), error = %error, "reconcile failed; retrying");
-    Requeue::requeue(Duration::from_secs(5))
+    let key = format!("{}/{}", rt.namespace().unwrap_or_default(), rt.name_any());
+    let n = {
+        let mut f = lock(&ctx.failures);
+        let n = f.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = retry_delay(n);
+    tracing::warn!(training = %rt.name_any(), namespace = ?rt.namespace(), error = %error, retry_in = ?delay, "reconcile failed; retrying");
+    Requeue::requeue(delay)
+}
+
+/// The wait before retry `n` (1-based) of a failing reconcile.
+pub fn retry_delay(n: u32) -> Duration {
+    Duration::from_secs((5u64 << n.saturating_sub(1).min(6)).min(300))
 }
 
 /// The `phase` label of a training not reconciled yet.
@@ -529,6 +608,32 @@ pub async fn run(
         .graceful_shutdown_on(shutdown);
     let store = controller.store();
     let metrics = Arc::clone(&ctx.metrics);
+    // Leading but not yet ready until the RideTraining cache is filled:
+    // decisions made before that would see an incomplete world.
+    metrics.set_ready(false);
+    let ready = {
+        let (store, metrics) = (store.clone(), Arc::clone(&metrics));
+        tokio::spawn(async move {
+            // kube-runtime's readiness signal wakes only its last waiter (a
+            // oneshot underneath) and the controller waits on it too, so ask
+            // again every half second rather than wait once.
+            loop {
+                let wait = store.wait_until_ready();
+                match tokio::time::timeout(Duration::from_millis(500), wait).await {
+                    Ok(Ok(())) => {
+                        tracing::info!("RideTraining cache synced; ready");
+                        metrics.set_ready(true);
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "RideTraining cache never synced");
+                        return;
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+    };
     let gauges = tokio::spawn(async move {
         loop {
             update_phase_gauges(&metrics, &store);
@@ -544,12 +649,19 @@ pub async fn run(
         })
         .await;
     gauges.abort();
+    ready.abort();
 }
 
 #[cfg(test)]
 mod tests {
     use super::merge_patch;
     use serde_json::json;
+
+    #[test]
+    fn failing_reconciles_back_off_to_five_minutes() {
+        let d: Vec<u64> = (1..=8).map(|n| super::retry_delay(n).as_secs()).collect();
+        assert_eq!(d, [5, 10, 20, 40, 80, 160, 300, 300]);
+    }
 
     #[test]
     fn merge_patch_nulls_removed_keys_and_keeps_equal_ones_out() {

@@ -1,7 +1,7 @@
 //! `RideTraining` types. The CRD YAML in `crds/` is generated from them
 //! (`ride crd`); a test fails when the file drifts.
 
-use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration, Volume};
+use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -22,13 +22,21 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"Epoch","type":"integer","jsonPath":".status.lastCheckpoint.epoch"}"#,
     printcolumn = r#"{"name":"Top-1","type":"number","jsonPath":".status.latestEval.overall"}"#,
     printcolumn = r#"{"name":"Restarts","type":"integer","jsonPath":".status.restarts"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // Pod host names are `<name>-<attempt>-<rank>` and must fit a DNS label
+    // (63), the Service `<name>-workers` too.
+    // (The API server accepts no fieldPath into metadata; the message names it.)
+    validation = Rule::new("self.metadata.name.size() <= 53")
+        .message("metadata.name must be at most 53 characters: worker pods are named <name>-<attempt>-<rank> and host names are limited to 63")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RideTrainingSpec {
     /// Container image with `ride-trainer`.
     #[schemars(length(min = 1))]
     pub image: String,
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     /// What to train.
     pub trainer: TrainerSpec,
     /// The worker gang.
@@ -95,6 +103,11 @@ pub struct WorkersSpec {
     #[serde(default = "default_termination_grace")]
     #[schemars(range(min = 0, max = 86400))]
     pub termination_grace_period_seconds: i64,
+    /// ServiceAccount the workers run as, e.g. for cloud workload identity
+    /// to the checkpoint bucket. Without one the workers get no API token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
 }
 
 fn default_termination_grace() -> i64 {

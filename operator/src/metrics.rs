@@ -148,7 +148,7 @@ impl OperatorMetrics {
                         "/readyz" if me.is_ready() => (200, "ok\n".to_string()),
                         "/readyz" => (
                             503,
-                            "not ready: the API server was not reached yet\n".into(),
+                            "not ready: the API server was not reached yet, or the leader's cache is not synced\n".into(),
                         ),
                         _ => (404, "try /metrics, /healthz or /readyz\n".into()),
                     };

@@ -3,9 +3,9 @@
 
 use crate::crd::{RideTraining, RideTrainingSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, Pod, PodSpec,
-    ResourceRequirements, SecretKeySelector, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, Pod,
+    PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -189,6 +189,9 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
         env("MASTER_PORT", MASTER_PORT.to_string()),
         env("RIDE_RESTART_ATTEMPT", attempt.to_string()),
         env(ride_contract::ENV_TERMINATION_LOG, TERMINATION_LOG),
+        // Caches (libtorch, HOME-relative tools) land on the writable /tmp.
+        env("HOME", "/tmp"),
+        env("XDG_CACHE_HOME", "/tmp/.cache"),
     ];
     if let Some(secret) = &spec.checkpoint.credentials_secret {
         env_vars.extend(credential_env(&spec.checkpoint.uri, secret));
@@ -201,19 +204,34 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
             .get_or_insert_with(BTreeMap::new)
             .insert("nvidia.com/gpu".into(), gpus);
     }
-    let mut volumes = vec![Volume {
-        name: "dshm".into(),
-        empty_dir: Some(EmptyDirVolumeSource {
-            medium: Some("Memory".into()),
+    // The root filesystem is read-only; the trainer writes only to these.
+    let mut volumes = vec![
+        Volume {
+            name: "dshm".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    }];
-    let mut mounts = vec![VolumeMount {
-        name: "dshm".into(),
-        mount_path: "/dev/shm".into(),
-        ..Default::default()
-    }];
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "dshm".into(),
+            mount_path: "/dev/shm".into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
     if let Some(d) = &spec.dataset {
         if let Some(v) = &d.volume {
             let mut v = v.clone();
@@ -248,6 +266,21 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
             subdomain: Some(svc),
             restart_policy: Some("Never".into()),
             termination_grace_period_seconds: Some(spec.workers.termination_grace_period_seconds),
+            // Workers do not talk to the API server; a token is mounted only
+            // for a ServiceAccount the user names (cloud workload identity).
+            service_account_name: spec.workers.service_account_name.clone(),
+            automount_service_account_token: Some(spec.workers.service_account_name.is_some()),
+            image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+                .then(|| spec.image_pull_secrets.clone()),
+            // What the `restricted` Pod Security Standard asks for.
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             scheduler_name: sched.scheduler_name,
             node_selector: (!sched.node_selector.is_empty()).then_some(sched.node_selector),
             tolerations: (!sched.tolerations.is_empty()).then_some(sched.tolerations),
@@ -257,6 +290,16 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
                 name: TRAINER_CONTAINER.into(),
                 image: Some(spec.image.clone()),
                 termination_message_path: Some(TERMINATION_LOG.into()),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        ..Default::default()
+                    }),
+                    read_only_root_filesystem: Some(true),
+                    run_as_non_root: Some(true),
+                    ..Default::default()
+                }),
                 // A trainer that dies before writing its report still says why.
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
                 command: Some(vec!["ride-trainer".into()]),

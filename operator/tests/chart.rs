@@ -274,3 +274,67 @@ fn monitoring_objects_and_dashboard_use_exported_metrics() {
         );
     }
 }
+
+#[test]
+fn several_replicas_get_a_disruption_budget_spread_and_a_seccomp_profile() {
+    let r = render("{}");
+    let pdb = find(&r, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    let pod = &find(&r, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+            ["podAffinityTerm"]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    // Cluster-scoped names carry the namespace (two releases named alike).
+    assert_eq!(
+        find(&r, "ClusterRole")["metadata"]["name"],
+        "ride-system-ride"
+    );
+    let one = render(r#"{"replicas": 1}"#);
+    assert!(!kinds(&one).contains(&"PodDisruptionBudget".to_string()));
+    assert!(
+        find(&one, "Deployment")["spec"]["template"]["spec"]["affinity"].is_null(),
+        "no spreading rule for one replica"
+    );
+}
+
+#[test]
+fn the_real_helm_checks_values_against_the_schema() {
+    let helm = common::k8s_bin().join("helm");
+    assert!(
+        helm.is_file(),
+        "{} missing: run scripts/k8s-tools.sh (scripts/test.sh does)",
+        helm.display()
+    );
+    let template = |set: &[&str]| {
+        let mut cmd = std::process::Command::new(&helm);
+        cmd.args(["template", "ride"])
+            .arg(repo().join("charts/ride-operator"))
+            .args(["-n", "ride-system"]);
+        for s in set {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().expect("run helm");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = template(&[]);
+    assert!(ok, "{err}");
+    for (bad, field) in [
+        ("logFormat=xml", "logFormat"),
+        ("replicas=-1", "replicas"),
+        ("replica=2", "replica"),
+        ("metrics.port=70000", "port"),
+    ] {
+        let (ok, err) = template(&[bad]);
+        assert!(!ok, "helm accepted {bad}");
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+}

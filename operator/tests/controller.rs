@@ -1055,3 +1055,137 @@ async fn node_agents_answer_to_node_authorization() {
     let (ok, out) = cluster.kubectl_as(&kc, &["create", "-f", f.to_str().unwrap()]);
     assert!(!ok && out.contains("forbidden"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_pass_restricted_pod_security_and_refusals_reach_status() {
+    let (cluster, client, _agents) = setup(&["node-a"]).await;
+    let op = Operator::start(&cluster.kubeconfig, "op-r", &["--no-leader-election"]);
+    let c = &client;
+    // A namespace that enforces the `restricted` Pod Security Standard: the
+    // real PodSecurity admission plugin judges the worker pods.
+    for (ns, label) in [
+        ("secure", "pod-security.kubernetes.io/enforce=restricted"),
+        ("quota", "pod-security.kubernetes.io/enforce=restricted"),
+    ] {
+        let (ok, out) = cluster.kubectl(&["create", "namespace", ns]);
+        assert!(ok, "{out}");
+        let (ok, out) = cluster.kubectl(&["label", "namespace", ns, label]);
+        assert!(ok, "{out}");
+    }
+    eventually(
+        30,
+        "ServiceAccounts in the new namespaces",
+        || async {
+            ["secure", "quota"]
+                .iter()
+                .all(|ns| {
+                    cluster
+                        .kubectl(&["-n", ns, "get", "serviceaccount", "default"])
+                        .0
+                })
+                .then_some(())
+        },
+        String::new,
+    )
+    .await;
+    let manifest = example_with_checkpoint(&cluster.dir, "strict");
+    let (ok, out) = cluster.kubectl(&["-n", "secure", "apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let ctx = || {
+        let (_, e) = cluster.kubectl(&["get", "events", "-A"]);
+        format!("{e}\n{}", op.log_text())
+    };
+    let pods = eventually(
+        60,
+        "admitted, running workers",
+        || async move {
+            let p = pods_of(c, "secure", "strict").await;
+            (p.len() == 2 && p.iter().all(|p| phase_of(p) == "Running")).then_some(p)
+        },
+        ctx,
+    )
+    .await;
+    let spec = pods[0].spec.as_ref().unwrap();
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let sc = spec.containers[0].security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+
+    // A hostPath dataset is this operator's policy to refuse.
+    let hostpath = cluster.dir.join("hostpath.yaml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("name: strict", "name: hostpath")
+        .replace(
+            "  checkpoint:",
+            "  dataset:\n    path: /data\n    volume: {name: data, hostPath: {path: /etc}}\n  checkpoint:",
+        );
+    std::fs::write(&hostpath, text).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", hostpath.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let st = eventually(
+        30,
+        "InvalidSpec for hostPath",
+        || async move {
+            let st = status(c, NS, "hostpath").await;
+            (st["reason"] == "InvalidSpec").then_some(st)
+        },
+        ctx,
+    )
+    .await;
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec.dataset.volume.hostPath"),
+        "{st}"
+    );
+    assert!(pods_of(c, NS, "hostpath").await.is_empty());
+
+    // A quota that admits one pod: the second worker's refusal shows in an
+    // Event and in status, not only in the operator's log.
+    let quota = cluster.dir.join("quota.yaml");
+    std::fs::write(
+        &quota,
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: one-pod}\nspec: {hard: {pods: \"1\"}}\n",
+    )
+    .unwrap();
+    let (ok, out) = cluster.kubectl(&["-n", "quota", "apply", "-f", quota.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let squeezed = cluster.dir.join("squeezed.yaml");
+    std::fs::write(
+        &squeezed,
+        std::fs::read_to_string(&manifest)
+            .unwrap()
+            .replace("name: strict", "name: squeezed"),
+    )
+    .unwrap();
+    let (ok, out) = cluster.kubectl(&["-n", "quota", "apply", "-f", squeezed.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "quota");
+    let ev = &events;
+    let note = eventually(
+        60,
+        "a FailedCreatePod event",
+        || async move {
+            ev.list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("FailedCreatePod"))
+                .and_then(|e| e.note)
+        },
+        ctx,
+    )
+    .await;
+    assert!(note.contains("exceeded quota"), "{note}");
+    let st = status(c, "quota", "squeezed").await;
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exceeded quota"),
+        "{st}"
+    );
+}

@@ -267,7 +267,7 @@ async fn a_verb_missing_from_the_chart_rbac_fails_visibly_and_helm_upgrade_and_u
     let c = &client;
 
     // Take "create" on pods out of the chart's ClusterRole.
-    let (ok, role) = cluster.kubectl(&["get", "clusterrole", "ride", "-o", "json"]);
+    let (ok, role) = cluster.kubectl(&["get", "clusterrole", "ride-system-ride", "-o", "json"]);
     assert!(ok, "{role}");
     let mut role: serde_json::Value = serde_json::from_str(&role).unwrap();
     let mut removed = false;
@@ -308,12 +308,29 @@ async fn a_verb_missing_from_the_chart_rbac_fails_visibly_and_helm_upgrade_and_u
         },
         || {
             let (_, pods) = cluster.kubectl(&["get", "pods,svc,rt", "-o", "wide"]);
-            let (_, role) = cluster.kubectl(&["get", "clusterrole", "ride", "-o", "yaml"]);
+            let (_, role) =
+                cluster.kubectl(&["get", "clusterrole", "ride-system-ride", "-o", "yaml"]);
             format!("{pods}\n{role}\n{}", op.log_text())
         },
     )
     .await;
     assert!(pods_of(c, NS, "rbac").await.is_empty());
+    // ...and in the training's status and Events, where users look.
+    let message = status(c, NS, "rbac").await["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("cannot create worker pod rbac-0-0") && message.contains("forbidden"),
+        "{message}"
+    );
+    let (_, events) = cluster.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=FailedCreatePod",
+    ]);
+    assert!(events.contains("rbac"), "{events}");
 
     // helm upgrade restores the chart's ClusterRole; the operator recovers.
     // Helm 4 upgrades by server-side apply: the hand edit owns `.rules` now,
@@ -359,7 +376,7 @@ async fn a_verb_missing_from_the_chart_rbac_fails_visibly_and_helm_upgrade_and_u
     // deletes what it installed from crds/, so trainings survive an uninstall).
     let (ok, out) = cluster.helm(&["uninstall", "ride", "-n", RELEASE_NS, "--wait"]);
     assert!(ok, "helm uninstall: {out}");
-    let (ok, out) = cluster.kubectl(&["get", "clusterrole", "ride"]);
+    let (ok, out) = cluster.kubectl(&["get", "clusterrole", "ride-system-ride"]);
     assert!(!ok && out.contains("NotFound"), "{out}");
     let (ok, out) = cluster.kubectl(&["get", "serviceaccount", "ride", "-n", RELEASE_NS]);
     assert!(!ok && out.contains("NotFound"), "{out}");

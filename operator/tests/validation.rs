@@ -70,6 +70,11 @@ async fn the_api_server_and_ride_check_agree_on_every_manifest() {
             "spec.restartPolicy.exitCodeRules[0].action",
         ),
     ];
+    let long_name = format!("name: {}", "r".repeat(54));
+    let invalid: Vec<(&str, &str, &str)> = invalid
+        .into_iter()
+        .chain([("name: ride-cpu", long_name.as_str(), "metadata.name")])
+        .collect();
     let mut table = Vec::new();
     for (from, to, field) in invalid {
         assert!(good.contains(from), "{from}");

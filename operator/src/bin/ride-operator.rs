@@ -39,7 +39,7 @@ struct Args {
     /// This replica's identity in the Lease and in Events (default: $HOSTNAME).
     #[arg(long)]
     identity: Option<String>,
-    /// Seconds between reads of a training's checkpoint manifest.
+    /// Seconds between progress polls of a training's rank 0.
     #[arg(long, default_value_t = 30)]
     progress_interval_seconds: u64,
     /// Reconciles running at once (0: unbounded). Bounding them keeps a burst
@@ -49,6 +49,10 @@ struct Args {
     /// Log format: `json` (structured, one object per line) or `text`.
     #[arg(long, default_value = "json")]
     log_format: String,
+    /// Let RideTrainings mount a `hostPath` dataset (off: such trainings fail
+    /// with InvalidSpec, since a host path exposes the node's files).
+    #[arg(long)]
+    allow_host_path_datasets: bool,
 }
 
 fn init_logs(format: &str) -> anyhow::Result<()> {
@@ -152,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         &identity,
         Duration::from_secs(args.progress_interval_seconds.max(1)),
+        args.allow_host_path_datasets,
     );
     let run = controller::run(
         ctx,

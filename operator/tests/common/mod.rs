@@ -24,6 +24,21 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where `scripts/k8s-tools.sh` puts kubectl, helm and the servers
+/// (`$RIDE_K8S_BIN`, else what `scripts/env.sh` says).
+pub fn k8s_bin() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RIDE_K8S_BIN") {
+        return PathBuf::from(dir);
+    }
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("source scripts/env.sh && printf %s \"$RIDE_K8S_BIN\"")
+        .current_dir(repo())
+        .output()
+        .expect("bash");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The trainer binary, built into the same target directory as the tests.
 pub fn trainer_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ride-operator")).with_file_name("ride-trainer")
@@ -184,9 +199,9 @@ pub async fn status(client: &kube::Client, ns: &str, name: &str) -> Value {
 /// signal says how to end (USR1: exit 0, USR2: exit 1, TERM: exit 75 as the
 /// trainer does after saving a checkpoint, after `STAND_IN_TERM_DELAY`
 /// seconds as if saving), so orchestration is tested without training. On
-/// exit it leaves `$HOME/termination-message` (which a test may write into
-/// the pod's directory) as its termination message, as the trainer leaves
-/// its final report.
+/// exit it leaves the file `termination-message` of its working directory
+/// (the pod's directory, where a test may write it) as its termination
+/// message, as the trainer leaves its final report.
 pub fn stand_in_image(dir: &Path) -> node_agent::Image {
     let bin = dir.join("stand-in-bin");
     std::fs::create_dir_all(&bin).expect("stand-in dir");
@@ -199,8 +214,8 @@ pub fn stand_in_image(dir: &Path) -> node_agent::Image {
          sleep 2147483647 & child=$!\n\
          end() {\n\
            kill $child 2>/dev/null\n\
-           if [ -f \"$HOME/termination-message\" ] && [ -n \"$RIDE_TERMINATION_LOG\" ]; then\n\
-             cat \"$HOME/termination-message\" > \"$RIDE_TERMINATION_LOG\"\n\
+           if [ -f \"$PWD/termination-message\" ] && [ -n \"$RIDE_TERMINATION_LOG\" ]; then\n\
+             cat \"$PWD/termination-message\" > \"$RIDE_TERMINATION_LOG\"\n\
            fi\n\
            exit $1\n\
          }\n\
