@@ -11,6 +11,41 @@ use serde::{Deserialize, Serialize};
 /// start me again" (EX_TEMPFAIL).
 pub const PREEMPTED_EXIT_CODE: i32 = 75;
 
+/// Exit code for "the config or its overrides are invalid" (EX_CONFIG):
+/// running it again cannot help.
+pub const CONFIG_ERROR_EXIT_CODE: i32 = 78;
+
+/// Exit code of a command-line usage error (what `clap` exits with).
+pub const USAGE_ERROR_EXIT_CODE: i32 = 2;
+
+/// What a trainer's exit code says about running it again, when no rule of
+/// the user's says otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitClass {
+    /// Finished.
+    Success,
+    /// Stopped on request with a checkpoint saved: start again, at no cost.
+    Preempted,
+    /// Invalid config or command line: the same inputs fail the same way.
+    Permanent,
+    /// Anything else (an error, a panic, a signal, the OOM killer): worth
+    /// another try from the last checkpoint.
+    Retryable,
+}
+
+/// Classify a trainer exit code. Unlike Kubeflow's ExitCode policy, which
+/// calls every code 1–127 permanent, only the codes the trainer uses for
+/// bad inputs are: its runtime errors (a lost rank, a storage hiccup) exit
+/// 1 and are usually transient.
+pub fn classify_exit(code: i32) -> ExitClass {
+    match code {
+        0 => ExitClass::Success,
+        PREEMPTED_EXIT_CODE => ExitClass::Preempted,
+        CONFIG_ERROR_EXIT_CODE | USAGE_ERROR_EXIT_CODE => ExitClass::Permanent,
+        _ => ExitClass::Retryable,
+    }
+}
+
 /// Rank 0's rendezvous store port when `MASTER_PORT` is not set by a launcher.
 pub const MASTER_PORT: u16 = 29500;
 
@@ -177,6 +212,17 @@ mod tests {
         let older = br#"{"state":"Finished","epoch":1,"newField":true}"#;
         let q = Progress::parse(older).unwrap();
         assert_eq!((q.state, q.epoch, q.step), (RunState::Finished, 1, 0));
+    }
+
+    #[test]
+    fn exit_codes_are_classified() {
+        assert_eq!(classify_exit(0), ExitClass::Success);
+        assert_eq!(classify_exit(75), ExitClass::Preempted);
+        assert_eq!(classify_exit(78), ExitClass::Permanent);
+        assert_eq!(classify_exit(2), ExitClass::Permanent);
+        for code in [1, 101, 137, 139, 143] {
+            assert_eq!(classify_exit(code), ExitClass::Retryable, "{code}");
+        }
     }
 
     #[test]

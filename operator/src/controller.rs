@@ -79,6 +79,8 @@ pub struct Context {
     /// Why the last pod creation failed, by `namespace/name`, shown in
     /// status until a creation succeeds.
     create_failures: Mutex<HashMap<String, String>>,
+    /// Reconciles in flight by `namespace/name`, and since when (health).
+    in_flight: Mutex<HashMap<String, Instant>>,
     /// Whether datasets may be `hostPath` volumes (an operator setting,
     /// never a tenant's: a host path reads the node's files).
     allow_host_path_datasets: bool,
@@ -109,6 +111,7 @@ impl Context {
             polling: Arc::new(Mutex::new(HashSet::new())),
             failures: Mutex::new(HashMap::new()),
             create_failures: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             allow_host_path_datasets,
         })
     }
@@ -118,16 +121,26 @@ impl Context {
         &self,
         spec: &crate::crd::RideTrainingSpec,
     ) -> Result<(), crate::crd::SpecError> {
-        let host_path = spec
-            .dataset
-            .as_ref()
-            .and_then(|d| d.volume.as_ref())
-            .is_some_and(|v| v.host_path.is_some());
-        if host_path && !self.allow_host_path_datasets {
-            return Err(crate::crd::SpecError {
-                field: "dataset.volume.hostPath".into(),
-                message: "hostPath datasets are not allowed by this operator (its administrator can start it with --allow-host-path-datasets); use a PersistentVolumeClaim".into(),
-            });
+        if self.allow_host_path_datasets {
+            return Ok(());
+        }
+        let refuse = |field: String| {
+            Err(crate::crd::SpecError {
+                field,
+                message: "hostPath volumes are not allowed by this operator (its administrator can start it with --allow-host-path-datasets); use a PersistentVolumeClaim".into(),
+            })
+        };
+        let dataset = spec.dataset.as_ref().and_then(|d| d.volume.as_ref());
+        if dataset.is_some_and(|v| v.host_path.is_some()) {
+            return refuse("dataset.volume.hostPath".into());
+        }
+        let template = spec.workers.template.as_ref();
+        let extra = template
+            .map(|t| t.volume_list())
+            .transpose()?
+            .unwrap_or_default();
+        if let Some(i) = extra.iter().position(|v| v.host_path.is_some()) {
+            return refuse(format!("workers.template.volumes[{i}].hostPath"));
         }
         Ok(())
     }
@@ -225,7 +238,14 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Requeue, ReconcileError> {
     let timer = ctx.metrics.reconcile_duration.start_timer();
+    let key = format!(
+        "{}/{}",
+        cached.namespace().unwrap_or_default(),
+        cached.name_any()
+    );
+    lock(&ctx.in_flight).insert(key.clone(), Instant::now());
     let result = reconcile_inner(&cached, &ctx).await;
+    lock(&ctx.in_flight).remove(&key);
     timer.observe_duration();
     result
 }
@@ -271,7 +291,9 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
                 "InvalidSpec",
                 &e.to_string(),
                 now,
+                rt.metadata.generation,
             );
+            status.observed_generation = rt.metadata.generation;
             write_status(&rts, &rt, &old_status, &status).await?;
             publish(ctx, &reference, "InvalidSpec", &e.to_string(), true).await;
         }
@@ -298,6 +320,7 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         pods: observed_pods,
         service_exists,
         deleting: false,
+        generation: rt.metadata.generation,
     };
     let decision = decide(&rt.spec, &old_status, &observed);
     let mut status = decision.status;
@@ -309,6 +332,9 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     if let Some(p) = ctx.polled(&key) {
         if p.attempt <= status.attempt {
             apply_progress(&mut status, &p.report);
+            if p.attempt == status.attempt {
+                crate::observe::update_run_progress(&mut status, &p.report, now);
+            }
         }
     }
     let label = |p: &Pod, l: &str| -> Option<i32> { p.labels().get(l)?.parse().ok() };
@@ -323,6 +349,9 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
             termination_message(p).and_then(|m| Progress::parse(m.as_bytes()).ok())
         {
             apply_progress(&mut status, &report);
+            if label(p, LABEL_ATTEMPT) == Some(status.attempt) {
+                crate::observe::update_run_progress(&mut status, &report, now);
+            }
         }
     }
     let live_rank0 = rank0.iter().rev().find(|p| {
@@ -556,6 +585,10 @@ pub fn retry_delay(n: u32) -> Duration {
     Duration::from_secs((5u64 << n.saturating_sub(1).min(6)).min(300))
 }
 
+/// A reconcile running this long is stuck (each API call has its own
+/// timeout well below it); `/healthz` then fails so the kubelet restarts us.
+pub const STUCK_RECONCILE: Duration = Duration::from_secs(300);
+
 /// The `phase` label of a training not reconciled yet.
 pub const PENDING_LABEL: &str = "Pending";
 
@@ -634,9 +667,22 @@ pub async fn run(
             }
         })
     };
+    let watchdog = Arc::clone(&ctx);
     let gauges = tokio::spawn(async move {
         loop {
             update_phase_gauges(&metrics, &store);
+            // Check in for /healthz, saying so if a reconcile hangs.
+            let stuck = lock(&watchdog.in_flight)
+                .iter()
+                .map(|(k, t)| (k.clone(), t.elapsed()))
+                .max_by_key(|(_, age)| *age)
+                .filter(|(_, age)| *age >= STUCK_RECONCILE);
+            metrics.heartbeat(stuck.map(|(k, age)| {
+                format!(
+                    "the reconcile of {k} has been running for {}s",
+                    age.as_secs()
+                )
+            }));
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });

@@ -1,8 +1,10 @@
 //! `RideTraining` types. The CRD YAML in `crds/` is generated from them
 //! (`ride crd`); a test fails when the file drifts.
 
-use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration, Volume};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, LocalObjectReference, ResourceRequirements, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,8 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"Workers","type":"integer","jsonPath":".status.worldSize"}"#,
     printcolumn = r#"{"name":"Epoch","type":"integer","jsonPath":".status.lastCheckpoint.epoch"}"#,
     printcolumn = r#"{"name":"Top-1","type":"number","jsonPath":".status.latestEval.overall"}"#,
+    printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.progress.percent"}"#,
+    printcolumn = r#"{"name":"ETA","type":"string","jsonPath":".status.progress.eta"}"#,
     printcolumn = r#"{"name":"Restarts","type":"integer","jsonPath":".status.restarts"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     // Pod host names are `<name>-<attempt>-<rank>` and must fit a DNS label
@@ -108,6 +112,96 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub service_account_name: Option<String>,
+    /// Elastic resizes (shrinks and grow-backs) allowed; once used up, a
+    /// shrunken gang stays at its size instead of trying full size again.
+    #[serde(default = "default_max_resizes")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_resizes: i32,
+    /// What users need on the worker pods that the spec does not name,
+    /// merged under the operator's own fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<WorkerTemplate>,
+}
+
+fn default_max_resizes() -> i32 {
+    10
+}
+
+/// Labels and annotations of the worker pods.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerTemplateMetadata {
+    /// Extra labels (the operator's `ride.dev/*` labels win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Additions to every worker pod.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerTemplate {
+    /// Labels and annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<WorkerTemplateMetadata>,
+    /// Environment of the trainer container (`NCCL_DEBUG`, ...); names the
+    /// operator sets itself (`RANK`, `WORLD_SIZE`, ...) are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Extra volumes of the pod, as in a pod spec (`hostPath` only where the
+    /// operator allows it); checked by the operator, like `sidecars`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "free_form_objects")]
+    pub volumes: Vec<serde_json::Value>,
+    /// Where the trainer container mounts them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Containers run beside the trainer (log shippers, proxies), as in a
+    /// pod spec. Their schema is checked by the operator, not the CRD: the
+    /// full container schema would triple the CRD's size, past what
+    /// client-side `kubectl apply` can store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "free_form_objects")]
+    pub sidecars: Vec<serde_json::Value>,
+}
+
+fn free_form_objects(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+impl WorkerTemplate {
+    /// The extra volumes, or which one is malformed and why.
+    pub fn volume_list(&self) -> Result<Vec<Volume>, SpecError> {
+        typed(&self.volumes, "volumes", "a volume")
+    }
+
+    /// The sidecars as containers, or which one is malformed and why.
+    pub fn sidecar_containers(&self) -> Result<Vec<Container>, SpecError> {
+        typed(&self.sidecars, "sidecars", "a container")
+    }
+}
+
+/// Free-form template entries as Kubernetes types, naming the bad one.
+fn typed<T: serde::de::DeserializeOwned>(
+    items: &[serde_json::Value],
+    field: &str,
+    what: &str,
+) -> Result<Vec<T>, SpecError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            serde_json::from_value::<T>(v.clone()).map_err(|e| SpecError {
+                field: format!("workers.template.{field}[{i}]"),
+                message: format!("not {what}: {e}"),
+            })
+        })
+        .collect()
 }
 
 fn default_termination_grace() -> i64 {
@@ -176,7 +270,9 @@ pub struct RestartPolicySpec {
     #[serde(default = "default_backoff_seconds")]
     #[schemars(range(min = 0, max = 3600))]
     pub backoff_seconds: i32,
-    /// Rules by exit code; the first match wins, otherwise `Restart`.
+    /// Rules by exit code; the first match wins. Without a match, the
+    /// trainer's own codes decide: 75 (preempted) restarts outside the
+    /// budget, 78 (invalid config) and 2 (usage) fail, anything else restarts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exit_code_rules: Vec<ExitCodeRule>,
     /// Exit code 75 (preempted, checkpoint saved), node loss, evictions and
@@ -190,6 +286,15 @@ pub struct RestartPolicySpec {
     #[serde(default = "default_force_delete_after")]
     #[schemars(range(min = 0, max = 86400))]
     pub force_delete_after_seconds: i64,
+    /// Restarts outside the budget (preemption, node loss) allowed before
+    /// further ones count against it: a guard against endless loops.
+    #[serde(default = "default_max_exempt_restarts")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_exempt_restarts: i32,
+}
+
+fn default_max_exempt_restarts() -> i32 {
+    100
 }
 
 fn default_force_delete_after() -> i64 {
@@ -216,6 +321,7 @@ impl Default for RestartPolicySpec {
             exit_code_rules: Vec::new(),
             preemption_exempt: default_true(),
             force_delete_after_seconds: default_force_delete_after(),
+            max_exempt_restarts: default_max_exempt_restarts(),
         }
     }
 }
@@ -317,15 +423,56 @@ pub struct EvalStatus {
     pub few: Option<f64>,
 }
 
+/// How far the run is, from rank 0's latest report.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressStatus {
+    /// Current epoch (1-based, as users count).
+    pub epoch: i64,
+    /// Epochs in the run.
+    pub epochs: i64,
+    /// Optimiser steps taken.
+    pub step: i64,
+    /// Optimiser steps the whole run takes.
+    pub total_steps: i64,
+    /// `step` of `totalSteps`, e.g. `"37%"`.
+    pub percent: String,
+    /// Recent steps per second (smoothed over reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_per_second: Option<f64>,
+    /// When the last reported step finished (RFC 3339).
+    #[serde(
+        default,
+        with = "crate::timestamps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<Time>")]
+    pub last_step_time: Option<i64>,
+    /// Estimated end of training at the recent rate (RFC 3339); evaluation
+    /// and restarts not included.
+    #[serde(
+        default,
+        with = "crate::timestamps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<Time>")]
+    pub eta: Option<i64>,
+}
+
 /// Observed state.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RideTrainingStatus {
+    /// The `metadata.generation` this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
     /// Phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    /// Conditions (Created, Running, Restarting, Suspended, Succeeded, Failed).
+    /// Conditions, one per type (Created, Running, Restarting, Suspended,
+    /// Succeeded, Failed), with `metav1.Condition` semantics.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Gang restarts that used the budget.
     #[serde(default)]
@@ -336,6 +483,9 @@ pub struct RideTrainingStatus {
     /// Ranks of the current attempt.
     #[serde(default)]
     pub world_size: i32,
+    /// How far the run is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressStatus>,
     /// Last checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint: Option<CheckpointStatus>,
@@ -345,26 +495,59 @@ pub struct RideTrainingStatus {
     /// Restarts that did not use the budget (preemption, node loss, elastic resizing, spec changes).
     #[serde(default)]
     pub exempt_restarts: i32,
-    /// Hash of the spec the current attempt runs.
+    /// Elastic resizes so far (shrinks and grow-backs), limited by `workers.maxResizes`.
+    #[serde(default)]
+    pub resizes: i32,
+    /// Hash of the pod-shaping part of the spec the current attempt runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_hash: Option<String>,
-    /// Unix time the next attempt may start (restart backoff).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the next attempt may start (restart backoff).
+    #[serde(
+        default,
+        with = "crate::timestamps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<Time>")]
     pub restart_after: Option<i64>,
-    /// Unix time the training started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the training started, or was last resumed (the deadline counts from it).
+    #[serde(
+        default,
+        with = "crate::timestamps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<Time>")]
     pub start_time: Option<i64>,
-    /// Unix time the current attempt started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the current attempt started.
+    #[serde(
+        default,
+        with = "crate::timestamps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<Time>")]
     pub attempt_start_time: Option<i64>,
-    /// Unix time all workers of the current attempt were first seen running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When all workers of the current attempt were first seen running.
+    #[serde(
+        default,
+        with = "crate::timestamps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<Time>")]
     pub running_since: Option<i64>,
-    /// Unix time the latest gang restart began (a failure, preemption or resize was seen).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the latest gang restart began (a failure, preemption or resize was seen).
+    #[serde(
+        default,
+        with = "crate::timestamps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<Time>")]
     pub restart_time: Option<i64>,
-    /// Unix time it succeeded or failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When it succeeded or failed.
+    #[serde(
+        default,
+        with = "crate::timestamps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<Time>")]
     pub completion_time: Option<i64>,
     /// Why the phase is what it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -426,6 +609,78 @@ impl RideTrainingSpec {
         for key in self.trainer.overrides.keys() {
             if key.is_empty() || key.contains(char::is_whitespace) {
                 return err("trainer.overrides", format!("'{key}' is not a config key"));
+            }
+        }
+        if let Some(t) = &self.workers.template {
+            self.validate_template(t)?;
+        }
+        Ok(())
+    }
+
+    /// A template may add to the pods but not replace what the operator sets.
+    fn validate_template(&self, t: &WorkerTemplate) -> Result<(), SpecError> {
+        use crate::pods::{
+            reserved_env, RESERVED_MOUNT_PATHS, RESERVED_VOLUMES, TRAINER_CONTAINER,
+        };
+        let err = |field: String, message: String| Err(SpecError { field, message });
+        for (i, e) in t.env.iter().enumerate() {
+            if reserved_env(&e.name) {
+                return err(
+                    format!("workers.template.env[{i}].name"),
+                    format!("{} is set by the operator (the process contract or the checkpoint credentials)", e.name),
+                );
+            }
+        }
+        let volumes = t.volume_list()?;
+        for (i, v) in volumes.iter().enumerate() {
+            if v.name.is_empty() {
+                return err(
+                    format!("workers.template.volumes[{i}].name"),
+                    "is required".into(),
+                );
+            }
+            if RESERVED_VOLUMES.contains(&v.name.as_str()) {
+                return err(
+                    format!("workers.template.volumes[{i}].name"),
+                    format!(
+                        "'{}' is one of the operator's volumes ({})",
+                        v.name,
+                        RESERVED_VOLUMES.join(", ")
+                    ),
+                );
+            }
+        }
+        let dataset = self.dataset.as_ref().map(|d| d.path.as_str());
+        for (i, m) in t.volume_mounts.iter().enumerate() {
+            let path = m.mount_path.trim_end_matches('/');
+            if RESERVED_MOUNT_PATHS.contains(&path)
+                || Some(path) == dataset.map(|d| d.trim_end_matches('/'))
+            {
+                return err(
+                    format!("workers.template.volumeMounts[{i}].mountPath"),
+                    format!("{} is mounted by the operator", m.mount_path),
+                );
+            }
+            let known = volumes.iter().any(|v| v.name == m.name);
+            if !known {
+                return err(
+                    format!("workers.template.volumeMounts[{i}].name"),
+                    format!("no volume '{}' in workers.template.volumes", m.name),
+                );
+            }
+        }
+        for (i, c) in t.sidecar_containers()?.iter().enumerate() {
+            if c.name.is_empty() {
+                return err(
+                    format!("workers.template.sidecars[{i}].name"),
+                    "is required".into(),
+                );
+            }
+            if c.name == TRAINER_CONTAINER {
+                return err(
+                    format!("workers.template.sidecars[{i}].name"),
+                    format!("'{TRAINER_CONTAINER}' is the trainer container's name"),
+                );
             }
         }
         Ok(())

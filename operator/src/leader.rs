@@ -4,6 +4,13 @@
 //! The decision ([`lease_step`]) is pure; [`LeaderElector`] does the I/O.
 //! Updates carry the Lease's `resourceVersion`, so two replicas racing for an
 //! expired Lease cannot both win: the API server rejects the second write.
+//!
+//! As in client-go, expiry is judged by this replica's own monotonic clock:
+//! a Lease is expired once its record has not changed for a whole lease
+//! duration since *we* saw it change, whatever time the holder wrote into
+//! it. Clock skew between replicas therefore cannot make a live Lease look
+//! expired. The holder gives up after its renew deadline, which is shorter
+//! than the duration, so it stops before anyone may take over.
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -27,8 +34,9 @@ pub enum LeaseStep {
     },
 }
 
-/// Decide from the Lease (if any) who may lead at `now`.
-pub fn lease_step(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseStep {
+/// Decide from the Lease (if any) who may lead, given how long its record
+/// has been seen unchanged by this replica's clock.
+pub fn lease_step(lease: Option<&LeaseSpec>, me: &str, unchanged_for: Duration) -> LeaseStep {
     let Some(spec) = lease else {
         return LeaseStep::Create;
     };
@@ -36,17 +44,52 @@ pub fn lease_step(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseS
     if holder == me {
         return LeaseStep::Renew;
     }
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0.as_second());
-    match renewed {
-        Some(t) if !holder.is_empty() && now.as_second() < t + duration => {
-            LeaseStep::Wait { holder }
+    let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
+    if !holder.is_empty() && unchanged_for < duration {
+        LeaseStep::Wait { holder }
+    } else {
+        LeaseStep::TakeOver
+    }
+}
+
+/// The timing of leader election, checked for consistency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// How long a Lease not renewed stays another replica's.
+    pub duration: Duration,
+    /// The holder gives up when it could not renew for this long.
+    pub renew_deadline: Duration,
+    /// Time between tries (also each request's time limit).
+    pub retry_period: Duration,
+}
+
+impl LeaseTiming {
+    /// Timing with `retry_period < renew_deadline < duration`, else an error
+    /// saying which flag to change.
+    pub fn new(
+        duration: Duration,
+        renew_deadline: Duration,
+        retry_period: Duration,
+    ) -> Result<Self, String> {
+        if renew_deadline >= duration {
+            return Err(format!(
+                "--lease-renew-deadline-seconds ({}) must be shorter than --lease-seconds ({}): the holder must stop before others may take over",
+                renew_deadline.as_secs(),
+                duration.as_secs()
+            ));
         }
-        _ => LeaseStep::TakeOver,
+        if retry_period.is_zero() || retry_period >= renew_deadline {
+            return Err(format!(
+                "--lease-retry-seconds ({}) must be above 0 and shorter than --lease-renew-deadline-seconds ({})",
+                retry_period.as_secs(),
+                renew_deadline.as_secs()
+            ));
+        }
+        Ok(Self {
+            duration,
+            renew_deadline,
+            retry_period,
+        })
     }
 }
 
@@ -56,6 +99,8 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     duration: Duration,
+    /// The Lease's `resourceVersion` as last seen, and since when (our clock).
+    observed: std::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
 impl LeaderElector {
@@ -66,6 +111,22 @@ impl LeaderElector {
             name: name.into(),
             identity: identity.into(),
             duration,
+            observed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// How long the Lease's record has stood still by our clock.
+    fn unchanged_for(&self, lease: Option<&Lease>) -> Duration {
+        let version = lease
+            .and_then(|l| l.metadata.resource_version.clone())
+            .unwrap_or_default();
+        let mut seen = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        match &*seen {
+            Some((v, since)) if *v == version => since.elapsed(),
+            _ => {
+                *seen = Some((version, std::time::Instant::now()));
+                Duration::ZERO
+            }
         }
     }
 
@@ -76,7 +137,7 @@ impl LeaderElector {
         let step = lease_step(
             current.as_ref().and_then(|l| l.spec.as_ref()),
             &self.identity,
-            now,
+            self.unchanged_for(current.as_ref()),
         );
         let mut spec = current
             .as_ref()
@@ -157,26 +218,54 @@ mod tests {
 
     #[test]
     fn lease_decisions() {
-        let at = |s| Timestamp::from_second(s).unwrap();
-        assert_eq!(lease_step(None, "a", at(100)), LeaseStep::Create);
+        let secs = Duration::from_secs;
+        assert_eq!(lease_step(None, "a", secs(0)), LeaseStep::Create);
         assert_eq!(
-            lease_step(Some(&spec("a", 0)), "a", at(100)),
+            lease_step(Some(&spec("a", 0)), "a", secs(0)),
             LeaseStep::Renew
         );
         assert_eq!(
-            lease_step(Some(&spec("b", 90)), "a", at(100)),
+            lease_step(Some(&spec("b", 90)), "a", secs(10)),
             LeaseStep::Wait { holder: "b".into() }
         );
         assert_eq!(
-            lease_step(Some(&spec("b", 85)), "a", at(100)),
+            lease_step(Some(&spec("b", 85)), "a", secs(15)),
             LeaseStep::TakeOver
         );
         // A released Lease (no holder) is free at once.
         let mut released = spec("b", 99);
         released.holder_identity = None;
         assert_eq!(
-            lease_step(Some(&released), "a", at(100)),
+            lease_step(Some(&released), "a", secs(0)),
             LeaseStep::TakeOver
         );
+    }
+
+    #[test]
+    fn the_holders_clock_does_not_decide_expiry() {
+        // The holder's clock is an hour behind: its renewTime looks ancient,
+        // but the record just changed, so it is live.
+        let behind = spec("b", Timestamp::now().as_second() - 3600);
+        assert_eq!(
+            lease_step(Some(&behind), "a", Duration::ZERO),
+            LeaseStep::Wait { holder: "b".into() }
+        );
+        // An hour ahead: a renewTime in the future does not keep a Lease
+        // alive once it has stood still for its duration.
+        let ahead = spec("b", Timestamp::now().as_second() + 3600);
+        assert_eq!(
+            lease_step(Some(&ahead), "a", Duration::from_secs(15)),
+            LeaseStep::TakeOver
+        );
+    }
+
+    #[test]
+    fn the_renew_deadline_is_shorter_than_the_lease() {
+        let secs = Duration::from_secs;
+        assert!(LeaseTiming::new(secs(15), secs(10), secs(2)).is_ok());
+        let e = LeaseTiming::new(secs(15), secs(15), secs(2)).unwrap_err();
+        assert!(e.contains("--lease-renew-deadline-seconds"), "{e}");
+        assert!(LeaseTiming::new(secs(15), secs(10), secs(10)).is_err());
+        assert!(LeaseTiming::new(secs(15), secs(10), secs(0)).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! The `RideTraining` custom resource (`ride.dev/v1alpha1`), its CRD, spec
 //! validation, the controller that reconciles it (lifecycle decisions,
-//! owned pods, progress from checkpoint storage, leader election, metrics),
+//! owned pods, progress from rank 0's report, leader election, metrics),
 //! and turning a resource into a local launcher invocation.
 
 pub mod controller;
@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod observe;
 pub mod pods;
 pub mod progress;
+pub mod timestamps;
 
 /// The CRD as YAML, exactly as `crds/ridetrainings.ride.dev.yaml` holds it.
 pub fn crd_yaml() -> Result<String, serde_norway::Error> {

@@ -8,6 +8,7 @@
 
 use crate::crd::{ExitAction, Phase, RideTrainingSpec, RideTrainingStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use ride_contract::{classify_exit, ExitClass};
 
 pub use ride_contract::PREEMPTED_EXIT_CODE;
 /// Longest restart backoff.
@@ -53,6 +54,9 @@ pub struct ObservedPod {
     /// (the pod's `deletionTimestamp`), after which its kubelet should have
     /// killed it.
     pub deletion_deadline: Option<i64>,
+    /// Unix time it ended or began to be taken away (container finish time,
+    /// disruption or deletion request), so the first failure in time decides.
+    pub ended_at: Option<i64>,
 }
 
 /// Everything the decision needs from the world.
@@ -66,6 +70,8 @@ pub struct Observed {
     pub service_exists: bool,
     /// The resource itself is being deleted.
     pub deleting: bool,
+    /// The resource's `metadata.generation`.
+    pub generation: Option<i64>,
 }
 
 /// Something to do.
@@ -115,12 +121,35 @@ pub struct Decision {
     pub status: RideTrainingStatus,
 }
 
-/// A stable hash of the spec (the part that shapes pods); a change restarts the gang.
+/// A stable hash of the part of the spec that shapes the pods; a change
+/// restarts the gang. Restart and run policies, the elastic bounds and the
+/// resize limit are read at each decision and change nothing in a running
+/// pod, so editing them leaves a healthy gang alone.
 pub fn spec_hash(spec: &RideTrainingSpec) -> String {
     let mut s = spec.clone();
-    // Suspension and clean-up settings do not change what the pods run.
+    s.run_policy = Default::default();
+    s.restart_policy = Default::default();
+    s.workers.min_replicas = None;
+    s.workers.elastic_timeout_seconds = 0;
+    s.workers.max_resizes = 0;
+    fnv1a(&serde_json::to_string(&s).unwrap_or_default())
+}
+
+/// The hash operators before 0.2 stored (the whole spec but the run
+/// policy, before `maxExemptRestarts` and `maxResizes` existed): accepted
+/// as current, so upgrading the operator restarts no gang.
+fn legacy_spec_hash(spec: &RideTrainingSpec) -> String {
+    let mut s = spec.clone();
     s.run_policy = Default::default();
     let json = serde_json::to_string(&s).unwrap_or_default();
+    // Both are plain integers; a string value containing the same text is
+    // escaped (`\"`) and cannot match.
+    let newer =
+        regex::Regex::new(r#","(maxExemptRestarts|maxResizes)":-?[0-9]+"#).expect("static pattern");
+    fnv1a(&newer.replace_all(&json, ""))
+}
+
+fn fnv1a(json: &str) -> String {
     // FNV-1a: small, stable across builds (unlike std's hasher).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in json.bytes() {
@@ -157,6 +186,7 @@ impl Ctx<'_> {
             reason,
             &message,
             self.obs.now,
+            self.obs.generation,
         );
         self.st.phase = Some(phase);
         self.st.reason = Some(reason.into());
@@ -236,13 +266,15 @@ pub const CONDITION_TYPES: [Phase; 6] = [
 ];
 
 /// Make `phase`'s condition True and every other phase's False, keeping each
-/// condition's transition time unless its status flips.
+/// condition's transition time unless its status flips; every listed
+/// condition is stamped with the `generation` it was judged against.
 pub fn set_conditions(
     conditions: &mut Vec<Condition>,
     phase: Phase,
     reason: &str,
     message: &str,
     now: i64,
+    generation: Option<i64>,
 ) {
     let time = Time(jiff::Timestamp::from_second(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH));
     for ty in CONDITION_TYPES {
@@ -258,6 +290,7 @@ pub fn set_conditions(
                     c.reason = reason.into();
                     c.message = message.into();
                 }
+                c.observed_generation = generation;
             }
             // Conditions of phases never entered are not listed.
             None if ty == phase => conditions.push(Condition {
@@ -266,7 +299,7 @@ pub fn set_conditions(
                 reason: reason.into(),
                 message: message.into(),
                 last_transition_time: time.clone(),
-                observed_generation: None,
+                observed_generation: generation,
             }),
             None => {}
         }
@@ -287,10 +320,10 @@ pub fn exit_action(spec: &RideTrainingSpec, state: &PodState) -> ExitAction {
             {
                 return rule.action;
             }
-            if *exit_code == PREEMPTED_EXIT_CODE && policy.preemption_exempt {
-                ExitAction::RestartExempt
-            } else {
-                ExitAction::Restart
+            match classify_exit(*exit_code) {
+                ExitClass::Preempted if policy.preemption_exempt => ExitAction::RestartExempt,
+                ExitClass::Permanent => ExitAction::Fail,
+                _ => ExitAction::Restart,
             }
         }
         _ => ExitAction::Restart,
@@ -313,9 +346,11 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         };
     }
     let now = obs.now;
+    c.st.observed_generation = obs.generation;
     if c.st.phase.is_none() {
         c.st.world_size = spec.workers.replicas;
-        c.st.start_time = Some(now);
+        // Created suspended (as Kueue does): the clock starts at admission.
+        c.st.start_time = (!spec.run_policy.suspend).then_some(now);
         c.st.spec_hash = Some(spec_hash(spec));
         c.set_phase(
             Phase::Created,
@@ -341,6 +376,22 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             status: c.st,
         };
     }
+    // Suspended time does not count towards the deadline (as for a Job):
+    // the clock stops here and restarts from zero on resume.
+    if spec.run_policy.suspend {
+        c.delete_pods(false);
+        c.st.running_since = None;
+        c.st.start_time = None;
+        c.set_phase(
+            Phase::Suspended,
+            "Suspended",
+            "workers deleted; set runPolicy.suspend false to resume".into(),
+        );
+        return Decision {
+            actions: c.actions,
+            status: c.st,
+        };
+    }
     if let (Some(limit), Some(start)) = (spec.run_policy.active_deadline_seconds, c.st.start_time) {
         if now - start >= limit {
             c.delete_pods(false);
@@ -355,24 +406,12 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             };
         }
     }
-    if spec.run_policy.suspend {
-        c.delete_pods(false);
-        c.st.running_since = None;
-        c.set_phase(
-            Phase::Suspended,
-            "Suspended",
-            "workers deleted; set runPolicy.suspend false to resume".into(),
-        );
-        return Decision {
-            actions: c.actions,
-            status: c.st,
-        };
-    }
     if c.st.phase == Some(Phase::Suspended) {
         // Resuming is a fresh attempt from the latest checkpoint, outside the budget.
         c.st.attempt += 1;
         c.st.world_size = spec.workers.replicas;
         c.st.attempt_start_time = None;
+        c.st.start_time = Some(now);
         c.set_phase(
             Phase::Created,
             "Resumed",
@@ -386,6 +425,10 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
     c.delete_pods(true);
     // A changed spec (image, config, workers...) restarts the gang with it.
     let hash = spec_hash(spec);
+    if c.st.spec_hash.as_deref() == Some(legacy_spec_hash(spec).as_str()) {
+        // Written by an older operator for this very spec: same pods.
+        c.st.spec_hash = Some(hash.clone());
+    }
     if c.st.spec_hash.as_deref() != Some(hash.as_str()) {
         c.st.spec_hash = Some(hash);
         let world = spec.workers.replicas;
@@ -417,55 +460,73 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
     // we saw it go) ends the attempt too: the others cannot go on without it.
     let missing = (0..c.st.world_size)
         .find(|r| c.st.running_since.is_some() && !current.iter().any(|p| p.rank == *r));
-    let failure = current.iter().find_map(|p| {
-        let what = match &p.state {
-            PodState::Failed { exit_code } => {
-                format!("worker {} exited with code {exit_code}", p.rank)
-            }
-            PodState::Disrupted { reason } => {
-                format!("worker {} was disrupted ({reason})", p.rank)
-            }
-            PodState::Succeeded => return None,
-            _ if p.deletion_deadline.is_some() => format!("worker {} was deleted", p.rank),
-            _ => return None,
-        };
-        // A deletion without an exit code yet is classified like a disruption.
-        let state = match &p.state {
-            PodState::Failed { .. } | PodState::Disrupted { .. } => p.state.clone(),
-            _ => PodState::Disrupted {
-                reason: "Deleted".into(),
-            },
-        };
-        Some((p.rank, state, what))
-    });
-    let failure = failure.or_else(|| {
-        missing.map(|r| {
-            (
-                r,
-                PodState::Disrupted {
+    let mut failures: Vec<(i64, i32, PodState, String)> = current
+        .iter()
+        .filter_map(|p| {
+            let what = match &p.state {
+                PodState::Failed { exit_code } => {
+                    format!("worker {} exited with code {exit_code}", p.rank)
+                }
+                PodState::Disrupted { reason } => {
+                    format!("worker {} was disrupted ({reason})", p.rank)
+                }
+                PodState::Succeeded => return None,
+                _ if p.deletion_deadline.is_some() => format!("worker {} was deleted", p.rank),
+                _ => return None,
+            };
+            // A deletion without an exit code yet is classified like a disruption.
+            let state = match &p.state {
+                PodState::Failed { .. } | PodState::Disrupted { .. } => p.state.clone(),
+                _ => PodState::Disrupted {
                     reason: "Deleted".into(),
                 },
-                format!("worker {r} disappeared"),
-            )
+            };
+            Some((p.ended_at.unwrap_or(now), p.rank, state, what))
         })
-    });
-    // The first failure decides (a rank that exited 0 does not mask another's failure).
-    if let Some((_, state, what)) = failure {
-        match exit_action(spec, &state) {
+        .collect();
+    if failures.is_empty() {
+        if let Some(r) = missing {
+            let state = PodState::Disrupted {
+                reason: "Deleted".into(),
+            };
+            failures.push((now, r, state, format!("worker {r} disappeared")));
+        }
+    }
+    // The first failure in time decides: when a rank crashes, the others
+    // fail after it (a broken collective), and their codes say nothing.
+    // A rank that exited 0 does not mask another's failure.
+    failures.sort_by_key(|(t, rank, _, _)| (*t, *rank));
+    if let Some((_, _, state, what)) = failures.into_iter().next() {
+        let policy = &spec.restart_policy;
+        let by_rule = matches!(&state, PodState::Failed { exit_code }
+            if policy.exit_code_rules.iter().any(|r| r.codes.contains(exit_code)));
+        let mut action = exit_action(spec, &state);
+        let mut what = what;
+        if action == ExitAction::RestartExempt && c.st.exempt_restarts >= policy.max_exempt_restarts
+        {
+            // A loop guard: past the limit, disruptions use the budget too.
+            action = ExitAction::Restart;
+            what = format!(
+                "{what} (after {} restarts outside the budget, maxExemptRestarts)",
+                c.st.exempt_restarts
+            );
+        }
+        match action {
             ExitAction::Fail => {
+                let why = if by_rule {
+                    "the exit-code rules say fail"
+                } else {
+                    "the code means an invalid config or command line; another try cannot help"
+                };
                 c.delete_pods(false);
-                c.finish(
-                    Phase::Failed,
-                    "WorkerFailed",
-                    format!("{what}; the exit-code rules say fail"),
-                );
+                c.finish(Phase::Failed, "WorkerFailed", format!("{what}; {why}"));
             }
-            ExitAction::Restart if c.st.restarts >= spec.restart_policy.budget => {
+            ExitAction::Restart if c.st.restarts >= policy.budget => {
                 c.delete_pods(false);
                 c.finish(
                     Phase::Failed,
                     "RestartBudgetExhausted",
-                    format!("{what}; all {} restarts used", spec.restart_policy.budget),
+                    format!("{what}; all {} restarts used", policy.budget),
                 );
             }
             ExitAction::Restart => {
@@ -505,6 +566,7 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
     if stuck > 0 {
         let placed = world - stuck;
         if placed >= min && placed < world {
+            c.st.resizes += 1;
             c.restart(
                 placed,
                 false,
@@ -517,7 +579,14 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             };
         }
     }
-    if world < spec.workers.replicas && c.st.running_since.is_some_and(|t| now - t >= timeout) {
+    // Growing back is optional: once the resizes are used up, a shrunken
+    // gang stays as it is rather than cycling between sizes.
+    let may_grow = c.st.resizes < spec.workers.max_resizes;
+    if may_grow
+        && world < spec.workers.replicas
+        && c.st.running_since.is_some_and(|t| now - t >= timeout)
+    {
+        c.st.resizes += 1;
         let full = spec.workers.replicas;
         c.restart(
             full,
@@ -544,7 +613,14 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             format!("waiting for {waiting_for_old} workers of the previous attempt to stop");
         let phase = c.st.phase.unwrap_or(Phase::Created);
         let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
-        set_conditions(&mut c.st.conditions, phase, &reason, &message, now);
+        set_conditions(
+            &mut c.st.conditions,
+            phase,
+            &reason,
+            &message,
+            now,
+            obs.generation,
+        );
         c.st.message = Some(message);
         return Decision {
             actions: c.actions,
@@ -583,12 +659,19 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         };
         let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
         let message = format!("{running} of {world} workers running");
-        set_conditions(&mut c.st.conditions, phase, &reason, &message, now);
+        set_conditions(
+            &mut c.st.conditions,
+            phase,
+            &reason,
+            &message,
+            now,
+            obs.generation,
+        );
         c.st.phase = Some(phase);
         c.st.reason = Some(reason);
         c.st.message = Some(message);
     }
-    if world < spec.workers.replicas {
+    if may_grow && world < spec.workers.replicas {
         c.actions.push(Action::RequeueAfter(timeout));
     }
     Decision {

@@ -6,7 +6,34 @@ use prometheus::{
     TextEncoder,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `/healthz` fails when the reconcile loop has not checked in for this long.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the reconcile loop last said about itself.
+#[derive(Debug, Default)]
+struct LoopHealth {
+    /// When it last checked in (None: not started, e.g. a standby replica).
+    heartbeat: Option<Instant>,
+    /// Why it is unhealthy, if it said so.
+    problem: Option<String>,
+}
+
+/// The `/healthz` verdict: `Ok` or why not.
+pub fn judge_health(heartbeat_age: Option<Duration>, problem: Option<&str>) -> Result<(), String> {
+    if let Some(p) = problem {
+        return Err(p.to_string());
+    }
+    match heartbeat_age {
+        Some(age) if age >= HEARTBEAT_TIMEOUT => Err(format!(
+            "the reconcile loop has not checked in for {}s",
+            age.as_secs()
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// Every metric the operator exports (names prefixed `ride_operator_`).
 pub struct OperatorMetrics {
@@ -26,6 +53,7 @@ pub struct OperatorMetrics {
     /// Whether this replica holds the leader Lease.
     pub leader: prometheus::IntGauge,
     ready: AtomicBool,
+    health: Mutex<LoopHealth>,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -84,6 +112,7 @@ impl OperatorMetrics {
             .expect("static gauge options are valid"),
             registry,
             ready: AtomicBool::new(false),
+            health: Mutex::new(LoopHealth::default()),
         };
         for c in [
             Box::new(m.reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
@@ -123,6 +152,19 @@ impl OperatorMetrics {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// The reconcile loop checks in: alive, and `problem` if it is stuck.
+    pub fn heartbeat(&self, problem: Option<String>) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.heartbeat = Some(Instant::now());
+        h.problem = problem;
+    }
+
+    /// The `/healthz` verdict now.
+    pub fn health(&self) -> Result<(), String> {
+        let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        judge_health(h.heartbeat.map(|t| t.elapsed()), h.problem.as_deref())
+    }
+
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
@@ -144,7 +186,10 @@ impl OperatorMetrics {
                 for req in server.incoming_requests() {
                     let (code, body) = match req.url() {
                         "/metrics" => (200, me.render()),
-                        "/healthz" => (200, "ok\n".to_string()),
+                        "/healthz" => match me.health() {
+                            Ok(()) => (200, "ok\n".to_string()),
+                            Err(why) => (503, format!("unhealthy: {why}\n")),
+                        },
                         "/readyz" if me.is_ready() => (200, "ok\n".to_string()),
                         "/readyz" => (
                             503,
@@ -188,5 +233,19 @@ mod tests {
         assert!(get("/readyz").contains(" 503 "));
         m.set_ready(true);
         assert!(get("/readyz").contains(" 200 "));
+        m.heartbeat(Some("reconcile of a/b running for 400s".into()));
+        let h = get("/healthz");
+        assert!(h.contains(" 503 ") && h.contains("a/b"), "{h}");
+        m.heartbeat(None);
+        assert!(get("/healthz").contains(" 200 "));
+    }
+
+    #[test]
+    fn health_needs_a_recent_heartbeat_once_the_loop_runs() {
+        assert!(judge_health(None, None).is_ok());
+        assert!(judge_health(Some(Duration::from_secs(5)), None).is_ok());
+        let e = judge_health(Some(HEARTBEAT_TIMEOUT), None).unwrap_err();
+        assert!(e.contains("not checked in"), "{e}");
+        assert!(judge_health(Some(Duration::ZERO), Some("stuck")).is_err());
     }
 }

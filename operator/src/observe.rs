@@ -3,7 +3,7 @@
 //! endpoint or its termination message) into status fields. Pure functions;
 //! the controller feeds them.
 
-use crate::crd::{CheckpointStatus, EvalStatus, RideTrainingStatus};
+use crate::crd::{CheckpointStatus, EvalStatus, ProgressStatus, RideTrainingStatus};
 use crate::lifecycle::{ObservedPod, PodState};
 use crate::pods::{LABEL_ATTEMPT, LABEL_RANK, TRAINER_CONTAINER};
 use k8s_openapi::api::core::v1::Pod;
@@ -35,6 +35,32 @@ fn disruption(pod: &Pod) -> Option<String> {
         (_, Some("Unknown")) => Some("NodeLost".into()),
         _ => None,
     }
+}
+
+/// When a pod ended or began to be taken away: its container's finish
+/// time, else when it was marked for disruption, else when its deletion was
+/// requested (the deletion timestamp less the grace period).
+fn ended_at(
+    pod: &Pod,
+    terminated: Option<&k8s_openapi::api::core::v1::ContainerStateTerminated>,
+) -> Option<i64> {
+    if let Some(t) = terminated.and_then(|t| t.finished_at.as_ref()) {
+        return Some(unix(t));
+    }
+    let disrupted = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+        })
+        .and_then(|c| c.last_transition_time.as_ref());
+    if let Some(t) = disrupted {
+        return Some(unix(t));
+    }
+    let deleted = pod.metadata.deletion_timestamp.as_ref().map(unix)?;
+    Some(deleted - pod.metadata.deletion_grace_period_seconds.unwrap_or(0))
 }
 
 /// A worker pod as the lifecycle sees it; `None` for pods without our rank/attempt labels.
@@ -78,6 +104,7 @@ pub fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
         attempt,
         state,
         deletion_deadline: pod.metadata.deletion_timestamp.as_ref().map(unix),
+        ended_at: ended_at(pod, terminated),
     })
 }
 
@@ -100,6 +127,51 @@ pub fn termination_message(pod: &Pod) -> Option<&str> {
         .as_ref()?
         .message
         .as_deref()
+}
+
+/// Weight of the newest rate in the smoothed steps per second.
+const RATE_SMOOTHING: f64 = 0.3;
+
+/// Update `status.progress` (epoch, steps, percent, smoothed rate, ETA) from
+/// a report of the current attempt's rank 0 received at `now`. The rate is
+/// taken between reports by the trainer's own step times, so poll delays do
+/// not distort it; a report from before a restart (fewer steps) starts over.
+pub fn update_run_progress(status: &mut RideTrainingStatus, p: &Progress, now: i64) {
+    if p.total_steps == 0 {
+        return;
+    }
+    let step = p.step as i64;
+    let total = p.total_steps as i64;
+    let last_step_time = p.last_step_unix.map(|t| t as i64);
+    let old = status.progress.take();
+    let mut rate = old.as_ref().and_then(|o| o.steps_per_second);
+    if let (Some(o), Some(t_new)) = (&old, p.last_step_unix) {
+        if let Some(t_old) = o.last_step_time {
+            let (ds, dt) = ((step - o.step) as f64, t_new - t_old as f64);
+            if ds > 0.0 && dt >= 1.0 {
+                let r = ds / dt;
+                rate = Some(rate.map_or(r, |old| old + RATE_SMOOTHING * (r - old)));
+            } else if ds < 0.0 {
+                rate = None;
+            }
+        }
+    }
+    let remaining = (total - step).max(0);
+    let eta = match rate {
+        _ if remaining == 0 => Some(now),
+        Some(r) if r > 0.0 => Some(now + (remaining as f64 / r).round() as i64),
+        _ => None,
+    };
+    status.progress = Some(ProgressStatus {
+        epoch: (p.epoch as i64 + 1).min(p.epochs.max(1) as i64),
+        epochs: p.epochs as i64,
+        step,
+        total_steps: total,
+        percent: format!("{}%", (step * 100 / total).clamp(0, 100)),
+        steps_per_second: rate.map(|r| (r * 1000.0).round() / 1000.0),
+        last_step_time,
+        eta,
+    });
 }
 
 /// Take the last checkpoint and the latest evaluation from a trainer's
@@ -232,5 +304,48 @@ mod tests {
         assert_eq!(st.latest_eval.clone().unwrap().few, Some(34.2));
         apply_progress(&mut st, &report(70, 50.0));
         assert_eq!(st.last_checkpoint.unwrap().step, 80);
+    }
+
+    #[test]
+    fn pods_say_when_they_ended() {
+        let exited = pod(&format!(
+            "{META}status:\n  phase: Failed\n  containerStatuses:\n  - {{name: trainer, image: x, imageID: '', ready: false, restartCount: 0, state: {{terminated: {{exitCode: 1, finishedAt: '2026-01-01T00:00:10Z'}}}}}}"
+        ));
+        assert_eq!(observe_pod(&exited).unwrap().ended_at, Some(1_767_225_610));
+        let deleted = pod("metadata: {name: x-0-1, deletionTimestamp: '2026-01-01T00:02:00Z', deletionGracePeriodSeconds: 120, labels: {ride.dev/rank: '1', ride.dev/attempt: '0'}}");
+        assert_eq!(observe_pod(&deleted).unwrap().ended_at, Some(1_767_225_600));
+        let running = pod(&format!("{META}status: {{phase: Running}}"));
+        assert_eq!(observe_pod(&running).unwrap().ended_at, None);
+    }
+
+    #[test]
+    fn progress_gives_percent_a_smoothed_rate_and_an_eta() {
+        let mut st = RideTrainingStatus::default();
+        let report = |step: u64, at: f64| Progress {
+            epoch: step / 100,
+            epochs: 10,
+            step,
+            total_steps: 1000,
+            last_step_unix: Some(at),
+            ..Default::default()
+        };
+        update_run_progress(&mut st, &report(100, 1000.0), 1001);
+        let p = st.progress.clone().unwrap();
+        assert_eq!((p.epoch, p.percent.as_str(), p.eta), (2, "10%", None));
+        // 100 steps in 50 s: 2 steps/s, 800 steps left: 400 s.
+        update_run_progress(&mut st, &report(200, 1050.0), 1052);
+        let p = st.progress.clone().unwrap();
+        assert_eq!((p.steps_per_second, p.eta), (Some(2.0), Some(1452)));
+        // Slower now (1 step/s): the rate moves part of the way.
+        update_run_progress(&mut st, &report(300, 1150.0), 1150);
+        let r = st.progress.clone().unwrap().steps_per_second.unwrap();
+        assert!(r > 1.0 && r < 2.0, "{r}");
+        // A restart resumed from an earlier step: the rate starts over.
+        update_run_progress(&mut st, &report(250, 1300.0), 1300);
+        assert_eq!(st.progress.clone().unwrap().steps_per_second, None);
+        // Done: 100%, ETA now.
+        update_run_progress(&mut st, &report(1000, 2000.0), 2001);
+        let p = st.progress.unwrap();
+        assert_eq!((p.percent.as_str(), p.eta), ("100%", Some(2001)));
     }
 }

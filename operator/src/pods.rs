@@ -28,6 +28,67 @@ pub const LABEL_TRAINING: &str = "ride.dev/training";
 pub const LABEL_RANK: &str = "ride.dev/rank";
 /// Label: attempt.
 pub const LABEL_ATTEMPT: &str = "ride.dev/attempt";
+/// Kueue's queue label; on a RideTraining it is passed to its pods, which
+/// Kueue's pod integration then admits as one group per attempt.
+pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
+/// Kueue's pod-group label (pods admitted together).
+pub const KUEUE_POD_GROUP_LABEL: &str = "kueue.x-k8s.io/pod-group-name";
+/// Kueue's pod-group size annotation.
+pub const KUEUE_POD_GROUP_COUNT: &str = "kueue.x-k8s.io/pod-group-total-count";
+/// Volumes and mount paths the operator gives every worker.
+pub const RESERVED_VOLUMES: [&str; 3] = ["dshm", "tmp", "dataset"];
+/// Mount paths the operator uses.
+pub const RESERVED_MOUNT_PATHS: [&str; 2] = ["/dev/shm", "/tmp"];
+
+/// Environment variables the operator sets on the trainer: a template may
+/// not set them (the process contract and credentials depend on them).
+pub fn reserved_env(name: &str) -> bool {
+    const OURS: [&str; 10] = [
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "RIDE_RESTART_ATTEMPT",
+        ride_contract::ENV_TERMINATION_LOG,
+        "HOME",
+        "XDG_CACHE_HOME",
+    ];
+    OURS.contains(&name)
+        || name.starts_with("AWS_")
+        || name.starts_with("AZURE_STORAGE_")
+        || name == "GOOGLE_SERVICE_ACCOUNT_KEY"
+}
+
+/// The security context every container of a worker gets unless it says
+/// otherwise: what the `restricted` Pod Security Standard asks for.
+fn restricted_container_context(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        read_only_root_filesystem: Some(read_only_root),
+        run_as_non_root: Some(true),
+        ..Default::default()
+    }
+}
+
+/// Fill the fields a sidecar left unset with the restricted defaults.
+fn harden_sidecar(mut c: Container) -> Container {
+    let defaults = restricted_container_context(false);
+    let sc = c.security_context.get_or_insert_with(Default::default);
+    sc.allow_privilege_escalation = sc
+        .allow_privilege_escalation
+        .or(defaults.allow_privilege_escalation);
+    if sc.capabilities.is_none() {
+        sc.capabilities = defaults.capabilities;
+    }
+    sc.run_as_non_root = sc.run_as_non_root.or(defaults.run_as_non_root);
+    c
+}
 
 fn name(rt: &RideTraining) -> String {
     rt.metadata.name.clone().unwrap_or_default()
@@ -245,19 +306,45 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
             });
         }
     }
-    let mut pod_labels = labels(rt);
+    let template = spec.workers.template.clone().unwrap_or_default();
+    // Both validated before any pod is built (a malformed one fails the
+    // training with InvalidSpec), so nothing is dropped here.
+    let sidecars = template.sidecar_containers().unwrap_or_default();
+    volumes.extend(template.volume_list().unwrap_or_default());
+    let meta = template.metadata.unwrap_or_default();
+    // The user's labels and annotations first, so ours win on a clash.
+    let mut pod_labels = meta.labels;
+    let mut annotations = meta.annotations;
+    if let Some(queue) = rt
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(KUEUE_QUEUE_LABEL))
+    {
+        pod_labels.insert(KUEUE_QUEUE_LABEL.into(), queue.clone());
+        pod_labels.insert(
+            KUEUE_POD_GROUP_LABEL.into(),
+            format!("{}-{attempt}", name(rt)),
+        );
+        annotations.insert(KUEUE_POD_GROUP_COUNT.into(), world_size.to_string());
+    }
+    pod_labels.extend(labels(rt));
     pod_labels.insert(LABEL_RANK.into(), rank.to_string());
     pod_labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
+    annotations.insert(
+        "ride.dev/spec-hash".to_string(),
+        crate::lifecycle::spec_hash(spec),
+    );
+    env_vars.extend(template.env);
+
+    mounts.extend(template.volume_mounts);
     let sched = spec.scheduling.clone().unwrap_or_default();
     Pod {
         metadata: ObjectMeta {
             name: Some(pod.clone()),
             namespace: rt.metadata.namespace.clone(),
             labels: Some(pod_labels),
-            annotations: Some(BTreeMap::from([(
-                "ride.dev/spec-hash".to_string(),
-                crate::lifecycle::spec_hash(spec),
-            )])),
+            annotations: Some(annotations),
             owner_references: Some(vec![owner(rt)]),
             ..Default::default()
         },
@@ -286,20 +373,11 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
             tolerations: (!sched.tolerations.is_empty()).then_some(sched.tolerations),
             priority_class_name: sched.priority_class_name,
             volumes: Some(volumes),
-            containers: vec![Container {
+            containers: std::iter::once(Container {
                 name: TRAINER_CONTAINER.into(),
                 image: Some(spec.image.clone()),
                 termination_message_path: Some(TERMINATION_LOG.into()),
-                security_context: Some(SecurityContext {
-                    allow_privilege_escalation: Some(false),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        ..Default::default()
-                    }),
-                    read_only_root_filesystem: Some(true),
-                    run_as_non_root: Some(true),
-                    ..Default::default()
-                }),
+                security_context: Some(restricted_container_context(true)),
                 // A trainer that dies before writing its report still says why.
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
                 command: Some(vec!["ride-trainer".into()]),
@@ -320,7 +398,9 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
                     },
                 ]),
                 ..Default::default()
-            }],
+            })
+            .chain(sidecars.into_iter().map(harden_sidecar))
+            .collect(),
             ..Default::default()
         }),
         ..Default::default()
@@ -417,5 +497,110 @@ mod tests {
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
         assert_eq!(spec.publish_not_ready_addresses, Some(true));
         assert_eq!(spec.selector.unwrap()[LABEL_TRAINING], "ride-tiny-2e");
+    }
+
+    fn with_template(yaml: &str) -> RideTraining {
+        let mut rt = rt();
+        rt.spec.workers.template = Some(serde_norway::from_str(yaml).unwrap());
+        rt
+    }
+
+    const TEMPLATE: &str = r#"
+metadata:
+  labels: {team: vision, ride.dev/rank: "99"}
+  annotations: {prometheus.io/scrape: "true"}
+env: [{name: NCCL_DEBUG, value: INFO}]
+volumes: [{name: scratch, emptyDir: {}}]
+volumeMounts: [{name: scratch, mountPath: /scratch}]
+sidecars: [{name: shipper, image: "fluent-bit:3"}]
+"#;
+
+    #[test]
+    fn a_template_adds_under_the_operators_fields() {
+        let mut rt = with_template(TEMPLATE);
+        rt.spec.validate().unwrap();
+        rt.metadata.labels = Some(BTreeMap::from([(
+            KUEUE_QUEUE_LABEL.to_string(),
+            "team-a".to_string(),
+        )]));
+        let pod = worker_pod(&rt, 1, 2, 4);
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["team"], "vision");
+        // Ours win a clash.
+        assert_eq!(labels[LABEL_RANK], "1");
+        assert_eq!(labels[KUEUE_QUEUE_LABEL], "team-a");
+        assert_eq!(labels[KUEUE_POD_GROUP_LABEL], "ride-tiny-2e-2");
+        let ann = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann[KUEUE_POD_GROUP_COUNT], "4");
+        assert_eq!(ann["prometheus.io/scrape"], "true");
+        assert!(ann.contains_key("ride.dev/spec-hash"));
+        let spec = pod.spec.unwrap();
+        let trainer = &spec.containers[0];
+        let env = trainer.env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "NCCL_DEBUG"));
+        assert!(env.iter().any(|e| e.name == "RANK"));
+        assert!(spec.volumes.unwrap().iter().any(|v| v.name == "scratch"));
+        assert!(trainer
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_path == "/scratch"));
+        // The sidecar runs beside it, with the restricted defaults filled in.
+        let shipper = &spec.containers[1];
+        assert_eq!(shipper.name, "shipper");
+        let sc = shipper.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        // Without the queue label, no Kueue group.
+        let plain = worker_pod(&with_template(TEMPLATE), 0, 0, 4);
+        assert!(!plain
+            .metadata
+            .labels
+            .unwrap()
+            .contains_key(KUEUE_POD_GROUP_LABEL));
+    }
+
+    #[test]
+    fn a_template_cannot_replace_what_the_operator_sets() {
+        let field = |yaml: &str| with_template(yaml).spec.validate().expect_err(yaml).field;
+        assert_eq!(
+            field("env: [{name: RANK, value: '0'}]"),
+            "workers.template.env[0].name"
+        );
+        assert_eq!(
+            field("env: [{name: A, value: x}, {name: AWS_SECRET_ACCESS_KEY, value: x}]"),
+            "workers.template.env[1].name"
+        );
+        assert_eq!(
+            field("volumes: [{name: tmp, emptyDir: {}}]"),
+            "workers.template.volumes[0].name"
+        );
+        assert_eq!(
+            field(
+                "volumes: [{name: x, emptyDir: {}}]\nvolumeMounts: [{name: x, mountPath: /tmp/}]"
+            ),
+            "workers.template.volumeMounts[0].mountPath"
+        );
+        assert_eq!(
+            field("volumeMounts: [{name: nowhere, mountPath: /x}]"),
+            "workers.template.volumeMounts[0].name"
+        );
+        assert_eq!(
+            field("sidecars: [{name: trainer}]"),
+            "workers.template.sidecars[0].name"
+        );
+        assert_eq!(
+            field("sidecars: [{image: x}]"),
+            "workers.template.sidecars[0].name"
+        );
+        assert_eq!(
+            field("sidecars: [{name: x, ports: 8080}]"),
+            "workers.template.sidecars[0]"
+        );
+        assert_eq!(
+            field("volumes: [{emptyDir: {}}]"),
+            "workers.template.volumes[0].name"
+        );
     }
 }

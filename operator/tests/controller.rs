@@ -135,11 +135,19 @@ async fn a_failed_worker_restarts_the_gang_and_status_follows_to_success() {
         .as_ref()
         .and_then(|s| s.pod_ip.clone())
         .expect("rank 0 has an IP");
-    let served = common::serve_progress(&ip, || {
-        r#"{"state":"Training","epoch":1,"epochs":2,"step":9,"totalSteps":14,
-            "checkpoint":{"uri":"file:///x/ckpt_epoch_0","epoch":0,"step":7,"savedAt":"2026-11-29T03:00:00Z"},
-            "eval":{"epoch":0,"top1":41.5,"many":60.0,"medium":30.0,"few":10.0}}"#
-            .to_string()
+    // One step a second, as a trainer would report them.
+    let started = std::time::Instant::now();
+    let served = common::serve_progress(&ip, move || {
+        let step = 3 + started.elapsed().as_secs().min(8);
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        format!(
+            r#"{{"state":"Training","epoch":1,"epochs":2,"step":{step},"totalSteps":14,"lastStepUnix":{at},
+            "checkpoint":{{"uri":"file:///x/ckpt_epoch_0","epoch":0,"step":7,"savedAt":"2026-11-29T03:00:00Z"}},
+            "eval":{{"epoch":0,"top1":41.5,"many":60.0,"medium":30.0,"few":10.0}}}}"#
+        )
     });
     eventually(
         30,
@@ -154,6 +162,75 @@ async fn a_failed_worker_restarts_the_gang_and_status_follows_to_success() {
     assert_eq!(st["latestEval"]["overall"], 41.5);
     assert_eq!(st["lastCheckpoint"]["uri"], "file:///x/ckpt_epoch_0");
     assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // Progress and an ETA from the step rate between reports.
+    let progress = eventually(
+        30,
+        "progress with an ETA",
+        || async move {
+            let p = status(c, NS, "gang").await["progress"].clone();
+            p["eta"].is_string().then_some(p)
+        },
+        ctx,
+    )
+    .await;
+    assert_eq!(
+        (progress["epoch"].clone(), progress["epochs"].clone()),
+        (json!(2), json!(2))
+    );
+    let percent = progress["percent"].as_str().unwrap();
+    assert!(percent.ends_with('%'), "{progress}");
+    let rate = progress["stepsPerSecond"].as_f64().unwrap();
+    assert!(rate > 0.2 && rate < 5.0, "one step a second: {progress}");
+    // As stored by the API server, not as our types would print them:
+    // RFC 3339 times, and the generation the status reflects.
+    let raw = |path: &str| {
+        let (ok, out) = cluster.kubectl(&["get", "rt", "gang", "-o", &format!("jsonpath={path}")]);
+        assert!(ok, "{out}");
+        out.trim().to_string()
+    };
+    for path in [
+        "{.status.startTime}",
+        "{.status.progress.eta}",
+        "{.status.runningSince}",
+    ] {
+        let t = raw(path);
+        assert!(t.parse::<jiff::Timestamp>().is_ok(), "{path} = {t:?}");
+    }
+    let generation = raw("{.metadata.generation}");
+    assert_eq!(raw("{.status.observedGeneration}"), generation);
+    assert_eq!(
+        raw("{.status.conditions[?(@.type==\"Running\")].observedGeneration}"),
+        generation
+    );
+
+    // Edits to the restart and run policies apply without touching the
+    // running gang; the status says which generation it has seen.
+    let uids = |pods: &[Pod]| -> Vec<String> {
+        pods.iter().filter_map(|p| p.metadata.uid.clone()).collect()
+    };
+    let before = uids(&pods_of(c, NS, "gang").await);
+    let (ok, out) = cluster.kubectl(&[
+        "patch", "rt", "gang", "--type", "merge", "-p",
+        r#"{"spec":{"restartPolicy":{"budget":5,"backoffSeconds":1},"runPolicy":{"activeDeadlineSeconds":86400},"workers":{"maxResizes":3}}}"#,
+    ]);
+    assert!(ok, "{out}");
+    let edited: i64 = raw("{.metadata.generation}").parse().unwrap();
+    eventually(
+        30,
+        "the edit observed",
+        || async move {
+            (status(c, NS, "gang").await["observedGeneration"] == edited).then_some(())
+        },
+        ctx,
+    )
+    .await;
+    let st = status(c, NS, "gang").await;
+    assert_eq!(
+        (st["attempt"].clone(), st["phase"].clone()),
+        (json!(0), json!("Running")),
+        "{st}"
+    );
+    assert_eq!(uids(&pods_of(c, NS, "gang").await), before, "same pods");
 
     // Rank 1 exits 1 while rank 0 runs: the whole gang goes and comes back as attempt 1.
     signal(&agents, "gang-0-1", "USR2");
@@ -274,7 +351,7 @@ async fn a_failed_worker_restarts_the_gang_and_status_follows_to_success() {
     assert!(ok, "{out}");
     let header = out.lines().next().unwrap_or_default();
     for col in [
-        "NAME", "PHASE", "WORKERS", "EPOCH", "TOP-1", "RESTARTS", "AGE",
+        "NAME", "PHASE", "WORKERS", "EPOCH", "TOP-1", "PROGRESS", "ETA", "RESTARTS", "AGE",
     ] {
         assert!(header.contains(col), "{out}");
     }
@@ -283,7 +360,9 @@ async fn a_failed_worker_restarts_the_gang_and_status_follows_to_success() {
         .find(|l| l.starts_with("gang "))
         .unwrap_or_else(|| panic!("{out}"));
     let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cells[1..6], ["Succeeded", "2", "1", "55", "1"], "{out}");
+    assert_eq!(&cells[1..6], ["Succeeded", "2", "1", "55", "100%"], "{out}");
+    assert!(cells[6].parse::<jiff::Timestamp>().is_ok(), "ETA: {out}");
+    assert_eq!(cells[7], "1", "restarts: {out}");
 
     // The operator's metrics saw it.
     let metrics = eventually(
@@ -353,6 +432,15 @@ async fn suspend_deletes_the_workers_resume_recreates_them_and_delete_collects_t
         ctx,
     )
     .await;
+    // Suspended time does not count towards a deadline: the clock is off.
+    let start_time = || {
+        let (ok, out) =
+            cluster.kubectl(&["get", "rt", "sus", "-o", "jsonpath={.status.startTime}"]);
+        assert!(ok, "{out}");
+        out.trim().to_string()
+    };
+    assert_eq!(start_time(), "", "no startTime while suspended");
+    let resumed_at = jiff::Timestamp::now().as_second();
     let (ok, out) = cluster.kubectl(&[
         "patch",
         "rt",
@@ -374,6 +462,11 @@ async fn suspend_deletes_the_workers_resume_recreates_them_and_delete_collects_t
     .await;
     let st = status(c, NS, "sus").await;
     assert_eq!(st["restarts"], 0, "resuming does not use the budget: {st}");
+    let restarted: jiff::Timestamp = start_time().parse().expect("startTime after resume");
+    assert!(
+        restarted.as_second() >= resumed_at,
+        "the clock restarts on resume"
+    );
 
     // Deleting the training: the real garbage collector removes its pods and
     // Service through their owner references (the operator is stopped first,
@@ -1057,7 +1150,7 @@ async fn node_agents_answer_to_node_authorization() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_pass_restricted_pod_security_and_refusals_reach_status() {
+async fn workers_with_a_template_pass_restricted_pod_security_and_refusals_reach_status() {
     let (cluster, client, _agents) = setup(&["node-a"]).await;
     let op = Operator::start(&cluster.kubeconfig, "op-r", &["--no-leader-election"]);
     let c = &client;
@@ -1089,7 +1182,24 @@ async fn workers_pass_restricted_pod_security_and_refusals_reach_status() {
     )
     .await;
     let manifest = example_with_checkpoint(&cluster.dir, "strict");
-    let (ok, out) = cluster.kubectl(&["-n", "secure", "apply", "-f", manifest.to_str().unwrap()]);
+    // What users add through the pod template, and a Kueue queue label,
+    // must not cost the pods their admission.
+    let templated = cluster.dir.join("templated.yaml");
+    std::fs::write(
+        &templated,
+        std::fs::read_to_string(&manifest)
+            .unwrap()
+            .replace(
+                "  name: strict\n",
+                "  name: strict\n  labels: {kueue.x-k8s.io/queue-name: team-a}\n",
+            )
+            .replace(
+                "    replicas: 2\n",
+                "    replicas: 2\n    template:\n      metadata: {labels: {team: vision}, annotations: {example.com/owner: ml}}\n      env: [{name: NCCL_DEBUG, value: INFO}]\n      volumes: [{name: scratch, emptyDir: {}}]\n      volumeMounts: [{name: scratch, mountPath: /scratch}]\n      sidecars: [{name: shipper, image: 'fluent-bit:3'}]\n",
+            ),
+    )
+    .unwrap();
+    let (ok, out) = cluster.kubectl(&["-n", "secure", "apply", "-f", templated.to_str().unwrap()]);
     assert!(ok, "{out}");
     let ctx = || {
         let (_, e) = cluster.kubectl(&["get", "events", "-A"]);
@@ -1110,6 +1220,23 @@ async fn workers_pass_restricted_pod_security_and_refusals_reach_status() {
     let sc = spec.containers[0].security_context.as_ref().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["trainer", "shipper"]);
+    let env = spec.containers[0].env.as_ref().unwrap();
+    assert!(env.iter().any(|e| e.name == "NCCL_DEBUG"));
+    assert!(spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|v| v.name == "scratch"));
+    let labels = pods[0].metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["team"], "vision");
+    assert_eq!(labels["kueue.x-k8s.io/queue-name"], "team-a");
+    assert_eq!(labels["kueue.x-k8s.io/pod-group-name"], "strict-0");
+    let annotations = pods[0].metadata.annotations.as_ref().unwrap();
+    assert_eq!(annotations["kueue.x-k8s.io/pod-group-total-count"], "2");
+    assert_eq!(annotations["example.com/owner"], "ml");
 
     // A hostPath dataset is this operator's policy to refuse.
     let hostpath = cluster.dir.join("hostpath.yaml");
@@ -1141,6 +1268,41 @@ async fn workers_pass_restricted_pod_security_and_refusals_reach_status() {
         "{st}"
     );
     assert!(pods_of(c, NS, "hostpath").await.is_empty());
+    // The same through the template, and a template that would take over
+    // the process contract: refused naming the field, no pod made.
+    for (name, workers, field) in [
+        (
+            "hostpath-tpl",
+            "    replicas: 2\n    template:\n      volumes: [{name: etc, hostPath: {path: /etc}}]\n",
+            "spec.workers.template.volumes[0].hostPath",
+        ),
+        (
+            "reserved-env",
+            "    replicas: 2\n    template:\n      env: [{name: MASTER_ADDR, value: evil.example.com}]\n",
+            "spec.workers.template.env[0].name",
+        ),
+    ] {
+        let path = cluster.dir.join(format!("{name}.yaml"));
+        let text = std::fs::read_to_string(&manifest)
+            .unwrap()
+            .replace("name: strict", &format!("name: {name}"))
+            .replace("    replicas: 2\n", workers);
+        std::fs::write(&path, text).unwrap();
+        let (ok, out) = cluster.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+        assert!(ok, "{out}");
+        let st = eventually(
+            30,
+            "InvalidSpec for the template",
+            || async move {
+                let st = status(c, NS, name).await;
+                (st["reason"] == "InvalidSpec").then_some(st)
+            },
+            ctx,
+        )
+        .await;
+        assert!(st["message"].as_str().unwrap_or_default().contains(field), "{st}");
+        assert!(pods_of(c, NS, name).await.is_empty());
+    }
 
     // A quota that admits one pod: the second worker's refusal shows in an
     // Event and in status, not only in the operator's log.

@@ -44,7 +44,15 @@ fn crd_has_names_columns_status_and_validation() {
         .collect();
     assert_eq!(
         columns,
-        ["Phase", "Workers", "Epoch", "Top-1", "Restarts", "Age"]
+        ["Phase", "Workers", "Epoch", "Top-1", "Progress", "ETA", "Restarts", "Age"]
+    );
+    // Conditions merge by type, as metav1.Condition lists do.
+    let conditions =
+        &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(
+        conditions["x-kubernetes-list-map-keys"],
+        serde_json::json!(["type"])
     );
     let s = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(

@@ -230,7 +230,7 @@ async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds
         .collect();
     assert_eq!(
         header,
-        ["NAME", "PHASE", "WORKERS", "EPOCH", "TOP-1", "RESTARTS", "AGE"],
+        ["NAME", "PHASE", "WORKERS", "EPOCH", "TOP-1", "PROGRESS", "ETA", "RESTARTS", "AGE"],
         "{out}"
     );
     let row: Vec<&str> = out
@@ -240,7 +240,10 @@ async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds
         .split_whitespace()
         .collect();
     assert_eq!(row[1..4], ["Succeeded", "2", "1"], "{out}");
-    assert_eq!(row[5], "1", "{out}");
+    // The real trainer's final report: all steps done.
+    assert_eq!(row[5], "100%", "{out}");
+    assert!(row[6].parse::<jiff::Timestamp>().is_ok(), "ETA: {out}");
+    assert_eq!(row[7], "1", "restarts: {out}");
     println!("{out}");
     let (ok, out) = cluster.kubectl(&["explain", "rt.spec.workers"]);
     assert!(ok, "{out}");

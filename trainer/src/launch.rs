@@ -97,6 +97,13 @@ pub fn next_step(
             NextStep::Restart { counts: false }
         }
         AttemptOutcome::Preempted => NextStep::Exit(PREEMPTED_EXIT_CODE),
+        // A bad config fails the same way every time: no restart.
+        AttemptOutcome::Failed {
+            exit: RankExit::Code(c),
+            ..
+        } if ride_contract::classify_exit(c) == ride_contract::ExitClass::Permanent => {
+            NextStep::Exit(c)
+        }
         AttemptOutcome::Failed { .. } if restarts_used < max_restarts => {
             NextStep::Restart { counts: true }
         }
@@ -352,6 +359,15 @@ mod tests {
             exit: RankExit::Signal(9),
         };
         assert_eq!(next_step(killed, 1, 1, 0, false), NextStep::Exit(1));
+        // An invalid config is not retried, whatever budget is left.
+        let bad_config = AttemptOutcome::Failed {
+            rank: 1,
+            exit: RankExit::Code(ride_contract::CONFIG_ERROR_EXIT_CODE),
+        };
+        assert_eq!(
+            next_step(bad_config, 0, 5, 0, false),
+            NextStep::Exit(ride_contract::CONFIG_ERROR_EXIT_CODE)
+        );
         // Preemption does not use the budget, unless we were told to stop.
         assert_eq!(
             next_step(AttemptOutcome::Preempted, 2, 2, 5, false),

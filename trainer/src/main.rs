@@ -565,6 +565,12 @@ fn main() {
             std::process::exit(ride_trainer::train::PREEMPTED_EXIT_CODE);
         }
         eprintln!("error: {e:#}");
+        // Bad config: tell launchers that another try cannot help.
+        if e.chain()
+            .any(|c| c.is::<ride_trainer::config::ConfigError>())
+        {
+            std::process::exit(ride_contract::CONFIG_ERROR_EXIT_CODE);
+        }
         std::process::exit(1);
     }
 }

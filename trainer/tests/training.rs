@@ -129,7 +129,13 @@ fn unknown_config_key_is_a_clear_error() {
         "--metrics-addr",
         "off",
     ]);
-    assert!(!o.status.success());
+    // The launchers' contract: a bad config is not worth another try.
+    assert_eq!(
+        o.status.code(),
+        Some(ride_contract::CONFIG_ERROR_EXIT_CODE),
+        "{}",
+        text(&o)
+    );
     assert!(
         text(&o).contains("unknown config key TRAIN.EPOCH"),
         "{}",

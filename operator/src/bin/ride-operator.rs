@@ -8,7 +8,7 @@ use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use ride_operator::controller::{self, Context};
-use ride_operator::leader::LeaderElector;
+use ride_operator::leader::{LeaderElector, LeaseTiming};
 use ride_operator::metrics::OperatorMetrics;
 use std::time::Duration;
 
@@ -33,9 +33,17 @@ struct Args {
     /// Namespace of the leader Lease (default: $POD_NAMESPACE, else "default").
     #[arg(long)]
     lease_namespace: Option<String>,
-    /// Lease duration in seconds; renewed every third of it.
+    /// Lease duration in seconds: how long another replica waits after the
+    /// last renewal it saw before taking over.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
+    /// The leader stops when it could not renew for this long (shorter than
+    /// --lease-seconds, so it stops before anyone may take over).
+    #[arg(long, default_value_t = 10)]
+    lease_renew_deadline_seconds: u64,
+    /// Seconds between Lease tries; also each Lease request's time limit.
+    #[arg(long, default_value_t = 2)]
+    lease_retry_seconds: u64,
     /// This replica's identity in the Lease and in Events (default: $HOSTNAME).
     #[arg(long)]
     identity: Option<String>,
@@ -80,6 +88,15 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// One Lease round, limited to `limit`: a request that hangs must not
+/// outlive the renew deadline.
+async fn lease_try(elector: &LeaderElector, limit: Duration) -> Result<bool, String> {
+    match tokio::time::timeout(limit, elector.try_acquire_or_renew()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", limit.as_secs())),
     }
 }
 
@@ -129,26 +146,32 @@ async fn main() -> anyhow::Result<()> {
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".into());
         let api: Api<Lease> = Api::namespaced(client.clone(), &ns);
-        let duration = Duration::from_secs(args.lease_seconds.max(3));
-        let elector = LeaderElector::new(api, &args.lease_name, &identity, duration);
+        let timing = LeaseTiming::new(
+            Duration::from_secs(args.lease_seconds),
+            Duration::from_secs(args.lease_renew_deadline_seconds),
+            Duration::from_secs(args.lease_retry_seconds),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let elector = LeaderElector::new(api, &args.lease_name, &identity, timing.duration);
+
         tracing::info!(lease = %args.lease_name, namespace = %ns, %identity, "waiting for the leader lease");
         loop {
             if *stop_rx.borrow() {
                 return Ok(());
             }
-            match elector.try_acquire_or_renew().await {
+            match lease_try(&elector, timing.retry_period).await {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "lease"),
             }
             tokio::select! {
-                _ = tokio::time::sleep(duration / 3) => {}
+                _ = tokio::time::sleep(timing.retry_period) => {}
                 _ = stopped() => return Ok(()),
             }
         }
         tracing::info!(%identity, "leading");
         metrics.leader.set(1);
-        Some((elector, duration))
+        Some((elector, timing))
     };
 
     let ctx = Context::new(
@@ -166,20 +189,21 @@ async fn main() -> anyhow::Result<()> {
     );
     match &elector {
         None => run.await,
-        Some((elector, duration)) => {
-            // Keep renewing; losing the Lease for a whole term means another
-            // replica may lead, so this one stops at once.
+        Some((elector, timing)) => {
+            // Keep renewing; not renewed within the renew deadline (shorter
+            // than the Lease) means another replica may soon lead, so this
+            // one stops first.
             let renew = async {
                 let mut last_ok = std::time::Instant::now();
                 loop {
-                    tokio::time::sleep(*duration / 3).await;
-                    match elector.try_acquire_or_renew().await {
+                    tokio::time::sleep(timing.retry_period).await;
+                    match lease_try(elector, timing.retry_period).await {
                         Ok(true) => last_ok = std::time::Instant::now(),
                         Ok(false) => return "another replica holds the lease",
                         Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
                     }
-                    if last_ok.elapsed() >= *duration {
-                        return "the lease could not be renewed within its duration";
+                    if last_ok.elapsed() >= timing.renew_deadline {
+                        return "the lease could not be renewed within the renew deadline";
                     }
                 }
             };
