@@ -5,8 +5,9 @@
 use crate::crd::RideTraining;
 use std::path::{Path, PathBuf};
 
-/// The `ride-trainer` argument list for `rt`: `launch` with one rank per
-/// worker and the restart budget, then the `train` arguments.
+/// The `ride-trainer` argument list for `rt`: `launch` with the cluster's
+/// world size (workers × GPUs per worker) and the restart budget, then the
+/// `train` arguments.
 pub fn launcher_args(rt: &RideTraining, configs_dir: &Path, output: Option<&str>) -> Vec<String> {
     let spec = &rt.spec;
     let cfg = if spec.trainer.config.contains('/') {
@@ -25,7 +26,7 @@ pub fn launcher_args(rt: &RideTraining, configs_dir: &Path, output: Option<&str>
     let mut args: Vec<String> = vec![
         "launch".into(),
         "--nproc-per-node".into(),
-        spec.workers.replicas.to_string(),
+        (spec.workers.replicas * crate::pods::ranks_per_worker(spec)).to_string(),
         "--max-restarts".into(),
         spec.restart_policy.budget.to_string(),
         "--".into(),

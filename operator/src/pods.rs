@@ -236,17 +236,62 @@ pub fn data_and_override_args(spec: &RideTrainingSpec) -> Vec<String> {
     args
 }
 
-/// The pod of `rank` in `attempt`, for a world of `world_size`.
+/// Ranks each worker pod runs: one per GPU, one on CPU.
+pub fn ranks_per_worker(spec: &RideTrainingSpec) -> i32 {
+    spec.workers.gpus_per_worker.max(1)
+}
+
+/// The container's arguments: `train` for one rank per worker; for several
+/// (one per GPU), `launch` as this pod's share of the gang, global ranks
+/// node-major, restarts left to the operator.
+pub fn worker_args(
+    rt: &RideTraining,
+    rank: i32,
+    world_size: i32,
+    master_addr: &str,
+) -> Vec<String> {
+    let train = trainer_args(rt);
+    let g = ranks_per_worker(&rt.spec);
+    if g == 1 {
+        return train;
+    }
+    let mut args: Vec<String> = [
+        "launch",
+        "--nproc-per-node",
+        &g.to_string(),
+        "--nnodes",
+        &world_size.to_string(),
+        "--node-rank",
+        &rank.to_string(),
+        "--master-addr",
+        master_addr,
+        "--master-port",
+        &MASTER_PORT.to_string(),
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // `launch` adds the `train` itself.
+    args.extend(train.into_iter().skip(1));
+    args
+}
+
+/// The pod of `rank` in `attempt`, for a world of `world_size` workers.
 pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -> Pod {
     let spec = &rt.spec;
     let pod = pod_name(rt, attempt, rank);
     let svc = service_name(rt);
+    let master_addr = format!("{}.{svc}", pod_name(rt, attempt, 0));
+    let g = ranks_per_worker(spec);
+    // With several ranks per pod, `launch` sets each one's own values; these
+    // describe the pod's first rank.
     let mut env_vars = vec![
-        env("RANK", rank.to_string()),
-        env("WORLD_SIZE", world_size.to_string()),
+        env("RANK", (rank * g).to_string()),
+        env("WORLD_SIZE", (world_size * g).to_string()),
         env("LOCAL_RANK", "0"),
-        env("LOCAL_WORLD_SIZE", "1"),
-        env("MASTER_ADDR", format!("{}.{svc}", pod_name(rt, attempt, 0))),
+        env("LOCAL_WORLD_SIZE", g.to_string()),
+        env("MASTER_ADDR", master_addr.clone()),
         env("MASTER_PORT", MASTER_PORT.to_string()),
         env("RIDE_RESTART_ATTEMPT", attempt.to_string()),
         env(ride_contract::ENV_TERMINATION_LOG, TERMINATION_LOG),
@@ -381,7 +426,7 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
                 // A trainer that dies before writing its report still says why.
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
                 command: Some(vec!["ride-trainer".into()]),
-                args: Some(trainer_args(rt)),
+                args: Some(worker_args(rt, rank, world_size, &master_addr)),
                 env: Some(env_vars),
                 resources: Some(ResourceRequirements { ..resources }),
                 volume_mounts: Some(mounts),
@@ -601,6 +646,52 @@ sidecars: [{name: shipper, image: "fluent-bit:3"}]
         assert_eq!(
             field("volumes: [{emptyDir: {}}]"),
             "workers.template.volumes[0].name"
+        );
+    }
+
+    #[test]
+    fn a_worker_with_several_gpus_runs_one_rank_per_gpu() {
+        let mut rt = rt();
+        rt.spec.workers.gpus_per_worker = 4;
+        let pod = worker_pod(&rt, 1, 0, 2);
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let args = c.args.clone().unwrap();
+        let expect = [
+            "launch",
+            "--nproc-per-node",
+            "4",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--master-addr",
+            "ride-tiny-2e-0-0.ride-tiny-2e-workers",
+            "--master-port",
+            "29500",
+            "--",
+            "--cfg",
+        ];
+        assert_eq!(&args[..expect.len()], expect);
+        assert!(!args.contains(&"train".to_string()), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--device", "cuda"]));
+        let var = |n: &str| {
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|e| e.name == n)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(var("WORLD_SIZE").as_deref(), Some("8"));
+        assert_eq!(var("RANK").as_deref(), Some("4"));
+        let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["nvidia.com/gpu"].0, "4");
+        // One GPU: the trainer itself, as before.
+        rt.spec.workers.gpus_per_worker = 1;
+        let one = worker_pod(&rt, 1, 0, 2);
+        assert_eq!(
+            one.spec.unwrap().containers[0].args.as_ref().unwrap()[0],
+            "train"
         );
     }
 }

@@ -1351,3 +1351,66 @@ async fn workers_with_a_template_pass_restricted_pod_security_and_refusals_reach
         "{st}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_workers_run_one_rank_per_gpu_and_the_scheduler_counts_them() {
+    let cluster = Cluster::start();
+    cluster.install_crd();
+    let client = cluster.client().await;
+    let mut agents = Vec::new();
+    for n in ["gpu-a", "gpu-b"] {
+        let mut spec = NodeSpec::new(n, vec![stand_in_image(&cluster.dir)]);
+        spec.gpus = 2;
+        agents.push(cluster.node(spec).await);
+    }
+    let op = Operator::start(&cluster.kubeconfig, "op-g", &["--no-leader-election"]);
+    let manifest = example_with_checkpoint(&cluster.dir, "gpus");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "    replicas: 2\n",
+        "    replicas: 2\n    gpusPerWorker: 2\n",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let c = &client;
+    let ctx = || describe(&cluster, &op, "gpus");
+    let pods = eventually(
+        60,
+        "two running 2-GPU workers",
+        || async move {
+            let p = pods_of(c, NS, "gpus").await;
+            (p.len() == 2 && p.iter().all(|p| phase_of(p) == "Running")).then_some(p)
+        },
+        ctx,
+    )
+    .await;
+    // Each node has 2 GPUs, each worker takes 2: one worker per node.
+    let nodes: std::collections::BTreeSet<_> = pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    for (rank, p) in pods.iter().enumerate() {
+        let container = &p.spec.as_ref().unwrap().containers[0];
+        let args = container.args.clone().unwrap().join(" ");
+        let share = format!("launch --nproc-per-node 2 --nnodes 2 --node-rank {rank} --master-addr gpus-0-0.gpus-workers --master-port 29500 -- ");
+        assert!(args.starts_with(&share), "{args}");
+        assert!(args.contains("--device cuda"), "{args}");
+        let world = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "WORLD_SIZE")
+            .and_then(|e| e.value.clone());
+        assert_eq!(world.as_deref(), Some("4"));
+    }
+    eventually(
+        30,
+        "phase Running",
+        || async move { (status(c, NS, "gpus").await["phase"] == "Running").then_some(()) },
+        ctx,
+    )
+    .await;
+    drop(agents);
+}

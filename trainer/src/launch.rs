@@ -3,6 +3,12 @@
 //! environment, prefixes their logs with the rank, and when any rank fails
 //! stops the rest and restarts the whole gang (which resumes from the latest
 //! checkpoint), up to a restart budget.
+//!
+//! With `--nnodes M --node-rank R` it is one node's share of a larger gang
+//! (a worker pod with several GPUs, a Slurm node): global ranks are laid out
+//! node-major (`R × N + local`), and it never restarts on its own, because
+//! only whoever started all the nodes (the operator, Slurm) can restart the
+//! whole gang; it exits with the first bad rank's code instead.
 
 use crate::train::PREEMPTED_EXIT_CODE;
 use std::io::{BufRead, BufReader};
@@ -129,6 +135,31 @@ pub struct LaunchOptions {
     pub program: PathBuf,
     /// Time between SIGTERM and SIGKILL when stopping ranks.
     pub grace: Duration,
+    /// This machine's place among several (`None`: the whole gang is here).
+    pub node: Option<NodePlacement>,
+}
+
+/// One node's place in a gang that spans several.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePlacement {
+    /// Nodes in the gang.
+    pub nnodes: usize,
+    /// This node's index.
+    pub node_rank: usize,
+    /// Host of global rank 0's rendezvous store.
+    pub master_addr: String,
+}
+
+impl LaunchOptions {
+    /// Ranks in the whole gang.
+    pub fn world_size(&self) -> usize {
+        self.nproc * self.node.as_ref().map_or(1, |n| n.nnodes)
+    }
+
+    /// The global rank of local rank `local`, node-major.
+    pub fn global_rank(&self, local: usize) -> usize {
+        self.node.as_ref().map_or(0, |n| n.node_rank) * self.nproc + local
+    }
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -151,18 +182,27 @@ fn spawn_rank(
     attempt: u32,
 ) -> std::io::Result<Child> {
     let mut cmd = Command::new(&opts.program);
+    let master = opts
+        .node
+        .as_ref()
+        .map_or("127.0.0.1", |n| n.master_addr.as_str());
     cmd.arg("train")
         .args(&opts.train_args)
-        .env("RANK", rank.to_string())
-        .env("WORLD_SIZE", opts.nproc.to_string())
+        .env("RANK", opts.global_rank(rank).to_string())
+        .env("WORLD_SIZE", opts.world_size().to_string())
         .env("LOCAL_RANK", rank.to_string())
         .env("LOCAL_WORLD_SIZE", opts.nproc.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_ADDR", master)
         .env("MASTER_PORT", port.to_string())
         .env("RIDE_RESTART_ATTEMPT", attempt.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if rank > 0 {
+        // One final report per machine, from its first rank (the one a
+        // pod's termination message and progress endpoint stand for).
+        cmd.env_remove(ride_contract::ENV_TERMINATION_LOG);
+    }
     if std::env::var_os("OMP_NUM_THREADS").is_none() {
         // As torchrun: split the cores between ranks instead of oversubscribing.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -283,6 +323,25 @@ pub fn launch(opts: &LaunchOptions, stop: Arc<AtomicBool>) -> std::io::Result<i3
     let (mut restarts, mut preemptions) = (0u32, 0u32);
     for attempt in 0.. {
         let outcome = judge(run_attempt(opts, attempt, &stop)?);
+        if opts.node.is_some() {
+            // Part of a larger gang: whoever started every node restarts it.
+            let code = match outcome {
+                AttemptOutcome::Succeeded => 0,
+                AttemptOutcome::Preempted => PREEMPTED_EXIT_CODE,
+                AttemptOutcome::Failed { rank, exit } => {
+                    eprintln!(
+                        "launch: rank {} {exit}; ending this node's share of the gang",
+                        opts.global_rank(rank)
+                    );
+                    match exit {
+                        RankExit::Code(c) if c != 0 => c,
+                        RankExit::Signal(sig) => 128 + sig,
+                        _ => 1,
+                    }
+                }
+            };
+            return Ok(code);
+        }
         let step = next_step(
             outcome,
             restarts,

@@ -118,6 +118,16 @@ struct LaunchArgs {
     /// Seconds between SIGTERM and SIGKILL when stopping the other ranks.
     #[arg(long, default_value_t = 10.0)]
     grace_seconds: f64,
+    /// Machines in the gang; above 1 this launcher runs one node's share
+    /// and leaves restarts to whoever started all nodes.
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    /// This machine's index among --nnodes (global ranks are node-major).
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Host of global rank 0 (with --nnodes above 1).
+    #[arg(long, default_value = "127.0.0.1")]
+    master_addr: String,
     /// Arguments for `ride-trainer train`, after `--`.
     #[arg(last = true)]
     train_args: Vec<String>,
@@ -404,6 +414,21 @@ fn cmd_bench(b: BenchArgs) -> Result<()> {
 
 fn cmd_launch(a: LaunchArgs) -> Result<()> {
     anyhow::ensure!(a.nproc_per_node >= 1, "--nproc-per-node must be at least 1");
+    anyhow::ensure!(
+        a.nnodes >= 1 && a.node_rank < a.nnodes,
+        "--node-rank {} must be below --nnodes {}",
+        a.node_rank,
+        a.nnodes
+    );
+    anyhow::ensure!(
+        a.nnodes == 1 || a.master_port.is_some(),
+        "--master-port is required with --nnodes above 1: every node must dial the same port"
+    );
+    let node = (a.nnodes > 1).then(|| ride_trainer::launch::NodePlacement {
+        nnodes: a.nnodes,
+        node_rank: a.node_rank,
+        master_addr: a.master_addr.clone(),
+    });
     let opts = ride_trainer::launch::LaunchOptions {
         nproc: a.nproc_per_node,
         max_restarts: a.max_restarts,
@@ -411,6 +436,7 @@ fn cmd_launch(a: LaunchArgs) -> Result<()> {
         train_args: a.train_args,
         program: std::env::current_exe().context("finding the ride-trainer executable")?,
         grace: std::time::Duration::from_secs_f64(a.grace_seconds.max(0.0)),
+        node,
     };
     let code = ride_trainer::launch::launch(&opts, stop_flag()?).context("launching ranks")?;
     std::process::exit(code);

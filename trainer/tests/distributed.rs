@@ -218,3 +218,120 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Train args after `--` for the launcher tests below.
+fn train_args<'a>(cfg: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--cfg",
+        cfg.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--output",
+        out.to_str().unwrap(),
+        "--metrics-addr",
+        "off",
+        "--no-progress",
+        "--opts",
+        "TRAIN.EPOCHS",
+        "1",
+        "DATA.BATCH_SIZE",
+        "4",
+    ]
+}
+
+#[test]
+fn two_machines_of_two_ranks_train_as_one_of_four() {
+    // What a worker pod with 2 GPUs runs: one launcher per machine, global
+    // ranks node-major, the rendezvous on node 0. The result must be the
+    // same weights as 4 ranks under one launcher.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 2, "CE");
+    let one = dir.path().join("one");
+    let mut args = vec!["launch", "--nproc-per-node", "4", "--"];
+    args.extend(train_args(&cfg, &one));
+    let (status, t) = Watched::start(&args, &[("OMP_NUM_THREADS", "1")]).finish();
+    assert!(status.success(), "{t}");
+
+    let two = dir.path().join("two");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let nodes: Vec<(Watched, std::path::PathBuf)> = ["0", "1"]
+        .iter()
+        .map(|node| {
+            let report = dir.path().join(format!("node{node}-termination-log"));
+            let mut args = vec![
+                "launch",
+                "--nproc-per-node",
+                "2",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                node,
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                &port,
+                "--",
+            ];
+            args.extend(train_args(&cfg, &two));
+            let env = [
+                ("OMP_NUM_THREADS", "1"),
+                (ride_contract::ENV_TERMINATION_LOG, report.to_str().unwrap()),
+            ];
+            (Watched::start(&args, &env), report)
+        })
+        .collect();
+    for (i, (node, report)) in nodes.into_iter().enumerate() {
+        let (status, t) = node.finish();
+        assert!(status.success(), "{t}");
+        if i == 0 {
+            assert!(t.contains("x4") && t.contains("global batch 16"), "{t}");
+        }
+        // One final report per machine, from its first rank.
+        let p = ride_contract::Progress::parse(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(p.state, ride_contract::RunState::Finished);
+        assert_eq!(p.world_size, 4);
+        assert!(p.rank == 0 || p.rank == 2, "rank {}", p.rank);
+    }
+    let w = "tiny/default/ckpt_epoch_0/model.safetensors";
+    assert!(
+        bitwise_equal(&one.join(w), &two.join(w)),
+        "2 machines × 2 ranks must train exactly as 1 × 4"
+    );
+}
+
+#[test]
+fn a_machines_share_of_a_gang_does_not_restart_on_its_own() {
+    // A failing rank ends this machine's launcher with its code at once;
+    // only whoever started every machine may restart the whole gang.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.yaml");
+    std::fs::write(&cfg, "TRAIN:\n  EPOCH: 3\n").unwrap();
+    let out = dir.path().join("out");
+    let mut args = vec![
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--master-port",
+        "1",
+        "--max-restarts",
+        "5",
+        "--",
+    ];
+    args.extend(train_args(&cfg, &out));
+    let (status, t) = Watched::start(&args, &[]).finish();
+    assert_eq!(
+        status.code(),
+        Some(ride_contract::CONFIG_ERROR_EXIT_CODE),
+        "{t}"
+    );
+    assert!(!t.contains("restarting all"), "{t}");
+}
