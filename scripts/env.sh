@@ -12,3 +12,6 @@ RIDE_BIN="$CARGO_TARGET_DIR/release/ride-trainer"
 RIDE_K8S_VERSION=v1.36.3
 RIDE_K8S_BIN="${RIDE_K8S_BIN:-$RIDE_CACHE/k8s/$RIDE_K8S_VERSION/bin}"
 export RIDE_K8S_BIN
+# Third-party CRDs the operator tests install (scripts/k8s-crds.sh).
+RIDE_K8S_CRDS="${RIDE_K8S_CRDS:-$RIDE_CACHE/k8s/crds}"
+export RIDE_K8S_CRDS

@@ -51,6 +51,7 @@ fi
 # once (scripts/k8s-tools.sh); the main job does not need them.
 if [ "${RIDE_SETUP_K8S:-0}" = 1 ]; then
   "$here/k8s-tools.sh"
+  "$here/k8s-crds.sh"
 fi
 cd "$here/.."
 echo "==> building (cargo target dir: $CARGO_TARGET_DIR)"

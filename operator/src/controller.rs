@@ -23,12 +23,14 @@ use crate::lifecycle::{decide, Action, Observed, CONDITION_TYPES};
 use crate::metrics::OperatorMetrics;
 use crate::observe::{apply_progress, observe_pod, pod_ip, termination_message};
 use crate::pods::{
-    headless_service, service_name, worker_pod, LABEL_ATTEMPT, LABEL_RANK, LABEL_TRAINING,
-    METRICS_PORT,
+    headless_service, pod_group, service_name, worker_pod, LABEL_ATTEMPT, LABEL_RANK,
+    LABEL_TRAINING, METRICS_PORT,
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
@@ -388,6 +390,7 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         .into_iter()
         .partition(|a| matches!(a, Action::Event { .. }));
     let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let mut group_applied = false;
     for action in events.into_iter().chain(actions) {
         match action {
             Action::EnsureService => {
@@ -401,30 +404,32 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
                 attempt,
                 world_size,
             } => {
+                // The gang's PodGroup first (once per reconcile), sized to
+                // this attempt, so the scheduler holds the pods until all fit.
+                if let (false, Some(group)) = (group_applied, pod_group(&rt, world_size)) {
+                    let api: Api<DynamicObject> =
+                        Api::namespaced_with(ctx.client.clone(), &ns, &pod_group_resource());
+                    if let Err(e) = api.patch(&name, &apply, &Patch::Apply(&group)).await {
+                        let hint = if matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                            " (is the scheduler-plugins PodGroup CRD installed?)"
+                        } else {
+                            ""
+                        };
+                        let message =
+                            format!("cannot create PodGroup {name}: {}{hint}", api_message(&e));
+                        report_create_failure(ctx, &rts, &name, &key, &reference, message).await?;
+                        return Err(e.into());
+                    }
+                    group_applied = true;
+                }
                 let pod = worker_pod(&rt, rank, attempt, world_size);
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
                 if let Err(e) = pods_api.patch(&pod_name, &apply, &Patch::Apply(&pod)).await {
                     // Quota, admission, RBAC: say so where users look, then
                     // retry with backoff (error_policy).
-                    let why = match &e {
-                        kube::Error::Api(s) => s.message.clone(),
-                        other => other.to_string(),
-                    };
-                    let message = format!("cannot create worker pod {pod_name}: {why}");
-                    lock(&ctx.create_failures).insert(key.clone(), message.clone());
-                    publish(ctx, &reference, "FailedCreatePod", &message, true).await;
-                    let rts_now = rts.get(&name).await?;
-                    let mut failing = rts_now.status.clone().unwrap_or_default();
-                    if failing.message.as_deref() != Some(message.as_str()) {
-                        failing.message = Some(message);
-                        write_status(
-                            &rts,
-                            &rts_now,
-                            &rts_now.status.clone().unwrap_or_default(),
-                            &failing,
-                        )
-                        .await?;
-                    }
+                    let message =
+                        format!("cannot create worker pod {pod_name}: {}", api_message(&e));
+                    report_create_failure(ctx, &rts, &name, &key, &reference, message).await?;
                     return Err(e.into());
                 }
                 lock(&ctx.create_failures).remove(&key);
@@ -563,6 +568,44 @@ async fn publish(
     if let Err(e) = ctx.recorder.publish(&event, reference).await {
         tracing::warn!(error = %e, %reason, "cannot record event");
     }
+}
+
+/// What the API server said, or the client error.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The coscheduling PodGroup's API resource.
+fn pod_group_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("scheduling.x-k8s.io", "v1alpha1", "PodGroup"),
+        "podgroups",
+    )
+}
+
+/// Say why a worker (or its PodGroup) cannot be created where users look:
+/// an Event and the status message (kept until a creation succeeds).
+async fn report_create_failure(
+    ctx: &Context,
+    rts: &Api<RideTraining>,
+    name: &str,
+    key: &str,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    message: String,
+) -> Result<(), ReconcileError> {
+    lock(&ctx.create_failures).insert(key.to_string(), message.clone());
+    publish(ctx, reference, "FailedCreatePod", &message, true).await;
+    let now = rts.get(name).await?;
+    let old = now.status.clone().unwrap_or_default();
+    if old.message.as_deref() != Some(message.as_str()) {
+        let mut failing = old.clone();
+        failing.message = Some(message);
+        write_status(rts, &now, &old, &failing).await?;
+    }
+    Ok(())
 }
 
 /// Retry a failed reconcile, backing off per training: 5 s, doubling up to 5 minutes.

@@ -359,6 +359,20 @@ pub struct SchedulingSpec {
     /// Priority class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+    /// Gang scheduling, so that all workers are placed together or none
+    /// (the named scheduler must be running; set `schedulerName` to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gang: Option<GangScheduler>,
+}
+
+/// Which gang scheduler places the workers.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum GangScheduler {
+    /// The scheduler-plugins coscheduling plugin: one
+    /// `scheduling.x-k8s.io/v1alpha1` PodGroup per training whose
+    /// `minMember` is the current world size, pods labelled
+    /// `scheduling.x-k8s.io/pod-group`.
+    Coscheduling,
 }
 
 /// Lifecycle phase.

@@ -35,6 +35,33 @@ pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
 pub const KUEUE_POD_GROUP_LABEL: &str = "kueue.x-k8s.io/pod-group-name";
 /// Kueue's pod-group size annotation.
 pub const KUEUE_POD_GROUP_COUNT: &str = "kueue.x-k8s.io/pod-group-total-count";
+/// The coscheduling plugin's label naming a pod's PodGroup.
+pub const POD_GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
+
+/// The PodGroup of a training scheduled by coscheduling (`None` without
+/// gang scheduling): all `world_size` workers are placed together or none,
+/// and the scheduler gives up after the elastic timeout, after which the
+/// operator may shrink the gang (and the group with it).
+pub fn pod_group(rt: &RideTraining, world_size: i32) -> Option<serde_json::Value> {
+    let gang = rt.spec.scheduling.as_ref()?.gang?;
+    match gang {
+        crate::crd::GangScheduler::Coscheduling => Some(serde_json::json!({
+            "apiVersion": "scheduling.x-k8s.io/v1alpha1",
+            "kind": "PodGroup",
+            "metadata": {
+                "name": name(rt),
+                "namespace": rt.metadata.namespace,
+                "labels": labels(rt),
+                "ownerReferences": [owner(rt)],
+            },
+            "spec": {
+                "minMember": world_size,
+                "scheduleTimeoutSeconds": rt.spec.workers.elastic_timeout_seconds,
+            },
+        })),
+    }
+}
+
 /// Volumes and mount paths the operator gives every worker.
 pub const RESERVED_VOLUMES: [&str; 3] = ["dshm", "tmp", "dataset"];
 /// Mount paths the operator uses.
@@ -373,6 +400,9 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
         );
         annotations.insert(KUEUE_POD_GROUP_COUNT.into(), world_size.to_string());
     }
+    if pod_group(rt, world_size).is_some() {
+        pod_labels.insert(POD_GROUP_LABEL.into(), name(rt));
+    }
     pod_labels.extend(labels(rt));
     pod_labels.insert(LABEL_RANK.into(), rank.to_string());
     pod_labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
@@ -692,6 +722,26 @@ sidecars: [{name: shipper, image: "fluent-bit:3"}]
         assert_eq!(
             one.spec.unwrap().containers[0].args.as_ref().unwrap()[0],
             "train"
+        );
+    }
+
+    #[test]
+    fn a_gang_gets_one_pod_group_sized_to_the_attempt() {
+        let mut rt = rt();
+        assert!(pod_group(&rt, 2).is_none());
+        rt.spec.scheduling = Some(crate::crd::SchedulingSpec {
+            gang: Some(crate::crd::GangScheduler::Coscheduling),
+            ..Default::default()
+        });
+        let g = pod_group(&rt, 3).unwrap();
+        assert_eq!(g["kind"], "PodGroup");
+        assert_eq!(g["metadata"]["name"], "ride-tiny-2e");
+        assert_eq!(g["spec"]["minMember"], 3);
+        assert_eq!(g["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        let pod = worker_pod(&rt, 0, 1, 3);
+        assert_eq!(
+            pod.metadata.labels.unwrap()[POD_GROUP_LABEL],
+            "ride-tiny-2e"
         );
     }
 }

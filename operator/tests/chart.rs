@@ -117,6 +117,8 @@ const NEEDED: &[(&str, &str, &str)] = &[
     ("", "services", "create"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
+    ("scheduling.x-k8s.io", "podgroups", "create"),
+    ("scheduling.x-k8s.io", "podgroups", "patch"),
 ];
 
 fn granted(role: &Value) -> BTreeSet<(String, String, String)> {

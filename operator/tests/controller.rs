@@ -1414,3 +1414,76 @@ async fn gpu_workers_run_one_rank_per_gpu_and_the_scheduler_counts_them() {
     .await;
     drop(agents);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_gets_a_pod_group_and_a_missing_pod_group_crd_is_reported() {
+    let (cluster, client, _agents) = setup(&["node-a"]).await;
+    let op = Operator::start(&cluster.kubeconfig, "op-pg", &["--no-leader-election"]);
+    let manifest = example_with_checkpoint(&cluster.dir, "cosched");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "  checkpoint:",
+        "  scheduling: {gang: Coscheduling}\n  checkpoint:",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let c = &client;
+    let ctx = || describe(&cluster, &op, "cosched");
+    // No PodGroup CRD yet: no pod is made without its group, and status says why.
+    let st = eventually(
+        30,
+        "the missing CRD in status",
+        || async move {
+            let st = status(c, NS, "cosched").await;
+            st["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("PodGroup CRD installed"))
+                .then_some(st)
+        },
+        ctx,
+    )
+    .await;
+    assert!(pods_of(c, NS, "cosched").await.is_empty(), "{st}");
+    // The real CRD from sigs.k8s.io/scheduler-plugins (scripts/k8s-crds.sh):
+    // the API server validates the operator's PodGroup against its schema.
+    let crd = common::k8s_crds().join("scheduling.x-k8s.io_podgroups.yaml");
+    let (ok, out) = cluster.kubectl(&["apply", "-f", crd.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    cluster.wait_established("podgroups.scheduling.x-k8s.io");
+    let pods = eventually(
+        60,
+        "workers after the CRD arrived (retry backoff)",
+        || async move {
+            let p = pods_of(c, NS, "cosched").await;
+            (p.len() == 2).then_some(p)
+        },
+        ctx,
+    )
+    .await;
+    for p in &pods {
+        assert_eq!(
+            p.metadata.labels.as_ref().unwrap()["scheduling.x-k8s.io/pod-group"],
+            "cosched"
+        );
+    }
+    let (ok, out) = cluster.kubectl(&["get", "podgroup", "cosched", "-o", "json"]);
+    assert!(ok, "{out}");
+    let group: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(group["spec"]["minMember"], 2, "{group}");
+    assert_eq!(group["metadata"]["ownerReferences"][0]["name"], "cosched");
+    // Once pods exist, the failure message is gone.
+    eventually(
+        60,
+        "a clean status message",
+        || async move {
+            let st = status(c, NS, "cosched").await;
+            (!st["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("cannot create"))
+            .then_some(())
+        },
+        ctx,
+    )
+    .await;
+}

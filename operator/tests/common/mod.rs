@@ -39,6 +39,21 @@ pub fn k8s_bin() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Where `scripts/k8s-crds.sh` puts third-party CRDs (`$RIDE_K8S_CRDS`,
+/// else what `scripts/env.sh` says).
+pub fn k8s_crds() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RIDE_K8S_CRDS") {
+        return PathBuf::from(dir);
+    }
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("source scripts/env.sh && printf %s \"$RIDE_K8S_CRDS\"")
+        .current_dir(repo())
+        .output()
+        .expect("bash");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The trainer binary, built into the same target directory as the tests.
 pub fn trainer_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ride-operator")).with_file_name("ride-trainer")
