@@ -57,6 +57,9 @@ pub struct ObservedPod {
     /// Unix time it ended or began to be taken away (container finish time,
     /// disruption or deletion request), so the first failure in time decides.
     pub ended_at: Option<i64>,
+    /// Why its container cannot start (`ErrImagePull: ...`,
+    /// `CreateContainerConfigError: ...`), while the kubelet keeps trying.
+    pub start_problem: Option<String>,
 }
 
 /// Everything the decision needs from the world.
@@ -658,7 +661,24 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             _ => Phase::Created,
         };
         let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
-        let message = format!("{running} of {world} workers running");
+        // A worker that cannot start (image, missing Secret key) is what
+        // users need to read, not a count; say it once as an Event too.
+        let problem = current.iter().find_map(|p| {
+            Some(format!(
+                "worker {} cannot start: {}",
+                p.rank,
+                p.start_problem.as_ref()?
+            ))
+        });
+        let message = match problem {
+            Some(problem) => {
+                if c.st.message.as_deref() != Some(problem.as_str()) {
+                    c.event("WorkerNotStarting", problem.clone(), true);
+                }
+                problem
+            }
+            None => format!("{running} of {world} workers running"),
+        };
         set_conditions(
             &mut c.st.conditions,
             phase,

@@ -63,6 +63,35 @@ fn ended_at(
     Some(deleted - pod.metadata.deletion_grace_period_seconds.unwrap_or(0))
 }
 
+/// Why the trainer container cannot start, for the waiting reasons that
+/// need a user (not `ContainerCreating`, which just takes time).
+fn start_problem(pod: &Pod) -> Option<String> {
+    const PROBLEMS: [&str; 6] = [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    ];
+    let waiting = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == TRAINER_CONTAINER)?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?;
+    let reason = waiting.reason.as_deref()?;
+    PROBLEMS.contains(&reason).then(|| match &waiting.message {
+        Some(m) => format!("{reason}: {m}"),
+        None => reason.to_string(),
+    })
+}
+
 /// A worker pod as the lifecycle sees it; `None` for pods without our rank/attempt labels.
 pub fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
     let labels = pod.metadata.labels.as_ref()?;
@@ -105,6 +134,7 @@ pub fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
         state,
         deletion_deadline: pod.metadata.deletion_timestamp.as_ref().map(unix),
         ended_at: ended_at(pod, terminated),
+        start_problem: start_problem(pod),
     })
 }
 

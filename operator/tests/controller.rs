@@ -1487,3 +1487,79 @@ async fn a_gang_gets_a_pod_group_and_a_missing_pod_group_crd_is_reported() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_start_says_why_until_it_can() {
+    let (cluster, client, _agents) = setup(&["node-a"]).await;
+    let op = Operator::start(&cluster.kubeconfig, "op-w", &["--no-leader-election"]);
+    let manifest = example_with_checkpoint(&cluster.dir, "nokeys");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let uri_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("uri: file://"))
+        .unwrap()
+        .to_string();
+    let text = text.replace(
+        &uri_line,
+        "    uri: s3://bucket/nokeys\n    credentialsSecret: s3-keys",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let c = &client;
+    let ctx = || describe(&cluster, &op, "nokeys");
+    // The Secret does not exist: the kubelet (node agent) cannot build the
+    // container's environment, and status says so instead of "0 of 2".
+    let st = eventually(
+        60,
+        "the start problem in status",
+        || async move {
+            let st = status(c, NS, "nokeys").await;
+            st["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cannot start: CreateContainerConfigError"))
+                .then_some(st)
+        },
+        ctx,
+    )
+    .await;
+    assert!(st["message"].as_str().unwrap().contains("s3-keys"), "{st}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    let ev = &events;
+    eventually(
+        30,
+        "a WorkerNotStarting event",
+        || async move {
+            ev.list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("WorkerNotStarting"))
+                .then_some(())
+        },
+        ctx,
+    )
+    .await;
+    // The user adds the Secret; the kubelet's retry starts the workers.
+    let (ok, out) = cluster.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "s3-keys",
+        "--from-literal=AWS_ACCESS_KEY_ID=a",
+        "--from-literal=AWS_SECRET_ACCESS_KEY=b",
+    ]);
+    assert!(ok, "{out}");
+    eventually(
+        60,
+        "Running once the Secret exists",
+        || async move {
+            let st = status(c, NS, "nokeys").await;
+            (st["phase"] == "Running").then_some(())
+        },
+        ctx,
+    )
+    .await;
+    assert_eq!(status(c, NS, "nokeys").await["restarts"], 0);
+}

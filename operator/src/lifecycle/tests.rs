@@ -26,6 +26,7 @@ fn pod(rank: i32, attempt: i32, state: PodState) -> ObservedPod {
         state,
         deletion_deadline: None,
         ended_at: None,
+        start_problem: None,
     }
 }
 
@@ -645,4 +646,35 @@ fn status_and_conditions_carry_the_generation_they_reflect() {
         .conditions
         .iter()
         .all(|c| c.observed_generation == Some(7)));
+}
+
+#[test]
+fn a_worker_that_cannot_start_is_named_in_status_and_an_event_once() {
+    let s = spec();
+    let d = decide(&s, &RideTrainingStatus::default(), &obs(0, vec![]));
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[2] = ObservedPod {
+        start_problem: Some("ErrImagePull: no such image ride:1".into()),
+        ..pod(
+            2,
+            0,
+            PodState::Pending {
+                unschedulable_since: None,
+            },
+        )
+    };
+    let d1 = decide(&s, &d.status, &obs(5, pods.clone()));
+    let m = d1.status.message.clone().unwrap();
+    assert_eq!(
+        m,
+        "worker 2 cannot start: ErrImagePull: no such image ride:1"
+    );
+    assert!(has_event(&d1, "WorkerNotStarting"));
+    // The same problem next time: no new Event.
+    let d2 = decide(&s, &d1.status, &obs(10, pods));
+    assert!(!has_event(&d2, "WorkerNotStarting"));
+    assert_eq!(d2.status.message, d1.status.message);
+    // Fixed: the count again.
+    let d3 = decide(&s, &d2.status, &obs(15, gang(0, 4, PodState::Running)));
+    assert_eq!(d3.status.phase, Some(Phase::Running));
 }
