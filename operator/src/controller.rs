@@ -374,8 +374,23 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         .actions
         .iter()
         .any(|a| matches!(a, Action::CreatePod { .. }));
-    match lock(&ctx.create_failures).get(&key) {
-        Some(why) if creating && !finished => status.message = Some(why.clone()),
+    let failed_create = lock(&ctx.create_failures).get(&key).cloned();
+    match (failed_create, status.phase) {
+        (Some(why), Some(phase)) if creating && !finished => {
+            let reason = status
+                .reason
+                .clone()
+                .unwrap_or_else(|| phase.as_str().into());
+            crate::lifecycle::set_conditions(
+                &mut status.conditions,
+                phase,
+                &reason,
+                &why,
+                now,
+                rt.metadata.generation,
+            );
+            status.message = Some(why);
+        }
         _ => {}
     }
 
@@ -602,6 +617,18 @@ async fn report_create_failure(
     let old = now.status.clone().unwrap_or_default();
     if old.message.as_deref() != Some(message.as_str()) {
         let mut failing = old.clone();
+        // The current phase's condition says it too (kubectl wait, UIs).
+        if let Some(phase) = old.phase {
+            let reason = old.reason.clone().unwrap_or_else(|| phase.as_str().into());
+            crate::lifecycle::set_conditions(
+                &mut failing.conditions,
+                phase,
+                &reason,
+                &message,
+                unix_now(),
+                now.metadata.generation,
+            );
+        }
         failing.message = Some(message);
         write_status(rts, &now, &old, &failing).await?;
     }

@@ -1350,6 +1350,16 @@ async fn workers_with_a_template_pass_restricted_pod_security_and_refusals_reach
             .contains("exceeded quota"),
         "{st}"
     );
+    // And in the current phase's condition, where `kubectl wait` and UIs look.
+    let conditions = st["conditions"].as_array().cloned().unwrap_or_default();
+    assert!(
+        conditions.iter().any(|c| c["status"] == "True"
+            && c["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("exceeded quota")),
+        "{st}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1562,4 +1572,77 @@ async fn a_worker_that_cannot_start_says_why_until_it_can() {
     )
     .await;
     assert_eq!(status(c, NS, "nokeys").await["restarts"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_failure_in_time_decides_even_when_both_are_seen_at_once() {
+    let (cluster, client, agents) = setup(&["node-a"]).await;
+    let op = Operator::start(&cluster.kubeconfig, "op-f1", &["--no-leader-election"]);
+    let manifest = example_with_checkpoint(&cluster.dir, "order");
+    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let c = &client;
+    let ctx = || describe(&cluster, &op, "order");
+    eventually(
+        60,
+        "Running",
+        || async move { (status(c, NS, "order").await["phase"] == "Running").then_some(()) },
+        ctx,
+    )
+    .await;
+    // With the operator away, rank 1 crashes (exit 1), then rank 0 stops
+    // with a checkpoint (exit 75): the order a broken collective produces.
+    drop(op);
+    signal(&agents, "order-0-1", "USR2");
+    eventually(
+        30,
+        "rank 1 Failed",
+        || async move {
+            let pods = pods_of(c, NS, "order").await;
+            pods.iter()
+                .any(|p| p.metadata.name.as_deref() == Some("order-0-1") && phase_of(p) == "Failed")
+                .then_some(())
+        },
+        String::new,
+    )
+    .await;
+    // Finish times have one-second resolution.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    signal(&agents, "order-0-0", "TERM");
+    eventually(
+        30,
+        "both ended",
+        || async move {
+            let pods = pods_of(c, NS, "order").await;
+            pods.iter().all(|p| phase_of(p) == "Failed").then_some(())
+        },
+        String::new,
+    )
+    .await;
+    // A new operator sees both at once; rank 0 comes first in the list, but
+    // the crash came first in time: a restart that uses the budget.
+    let op = Operator::start(&cluster.kubeconfig, "op-f2", &["--no-leader-election"]);
+    let ctx = || describe(&cluster, &op, "order");
+    let st = eventually(
+        60,
+        "the restart",
+        || async move {
+            let st = status(c, NS, "order").await;
+            (st["attempt"] == 1).then_some(st)
+        },
+        ctx,
+    )
+    .await;
+    assert_eq!(
+        (st["restarts"].clone(), st["exemptRestarts"].clone()),
+        (json!(1), json!(0)),
+        "{st}"
+    );
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("worker 1 exited with code 1"),
+        "{st}"
+    );
 }
