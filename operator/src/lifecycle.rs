@@ -178,11 +178,8 @@ impl Ctx<'_> {
         });
     }
 
-    fn set_phase(&mut self, phase: Phase, reason: &str, message: String) {
-        if self.st.phase != Some(phase) {
-            let warning = matches!(phase, Phase::Failed | Phase::Restarting);
-            self.event(reason, message.clone(), warning);
-        }
+    /// Say `message` in status and `phase`'s condition, without an Event.
+    fn note(&mut self, phase: Phase, reason: &str, message: String) {
         set_conditions(
             &mut self.st.conditions,
             phase,
@@ -191,9 +188,17 @@ impl Ctx<'_> {
             self.obs.now,
             self.obs.generation,
         );
+        self.st.message = Some(message);
+    }
+
+    fn set_phase(&mut self, phase: Phase, reason: &str, message: String) {
+        if self.st.phase != Some(phase) {
+            let warning = matches!(phase, Phase::Failed | Phase::Restarting);
+            self.event(reason, message.clone(), warning);
+        }
+        self.note(phase, reason, message);
         self.st.phase = Some(phase);
         self.st.reason = Some(reason.into());
-        self.st.message = Some(message);
     }
 
     /// Whether `p` is still there `forceDeleteAfterSeconds` after its grace
@@ -616,15 +621,7 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             format!("waiting for {waiting_for_old} workers of the previous attempt to stop");
         let phase = c.st.phase.unwrap_or(Phase::Created);
         let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
-        set_conditions(
-            &mut c.st.conditions,
-            phase,
-            &reason,
-            &message,
-            now,
-            obs.generation,
-        );
-        c.st.message = Some(message);
+        c.note(phase, &reason, message);
         return Decision {
             actions: c.actions,
             status: c.st,
@@ -679,17 +676,9 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             }
             None => format!("{running} of {world} workers running"),
         };
-        set_conditions(
-            &mut c.st.conditions,
-            phase,
-            &reason,
-            &message,
-            now,
-            obs.generation,
-        );
+        c.note(phase, &reason, message);
         c.st.phase = Some(phase);
         c.st.reason = Some(reason);
-        c.st.message = Some(message);
     }
     if may_grow && world < spec.workers.replicas {
         c.actions.push(Action::RequeueAfter(timeout));

@@ -74,17 +74,7 @@ fn start_problem(pod: &Pod) -> Option<String> {
         "CreateContainerError",
         "RunContainerError",
     ];
-    let waiting = pod
-        .status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == TRAINER_CONTAINER)?
-        .state
-        .as_ref()?
-        .waiting
-        .as_ref()?;
+    let waiting = trainer_state(pod)?.waiting.as_ref()?;
     let reason = waiting.reason.as_deref()?;
     PROBLEMS.contains(&reason).then(|| match &waiting.message {
         Some(m) => format!("{reason}: {m}"),
@@ -99,10 +89,7 @@ pub fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
     let attempt = labels.get(LABEL_ATTEMPT)?.parse().ok()?;
     let status = pod.status.as_ref();
     let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
-    let terminated = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == TRAINER_CONTAINER))
-        .and_then(|c| c.state.as_ref()?.terminated.as_ref());
+    let terminated = trainer_state(pod).and_then(|s| s.terminated.as_ref());
     let terminated_code = terminated.map(|t| t.exit_code);
     let state = match (disruption(pod), phase, terminated_code) {
         // An exit code says more than the disruption that caused it (a
@@ -145,6 +132,11 @@ pub fn pod_ip(pod: &Pod) -> Option<std::net::IpAddr> {
 
 /// The trainer container's termination message, once it has ended.
 pub fn termination_message(pod: &Pod) -> Option<&str> {
+    trainer_state(pod)?.terminated.as_ref()?.message.as_deref()
+}
+
+/// The trainer container's state as the kubelet last reported it.
+fn trainer_state(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerState> {
     pod.status
         .as_ref()?
         .container_statuses
@@ -152,11 +144,7 @@ pub fn termination_message(pod: &Pod) -> Option<&str> {
         .iter()
         .find(|c| c.name == TRAINER_CONTAINER)?
         .state
-        .as_ref()?
-        .terminated
-        .as_ref()?
-        .message
-        .as_deref()
+        .as_ref()
 }
 
 /// Weight of the newest rate in the smoothed steps per second.

@@ -25,17 +25,8 @@ fn launch(
         "--grace-seconds",
         "5",
         "--",
-        "--cfg",
-        cfg.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--output",
-        out.to_str().unwrap(),
-        "--metrics-addr",
-        "off",
-        "--no-progress",
-        "--opts",
     ];
+    args.extend(train_args(cfg, out));
     args.extend_from_slice(opts);
     let mut env = vec![("OMP_NUM_THREADS", "1")];
     env.extend_from_slice(extra_env);
@@ -219,7 +210,8 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Train args after `--` for the launcher tests below.
+/// `train` arguments on CPU, without endpoints or bars, up to `--opts`
+/// (the caller adds the keys).
 fn train_args<'a>(cfg: &'a Path, out: &'a Path) -> Vec<&'a str> {
     vec![
         "--cfg",
@@ -232,12 +224,11 @@ fn train_args<'a>(cfg: &'a Path, out: &'a Path) -> Vec<&'a str> {
         "off",
         "--no-progress",
         "--opts",
-        "TRAIN.EPOCHS",
-        "1",
-        "DATA.BATCH_SIZE",
-        "4",
     ]
 }
+
+/// One short epoch at 4 images per rank.
+const ONE_EPOCH: [&str; 4] = ["TRAIN.EPOCHS", "1", "DATA.BATCH_SIZE", "4"];
 
 #[test]
 fn two_machines_of_two_ranks_train_as_one_of_four() {
@@ -249,6 +240,7 @@ fn two_machines_of_two_ranks_train_as_one_of_four() {
     let one = dir.path().join("one");
     let mut args = vec!["launch", "--nproc-per-node", "4", "--"];
     args.extend(train_args(&cfg, &one));
+    args.extend(ONE_EPOCH);
     let (status, t) = Watched::start(&args, &[("OMP_NUM_THREADS", "1")]).finish();
     assert!(status.success(), "{t}");
 
@@ -278,6 +270,7 @@ fn two_machines_of_two_ranks_train_as_one_of_four() {
                 "--",
             ];
             args.extend(train_args(&cfg, &two));
+            args.extend(ONE_EPOCH);
             let env = [
                 ("OMP_NUM_THREADS", "1"),
                 (ride_contract::ENV_TERMINATION_LOG, report.to_str().unwrap()),
@@ -327,6 +320,7 @@ fn a_machines_share_of_a_gang_does_not_restart_on_its_own() {
         "--",
     ];
     args.extend(train_args(&cfg, &out));
+    args.extend(ONE_EPOCH);
     let (status, t) = Watched::start(&args, &[]).finish();
     assert_eq!(
         status.code(),

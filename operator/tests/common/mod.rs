@@ -27,27 +27,23 @@ pub fn repo() -> PathBuf {
 /// Where `scripts/k8s-tools.sh` puts kubectl, helm and the servers
 /// (`$RIDE_K8S_BIN`, else what `scripts/env.sh` says).
 pub fn k8s_bin() -> PathBuf {
-    if let Some(dir) = std::env::var_os("RIDE_K8S_BIN") {
-        return PathBuf::from(dir);
-    }
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg("source scripts/env.sh && printf %s \"$RIDE_K8S_BIN\"")
-        .current_dir(repo())
-        .output()
-        .expect("bash");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).into_owned())
+    env_dir("RIDE_K8S_BIN")
 }
 
 /// Where `scripts/k8s-crds.sh` puts third-party CRDs (`$RIDE_K8S_CRDS`,
 /// else what `scripts/env.sh` says).
 pub fn k8s_crds() -> PathBuf {
-    if let Some(dir) = std::env::var_os("RIDE_K8S_CRDS") {
+    env_dir("RIDE_K8S_CRDS")
+}
+
+/// A directory named by `var`, from the environment or `scripts/env.sh`.
+fn env_dir(var: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(var) {
         return PathBuf::from(dir);
     }
     let out = Command::new("bash")
         .arg("-c")
-        .arg("source scripts/env.sh && printf %s \"$RIDE_K8S_CRDS\"")
+        .arg(format!("source scripts/env.sh && printf %s \"${var}\""))
         .current_dir(repo())
         .output()
         .expect("bash");
