@@ -1,7 +1,8 @@
 //! The `RideTraining` custom resource (`ride.dev/v1alpha1`), its CRD, spec
 //! validation, the controller that reconciles it (lifecycle decisions,
 //! owned pods, progress from rank 0's report, leader election, metrics),
-//! and turning a resource into a local launcher invocation.
+//! and turning a resource into a local launcher invocation or a Slurm batch
+//! script.
 
 pub mod controller;
 pub mod crd;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod observe;
 pub mod pods;
 pub mod progress;
+pub mod slurm;
 pub mod timestamps;
 
 /// The CRD as YAML, exactly as `crds/ridetrainings.ride.dev.yaml` holds it.

@@ -137,4 +137,7 @@ fn the_cpu_example_trains_locally_with_two_ranks() {
     let run = out.join("synthetic_ride_2e/default");
     assert!(run.join("ckpt_epoch_0/manifest.json").exists(), "{t}");
     assert!(run.join("eval.json").exists(), "{t}");
+    // The same manifest on the operator (tests/e2e.rs) and on Slurm
+    // (tests/slurm.rs) ends with the same table.
+    assert!(t.contains("| top-1 overall"), "{t}");
 }

@@ -218,6 +218,8 @@ async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds
         .map(|a| std::fs::read_to_string(a.log_path(NS, "ride-cpu-1-0")).unwrap_or_default())
         .collect();
     assert!(resumed.contains("resumed from"), "{resumed}");
+    // And rank 0 ended with the evaluation table, as under run-local and Slurm.
+    assert!(resumed.contains("| top-1 overall"), "{resumed}");
 
     // What users look at.
     let (ok, out) = cluster.kubectl(&["get", "rt"]);

@@ -316,6 +316,14 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         },
     );
     write_termination_message(&report, &result);
+    if !is_main {
+        if let Err(e) = &result {
+            if e.downcast_ref::<ride_trainer::train::Preempted>().is_some() {
+                // Rank 0 says where the checkpoint went; the others just stop.
+                std::process::exit(ride_trainer::train::PREEMPTED_EXIT_CODE);
+            }
+        }
+    }
     let summary = result?;
     if !is_main {
         return Ok(());

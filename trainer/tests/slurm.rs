@@ -1,11 +1,15 @@
 //! `sbatch slurm/ride.sbatch` on a real single-node Slurm cluster (started by
 //! `scripts/slurm-cluster.sh`, which `scripts/test.sh` runs): two tasks find
-//! their ranks and rank 0 from Slurm's variables alone and train together.
+//! their ranks and rank 0 from Slurm's variables alone and train together;
+//! a time-limit warning or SIGUSR1 saves a checkpoint and the script
+//! requeues the job, whose next allocation resumes; a bad config fails the
+//! job without a requeue.
 
 mod common;
 
-use common::{repo_root, text, tiny_config};
-use std::path::PathBuf;
+use common::{bitwise_equal, repo_root, text, tiny_config};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn slurm_conf() -> String {
@@ -75,4 +79,211 @@ fn sbatch_template_runs_two_ranks_from_slurm_variables() {
         1,
         "only rank 0 reports"
     );
+}
+
+/// `scontrol show job ID` as key → value.
+fn job_info(conf: &str, id: &str) -> HashMap<String, String> {
+    let o = Command::new("scontrol")
+        .args(["show", "job", id, "--oneliner"])
+        .env("SLURM_CONF", conf)
+        .output()
+        .expect("scontrol runs");
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Submit `slurm/ride.sbatch` with 2 tasks; returns the job id.
+fn submit(conf: &str, log: &Path, env: &[(&str, &str)], extra: &[&str]) -> String {
+    let mut cmd = Command::new("sbatch");
+    cmd.current_dir(repo_root())
+        .args([
+            "--parsable",
+            "--ntasks-per-node=2",
+            "--gpus-per-task=0",
+            "--cpus-per-task=1",
+        ])
+        .arg(format!("--output={}", log.display()))
+        .args(extra)
+        .arg("slurm/ride.sbatch")
+        .env("SLURM_CONF", conf)
+        .env("RIDE_BIN", env!("CARGO_BIN_EXE_ride-trainer"))
+        .env("RIDE_DEVICE", "cpu")
+        .env("RIDE_METRICS_ADDR", "off");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().expect("sbatch runs");
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Wait until job `id` has ended; its final `scontrol` record.
+fn wait_done(conf: &str, id: &str, seconds: u64, log: &Path) -> HashMap<String, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let info = job_info(conf, id);
+        let state = info.get("JobState").cloned().unwrap_or_default();
+        if [
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "OUT_OF_MEMORY",
+        ]
+        .contains(&state.as_str())
+        {
+            return info;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} still {state} after {seconds} s:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Slurm holds a requeued job back for 2 minutes (its BeginTime) before
+/// it may start again; the waits below allow for that.
+const REQUEUED_JOB_SECONDS: u64 = 600;
+
+#[test]
+fn usr1_saves_requeues_and_the_next_allocation_ends_with_the_same_weights() {
+    let conf = slurm_conf();
+    let dir = tempfile::tempdir().unwrap();
+    // Enough steps per epoch that the signal lands mid-run.
+    let cfg = tiny_config(dir.path(), 2, "RIDE");
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("MAX_PER_CLASS: 40", "MAX_PER_CLASS: 160")
+        .replace("BATCH_SIZE: 16", "BATCH_SIZE: 8");
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let args = "--opts TRAIN.EPOCHS 3 CHECKPOINT.KEEP_LAST 0";
+    let run = |name: &str| {
+        let out = dir.path().join(name);
+        let log = dir.path().join(format!("{name}.log"));
+        let env = [
+            ("RIDE_CFG", cfg.to_str().unwrap()),
+            ("RIDE_OUTPUT", out.to_str().unwrap()),
+            ("RIDE_ARGS", args),
+        ];
+        (submit(&conf, &log, &env, &[]), out, log)
+    };
+    let (straight, straight_out, straight_log) = run("straight");
+    let info = wait_done(&conf, &straight, 300, &straight_log);
+    assert_eq!(info["JobState"], "COMPLETED", "{info:?}");
+
+    let (id, out, log) = run("stopped");
+    let started = std::time::Instant::now();
+    // After the first epoch's checkpoint, SIGUSR1 to the tasks, as Slurm's
+    // --signal sends it before the time limit.
+    loop {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        if t.contains("ckpt_epoch_0 (") {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 300 && !t.contains("== run summary =="),
+            "no first checkpoint:\n{t}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = Command::new("scancel")
+        .args(["--signal=USR1", &id])
+        .env("SLURM_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let info = wait_done(&conf, &id, REQUEUED_JOB_SECONDS, &log);
+    let t = std::fs::read_to_string(&log).unwrap();
+    eprintln!(
+        "USR1 → requeue → completed in {:.0} s: {info:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(info["JobState"], "COMPLETED", "{t}");
+    assert_eq!(info["Restarts"], "1", "{t}");
+    for needle in [
+        "requeueing job",
+        "allocation 2 (requeues so far: 1",
+        "resumed from",
+        "== run summary ==",
+    ] {
+        assert!(t.contains(needle), "{needle:?} in\n{t}");
+    }
+    // Both ranks stopped; only rank 0 says where the checkpoint went.
+    assert_eq!(
+        t.matches("preempted: checkpoint saved to").count(),
+        1,
+        "{t}"
+    );
+    let w = "tiny/default/ckpt_epoch_2/model.safetensors";
+    assert!(
+        bitwise_equal(&straight_out.join(w), &out.join(w)),
+        "the requeued run must end with the uninterrupted run's weights"
+    );
+}
+
+#[test]
+fn the_time_limit_warning_requeues_until_the_run_is_done() {
+    // The real path: --time and --signal=USR1@60, no scancel. Slurm sends
+    // the warning up to a minute early; the run takes longer than that, so
+    // it cannot finish in the first allocation without a checkpoint and a
+    // requeue, and the rest fits in the next one.
+    let conf = slurm_conf();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let log = dir.path().join("limit.log");
+    let cfg = repo_root().join("configs/synthetic_ride_2e_cpu.yaml");
+    let env = [
+        ("RIDE_CFG", cfg.to_str().unwrap()),
+        ("RIDE_OUTPUT", out.to_str().unwrap()),
+        (
+            "RIDE_ARGS",
+            "--opts TRAIN.EPOCHS 60 DATA.SYNTHETIC.MAX_PER_CLASS 100",
+        ),
+    ];
+    let started = std::time::Instant::now();
+    let id = submit(&conf, &log, &env, &["--time=2", "--signal=USR1@60"]);
+    let info = wait_done(&conf, &id, REQUEUED_JOB_SECONDS + 300, &log);
+    let t = std::fs::read_to_string(&log).unwrap();
+    eprintln!(
+        "time limit → requeue(s) → completed in {:.0} s: {info:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(info["JobState"], "COMPLETED", "{t}");
+    let restarts: u32 = info["Restarts"].parse().unwrap();
+    assert!(restarts >= 1, "no requeue: {t}");
+    assert!(t.contains("preempted: checkpoint saved to"), "{t}");
+    assert!(t.contains("resumed from"), "{t}");
+    assert!(t.contains("| top-1 overall"), "{t}");
+}
+
+#[test]
+fn a_failing_rank_fails_the_job_without_a_requeue() {
+    let conf = slurm_conf();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.yaml");
+    std::fs::write(&cfg, "TRAIN:\n  EPOCH: 3\n").unwrap();
+    let log = dir.path().join("bad.log");
+    let out = dir.path().join("out");
+    let env = [
+        ("RIDE_CFG", cfg.to_str().unwrap()),
+        ("RIDE_OUTPUT", out.to_str().unwrap()),
+    ];
+    let id = submit(&conf, &log, &env, &[]);
+    let info = wait_done(&conf, &id, 120, &log);
+    let t = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(info["JobState"], "FAILED", "{t}");
+    assert_eq!(info["ExitCode"], "78:0", "{info:?}\n{t}");
+    assert_eq!(info["Restarts"], "0", "{t}");
+    assert!(!t.contains("requeueing"), "{t}");
 }

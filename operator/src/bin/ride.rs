@@ -1,5 +1,6 @@
-//! `ride`: print the RideTraining CRD, check manifests, and run a manifest
-//! locally through `ride-trainer launch`.
+//! `ride`: print the RideTraining CRD, check manifests, run a manifest
+//! locally through `ride-trainer launch`, or on Slurm through an sbatch
+//! script rendered from it.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -40,6 +41,27 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Render a RideTraining manifest as a Slurm batch script (workers →
+    /// nodes, GPUs per worker → tasks per node, checkpoint URI → output,
+    /// overrides → --opts, maxExemptRestarts → requeue bound, deadline →
+    /// --time) and print it, or submit it with --submit.
+    Sbatch {
+        /// Manifest file.
+        file: PathBuf,
+        /// Directory of trainer configs on the cluster.
+        #[arg(long, default_value = "configs")]
+        configs: PathBuf,
+        /// The ride-trainer binary on the cluster (default: the one next to
+        /// this `ride`, else `ride-trainer` from PATH).
+        #[arg(long)]
+        trainer: Option<String>,
+        /// Submit with sbatch instead of printing.
+        #[arg(long)]
+        submit: bool,
+        /// Extra sbatch options after `--` (they override the script's own).
+        #[arg(last = true)]
+        sbatch_args: Vec<String>,
+    },
 }
 
 /// The one RideTraining of `file`, checked as `ride check` does.
@@ -62,7 +84,7 @@ fn read_manifest(file: &Path) -> Result<RideTraining> {
             )
         }
         other => anyhow::bail!(
-            "{} holds {} RideTrainings; run-local takes exactly one",
+            "{} holds {} RideTrainings; give a file with exactly one",
             file.display(),
             other.len()
         ),
@@ -154,6 +176,34 @@ fn main() -> Result<()> {
                 .args(&args)
                 .status()
                 .with_context(|| format!("starting {}", bin.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Command::Sbatch {
+            file,
+            configs,
+            trainer,
+            submit,
+            sbatch_args,
+        } => {
+            let rt = read_manifest(&file)?;
+            let trainer = trainer.unwrap_or_else(|| trainer_binary().display().to_string());
+            let script = ride_operator::slurm::render(&rt, &configs, &trainer);
+            if !submit {
+                print!("{script}");
+                return Ok(());
+            }
+            use std::io::Write;
+            let mut child = std::process::Command::new("sbatch")
+                .args(&sbatch_args)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .context("starting sbatch (is Slurm installed and SLURM_CONF set?)")?;
+            child
+                .stdin
+                .take()
+                .context("sbatch's stdin")?
+                .write_all(script.as_bytes())?;
+            let status = child.wait()?;
             std::process::exit(status.code().unwrap_or(1));
         }
     }

@@ -50,6 +50,18 @@ fn env_dir(var: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `SLURM_CONF` of the tests' Slurm cluster (`scripts/slurm-cluster.sh`,
+/// which `scripts/test.sh` starts), or `None` when it is not running.
+pub fn slurm_conf() -> Option<String> {
+    let dir = std::env::var("RIDE_SLURM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/ride/slurm")
+        });
+    let env = std::fs::read_to_string(dir.join("env")).ok()?;
+    Some(env.trim().strip_prefix("export SLURM_CONF=")?.to_string())
+}
+
 /// The trainer binary, built into the same target directory as the tests.
 pub fn trainer_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ride-operator")).with_file_name("ride-trainer")
