@@ -4,6 +4,7 @@
 #
 #   scripts/slurm-cluster.sh start   install if missing, configure under $RIDE_SLURM_DIR, start daemons
 #   scripts/slurm-cluster.sh stop    stop the daemons
+#   scripts/slurm-cluster.sh install|munge   only install the packages / start munged
 #
 # Clients need SLURM_CONF=$RIDE_SLURM_DIR/slurm.conf (written to $RIDE_SLURM_DIR/env).
 set -euo pipefail
@@ -21,6 +22,20 @@ install() {
     exit 1
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
+}
+
+# A munge key and daemon (shared by every Slurm cluster on this machine).
+munge() {
+  mkdir -p "$RIDE_SLURM_DIR" /run/munge
+  if [ ! -s /etc/munge/munge.key ]; then
+    mkdir -p /etc/munge
+    dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 status=none
+    chmod 400 /etc/munge/munge.key
+  fi
+  if ! pgrep -x munged >/dev/null; then
+    munged --force
+    touch "$RIDE_SLURM_DIR/started-munged"
+  fi
 }
 
 start() {
@@ -52,15 +67,7 @@ SlurmdLogFile=$RIDE_SLURM_DIR/slurmd.log
 $node State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
-  if [ ! -s /etc/munge/munge.key ]; then
-    mkdir -p /etc/munge
-    dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 status=none
-    chmod 400 /etc/munge/munge.key
-  fi
-  if ! pgrep -x munged >/dev/null; then
-    munged --force
-    touch "$RIDE_SLURM_DIR/started-munged"
-  fi
+  munge
   export SLURM_CONF="$CONF"
   [ -f "$RIDE_SLURM_DIR/slurmctld.pid" ] && kill -0 "$(cat "$RIDE_SLURM_DIR/slurmctld.pid")" 2>/dev/null || slurmctld
   [ -f "$RIDE_SLURM_DIR/slurmd.pid" ] && kill -0 "$(cat "$RIDE_SLURM_DIR/slurmd.pid")" 2>/dev/null || slurmd
@@ -96,5 +103,7 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  install) install ;;
+  munge) munge ;;
+  *) echo "usage: $0 start|stop|install|munge" >&2; exit 2 ;;
 esac

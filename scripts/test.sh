@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set up (idempotent), start the services the tests use
-# (an S3-compatible server on loopback, a single-node Slurm cluster), run
+# (an S3-compatible server on loopback, a single-node Slurm cluster and a
+# two-node one in network namespaces), run
 # every test of the workspace, and stop the services again. Tests that need
 # Kubernetes start their own control plane (scripts/k8s-cluster.sh) under
 # $RIDE_K8S_TEST_ROOT; whatever a crashed test leaves there is killed at the end.
@@ -12,8 +13,9 @@ source "$here/env.sh"
 # Throw-away service directories per run; the garage binary stays cached.
 RIDE_S3_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ride-s3.XXXXXX")"
 RIDE_SLURM_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ride-slurm.XXXXXX")"
+RIDE_SLURM2_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ride-slurm2.XXXXXX")"
 RIDE_K8S_TEST_ROOT="$(mktemp -d "${TMPDIR:-/tmp}/ride-k8s.XXXXXX")"
-export RIDE_S3_DIR RIDE_SLURM_DIR RIDE_K8S_TEST_ROOT
+export RIDE_S3_DIR RIDE_SLURM_DIR RIDE_SLURM2_DIR RIDE_K8S_TEST_ROOT
 # Kill every process whose command line or working directory lies under $1
 # (control-plane components and pod processes of tests that did not clean up).
 reap() {
@@ -31,14 +33,16 @@ cleanup() {
   # The tests' exit status is the script's, whatever clean-up meets.
   local rc=$?
   "$here/s3-server.sh" stop || true
+  "$here/slurm-two-nodes.sh" stop || true
   "$here/slurm-cluster.sh" stop || true
   reap "$RIDE_K8S_TEST_ROOT" || true
-  rm -rf "$RIDE_S3_DIR" "$RIDE_SLURM_DIR" "$RIDE_K8S_TEST_ROOT" || true
+  rm -rf "$RIDE_S3_DIR" "$RIDE_SLURM_DIR" "$RIDE_SLURM2_DIR" "$RIDE_K8S_TEST_ROOT" || true
   exit "$rc"
 }
 trap cleanup EXIT
 "$here/s3-server.sh" start
 "$here/slurm-cluster.sh" start
+"$here/slurm-two-nodes.sh" start
 cd "$here/.."
 # Every test binary runs even after a failure, so one run shows them all.
 cargo test --release --workspace --no-fail-fast "$@"

@@ -3,7 +3,9 @@
 //! their ranks and rank 0 from Slurm's variables alone and train together;
 //! a time-limit warning or SIGUSR1 saves a checkpoint and the script
 //! requeues the job, whose next allocation resumes; a bad config fails the
-//! job without a requeue.
+//! job without a requeue. A two-node cluster (`scripts/slurm-two-nodes.sh`:
+//! two slurmd in network namespaces) runs a job whose ranks meet over a
+//! network, and survives losing a node.
 
 mod common;
 
@@ -13,14 +15,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn slurm_conf() -> String {
-    let dir = std::env::var("RIDE_SLURM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/ride/slurm")
-        });
+    conf_of("RIDE_SLURM_DIR", "slurm", "slurm-cluster.sh")
+}
+
+/// `SLURM_CONF` of the cluster whose directory is `$var` (default
+/// `~/.cache/ride/<default>`), started by `scripts/<script>`.
+fn conf_of(var: &str, default: &str, script: &str) -> String {
+    let dir = std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").expect("HOME"))
+            .join(".cache/ride")
+            .join(default)
+    });
     let env = std::fs::read_to_string(dir.join("env")).unwrap_or_else(|e| {
         panic!(
-            "{}: {e}. This test needs Slurm: run `scripts/slurm-cluster.sh start` \
+            "{}: {e}. This test needs Slurm: run `scripts/{script} start` \
              (or the whole suite with `scripts/test.sh`)",
             dir.join("env").display()
         )
@@ -286,4 +294,116 @@ fn a_failing_rank_fails_the_job_without_a_requeue() {
     assert_eq!(info["ExitCode"], "78:0", "{info:?}\n{t}");
     assert_eq!(info["Restarts"], "0", "{t}");
     assert!(!t.contains("requeueing"), "{t}");
+}
+
+/// Heals a cut node link when dropped, so a failing test leaves the
+/// two-node cluster whole.
+struct Cut(&'static str);
+
+impl Cut {
+    fn node(node: &'static str) -> Self {
+        two_nodes(&["cut", node]);
+        Cut(node)
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        two_nodes(&["heal", self.0]);
+    }
+}
+
+fn two_nodes(args: &[&str]) {
+    let o = Command::new(repo_root().join("scripts/slurm-two-nodes.sh"))
+        .args(args)
+        .output()
+        .expect("slurm-two-nodes.sh runs");
+    assert!(o.status.success(), "{args:?}: {}", text(&o));
+}
+
+#[test]
+fn a_two_node_job_survives_losing_a_node() {
+    let conf = conf_of("RIDE_SLURM2_DIR", "slurm2", "slurm-two-nodes.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let log = dir.path().join("two.log");
+    let cfg = repo_root().join("configs/synthetic_ride_2e_cpu.yaml");
+    let env = [
+        ("RIDE_CFG", cfg.to_str().unwrap()),
+        ("RIDE_OUTPUT", out.to_str().unwrap()),
+        (
+            "RIDE_ARGS",
+            "--opts TRAIN.EPOCHS 30 DATA.SYNTHETIC.MAX_PER_CLASS 100",
+        ),
+    ];
+    let started = std::time::Instant::now();
+    let mut cmd = Command::new("sbatch");
+    cmd.current_dir(repo_root())
+        .args([
+            "--parsable",
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            "--gpus-per-task=0",
+            "--cpus-per-task=1",
+        ])
+        .arg(format!("--output={}", log.display()))
+        .arg("slurm/ride.sbatch")
+        .env("SLURM_CONF", &conf)
+        .env("RIDE_BIN", env!("CARGO_BIN_EXE_ride-trainer"))
+        .env("RIDE_DEVICE", "cpu")
+        .env("RIDE_METRICS_ADDR", "off")
+        .envs(env);
+    let o = cmd.output().expect("sbatch runs");
+    assert!(o.status.success(), "{}", text(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    loop {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        if t.contains("ckpt_epoch_0 (") {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "no first checkpoint:\n{t}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Node n2 drops off the network mid-run, as after a switch or NIC
+    // failure: its rank hangs, slurmctld declares the node DOWN and
+    // requeues the job (--requeue); it can run again once n2 is back.
+    let cut = Cut::node("n2");
+    let cut_at = started.elapsed().as_secs();
+    loop {
+        let info = job_info(&conf, &id);
+        if info.get("Restarts").is_some_and(|r| r != "0") {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < cut_at + 120,
+            "not requeued after the node loss: {info:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let requeued_after = started.elapsed().as_secs() - cut_at;
+    drop(cut);
+    let info = wait_done(&conf, &id, REQUEUED_JOB_SECONDS, &log);
+    let t = std::fs::read_to_string(&log).unwrap();
+    eprintln!(
+        "node lost at {cut_at} s, job requeued {requeued_after} s later, completed at {:.0} s: {info:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(info["JobState"], "COMPLETED", "{t}");
+    // One rank per node, meeting over the namespaces' network.
+    assert!(
+        t.contains("rank 0/2 (local 0/1)") && t.contains("rank 1/2 (local 0/1)"),
+        "{t}"
+    );
+    for needle in [
+        "DUE TO NODE FAILURE",
+        "allocation 2",
+        "resumed from",
+        "| top-1 overall",
+    ] {
+        assert!(t.contains(needle), "{needle:?} in\n{t}");
+    }
 }
