@@ -164,6 +164,10 @@ fn wait_done(conf: &str, id: &str, seconds: u64, log: &Path) -> HashMap<String, 
 /// it may start again; the waits below allow for that.
 const REQUEUED_JOB_SECONDS: u64 = 600;
 
+/// The tests share one 2-CPU node and each job takes both CPUs, so a job
+/// may wait for the others' (a requeue cycle takes about 3 minutes).
+const QUEUED_JOB_SECONDS: u64 = 900;
+
 #[test]
 fn usr1_saves_requeues_and_the_next_allocation_ends_with_the_same_weights() {
     let conf = slurm_conf();
@@ -187,7 +191,7 @@ fn usr1_saves_requeues_and_the_next_allocation_ends_with_the_same_weights() {
         (submit(&conf, &log, &env, &[]), out, log)
     };
     let (straight, straight_out, straight_log) = run("straight");
-    let info = wait_done(&conf, &straight, 300, &straight_log);
+    let info = wait_done(&conf, &straight, QUEUED_JOB_SECONDS, &straight_log);
     assert_eq!(info["JobState"], "COMPLETED", "{info:?}");
 
     let (id, out, log) = run("stopped");
@@ -200,7 +204,7 @@ fn usr1_saves_requeues_and_the_next_allocation_ends_with_the_same_weights() {
             break;
         }
         assert!(
-            started.elapsed().as_secs() < 300 && !t.contains("== run summary =="),
+            started.elapsed().as_secs() < QUEUED_JOB_SECONDS && !t.contains("== run summary =="),
             "no first checkpoint:\n{t}"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -211,7 +215,7 @@ fn usr1_saves_requeues_and_the_next_allocation_ends_with_the_same_weights() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let info = wait_done(&conf, &id, REQUEUED_JOB_SECONDS, &log);
+    let info = wait_done(&conf, &id, REQUEUED_JOB_SECONDS + QUEUED_JOB_SECONDS, &log);
     let t = std::fs::read_to_string(&log).unwrap();
     eprintln!(
         "USR1 → requeue → completed in {:.0} s: {info:?}",
@@ -261,7 +265,7 @@ fn the_time_limit_warning_requeues_until_the_run_is_done() {
     ];
     let started = std::time::Instant::now();
     let id = submit(&conf, &log, &env, &["--time=2", "--signal=USR1@60"]);
-    let info = wait_done(&conf, &id, REQUEUED_JOB_SECONDS + 300, &log);
+    let info = wait_done(&conf, &id, REQUEUED_JOB_SECONDS + QUEUED_JOB_SECONDS, &log);
     let t = std::fs::read_to_string(&log).unwrap();
     eprintln!(
         "time limit → requeue(s) → completed in {:.0} s: {info:?}",
@@ -288,7 +292,8 @@ fn a_failing_rank_fails_the_job_without_a_requeue() {
         ("RIDE_OUTPUT", out.to_str().unwrap()),
     ];
     let id = submit(&conf, &log, &env, &[]);
-    let info = wait_done(&conf, &id, 120, &log);
+    // Other tests' jobs may hold the node first.
+    let info = wait_done(&conf, &id, QUEUED_JOB_SECONDS, &log);
     let t = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(info["JobState"], "FAILED", "{t}");
     assert_eq!(info["ExitCode"], "78:0", "{info:?}\n{t}");
@@ -406,4 +411,62 @@ fn a_two_node_job_survives_losing_a_node() {
     ] {
         assert!(t.contains(needle), "{needle:?} in\n{t}");
     }
+}
+
+/// The pid of job `id`'s task `rank` (a `ride-trainer` process on this machine).
+fn task_pid(id: &str, rank: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        if !String::from_utf8_lossy(&cmd).contains("ride-trainer") {
+            return None;
+        }
+        let env = std::fs::read(e.path().join("environ")).ok()?;
+        let env = String::from_utf8_lossy(&env);
+        let has = |kv: &str| env.split('\0').any(|x| x == kv);
+        (has(&format!("SLURM_JOB_ID={id}")) && has(&format!("SLURM_PROCID={rank}"))).then_some(pid)
+    })
+}
+
+#[test]
+fn a_rank_killed_mid_run_fails_the_job_without_a_requeue() {
+    // A crash is not a preemption: the surviving rank finds its peer gone
+    // and exits 1 (it cannot save, a save needs every rank), and the job
+    // fails without a requeue.
+    let conf = slurm_conf();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let log = dir.path().join("crash.log");
+    let cfg = repo_root().join("configs/synthetic_ride_2e_cpu.yaml");
+    let env = [
+        ("RIDE_CFG", cfg.to_str().unwrap()),
+        ("RIDE_OUTPUT", out.to_str().unwrap()),
+        (
+            "RIDE_ARGS",
+            "--opts TRAIN.EPOCHS 30 DATA.SYNTHETIC.MAX_PER_CLASS 100",
+        ),
+    ];
+    let id = submit(&conf, &log, &env, &[]);
+    let started = std::time::Instant::now();
+    let pid = loop {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        if t.contains("ckpt_epoch_0 (") {
+            if let Some(pid) = task_pid(&id, "1") {
+                break pid;
+            }
+        }
+        assert!(
+            started.elapsed().as_secs() < QUEUED_JOB_SECONDS,
+            "no first checkpoint:\n{t}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // SAFETY: kill(2) on a process this test found by its job and rank.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let info = wait_done(&conf, &id, 300, &log);
+    let t = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(info["JobState"], "FAILED", "{info:?}\n{t}");
+    assert_eq!(info["Restarts"], "0", "{t}");
+    assert!(!t.contains("requeueing"), "{t}");
+    assert!(!t.contains("preempted: checkpoint saved"), "{t}");
 }
