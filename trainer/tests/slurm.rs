@@ -133,6 +133,11 @@ fn submit(conf: &str, log: &Path, env: &[(&str, &str)], extra: &[&str]) -> Strin
         .to_string()
 }
 
+/// `(name, value)` pairs as `submit` takes them.
+fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
 /// Wait until job `id` has ended; its final `scontrol` record.
 fn wait_done(conf: &str, id: &str, seconds: u64, log: &Path) -> HashMap<String, String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
@@ -157,6 +162,34 @@ fn wait_done(conf: &str, id: &str, seconds: u64, log: &Path) -> HashMap<String, 
             std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Job variables for the synthetic CPU config trained for `epochs`, into `out`.
+fn synthetic_job(out: &Path, epochs: u32) -> Vec<(String, String)> {
+    let cfg = repo_root().join("configs/synthetic_ride_2e_cpu.yaml");
+    vec![
+        ("RIDE_CFG".into(), cfg.display().to_string()),
+        ("RIDE_OUTPUT".into(), out.display().to_string()),
+        (
+            "RIDE_ARGS".into(),
+            format!("--opts TRAIN.EPOCHS {epochs} DATA.SYNTHETIC.MAX_PER_CLASS 100"),
+        ),
+    ]
+}
+
+/// Wait until the job log shows the first epoch's checkpoint.
+fn wait_for_first_checkpoint(log: &Path, started: std::time::Instant) {
+    loop {
+        let t = std::fs::read_to_string(log).unwrap_or_default();
+        if t.contains("ckpt_epoch_0 (") {
+            return;
+        }
+        assert!(
+            started.elapsed().as_secs() < QUEUED_JOB_SECONDS && !t.contains("== run summary =="),
+            "no first checkpoint:\n{t}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
@@ -198,17 +231,7 @@ fn usr1_saves_requeues_and_the_next_allocation_ends_with_the_same_weights() {
     let started = std::time::Instant::now();
     // After the first epoch's checkpoint, SIGUSR1 to the tasks, as Slurm's
     // --signal sends it before the time limit.
-    loop {
-        let t = std::fs::read_to_string(&log).unwrap_or_default();
-        if t.contains("ckpt_epoch_0 (") {
-            break;
-        }
-        assert!(
-            started.elapsed().as_secs() < QUEUED_JOB_SECONDS && !t.contains("== run summary =="),
-            "no first checkpoint:\n{t}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_first_checkpoint(&log, started);
     let o = Command::new("scancel")
         .args(["--signal=USR1", &id])
         .env("SLURM_CONF", &conf)
@@ -254,17 +277,9 @@ fn the_time_limit_warning_requeues_until_the_run_is_done() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let log = dir.path().join("limit.log");
-    let cfg = repo_root().join("configs/synthetic_ride_2e_cpu.yaml");
-    let env = [
-        ("RIDE_CFG", cfg.to_str().unwrap()),
-        ("RIDE_OUTPUT", out.to_str().unwrap()),
-        (
-            "RIDE_ARGS",
-            "--opts TRAIN.EPOCHS 60 DATA.SYNTHETIC.MAX_PER_CLASS 100",
-        ),
-    ];
+    let env = synthetic_job(&out, 60);
     let started = std::time::Instant::now();
-    let id = submit(&conf, &log, &env, &["--time=2", "--signal=USR1@60"]);
+    let id = submit(&conf, &log, &pairs(&env), &["--time=2", "--signal=USR1@60"]);
     let info = wait_done(&conf, &id, REQUEUED_JOB_SECONDS + QUEUED_JOB_SECONDS, &log);
     let t = std::fs::read_to_string(&log).unwrap();
     eprintln!(
@@ -332,15 +347,7 @@ fn a_two_node_job_survives_losing_a_node() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let log = dir.path().join("two.log");
-    let cfg = repo_root().join("configs/synthetic_ride_2e_cpu.yaml");
-    let env = [
-        ("RIDE_CFG", cfg.to_str().unwrap()),
-        ("RIDE_OUTPUT", out.to_str().unwrap()),
-        (
-            "RIDE_ARGS",
-            "--opts TRAIN.EPOCHS 30 DATA.SYNTHETIC.MAX_PER_CLASS 100",
-        ),
-    ];
+    let env = synthetic_job(&out, 30);
     let started = std::time::Instant::now();
     let mut cmd = Command::new("sbatch");
     cmd.current_dir(repo_root())
@@ -361,17 +368,7 @@ fn a_two_node_job_survives_losing_a_node() {
     let o = cmd.output().expect("sbatch runs");
     assert!(o.status.success(), "{}", text(&o));
     let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    loop {
-        let t = std::fs::read_to_string(&log).unwrap_or_default();
-        if t.contains("ckpt_epoch_0 (") {
-            break;
-        }
-        assert!(
-            started.elapsed().as_secs() < 300,
-            "no first checkpoint:\n{t}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_first_checkpoint(&log, started);
     // Node n2 drops off the network mid-run, as after a switch or NIC
     // failure: its rank hangs, slurmctld declares the node DOWN and
     // requeues the job (--requeue); it can run again once n2 is back.
@@ -437,30 +434,11 @@ fn a_rank_killed_mid_run_fails_the_job_without_a_requeue() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let log = dir.path().join("crash.log");
-    let cfg = repo_root().join("configs/synthetic_ride_2e_cpu.yaml");
-    let env = [
-        ("RIDE_CFG", cfg.to_str().unwrap()),
-        ("RIDE_OUTPUT", out.to_str().unwrap()),
-        (
-            "RIDE_ARGS",
-            "--opts TRAIN.EPOCHS 30 DATA.SYNTHETIC.MAX_PER_CLASS 100",
-        ),
-    ];
-    let id = submit(&conf, &log, &env, &[]);
+    let env = synthetic_job(&out, 30);
+    let id = submit(&conf, &log, &pairs(&env), &[]);
     let started = std::time::Instant::now();
-    let pid = loop {
-        let t = std::fs::read_to_string(&log).unwrap_or_default();
-        if t.contains("ckpt_epoch_0 (") {
-            if let Some(pid) = task_pid(&id, "1") {
-                break pid;
-            }
-        }
-        assert!(
-            started.elapsed().as_secs() < QUEUED_JOB_SECONDS,
-            "no first checkpoint:\n{t}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    wait_for_first_checkpoint(&log, started);
+    let pid = task_pid(&id, "1").expect("rank 1's process");
     // SAFETY: kill(2) on a process this test found by its job and rank.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let info = wait_done(&conf, &id, 300, &log);
