@@ -65,6 +65,10 @@ start() {
     exit 1
   fi
   "$here/slurm-cluster.sh" install
+  if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then
+    echo "==> installing iproute2 and util-linux (Debian packages)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 util-linux >/dev/null
+  fi
   mkdir -p "$RIDE_SLURM2_DIR/state"
   network_up
   cat > "$CONF" <<CONF
