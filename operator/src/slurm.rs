@@ -34,6 +34,38 @@ fn credential_names(uri: &str) -> Vec<String> {
         .collect()
 }
 
+/// CPUs of a Kubernetes quantity (`"6"`, `"1.5"`, `"500m"`), rounded up.
+fn cpus(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let millis = match q.strip_suffix('m') {
+        Some(m) => m.parse::<f64>().ok()?,
+        None => q.parse::<f64>().ok()? * 1000.0,
+    };
+    (millis > 0.0).then(|| (millis / 1000.0).ceil() as u64)
+}
+
+/// MiB of a Kubernetes memory quantity (`"32Gi"`, `"64G"`, `"512Mi"`,
+/// bytes), rounded up.
+fn mebibytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let units: [(&str, f64); 8] = [
+        ("Ki", 1024.0),
+        ("Mi", 1024.0 * 1024.0),
+        ("Gi", 1024.0 * 1024.0 * 1024.0),
+        ("Ti", 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    let (number, scale) = units
+        .iter()
+        .find_map(|(suffix, scale)| Some((q.strip_suffix(suffix)?, *scale)))
+        .unwrap_or((q, 1.0));
+    let bytes = number.parse::<f64>().ok()? * scale;
+    (bytes > 0.0).then(|| (bytes / (1024.0 * 1024.0)).ceil() as u64)
+}
+
 /// The batch script for `rt`. `configs` is where the trainer configs live
 /// on the cluster; `trainer` the `ride-trainer` binary there.
 pub fn render(rt: &RideTraining, configs: &Path, trainer: &str) -> String {
@@ -60,6 +92,25 @@ pub fn render(rt: &RideTraining, configs: &Path, trainer: &str) -> String {
     sbatch(format!("--nodes={}", spec.workers.replicas));
     sbatch(format!("--ntasks-per-node={tasks_per_node}"));
     sbatch(format!("--gpus-per-task={}", i32::from(gpus > 0)));
+    // A worker's CPU and memory are a node's share here: CPUs split over
+    // its tasks, memory for the node (requests, else limits).
+    let resources = spec.workers.resources.as_ref();
+    let amount = |name: &str| {
+        let from = |m: Option<
+            &std::collections::BTreeMap<
+                String,
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+            >,
+        >| { m.and_then(|m| m.get(name)).map(|q| q.0.clone()) };
+        resources.and_then(|r| from(r.requests.as_ref()).or_else(|| from(r.limits.as_ref())))
+    };
+    if let Some(c) = amount("cpu").as_deref().and_then(cpus) {
+        let per_task = c.div_ceil(tasks_per_node.max(1) as u64).max(1);
+        sbatch(format!("--cpus-per-task={per_task}"));
+    }
+    if let Some(m) = amount("memory").as_deref().and_then(mebibytes) {
+        sbatch(format!("--mem={m}M"));
+    }
     if let Some(limit) = spec.run_policy.active_deadline_seconds {
         // Slurm's --time is in minutes; never below one.
         sbatch(format!("--time={}", ((limit + 59) / 60).max(1)));
@@ -155,6 +206,41 @@ mod tests {
             !s.contains("AWS_SESSION_TOKEN:?"),
             "optional keys are not required"
         );
+    }
+
+    #[test]
+    fn worker_resources_become_cpus_per_task_and_memory_per_node() {
+        let rt = rt(r#"
+  image: ride:1
+  trainer: {config: swin.yaml}
+  workers: {replicas: 2, gpusPerWorker: 4, resources: {requests: {cpu: "30", memory: 64Gi}}}
+  checkpoint: {uri: "file:///x"}
+"#);
+        let s = render(&rt, Path::new("configs"), "ride-trainer");
+        assert!(s.lines().any(|l| l == "#SBATCH --cpus-per-task=8"), "{s}");
+        assert!(s.lines().any(|l| l == "#SBATCH --mem=65536M"), "{s}");
+        assert_eq!(cpus("500m"), Some(1));
+        assert_eq!(cpus("1.5"), Some(2));
+        assert_eq!(cpus("lots"), None);
+        assert_eq!(mebibytes("512Mi"), Some(512));
+        assert_eq!(mebibytes("1G"), Some(954));
+        assert_eq!(mebibytes("1048576"), Some(1));
+        // Without resources, Slurm's defaults stay.
+        let plain = rt_without_resources();
+        let s = render(&plain, Path::new("configs"), "ride-trainer");
+        assert!(
+            !s.contains("--cpus-per-task") && !s.contains("--mem="),
+            "{s}"
+        );
+    }
+
+    fn rt_without_resources() -> RideTraining {
+        rt(r#"
+  image: ride:1
+  trainer: {config: c.yaml}
+  workers: {replicas: 1}
+  checkpoint: {uri: "file:///x"}
+"#)
     }
 
     #[test]
