@@ -5,6 +5,7 @@
 #   scripts/slurm-cluster.sh start   install if missing, configure under $RIDE_SLURM_DIR, start daemons
 #   scripts/slurm-cluster.sh stop    stop the daemons
 #   scripts/slurm-cluster.sh install|munge   only install the packages / start munged
+#   scripts/slurm-cluster.sh common-conf     print the slurm.conf lines all test clusters share
 #
 # Clients need SLURM_CONF=$RIDE_SLURM_DIR/slurm.conf (written to $RIDE_SLURM_DIR/env).
 set -euo pipefail
@@ -22,6 +23,24 @@ install() {
     exit 1
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
+}
+
+# The slurm.conf lines every test cluster shares (slurm-two-nodes.sh too):
+# root daemons, munge, no cgroups, consumable cores, nodes back on register.
+common_conf() {
+  cat <<COMMON
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+COMMON
 }
 
 # A munge key and daemon (shared by every Slurm cluster on this machine).
@@ -47,17 +66,7 @@ start() {
   cat > "$CONF" <<CONF
 ClusterName=ride
 SlurmctldHost=$host
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
+$(common_conf)
 StateSaveLocation=$RIDE_SLURM_DIR/state
 SlurmdSpoolDir=$RIDE_SLURM_DIR/spool
 SlurmctldPidFile=$RIDE_SLURM_DIR/slurmctld.pid
@@ -105,5 +114,6 @@ case "${1:-}" in
   stop) stop ;;
   install) install ;;
   munge) munge ;;
-  *) echo "usage: $0 start|stop|install|munge" >&2; exit 2 ;;
+  common-conf) common_conf ;;
+  *) echo "usage: $0 start|stop|install|munge|common-conf" >&2; exit 2 ;;
 esac

@@ -76,17 +76,7 @@ ClusterName=ride2
 SlurmctldHost=$(hostname -s)($NET.1)
 SlurmctldPort=6827
 SlurmdPort=6828
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
+$("$here/slurm-cluster.sh" common-conf)
 # A lost node is declared DOWN after 10 s (stock: 300 s).
 SlurmdTimeout=10
 StateSaveLocation=$RIDE_SLURM2_DIR/state
