@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: set up (idempotent), start the services the tests use
 # (an S3-compatible server on loopback, a single-node Slurm cluster and a
-# two-node one in network namespaces), run
+# two-node one in network namespaces; Prometheus is installed here and
+# started by the tests that scrape), run
 # every test of the workspace, and stop the services again. Tests that need
 # Kubernetes start their own control plane (scripts/k8s-cluster.sh) under
 # $RIDE_K8S_TEST_ROOT; whatever a crashed test leaves there is killed at the end.
@@ -40,6 +41,7 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+"$here/prometheus.sh" install
 "$here/s3-server.sh" start
 "$here/slurm-cluster.sh" start
 "$here/slurm-two-nodes.sh" start

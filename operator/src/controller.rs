@@ -741,6 +741,11 @@ pub async fn run(
     let gauges = tokio::spawn(async move {
         loop {
             update_phase_gauges(&metrics, &store);
+            crate::training_gauges::update(
+                &metrics.training,
+                &store.state(),
+                jiff::Timestamp::now().as_second(),
+            );
             // Check in for /healthz, saying so if a reconcile hangs.
             let stuck = lock(&watchdog.in_flight)
                 .iter()

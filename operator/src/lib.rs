@@ -16,6 +16,7 @@ pub mod pods;
 pub mod progress;
 pub mod slurm;
 pub mod timestamps;
+pub mod training_gauges;
 
 /// The CRD as YAML, exactly as `crds/ridetrainings.ride.dev.yaml` holds it.
 pub fn crd_yaml() -> Result<String, serde_norway::Error> {

@@ -2,9 +2,10 @@
 //! `/readyz` endpoints.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,8 +53,100 @@ pub struct OperatorMetrics {
     pub time_to_restart: Histogram,
     /// Whether this replica holds the leader Lease.
     pub leader: prometheus::IntGauge,
+    /// Per-training series (`namespace`, `name` labels), one set per live
+    /// RideTraining; see [`crate::training_gauges`].
+    pub training: TrainingGauges,
     ready: AtomicBool,
     health: Mutex<LoopHealth>,
+}
+
+/// Gauges labelled by training (`namespace`, `name`): their cardinality is
+/// bounded by the live RideTrainings, and a deleted training's series go.
+pub struct TrainingGauges {
+    /// 1 for the training's phase, 0 for the others.
+    pub phase: IntGaugeVec,
+    /// Restarts so far, by `kind` (`budget` or `exempt`).
+    pub restarts: IntGaugeVec,
+    /// `spec.restartPolicy.budget`.
+    pub restart_budget: IntGaugeVec,
+    /// Ranks of the current attempt.
+    pub workers: IntGaugeVec,
+    /// Fraction of the run's optimiser steps done.
+    pub progress_ratio: GaugeVec,
+    /// Estimated seconds to the last step.
+    pub eta_seconds: GaugeVec,
+    /// Unix time rank 0 finished its last step.
+    pub last_step_timestamp: GaugeVec,
+    /// Unix time of the last durable checkpoint.
+    pub last_checkpoint_timestamp: GaugeVec,
+    /// The (namespace, name) pairs exported now.
+    pub(crate) exported: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl TrainingGauges {
+    fn new() -> Self {
+        let int = |name: &str, help: &str, extra: &[&str]| {
+            let labels: Vec<&str> = ["namespace", "name"].iter().chain(extra).copied().collect();
+            IntGaugeVec::new(Opts::new(name, help), &labels)
+                .expect("static gauge options are valid")
+        };
+        let float = |name: &str, help: &str| {
+            GaugeVec::new(Opts::new(name, help), &["namespace", "name"])
+                .expect("static gauge options are valid")
+        };
+        Self {
+            phase: int(
+                "ride_operator_training_phase",
+                "1 for the RideTraining's current phase, 0 for the others",
+                &["phase"],
+            ),
+            restarts: int(
+                "ride_operator_training_restarts",
+                "Gang restarts of the RideTraining so far; kind=budget counts against restartPolicy.budget",
+                &["kind"],
+            ),
+            restart_budget: int(
+                "ride_operator_training_restart_budget",
+                "The RideTraining's restartPolicy.budget",
+                &[],
+            ),
+            workers: int(
+                "ride_operator_training_workers",
+                "Ranks of the RideTraining's current attempt",
+                &[],
+            ),
+            progress_ratio: float(
+                "ride_operator_training_progress_ratio",
+                "Fraction of the run's optimiser steps done, from rank 0's progress report",
+            ),
+            eta_seconds: float(
+                "ride_operator_training_eta_seconds",
+                "Estimated seconds until the run's last step, from the observed step rate",
+            ),
+            last_step_timestamp: float(
+                "ride_operator_training_last_step_timestamp_seconds",
+                "Unix time rank 0 reported its last optimiser step",
+            ),
+            last_checkpoint_timestamp: float(
+                "ride_operator_training_last_checkpoint_timestamp_seconds",
+                "Unix time of the RideTraining's last durable checkpoint",
+            ),
+            exported: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.phase.clone()),
+            Box::new(self.restarts.clone()),
+            Box::new(self.restart_budget.clone()),
+            Box::new(self.workers.clone()),
+            Box::new(self.progress_ratio.clone()),
+            Box::new(self.eta_seconds.clone()),
+            Box::new(self.last_step_timestamp.clone()),
+            Box::new(self.last_checkpoint_timestamp.clone()),
+        ]
+    }
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -110,6 +203,7 @@ impl OperatorMetrics {
                 "1 while this replica holds the leader Lease",
             )
             .expect("static gauge options are valid"),
+            training: TrainingGauges::new(),
             registry,
             ready: AtomicBool::new(false),
             health: Mutex::new(LoopHealth::default()),
@@ -122,7 +216,14 @@ impl OperatorMetrics {
             Box::new(m.time_to_running.clone()),
             Box::new(m.time_to_restart.clone()),
             Box::new(m.leader.clone()),
-        ] {
+        ]
+        .into_iter()
+        .chain(m.training.collectors())
+        .chain(std::iter::once(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )
+            as Box<dyn prometheus::core::Collector>))
+        {
             m.registry
                 .register(c)
                 .expect("metric names are registered once");
@@ -137,6 +238,26 @@ impl OperatorMetrics {
             m.trainings.with_label_values(&[phase.as_str()]);
         }
         Arc::new(m)
+    }
+
+    /// The names of every metric family registered, including labelled
+    /// ones without series yet (which the exposition leaves out).
+    pub fn metric_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .chain(
+                self.training
+                    .collectors()
+                    .iter()
+                    .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone())),
+            )
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// The Prometheus text exposition.

@@ -261,6 +261,43 @@ fn monitoring_objects_and_dashboard_use_exported_metrics() {
         }
     }
     assert!(used.len() >= 8, "{used:?}");
+    // A training is selected exactly, never by a pod-name pattern that
+    // would also match `ride-tiny-2e` when asking for `ride-tiny`.
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(!expr.contains("=~"), "pattern match in {expr}");
+            if expr.contains("ride_operator_training_") {
+                assert!(expr.contains(r#"name="$training""#), "{expr}");
+            } else if !expr.contains("ride_operator_") {
+                assert!(
+                    expr.contains(r#"namespace="$namespace", training="$training""#),
+                    "{expr}"
+                );
+            }
+        }
+    }
+    // The PodMonitor gives the trainer series those labels; the operator's
+    // own namespace label must not overwrite the trainings' one.
+    let pm = find(&r, "PodMonitor");
+    let relabel = &pm["spec"]["podMetricsEndpoints"][0]["relabelings"];
+    for (source, target) in [
+        ("__meta_kubernetes_pod_label_ride_dev_training", "training"),
+        ("__meta_kubernetes_pod_label_ride_dev_rank", "rank"),
+    ] {
+        assert!(
+            relabel
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["sourceLabels"][0] == source && r["targetLabel"] == target),
+            "{relabel}"
+        );
+    }
+    assert_eq!(
+        find(&r, "ServiceMonitor")["spec"]["endpoints"][0]["honorLabels"],
+        true
+    );
     for m in &used {
         assert!(
             reference.contains(&format!("`{m}`")),
@@ -268,12 +305,9 @@ fn monitoring_objects_and_dashboard_use_exported_metrics() {
         );
     }
     // And the operator really exports its own.
-    let exported = ride_operator::metrics::OperatorMetrics::new().render();
+    let exported = ride_operator::metrics::OperatorMetrics::new().metric_names();
     for m in used.iter().filter(|m| m.starts_with("ride_operator_")) {
-        assert!(
-            exported.contains(&format!("# TYPE {m} ")),
-            "the operator does not export {m}"
-        );
+        assert!(exported.contains(m), "the operator does not export {m}");
     }
 }
 
@@ -339,4 +373,48 @@ fn the_real_helm_checks_values_against_the_schema() {
         assert!(!ok, "helm accepted {bad}");
         assert!(err.contains(field), "{bad}: {err}");
     }
+}
+
+/// The PrometheusRule the chart renders (default thresholds) passes
+/// `promtool check rules` and the unit tests in `charts/alerts.test.yaml`.
+#[test]
+fn alerts_pass_their_promtool_unit_tests() {
+    let r = render(r#"{"alerts": {"enabled": true}}"#);
+    let rule = find(&r, "PrometheusRule");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, serde_norway::to_string(&rule["spec"]).unwrap()).unwrap();
+    let tests = dir.path().join("alerts.test.yaml");
+    std::fs::copy(repo().join("charts/alerts.test.yaml"), &tests).unwrap();
+    let promtool = |args: &[&str]| {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("promtool (scripts/prometheus.sh install)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?}:\n{text}");
+        text
+    };
+    let checked = promtool(&["check", "rules", "rules.yaml"]);
+    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
+    println!("{}", promtool(&["test", "rules", "alerts.test.yaml"]));
+    // Every alert has a unit test.
+    let test_text = std::fs::read_to_string(&tests).unwrap();
+    for group in rule["spec"]["groups"].as_array().unwrap() {
+        for r in group["rules"].as_array().unwrap() {
+            let name = r["alert"].as_str().unwrap();
+            assert!(
+                test_text.contains(&format!("alertname: {name}")),
+                "{name} has no test"
+            );
+        }
+    }
+    // Off by default.
+    let k = kinds(&render("{}"));
+    assert!(!k.contains(&"PrometheusRule".to_string()), "{k:?}");
 }

@@ -1,6 +1,9 @@
 //! Prometheus metrics (`ride_*`) and the HTTP endpoint that serves them.
 
-use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge,
+    Opts, Registry, TextEncoder,
+};
 use std::sync::{Arc, Mutex};
 
 /// The trainer's metrics.
@@ -15,8 +18,23 @@ pub struct Metrics {
     pub loss: Gauge,
     /// Learning rate of the last step.
     pub lr: Gauge,
-    /// Training throughput.
-    pub images_per_second: Gauge,
+    /// Images this rank trained on; `sum(rate(...))` over the ranks is the
+    /// job's throughput, and survives restarts unlike a since-start average.
+    pub images_trained: IntCounter,
+    /// Seconds per optimiser step (all micro-steps of an accumulation).
+    pub step_duration: Histogram,
+    /// Seconds each iteration waited for its batch from the data loader.
+    pub data_wait: Histogram,
+    /// Seconds per gradient all-reduce (only with several ranks).
+    pub allreduce_duration: Histogram,
+    /// Unix time the last optimiser step finished.
+    pub last_step_timestamp: Gauge,
+    /// Fraction of the run's optimiser steps done (0 to 1).
+    pub progress_ratio: Gauge,
+    /// Estimated seconds until the last step, from the recent step time.
+    pub eta_seconds: Gauge,
+    /// Unix time the last checkpoint became durable.
+    pub checkpoint_timestamp: Gauge,
     /// Global gradient norm before clipping.
     pub grad_norm: Gauge,
     /// Latest evaluation top-1 by split (`overall`, `many`, `medium`, `few`).
@@ -71,6 +89,24 @@ impl Metrics {
                 .expect("unique metric");
             m
         };
+        let hist = |name: &str, help: &str, buckets: Vec<f64>| {
+            let m = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        // 5 ms to 82 s: a tiny CPU model's step up to a large model's
+        // accumulated step; 0.5 ms to 16 s for the waits.
+        let step_buckets = exponential_buckets(0.005, 2.0, 15).expect("valid buckets");
+        let wait_buckets = exponential_buckets(0.0005, 2.0, 16).expect("valid buckets");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         let counter = |name: &str, help: &str| {
             let m = IntCounter::with_opts(Opts::new(name, help)).expect("valid metric");
             registry
@@ -83,9 +119,40 @@ impl Metrics {
             epoch: ig("ride_epoch", "Current epoch (0-based)"),
             loss: g("ride_loss", "Training loss of the last iteration"),
             lr: g("ride_learning_rate", "Learning rate of the last iteration"),
-            images_per_second: g(
-                "ride_images_per_second",
-                "Training throughput of this process",
+            images_trained: counter(
+                "ride_images_trained_total",
+                "Images this rank trained on (sum the rate over ranks for throughput)",
+            ),
+            step_duration: hist(
+                "ride_step_duration_seconds",
+                "Seconds per optimiser step, accumulation micro-steps included",
+                step_buckets.clone(),
+            ),
+            data_wait: hist(
+                "ride_data_wait_seconds",
+                "Seconds each iteration waited for its batch from the data loader",
+                wait_buckets,
+            ),
+            allreduce_duration: hist(
+                "ride_allreduce_duration_seconds",
+                "Seconds per gradient all-reduce across the ranks",
+                step_buckets,
+            ),
+            last_step_timestamp: g(
+                "ride_last_step_timestamp_seconds",
+                "Unix time the last optimiser step finished",
+            ),
+            progress_ratio: g(
+                "ride_progress_ratio",
+                "Fraction of the run's optimiser steps done (0 to 1)",
+            ),
+            eta_seconds: g(
+                "ride_eta_seconds",
+                "Estimated seconds until the run's last step, from the recent step time",
+            ),
+            checkpoint_timestamp: g(
+                "ride_last_checkpoint_timestamp_seconds",
+                "Unix time the last checkpoint became durable",
             ),
             grad_norm: g("ride_grad_norm", "Global gradient L2 norm before clipping"),
             eval_top1: gv(
@@ -140,6 +207,11 @@ impl Metrics {
 
     /// A durable checkpoint, for the progress report.
     pub fn record_checkpoint(&self, uri: &str, m: &crate::checkpoint::Manifest) {
+        self.checkpoint_timestamp.set(
+            chrono::DateTime::parse_from_rfc3339(&m.saved_at)
+                .map(|t| t.timestamp_millis() as f64 / 1e3)
+                .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis() as f64 / 1e3),
+        );
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         p.checkpoint = Some(ride_contract::CheckpointProgress {
             uri: uri.to_string(),

@@ -519,9 +519,12 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     let mut images_seen = 0u64;
     let mut epochs_run = 0;
+    let total_steps = cfg.train.epochs * per_epoch / accum as u64;
+    // Smoothed seconds per optimiser step, for the ETA.
+    let mut step_seconds_ema: Option<f64> = None;
     update_progress(&run.report, |p| {
         p.state = ride_contract::RunState::Training;
-        p.total_steps = cfg.train.epochs * per_epoch / accum as u64;
+        p.total_steps = total_steps;
         p.step = opt.steps();
     });
     for epoch in start_epoch..cfg.train.epochs {
@@ -560,7 +563,14 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
         let epoch_start = Instant::now();
         let (mut loss_sum, mut loss_n) = (0.0, 0u64);
         opt.zero_grad();
-        for (k, batch) in loader.enumerate() {
+        let mut batches = loader.enumerate();
+        let mut step_started = Instant::now();
+        loop {
+            let waiting = Instant::now();
+            let Some((k, batch)) = batches.next() else {
+                break;
+            };
+            metrics.data_wait.observe(waiting.elapsed().as_secs_f64());
             let idx = first_iter as usize + k;
             // Reseed per iteration (and rank) so dropout/drop-path streams are
             // reproducible when resuming anywhere, including mid-epoch.
@@ -639,7 +649,9 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 // Gradients are averaged once per optimiser step; the loss and
                 // any rank's stop request ride along in the same all-reduce.
                 let mut extras = [loss_value as f32, f32::from(u8::from(local_stop))];
+                let reducing = metrics.allreduce_duration.start_timer();
                 averager.average(comm, &params, &mut extras)?;
+                reducing.observe_duration();
                 loss_value = f64::from(extras[0]) / world_size as f64;
                 stop = extras[1] > 0.0;
             }
@@ -684,8 +696,21 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
             metrics.loss.set(loss_value);
             metrics.lr.set(lr_used);
             metrics.grad_norm.set(grad_norm);
-            metrics.images_per_second.set(ips);
+            metrics.images_trained.inc_by(n as u64);
             if boundary {
+                let secs = step_started.elapsed().as_secs_f64();
+                step_started = Instant::now();
+                metrics.step_duration.observe(secs);
+                let ema = step_seconds_ema.map_or(secs, |e| 0.9 * e + 0.1 * secs);
+                step_seconds_ema = Some(ema);
+                let done = opt.steps();
+                metrics
+                    .progress_ratio
+                    .set((done as f64 / total_steps.max(1) as f64).min(1.0));
+                metrics
+                    .eta_seconds
+                    .set(total_steps.saturating_sub(done) as f64 * ema);
+                metrics.last_step_timestamp.set(unix_now());
                 update_progress(&run.report, |p| {
                     p.step = opt.steps();
                     p.last_step_unix = Some(unix_now());
