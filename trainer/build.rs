@@ -8,7 +8,9 @@
 //!
 //! It also compiles the C shim for region decoding of JPEGs
 //! (`csrc/jpeg_region.c`) against libjpeg-turbo, linked statically so
-//! binaries copied to other machines need no libjpeg there.
+//! binaries copied to other machines need no libjpeg there, and the C++ shim
+//! that reads the CUDA caching allocator's statistics (`csrc/cuda_memory.cpp`)
+//! against libtorch's headers.
 use std::path::Path;
 
 fn main() {
@@ -18,6 +20,7 @@ fn main() {
         println!("cargo:warning=torch-sys did not report its libtorch directory; no rpath set");
         return;
     };
+    build_cuda_memory_shim(Path::new(&lib));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     println!("cargo:rustc-link-search=native={lib}");
     if Path::new(&lib).join("libtorch_cuda.so").exists() {
@@ -46,4 +49,25 @@ fn build_jpeg_shim() {
         .compile("ride_jpeg_region");
     println!("cargo:rustc-link-search=native={lib_dir}");
     println!("cargo:rustc-link-lib=static=jpeg");
+}
+
+/// Compile the allocator-statistics shim against the headers next to
+/// libtorch's `lib/` (`include/`, as in the PyPI wheel and the zip).
+fn build_cuda_memory_shim(lib: &Path) {
+    println!("cargo:rerun-if-changed=csrc/cuda_memory.cpp");
+    let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
+    if !include.join("c10/core/CachingDeviceAllocator.h").exists() {
+        panic!(
+            "libtorch headers not found in {}: the libtorch in use lacks c10/core/CachingDeviceAllocator.h (torch >= 2.9 has it)",
+            include.display()
+        );
+    }
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/cuda_memory.cpp")
+        .include(&include)
+        .flag("-std=c++17")
+        .flag_if_supported("-Wno-unused-parameter")
+        .opt_level(2)
+        .compile("ride_cuda_memory");
 }

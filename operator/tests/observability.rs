@@ -29,6 +29,11 @@ const NS: &str = "default";
 const TRAINING: &str = "ride-cpu";
 /// What Grafana makes of `$__rate_interval` at a 1 s scrape interval, with margin.
 const RATE_INTERVAL: &str = "10s";
+/// Panels empty by design in this test, with the reason.
+const EMPTY_BY_DESIGN: [(&str, &str); 1] = [(
+    "GPU memory per rank (CUDA caching allocator)",
+    "the workers train on CPU; only ranks on a GPU export ride_gpu_memory_*",
+)];
 
 /// A Prometheus started by `scripts/prometheus.sh`; stopped on drop.
 struct Prometheus {
@@ -231,6 +236,10 @@ fn dashboard_queries() -> Vec<(String, String)> {
             .unwrap_or_else(|e| panic!("{}: {e}", entry.path().display()));
         for p in d["panels"].as_array().unwrap() {
             for t in p["targets"].as_array().unwrap() {
+                let title = p["title"].as_str().unwrap();
+                if EMPTY_BY_DESIGN.iter().any(|(t, _)| *t == title) {
+                    continue;
+                }
                 let expr = t["expr"]
                     .as_str()
                     .unwrap()
@@ -394,6 +403,9 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         queries.len(),
         started.elapsed().as_secs_f64()
     );
+    for (title, why) in EMPTY_BY_DESIGN {
+        println!("not queried: {title}: {why}");
+    }
     println!("| panel | query | series |\n|---|---|---|");
     for (i, (title, expr)) in queries.iter().enumerate() {
         println!("| {title} | `{expr}` | {} |", results[&i]);

@@ -4,7 +4,51 @@ use prometheus::{
     exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge,
     Opts, Registry, TextEncoder,
 };
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+extern "C" {
+    /// `csrc/cuda_memory.cpp`: allocated, reserved, peak allocated, peak
+    /// reserved bytes of CUDA device `device` into `out[0..4]`; 0 on success.
+    fn ride_cuda_memory_stats(device: std::os::raw::c_int, out: *mut i64) -> std::os::raw::c_int;
+}
+
+/// What the CUDA caching allocator holds on one device, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CudaMemory {
+    /// In tensors now.
+    pub allocated: i64,
+    /// Reserved from the driver now (allocated plus cached).
+    pub reserved: i64,
+    /// Highest `allocated` so far.
+    pub peak_allocated: i64,
+    /// Highest `reserved` so far.
+    pub peak_reserved: i64,
+}
+
+/// The allocator's statistics for CUDA device `device`, or None when CUDA
+/// is not in use in this process (no GPU, or no CUDA tensor yet).
+pub fn cuda_memory(device: usize) -> Option<CudaMemory> {
+    let device = std::os::raw::c_int::try_from(device).ok()?;
+    let mut out = [0i64; 4];
+    // SAFETY: the shim writes exactly four i64 into `out` and catches every
+    // C++ exception.
+    let rc = unsafe { ride_cuda_memory_stats(device, out.as_mut_ptr()) };
+    (rc == 0).then_some(CudaMemory {
+        allocated: out[0],
+        reserved: out[1],
+        peak_allocated: out[2],
+        peak_reserved: out[3],
+    })
+}
+
+/// The GPU memory gauges of a rank that trains on CUDA device `device`.
+struct CudaGauges {
+    device: usize,
+    allocated: IntGauge,
+    reserved: IntGauge,
+    peak_allocated: IntGauge,
+    peak_reserved: IntGauge,
+}
 
 /// The trainer's metrics.
 #[derive(Clone)]
@@ -57,6 +101,8 @@ pub struct Metrics {
     pub world_size: IntGauge,
     /// The JSON progress report served at `/progress`.
     pub progress: Arc<Mutex<ride_contract::Progress>>,
+    /// Set once the rank trains on a GPU; read at every scrape.
+    cuda: Arc<OnceLock<CudaGauges>>,
 }
 
 impl Metrics {
@@ -186,6 +232,52 @@ impl Metrics {
             world_size: ig("ride_world_size", "Ranks in the training job"),
             progress,
             registry,
+            cuda: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Export the CUDA caching allocator's memory on `device`
+    /// (`ride_gpu_memory_*`), read at every scrape so the training loop pays
+    /// nothing. Only for ranks on a GPU: CPU runs do not export these.
+    pub fn watch_cuda_memory(&self, device: usize) {
+        self.cuda.get_or_init(|| {
+            let gauge = |name: &str, help: &str| {
+                let m = IntGauge::with_opts(Opts::new(name, help)).expect("valid metric");
+                self.registry
+                    .register(Box::new(m.clone()))
+                    .expect("unique metric");
+                m
+            };
+            CudaGauges {
+                device,
+                allocated: gauge(
+                    "ride_gpu_memory_allocated_bytes",
+                    "Bytes of GPU memory in tensors (CUDA caching allocator)",
+                ),
+                reserved: gauge(
+                    "ride_gpu_memory_reserved_bytes",
+                    "Bytes of GPU memory reserved by the CUDA caching allocator (in tensors or cached)",
+                ),
+                peak_allocated: gauge(
+                    "ride_gpu_memory_peak_allocated_bytes",
+                    "Highest ride_gpu_memory_allocated_bytes since the process started",
+                ),
+                peak_reserved: gauge(
+                    "ride_gpu_memory_peak_reserved_bytes",
+                    "Highest ride_gpu_memory_reserved_bytes since the process started",
+                ),
+            }
+        });
+    }
+
+    fn refresh_cuda_memory(&self) {
+        if let Some(g) = self.cuda.get() {
+            if let Some(m) = cuda_memory(g.device) {
+                g.allocated.set(m.allocated);
+                g.reserved.set(m.reserved);
+                g.peak_allocated.set(m.peak_allocated);
+                g.peak_reserved.set(m.peak_reserved);
+            }
         }
     }
 
@@ -229,6 +321,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of all metrics.
     pub fn render(&self) -> String {
+        self.refresh_cuda_memory();
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
@@ -272,6 +365,27 @@ impl Default for Metrics {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn cuda_memory_is_none_without_cuda_tensors_and_never_crashes() {
+        // On a machine with a GPU the statistics appear once a CUDA tensor
+        // exists (scripts/gpu-check.sh); here the shim must say "not in use".
+        if tch::Cuda::is_available() {
+            let _t = tch::Tensor::zeros([1024], (tch::Kind::Float, tch::Device::Cuda(0)));
+            let m = cuda_memory(0).expect("statistics with a CUDA tensor alive");
+            assert!(m.allocated >= 4096 && m.reserved >= m.allocated, "{m:?}");
+        } else {
+            assert_eq!(cuda_memory(0), None);
+            assert_eq!(cuda_memory(usize::MAX), None);
+        }
+        // Only a rank that watches a GPU exports the gauges.
+        let m = Metrics::new();
+        assert!(!m.render().contains("ride_gpu_memory"));
+        m.watch_cuda_memory(0);
+        assert!(m
+            .render()
+            .contains("# TYPE ride_gpu_memory_reserved_bytes gauge"));
+    }
 
     #[test]
     fn serves_prometheus_text_over_http() {

@@ -292,6 +292,9 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
     let parameters = parameter_count(&vs);
     let metrics = Metrics::with_progress(run.report.clone());
     metrics.world_size.set(world_size as i64);
+    if let Device::Cuda(index) = device {
+        metrics.watch_cuda_memory(index);
+    }
     update_progress(&run.report, |p| {
         p.rank = rank as u32;
         p.world_size = world_size as u32;
