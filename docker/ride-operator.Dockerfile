@@ -1,7 +1,8 @@
 # The operator image: `ride-operator` (and the `ride` CLI) on distroless.
 # Build from the repository root:
 #   docker build -f docker/ride-operator.Dockerfile -t ghcr.io/ride-on-cluster/ride-operator:0.1.0 .
-# Not built on the development machines (no Docker daemon there); see docs/status.md.
+# The same contents as `scripts/images.sh build` (no daemon needed; docs/operations.md).
+# This file itself has not been built on the development machines (no daemon there).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .

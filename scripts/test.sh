@@ -2,7 +2,7 @@
 # The test command: set up (idempotent), start the services the tests use
 # (an S3-compatible server on loopback, a single-node Slurm cluster and a
 # two-node one in network namespaces; Prometheus is installed here and
-# started by the tests that scrape), run
+# started by the tests that scrape), build the container images, run
 # every test of the workspace, and stop the services again. Tests that need
 # Kubernetes start their own control plane (scripts/k8s-cluster.sh) under
 # $RIDE_K8S_TEST_ROOT; whatever a crashed test leaves there is killed at the end.
@@ -16,7 +16,9 @@ RIDE_S3_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ride-s3.XXXXXX")"
 RIDE_SLURM_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ride-slurm.XXXXXX")"
 RIDE_SLURM2_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ride-slurm2.XXXXXX")"
 RIDE_K8S_TEST_ROOT="$(mktemp -d "${TMPDIR:-/tmp}/ride-k8s.XXXXXX")"
-export RIDE_S3_DIR RIDE_SLURM_DIR RIDE_SLURM2_DIR RIDE_K8S_TEST_ROOT
+# Unpacked image root filesystems (scripts/images.sh smoke; several GB).
+RIDE_IMAGE_ROOTFS="$(mktemp -d "${TMPDIR:-/tmp}/ride-rootfs.XXXXXX")"
+export RIDE_S3_DIR RIDE_SLURM_DIR RIDE_SLURM2_DIR RIDE_K8S_TEST_ROOT RIDE_IMAGE_ROOTFS
 # Kill every process whose command line or working directory lies under $1
 # (control-plane components and pod processes of tests that did not clean up).
 reap() {
@@ -37,11 +39,14 @@ cleanup() {
   "$here/slurm-two-nodes.sh" stop || true
   "$here/slurm-cluster.sh" stop || true
   reap "$RIDE_K8S_TEST_ROOT" || true
-  rm -rf "$RIDE_S3_DIR" "$RIDE_SLURM_DIR" "$RIDE_SLURM2_DIR" "$RIDE_K8S_TEST_ROOT" || true
+  rm -rf "$RIDE_S3_DIR" "$RIDE_SLURM_DIR" "$RIDE_SLURM2_DIR" "$RIDE_K8S_TEST_ROOT" "$RIDE_IMAGE_ROOTFS" || true
   exit "$rc"
 }
 trap cleanup EXIT
 "$here/prometheus.sh" install
+# The container images, from the binaries set-up built (skipped when they
+# did not change); operator/tests/images.rs checks and runs them.
+"$here/images.sh" build
 "$here/s3-server.sh" start
 "$here/slurm-cluster.sh" start
 "$here/slurm-two-nodes.sh" start

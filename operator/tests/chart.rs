@@ -418,3 +418,35 @@ fn alerts_pass_their_promtool_unit_tests() {
     let k = kinds(&render("{}"));
     assert!(!k.contains(&"PrometheusRule".to_string()), "{k:?}");
 }
+
+/// One version everywhere: the crates, the chart's appVersion (the default
+/// operator image tag) and the trainer image in every example, which is the
+/// tag `scripts/images.sh` gives the images it builds.
+#[test]
+fn the_crate_version_is_the_image_tag_everywhere() {
+    let version = env!("CARGO_PKG_VERSION");
+    let chart = std::fs::read_to_string(repo().join("charts/ride-operator/Chart.yaml")).unwrap();
+    assert!(
+        chart.contains(&format!("appVersion: \"{version}\"")),
+        "Chart.yaml appVersion is not {version}:\n{chart}"
+    );
+    let mut examples = 0;
+    for entry in std::fs::read_dir(repo().join("examples")).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        for line in text.lines().filter(|l| l.contains("ride-trainer:")) {
+            assert!(
+                line.trim_end().ends_with(&format!("/ride-trainer:{version}")),
+                "{}: {line}",
+                entry.path().display()
+            );
+            examples += 1;
+        }
+    }
+    assert!(examples >= 5, "{examples}");
+    let out = std::process::Command::new(repo().join("scripts/images.sh"))
+        .arg("tag")
+        .output()
+        .unwrap();
+    let tags = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(tags.split_whitespace().next(), Some(version), "{tags}");
+}
