@@ -217,9 +217,9 @@ report() {
 # Unpack NAME into $ROOTFS/NAME (umoci, from the layout, as a registry would
 # serve it).
 unpack() {
-  local name="$1" bundle="$ROOTFS/../bundle-$1"
+  local name="$1" bundle="$ROOTFS/.bundle-$1"
   mkdir -p "$ROOTFS"
-  chmod 0755 "$ROOTFS" "$ROOTFS/.."
+  chmod 0755 "$ROOTFS"
   rm -rf "$bundle" "${ROOTFS:?}/$name"
   umoci unpack --image "$OUT/$name.oci:$TAG" "$bundle" >/dev/null
   mv "$bundle/rootfs" "$ROOTFS/$name"
@@ -266,9 +266,8 @@ smoke() {
   find "$ckpt" -name latest | grep -q . || { echo "error: no checkpoint written to the volume" >&2; exit 1; }
   echo "checkpoint on the volume: $(find "$ckpt" -name latest -printf '%h\n' | head -1 | sed "s|$ckpt|/mnt/ckpt|") (owner uid $(stat -c %u "$(find "$ckpt" -name latest | head -1)"))"
   echo "--- what the trainer image holds (MB)"
-  du -sm "$ROOTFS/ride-trainer"/opt/ride/python/nvidia/* "$ROOTFS/ride-trainer"/opt/ride/python/torch/lib \
-    "$ROOTFS/ride-trainer"/usr/local/bin/ride-trainer "$ROOTFS/ride-trainer"/usr/lib "$ROOTFS/ride-trainer"/lib 2>/dev/null \
-    | sort -rn | sed "s|$ROOTFS/ride-trainer||"
+  (cd "$ROOTFS/ride-trainer" && du -sm opt/ride/python/nvidia/* opt/ride/python/torch/lib \
+    usr/local/bin/ride-trainer lib* etc opt/ride/configs) | sort -rn
   rm -rf "$ckpt"
 }
 

@@ -431,11 +431,15 @@ fn the_crate_version_is_the_image_tag_everywhere() {
         "Chart.yaml appVersion is not {version}:\n{chart}"
     );
     let mut examples = 0;
-    for entry in std::fs::read_dir(repo().join("examples")).unwrap().flatten() {
+    for entry in std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .flatten()
+    {
         let text = std::fs::read_to_string(entry.path()).unwrap();
         for line in text.lines().filter(|l| l.contains("ride-trainer:")) {
             assert!(
-                line.trim_end().ends_with(&format!("/ride-trainer:{version}")),
+                line.trim_end()
+                    .ends_with(&format!("/ride-trainer:{version}")),
                 "{}: {line}",
                 entry.path().display()
             );

@@ -4,10 +4,16 @@
 //! binaries, and `scripts/images.sh smoke` runs them without a daemon:
 //! unpacked with umoci, in bubblewrap as the image's user on a read-only
 //! root, including a one-epoch CPU training that checkpoints to a volume.
+//! Then the CPU example trains on the real control plane with node agents
+//! that run the unpacked trainer image itself (bubblewrap, uid 1000,
+//! read-only root) instead of the host's binary, checkpointing to a
+//! hostPath volume.
 
 mod common;
 
-use common::repo;
+use common::cluster::Cluster;
+use common::node_agent::{Image, NodeSpec, Sandbox};
+use common::{eventually, repo, status, Operator};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -70,8 +76,31 @@ fn sha256_of(paths: &[PathBuf]) -> String {
     String::from_utf8_lossy(&out.stdout)[..64].to_string()
 }
 
-#[test]
-fn images_hold_this_build_run_as_non_root_and_pass_the_smoke_run() {
+fn rootfs_dir() -> PathBuf {
+    std::env::var_os("RIDE_IMAGE_ROOTFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/ride-images/rootfs"))
+}
+
+/// Let the image's user reach `dir` (test directories are created 0700).
+fn open_up(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = Some(dir);
+    while let Some(p) = d {
+        if p == std::path::Path::new("/tmp") || p == std::path::Path::new("/") {
+            break;
+        }
+        if let Ok(meta) = std::fs::metadata(p) {
+            let mode = meta.permissions().mode() | 0o005;
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+        }
+        d = p.parent();
+    }
+}
+
+// One test: the end-to-end part runs the root filesystem the smoke run unpacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_hold_this_build_run_as_non_root_and_train_on_the_control_plane() {
     let tags = script("tag");
     let (tag, full_tag) = tags.trim().split_once(' ').unwrap();
     assert_eq!(tag, env!("CARGO_PKG_VERSION"));
@@ -141,4 +170,115 @@ fn images_hold_this_build_run_as_non_root_and_pass_the_smoke_run() {
     ] {
         assert!(smoke.contains(needle), "{needle:?} in:\n{smoke}");
     }
+
+    // The CPU example on the control plane, run from the image.
+    let rootfs = rootfs_dir().join("ride-trainer");
+    assert!(rootfs.join("usr/local/bin/ride-trainer").exists());
+    let cluster = Cluster::start();
+    open_up(&cluster.dir);
+    cluster.install_crd();
+    let op = Operator::start(
+        &cluster.kubeconfig,
+        "op-images",
+        &["--allow-host-path-datasets"],
+    );
+    let image = Image {
+        matches: "ride-trainer".into(),
+        bin_dir: PathBuf::new(),
+        paths: vec![],
+        sandbox: Some(Sandbox {
+            rootfs,
+            uid: 1000,
+            gid: 1000,
+        }),
+    };
+    let mut agents = vec![];
+    for name in ["node-a", "node-b"] {
+        agents.push(cluster.node(NodeSpec::new(name, vec![image.clone()])).await);
+    }
+    let ckpt = tempfile::Builder::new()
+        .prefix("ride-image-ckpt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        ckpt.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
+        .unwrap()
+        .replace("uri: file:///tmp/ride-cpu", "uri: file:///mnt/ckpt")
+        .replace(
+            "  workers:\n    replicas: 2\n",
+            &format!(
+                "  workers:\n    replicas: 2\n    template:\n      volumes: [{{name: ckpt, hostPath: {{path: {}}}}}]\n      volumeMounts: [{{name: ckpt, mountPath: /mnt/ckpt}}]\n",
+                ckpt.path().display()
+            ),
+        );
+    assert!(text.contains("hostPath"), "{text}");
+    let manifest = cluster.dir.join("ride-cpu.yaml");
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "kubectl apply: {out}");
+    let client = cluster.client().await;
+    let c = &client;
+    let started = std::time::Instant::now();
+    let ctx = || {
+        let (_, rt) = cluster.kubectl(&["get", "rt", "ride-cpu", "-o", "yaml"]);
+        let mut s = format!("{rt}\noperator:\n{}\n", op.log_text());
+        for a in &agents {
+            s += &a.logs();
+        }
+        s
+    };
+    let st = eventually(
+        600,
+        "Succeeded",
+        || async move {
+            let st = status(c, "default", "ride-cpu").await;
+            match st["phase"].as_str() {
+                Some("Succeeded") => Some(st),
+                Some("Failed") => panic!("training failed: {st}"),
+                _ => None,
+            }
+        },
+        ctx,
+    )
+    .await;
+    println!(
+        "the CPU example trained from the image in {:.0}s: {}",
+        started.elapsed().as_secs_f64(),
+        st["latestEval"]
+    );
+    let log = std::fs::read_to_string(agents[0].log_path("default", "ride-cpu-0-0"))
+        .or_else(|_| std::fs::read_to_string(agents[1].log_path("default", "ride-cpu-0-0")))
+        .unwrap_or_default();
+    assert!(log.contains("| top-1 overall"), "{log}");
+    // Written by the image's user onto the volume.
+    let latest = walk(ckpt.path())
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "latest"))
+        .expect("a checkpoint on the hostPath volume");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&latest).unwrap().uid(), 1000);
+    assert!(
+        st["lastCheckpoint"]["uri"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("file:///mnt/ckpt/"),
+        "{st}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -235,5 +235,6 @@ pub fn trainer_image() -> Image {
             .expect("target directory")
             .to_path_buf(),
         paths: vec![("/opt/ride/configs".into(), super::repo().join("configs"))],
+        sandbox: None,
     }
 }

@@ -257,6 +257,7 @@ pub fn stand_in_image(dir: &Path) -> node_agent::Image {
         matches: "ride-trainer".into(),
         bin_dir: bin,
         paths: vec![],
+        sandbox: None,
     }
 }
 

@@ -32,7 +32,11 @@
 //!   as Slurm jobs sharing a node do;
 //! - maps paths: the image's (e.g. `/opt/ride/configs` to the checkout),
 //!   each `emptyDir` mount and the termination-message path to per-pod
-//!   directories;
+//!   directories, `hostPath` mounts to their host paths; or, for an image
+//!   given as an unpacked root filesystem ([`Sandbox`]), runs the process
+//!   in that root with bubblewrap as the image's user (read-only root,
+//!   those mounts bound at their container paths), so what the image holds
+//!   is what runs;
 //! - reports status as a kubelet does: Running with container state,
 //!   `podIP`, `startTime` and Ready conditions; Succeeded or Failed with the
 //!   exit code (128 + signal for a signal), reason and the termination
@@ -47,8 +51,8 @@
 //! [`NodeAgent::stop`] models a lost node: heartbeats and reports stop and
 //! its processes are frozen (SIGSTOP, their connections stay open, as with a
 //! machine that lost power or network), so the real controller-manager marks
-//! the node NotReady and evicts its pods. Not modelled: containers, images,
-//! cgroups and resource limits, volumes other than emptyDir, probes,
+//! the node NotReady and evicts its pods. Not modelled: image pulls,
+//! cgroups and resource limits, volumes other than emptyDir and hostPath, probes,
 //! container restarts (`restartPolicy` other than Never), init containers
 //! and sidecars, `kubectl logs`/`exec` (there is no kubelet server).
 
@@ -74,6 +78,20 @@ pub struct Image {
     pub bin_dir: PathBuf,
     /// Path prefixes of the image and where they are here.
     pub paths: Vec<(String, PathBuf)>,
+    /// Run the image's own files instead (then `bin_dir` and `paths` are
+    /// not used).
+    pub sandbox: Option<Sandbox>,
+}
+
+/// An image unpacked to a root filesystem (`scripts/images.sh smoke`), run
+/// with bubblewrap as its user.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    /// The unpacked root filesystem.
+    pub rootfs: PathBuf,
+    /// The image's user and group.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// A node to register.
@@ -741,10 +759,11 @@ impl Agent {
                 "no command (image entrypoints are not modelled)".into(),
             ));
         };
-        let exe = if program.starts_with('/') {
-            map_path(program, &image.paths)
-        } else {
-            image.bin_dir.join(program)
+        let exe = match (&image.sandbox, program.starts_with('/')) {
+            (Some(sb), true) => sb.rootfs.join(program.trim_start_matches('/')),
+            (Some(sb), false) => sb.rootfs.join("usr/local/bin").join(program),
+            (None, true) => map_path(program, &image.paths),
+            (None, false) => image.bin_dir.join(program),
         };
         if !exe.is_file() {
             return Err(NotYet::Waiting(
@@ -765,7 +784,21 @@ impl Agent {
             if is_empty_dir && m.mount_path != "/dev/shm" {
                 let host = pod_dir.join("volumes").join(&m.name);
                 let _ = std::fs::create_dir_all(&host);
+                // World-writable, as the kubelet makes emptyDirs.
+                let _ = std::fs::set_permissions(
+                    &host,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o777),
+                );
                 paths.push((m.mount_path.clone(), host));
+            }
+            let host_path = spec
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == m.name)
+                .and_then(|v| v.host_path.as_ref());
+            if let Some(hp) = host_path {
+                paths.push((m.mount_path.clone(), PathBuf::from(&hp.path)));
             }
         }
         let message_path = c
@@ -774,6 +807,10 @@ impl Agent {
             .unwrap_or_else(|| "/dev/termination-log".into());
         let host_message = pod_dir.join("termination-log");
         let _ = std::fs::write(&host_message, b"");
+        let _ = std::fs::set_permissions(
+            &host_message,
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        );
         paths.push((message_path, host_message.clone()));
 
         let ip = self.pod_ip(&uid);
@@ -799,10 +836,12 @@ impl Agent {
             "HOSTNAME".into(),
             spec.hostname.clone().unwrap_or(name.clone()),
         ));
+        // In a sandbox the container's paths are real (bound), not mapped.
+        let path_map: &[(String, PathBuf)] = if image.sandbox.is_some() { &[] } else { &paths };
         for e in c.env.iter().flatten() {
             let value = self.env_value(pod, &ip, e).await?;
             if let Some(v) = value {
-                env.push((e.name.clone(), map_value(&v, &paths)));
+                env.push((e.name.clone(), map_value(&v, path_map)));
             }
         }
         // Cluster DNS, then the gang's port on this shared host.
@@ -827,7 +866,7 @@ impl Agent {
             .iter()
             .map(|a| match a.strip_prefix("0.0.0.0:") {
                 Some(port) => format!("{ip}:{port}"),
-                None => map_value(a, &paths),
+                None => map_value(a, path_map),
             })
             .collect();
         let log = std::fs::File::create(pod_dir.join("log"))
@@ -836,12 +875,19 @@ impl Agent {
             .try_clone()
             .map_err(|e| NotYet::Waiting("CreateContainerError", e.to_string()))?;
         use std::os::unix::process::CommandExt;
-        let child = Command::new(&exe)
+        let mut cmd = match &image.sandbox {
+            None => {
+                let mut cmd = Command::new(&exe);
+                cmd.env("HOME", &pod_dir);
+                cmd
+            }
+            Some(sb) => sandboxed(sb, &paths, c.working_dir.as_deref(), program),
+        };
+        let child = cmd
             .process_group(0)
             .args(&args)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &pod_dir)
             .envs(env)
             .current_dir(&pod_dir)
             .stdin(Stdio::null())
@@ -1076,6 +1122,38 @@ fn image_of(p: &Pod) -> String {
         .and_then(|s| s.containers.first())
         .and_then(|c| c.image.clone())
         .unwrap_or_default()
+}
+
+/// `setpriv ... bwrap ... PROGRAM`: the image's root read-only, private
+/// `/proc`, `/dev`, `/dev/shm` and `/mnt`, each (container path, host path)
+/// of `mounts` bound read-write, no capabilities, as the image's user on the
+/// host as well (the sandbox shares the host's network, like the agent's
+/// other pods). The command's own arguments follow.
+fn sandboxed(
+    sb: &Sandbox,
+    mounts: &[(String, PathBuf)],
+    working_dir: Option<&str>,
+    program: &str,
+) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={}", sb.uid))
+        .arg(format!("--regid={}", sb.gid))
+        .arg("--clear-groups")
+        .arg("bwrap")
+        .arg("--ro-bind")
+        .arg(&sb.rootfs)
+        .arg("/")
+        .args(["--proc", "/proc", "--dev", "/dev"])
+        .args(["--tmpfs", "/dev/shm", "--tmpfs", "/mnt"]);
+    for (container, host) in mounts {
+        cmd.arg("--bind").arg(host).arg(container);
+    }
+    cmd.args(["--unshare-pid", "--unshare-ipc", "--unshare-user"])
+        .args(["--die-with-parent", "--cap-drop", "ALL"])
+        .args(["--uid", &sb.uid.to_string(), "--gid", &sb.gid.to_string()])
+        .args(["--chdir", working_dir.unwrap_or("/tmp")])
+        .arg(program);
+    cmd
 }
 
 /// `path` with the first matching image prefix replaced by its host path.
