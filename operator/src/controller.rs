@@ -662,12 +662,14 @@ pub const STUCK_RECONCILE: Duration = Duration::from_secs(300);
 /// The `phase` label of a training not reconciled yet.
 pub const PENDING_LABEL: &str = "Pending";
 
+/// Every value of the `phase` metrics label: not reconciled yet, then each phase.
+pub fn phase_labels() -> impl Iterator<Item = &'static str> {
+    std::iter::once(PENDING_LABEL).chain(CONDITION_TYPES.map(Phase::as_str))
+}
+
 /// Count RideTrainings by phase from the watch cache.
 pub fn update_phase_gauges(metrics: &OperatorMetrics, store: &Store<RideTraining>) {
-    let mut counts: BTreeMap<&'static str, i64> = std::iter::once(PENDING_LABEL)
-        .chain(CONDITION_TYPES.map(Phase::as_str))
-        .map(|p| (p, 0))
-        .collect();
+    let mut counts: BTreeMap<&'static str, i64> = phase_labels().map(|p| (p, 0)).collect();
     for rt in store.state() {
         let phase = rt
             .status

@@ -232,10 +232,8 @@ impl OperatorMetrics {
         for kind in ["budget", "exempt"] {
             m.restarts.with_label_values(&[kind]);
         }
-        m.trainings
-            .with_label_values(&[crate::controller::PENDING_LABEL]);
-        for phase in crate::lifecycle::CONDITION_TYPES {
-            m.trainings.with_label_values(&[phase.as_str()]);
+        for phase in crate::controller::phase_labels() {
+            m.trainings.with_label_values(&[phase]);
         }
         Arc::new(m)
     }

@@ -3,9 +3,8 @@
 //! recomputed from the cache on every refresh, so a deleted training's series
 //! disappear and the cardinality never outgrows the live trainings.
 
-use crate::controller::PENDING_LABEL;
+use crate::controller::{phase_labels, PENDING_LABEL};
 use crate::crd::{Phase, RideTraining};
-use crate::lifecycle::CONDITION_TYPES;
 use crate::metrics::TrainingGauges;
 use kube::ResourceExt;
 use std::collections::BTreeSet;
@@ -67,7 +66,7 @@ pub fn update(g: &TrainingGauges, trainings: &[std::sync::Arc<RideTraining>], no
         let (ns, name) = (rt.namespace().unwrap_or_default(), rt.name_any());
         let s = sample(rt, now);
         let key = [ns.as_str(), name.as_str()];
-        for phase in std::iter::once(PENDING_LABEL).chain(CONDITION_TYPES.map(Phase::as_str)) {
+        for phase in phase_labels() {
             g.phase
                 .with_label_values(&[&ns, &name, phase])
                 .set(i64::from(phase == s.phase));
@@ -104,7 +103,7 @@ pub fn update(g: &TrainingGauges, trainings: &[std::sync::Arc<RideTraining>], no
 
 fn remove(g: &TrainingGauges, ns: &str, name: &str) {
     let key = [ns, name];
-    for phase in std::iter::once(PENDING_LABEL).chain(CONDITION_TYPES.map(Phase::as_str)) {
+    for phase in phase_labels() {
         let _ = g.phase.remove_label_values(&[ns, name, phase]);
     }
     for kind in ["budget", "exempt"] {

@@ -17,7 +17,7 @@
 mod common;
 
 use common::cluster::Cluster;
-use common::{eventually, live_pod_names, pods_of, repo, status, Operator};
+use common::{eventually, live_pod_names, pods_of, repo, status, wait_succeeded, Operator};
 use std::path::{Path, PathBuf};
 
 const NS: &str = "default";
@@ -192,20 +192,7 @@ async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds
         ctx,
     )
     .await;
-    let st = eventually(
-        900,
-        "Succeeded",
-        || async move {
-            let st = status(c, NS, "ride-cpu").await;
-            match st["phase"].as_str() {
-                Some("Succeeded") => Some(st),
-                Some("Failed") => panic!("training failed: {st}"),
-                _ => None,
-            }
-        },
-        ctx,
-    )
-    .await;
+    let st = wait_succeeded(c, NS, "ride-cpu", 900, ctx).await;
     assert_eq!(st["restarts"], 1, "{st}");
     assert!(
         st["latestEval"]["overall"].as_f64().is_some(),

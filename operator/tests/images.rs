@@ -13,7 +13,7 @@ mod common;
 
 use common::cluster::Cluster;
 use common::node_agent::{Image, NodeSpec, Sandbox};
-use common::{eventually, repo, status, Operator};
+use common::{repo, wait_succeeded, Operator};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -231,20 +231,7 @@ async fn images_hold_this_build_run_as_non_root_and_train_on_the_control_plane()
         }
         s
     };
-    let st = eventually(
-        600,
-        "Succeeded",
-        || async move {
-            let st = status(c, "default", "ride-cpu").await;
-            match st["phase"].as_str() {
-                Some("Succeeded") => Some(st),
-                Some("Failed") => panic!("training failed: {st}"),
-                _ => None,
-            }
-        },
-        ctx,
-    )
-    .await;
+    let st = wait_succeeded(c, "default", "ride-cpu", 600, ctx).await;
     println!(
         "the CPU example trained from the image in {:.0}s: {}",
         started.elapsed().as_secs_f64(),

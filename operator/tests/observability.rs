@@ -19,7 +19,7 @@
 mod common;
 
 use common::cluster::Cluster;
-use common::{eventually, pods_of, repo, status, Operator};
+use common::{eventually, pods_of, repo, status, wait_succeeded, Operator};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -436,13 +436,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
 
     if let Some(png) = png {
-        eventually(
-            1800,
-            "Succeeded",
-            || async { (status(c, NS, TRAINING).await["phase"] == "Succeeded").then_some(()) },
-            ctx,
-        )
-        .await;
+        wait_succeeded(c, NS, TRAINING, 1800, ctx).await;
         let minutes = (started.elapsed().as_secs() / 60 + 1).to_string();
         // The project's virtual environment, where the user installed matplotlib.
         let python = std::env::var("RIDE_VENV")

@@ -713,10 +713,11 @@ pub fn run(cfg: &Config, run: &RunOptions) -> Result<RunSummary> {
                 metrics
                     .eta_seconds
                     .set(total_steps.saturating_sub(done) as f64 * ema);
-                metrics.last_step_timestamp.set(unix_now());
+                let now = unix_now();
+                metrics.last_step_timestamp.set(now);
                 update_progress(&run.report, |p| {
                     p.step = opt.steps();
-                    p.last_step_unix = Some(unix_now());
+                    p.last_step_unix = Some(now);
                     p.images_per_second = ips;
                 });
             }

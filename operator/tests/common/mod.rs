@@ -214,6 +214,31 @@ pub async fn training(client: &kube::Client, ns: &str, name: &str) -> Option<Val
         .and_then(|rt| serde_json::to_value(rt).ok())
 }
 
+/// Wait up to `secs` for training `name` to succeed and return its status;
+/// panic at once if it fails, or with `context()` on the timeout.
+pub async fn wait_succeeded(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    secs: u64,
+    context: impl Fn() -> String,
+) -> Value {
+    eventually(
+        secs,
+        "Succeeded",
+        || async move {
+            let st = status(client, ns, name).await;
+            match st["phase"].as_str() {
+                Some("Succeeded") => Some(st),
+                Some("Failed") => panic!("training failed: {st}"),
+                _ => None,
+            }
+        },
+        context,
+    )
+    .await
+}
+
 /// Its `.status` (Null when absent).
 pub async fn status(client: &kube::Client, ns: &str, name: &str) -> Value {
     training(client, ns, name)
