@@ -6,7 +6,7 @@
 //! (dropout, stochastic depth) are replayed by reseeding per block.
 
 use super::layers::{PatchMerging, SwinBlock};
-use super::ride_swin::{ModelOutput, RideSwin, Stage};
+use super::ride_swin::{ModelOutput, RideSwin};
 use tch::{Kind, Tensor};
 
 enum Op<'a> {
@@ -29,6 +29,7 @@ pub struct CheckpointTape<'a> {
     images: Tensor,
     nodes: Vec<Node<'a>>,
     seed: i64,
+    autocast: bool,
 }
 
 fn run(model: &RideSwin, op: &Op, x: &Tensor) -> Tensor {
@@ -51,33 +52,26 @@ impl RideSwin {
             images: images.shallow_clone(),
             nodes: Vec::new(),
             seed,
+            // Recomputed blocks must see the autocast state of their forward.
+            autocast: autocast_enabled(),
         };
-        let mut paths = vec![tape.push(Op::Stem, None)];
-        for stage in self.stages() {
-            let layers: Vec<_> = match stage {
-                Stage::Shared(l) => vec![l; paths.len()],
-                Stage::Branched(ls) => {
-                    if paths.len() == 1 {
-                        paths = vec![paths[0]; ls.len()];
-                    }
-                    ls.iter().collect()
-                }
-            };
-            for (path, layer) in paths.iter_mut().zip(layers) {
+        let stem = tape.push(Op::Stem, None);
+        let paths = self.walk(
+            stem,
+            |p| *p,
+            |layer, mut path| {
                 for b in layer.blocks() {
-                    *path = tape.push(Op::Block(b), Some(*path));
+                    path = tape.push(Op::Block(b), Some(path));
                 }
                 if let Some(d) = layer.downsample() {
-                    *path = tape.push(Op::Down(d), Some(*path));
+                    path = tape.push(Op::Down(d), Some(path));
                 }
-            }
-        }
+                path
+            },
+        );
         let experts = self.spec().num_experts as usize;
-        if paths.len() == 1 {
-            paths = vec![paths[0]; experts];
-        }
         let heads = (0..experts)
-            .map(|e| tape.push(Op::Head(e), Some(paths[e])))
+            .map(|e| tape.push(Op::Head(e), Some(paths[e.min(paths.len() - 1)])))
             .collect::<Vec<_>>();
         let out = ModelOutput {
             experts: heads
@@ -87,6 +81,47 @@ impl RideSwin {
         };
         (out, tape)
     }
+
+    /// The training-mode forward pass. With `use_checkpoint` in the spec
+    /// (`TRAIN.USE_CHECKPOINT`) it keeps only block inputs and recomputes
+    /// blocks in [`TrainForward::backward`]; the caller cannot tell the two apart.
+    pub fn forward_train(&self, images: &Tensor) -> TrainForward<'_> {
+        if self.spec().use_checkpoint {
+            let (output, tape) = self.forward_checkpointed(images);
+            TrainForward {
+                output,
+                tape: Some(tape),
+            }
+        } else {
+            TrainForward {
+                output: self.forward(images, true),
+                tape: None,
+            }
+        }
+    }
+}
+
+/// A training-mode forward pass: the experts' logits, and how to push a loss
+/// computed from them back through the model.
+pub struct TrainForward<'a> {
+    /// Per-expert logits.
+    pub output: ModelOutput,
+    tape: Option<CheckpointTape<'a>>,
+}
+
+impl TrainForward<'_> {
+    /// Backpropagate `loss` into the parameters' gradients.
+    pub fn backward(self, loss: &Tensor) {
+        match self.tape {
+            Some(tape) => tape.backward(loss),
+            None => loss.backward(),
+        }
+    }
+}
+
+fn autocast_enabled() -> bool {
+    // SAFETY: reads a thread-local flag of libtorch; no arguments, no failure mode.
+    unsafe { torch_sys::at_autocast_is_enabled() != 0 }
 }
 
 impl<'a> CheckpointTape<'a> {
@@ -117,8 +152,17 @@ impl<'a> CheckpointTape<'a> {
         idx
     }
 
-    /// Backpropagate `loss` through the whole model, recomputing blocks.
+    /// Backpropagate `loss` through the whole model, recomputing blocks
+    /// under the autocast state the forward pass ran with.
     pub fn backward(self, loss: &Tensor) {
+        if self.autocast {
+            tch::autocast(true, || self.recompute_backward(loss))
+        } else {
+            self.recompute_backward(loss)
+        }
+    }
+
+    fn recompute_backward(self, loss: &Tensor) {
         loss.backward();
         let mut grads: Vec<Option<Tensor>> = (0..self.nodes.len()).map(|_| None).collect();
         let add = |grads: &mut Vec<Option<Tensor>>, i: usize, g: Tensor| {

@@ -5,4 +5,5 @@ pub mod layers;
 pub mod ride_swin;
 pub mod windows;
 
+pub use checkpointing::TrainForward;
 pub use ride_swin::{ModelOutput, RideSwin, SwinSpec};

@@ -79,7 +79,7 @@ impl ModelOutput {
 }
 
 #[derive(Debug)]
-pub(crate) enum Stage {
+enum Stage {
     Shared(BasicLayer),
     Branched(Vec<BasicLayer>),
 }
@@ -276,10 +276,6 @@ impl RideSwin {
         self.num_features
     }
 
-    pub(crate) fn stages(&self) -> &[Stage] {
-        &self.stages
-    }
-
     pub(crate) fn stem(&self, images: &Tensor, train: bool) -> Tensor {
         let mut x = self.patch_embed.forward(images);
         if let Some(ape) = &self.absolute_pos_embed {
@@ -299,40 +295,50 @@ impl RideSwin {
             .mean_dim([1i64].as_slice(), false, x.kind())
     }
 
+    /// The one walk over the model's topology, shared by [`RideSwin::forward`]
+    /// and the activation-checkpointing forward: a single path runs through
+    /// the shared stages and fans out into one path per expert at the first
+    /// branched stage. `layer` runs one stage on one path; `copy` duplicates a
+    /// path's state at the fan-out. Returns one state per path: one when no
+    /// stage branches, else one per expert, in expert order.
+    pub(crate) fn walk<'s, S>(
+        &'s self,
+        start: S,
+        copy: impl Fn(&S) -> S,
+        mut layer: impl FnMut(&'s BasicLayer, S) -> S,
+    ) -> Vec<S> {
+        let mut paths = vec![start];
+        for stage in &self.stages {
+            paths = match stage {
+                Stage::Shared(l) => paths.into_iter().map(|p| layer(l, p)).collect(),
+                Stage::Branched(ls) => {
+                    if paths.len() == 1 {
+                        let first = &paths[0];
+                        paths = ls.iter().map(|_| copy(first)).collect();
+                    }
+                    paths
+                        .into_iter()
+                        .zip(ls)
+                        .map(|(p, l)| layer(l, p))
+                        .collect()
+                }
+            };
+        }
+        paths
+    }
+
     /// Forward pass returning every expert's logits.
     pub fn forward(&self, images: &Tensor, train: bool) -> ModelOutput {
-        let mut x = self.stem(images, train);
-        let mut per_expert: Option<Vec<Tensor>> = None;
-        for stage in &self.stages {
-            match (stage, per_expert.as_mut()) {
-                (Stage::Shared(l), None) => x = l.forward(&x, train),
-                (Stage::Shared(l), Some(ys)) => {
-                    for y in ys.iter_mut() {
-                        *y = l.forward(y, train);
-                    }
-                }
-                (Stage::Branched(ls), None) => {
-                    per_expert = Some(ls.iter().map(|l| l.forward(&x, train)).collect())
-                }
-                (Stage::Branched(ls), Some(ys)) => {
-                    for (y, l) in ys.iter_mut().zip(ls) {
-                        *y = l.forward(y, train);
-                    }
-                }
-            }
-        }
-        let feats: Vec<Tensor> = match per_expert {
-            Some(ys) => ys.iter().map(|y| self.head_features(y)).collect(),
-            None => {
-                let f = self.head_features(&x);
-                (0..self.heads.len()).map(|_| f.shallow_clone()).collect()
-            }
-        };
+        let x = self.stem(images, train);
+        let paths = self.walk(x, Tensor::shallow_clone, |l, x| l.forward(&x, train));
+        // Without branches the experts share their features: pool once.
+        let feats: Vec<Tensor> = paths.iter().map(|y| self.head_features(y)).collect();
         ModelOutput {
-            experts: feats
+            experts: self
+                .heads
                 .iter()
-                .zip(&self.heads)
-                .map(|(f, h)| h.forward(f))
+                .enumerate()
+                .map(|(e, h)| h.forward(&feats[e.min(feats.len() - 1)]))
                 .collect(),
         }
     }

@@ -1,0 +1,421 @@
+//! The epoch loop: a plan fixed before the first step, then per epoch the
+//! steps, an evaluation and a checkpoint; a stop request ends it with a
+//! checkpoint at the next optimiser step.
+
+use super::report::{progress_bar, record_eval_progress, unix_now, update_progress};
+use super::setup::Trainer;
+use super::step::At;
+use super::{Preempted, RunSummary};
+use crate::checkpoint::writer::Retention;
+use crate::checkpoint::{CheckpointMeta, CheckpointWriter, Snapshot};
+use crate::data::loader::{epoch_order, BatchLoader, LoaderOptions};
+use crate::data::mix_seed;
+use crate::data::mixup::MixupOptions;
+use crate::data::transforms::Transform;
+use crate::dist::ddp::{GradAverager, BUCKET_BYTES};
+use crate::eval::EvalReport;
+use crate::loss::Criterion;
+use crate::optim::schedule::CosineSchedule;
+use anyhow::{bail, Result};
+use ride_contract::RunState;
+use std::time::Instant;
+use tch::Tensor;
+
+/// What stays fixed for the whole run once the data and world are known.
+pub(super) struct Plan {
+    pub criterion: Criterion,
+    pub mixup: MixupOptions,
+    pub transform: Transform,
+    /// Micro-batches per optimiser step.
+    pub accumulation: usize,
+    /// Iterations per epoch on each rank.
+    pub per_epoch: u64,
+    /// Samples per iteration across all ranks.
+    pub global_batch: u64,
+    /// Optimiser steps the whole run takes.
+    pub total_steps: u64,
+    pub schedule: CosineSchedule,
+    pub averager: GradAverager,
+    /// The config as YAML, stored in every checkpoint.
+    pub config_yaml: String,
+}
+
+/// Counters of this process's training, for the report and the summary.
+struct Counters {
+    started: Instant,
+    images_seen: u64,
+    epochs_run: u64,
+    /// Smoothed seconds per optimiser step, for the ETA.
+    step_seconds_ema: Option<f64>,
+}
+
+impl Trainer<'_> {
+    fn plan(&self) -> Result<Plan> {
+        let cfg = self.cfg;
+        let (bs, world_size) = (cfg.data.batch_size, self.comm.world_size());
+        let accumulation = cfg.train.accumulation_steps.max(1);
+        // DistributedSampler: every rank gets ceil(N / world) samples per epoch.
+        let per_rank = self.data.train.len().div_ceil(world_size);
+        let per_epoch = (per_rank / bs) as u64;
+        if per_epoch == 0 {
+            bail!(
+                "DATA.BATCH_SIZE {bs} is larger than each rank's share of the training set ({per_rank} of {} images)",
+                self.data.train.len()
+            );
+        }
+        Ok(Plan {
+            criterion: super::build_criterion(cfg, &self.train_counts),
+            mixup: MixupOptions {
+                mixup_alpha: cfg.aug.mixup,
+                cutmix_alpha: cfg.aug.cutmix,
+                prob: cfg.aug.mixup_prob,
+                switch_prob: cfg.aug.mixup_switch_prob,
+                label_smoothing: cfg.model.label_smoothing,
+                num_classes: cfg.model.num_classes,
+            },
+            transform: crate::data::select::train_transform(cfg)?,
+            accumulation,
+            per_epoch,
+            global_batch: (bs * world_size) as u64,
+            total_steps: cfg.train.epochs * per_epoch / accumulation as u64,
+            schedule: CosineSchedule {
+                base_lr: self.lrs.base,
+                warmup_lr: self.lrs.warmup,
+                min_lr: self.lrs.min,
+                warmup_steps: (cfg.train.warmup_epochs * per_epoch as f64) as u64,
+                total_steps: cfg.train.epochs * per_epoch,
+            },
+            averager: GradAverager::new(&self.params, BUCKET_BYTES),
+            config_yaml: serde_norway::to_string(cfg).unwrap_or_default(),
+        })
+    }
+
+    /// Train the remaining epochs, evaluating and checkpointing as
+    /// configured; returns [`Preempted`] when stopped on request.
+    pub fn fit(mut self) -> Result<RunSummary> {
+        let plan = self.plan()?;
+        let cfg = self.cfg;
+        if self.is_main() {
+            eprintln!(
+                "training {} ({} parameters, {} experts) on {:?} x{}: {} images, {} classes, {} iterations/epoch, global batch {}, epochs {}..{}",
+                cfg.model.name,
+                self.parameters,
+                cfg.model.num_experts,
+                self.device,
+                self.comm.world_size(),
+                self.data.train.len(),
+                cfg.model.num_classes,
+                plan.per_epoch,
+                plan.global_batch,
+                self.state.start_epoch,
+                cfg.train.epochs
+            );
+        }
+        let mut writer = self.is_main().then(|| {
+            CheckpointWriter::new(
+                self.store.clone(),
+                Retention {
+                    keep_last: cfg.checkpoint.keep_last,
+                    keep_best: cfg.checkpoint.keep_best,
+                },
+                self.metrics.clone(),
+            )
+        });
+        let mut counters = Counters {
+            started: Instant::now(),
+            images_seen: 0,
+            epochs_run: 0,
+            step_seconds_ema: None,
+        };
+        update_progress(&self.options.report, |p| {
+            p.state = RunState::Training;
+            p.total_steps = plan.total_steps;
+            p.step = self.opt.steps();
+        });
+        for epoch in self.state.start_epoch..cfg.train.epochs {
+            let (mean_loss, seconds) =
+                self.train_epoch(epoch, &plan, &mut writer, &mut counters)?;
+            counters.epochs_run += 1;
+            self.end_epoch(epoch, mean_loss, seconds, &plan, &mut writer)?;
+        }
+        if let Some(w) = writer.as_mut() {
+            // The run is only done when its last checkpoint is durable.
+            if let Some(uri) = w.wait()? {
+                self.state.last_checkpoint = Some(uri);
+            }
+        }
+        self.comm.barrier()?;
+        let seconds = counters.started.elapsed().as_secs_f64();
+        let images_per_second = counters.images_seen as f64 / seconds.max(1e-9);
+        self.summary(counters.epochs_run, seconds, images_per_second)
+    }
+
+    /// One epoch of steps; returns the mean loss and the epoch's seconds.
+    fn train_epoch(
+        &mut self,
+        epoch: u64,
+        plan: &Plan,
+        writer: &mut Option<CheckpointWriter>,
+        counters: &mut Counters,
+    ) -> Result<(f64, f64)> {
+        let (cfg, rank, world_size) = (self.cfg, self.comm.rank(), self.comm.world_size());
+        self.metrics.epoch.set(epoch as i64);
+        update_progress(&self.options.report, |p| {
+            p.epoch = epoch;
+            p.state = RunState::Training;
+        });
+        let consumed = if epoch == self.state.start_epoch {
+            self.state.start_samples
+        } else {
+            0
+        };
+        // Iteration index the resumed position corresponds to (LR schedule, RNG streams).
+        let first_iter = consumed / plan.global_batch;
+        let order = epoch_order(
+            self.data.train.len(),
+            cfg.seed,
+            epoch,
+            rank,
+            world_size,
+            true,
+            consumed as usize,
+        );
+        let options = LoaderOptions {
+            batch_size: cfg.data.batch_size,
+            workers: cfg.data.num_workers.max(1),
+            prefetch: 4,
+            drop_last: true,
+            seed: cfg.seed,
+            epoch,
+        };
+        let loader = BatchLoader::new(
+            self.data.train.clone(),
+            plan.transform.clone(),
+            order,
+            0,
+            options,
+        );
+        let show = self.options.progress && self.is_main();
+        let pb = progress_bar(plan.per_epoch, epoch, cfg.train.epochs, show);
+        pb.set_position(first_iter);
+        let epoch_start = Instant::now();
+        let (mut loss_sum, mut loss_n) = (0.0, 0u64);
+        self.opt.zero_grad();
+        let mut batches = loader.enumerate();
+        let mut step_started = Instant::now();
+        loop {
+            let waiting = Instant::now();
+            let Some((k, batch)) = batches.next() else {
+                break;
+            };
+            self.metrics
+                .data_wait
+                .observe(waiting.elapsed().as_secs_f64());
+            let idx = first_iter as usize + k;
+            // Reseed per iteration (and rank) so dropout/drop-path streams are
+            // reproducible when resuming anywhere, including mid-epoch.
+            tch::manual_seed(
+                mix_seed(&[cfg.seed, 0xD0, epoch, idx as u64, rank as u64]) as i64 & i64::MAX,
+            );
+            self.metrics.skipped_samples.inc_by(batch.skipped as u64);
+            let at = At {
+                epoch,
+                iteration: idx,
+                boundary: plan.accumulation <= 1 || (idx + 1) % plan.accumulation == 0,
+            };
+            let Some(mb) = self.micro_batch(&batch, at, plan) else {
+                continue;
+            };
+            let lr = self.state.next_lr;
+            let out = self.train_step(&mb, at, lr, plan)?;
+            if at.boundary {
+                self.state.next_lr = plan.schedule.lr(epoch * plan.per_epoch + idx as u64);
+            }
+            self.state.micro_step += 1;
+            let n = mb.labels.size()[0] as u64;
+            counters.images_seen += n * world_size as u64;
+            loss_sum += out.loss;
+            loss_n += 1;
+            let ips =
+                counters.images_seen as f64 / counters.started.elapsed().as_secs_f64().max(1e-9);
+            let m = &self.metrics;
+            m.step.set(self.opt.steps() as i64);
+            m.loss.set(out.loss);
+            m.lr.set(lr);
+            m.grad_norm.set(out.grad_norm);
+            m.images_trained.inc_by(n);
+            if at.boundary {
+                let secs = step_started.elapsed().as_secs_f64();
+                step_started = Instant::now();
+                self.record_optimizer_step(secs, ips, plan, counters);
+            }
+            pb.set_message(format!("loss {:.4} lr {lr:.2e} {ips:.0} img/s", out.loss));
+            pb.inc(1);
+            if self.is_main()
+                && !self.options.progress
+                && cfg.print_freq > 0
+                && (idx as u64) % cfg.print_freq == 0
+            {
+                eprintln!(
+                    "epoch {} [{idx}/{}] loss {:.4} lr {lr:.3e} grad_norm {:.3} {ips:.0} img/s",
+                    epoch + 1,
+                    plan.per_epoch,
+                    out.loss,
+                    out.grad_norm
+                );
+            }
+            if at.boundary && out.stop {
+                pb.finish_and_clear();
+                let samples_done = consumed + (k as u64 + 1) * plan.global_batch;
+                return Err(self.preempt(epoch, idx as u64 + 1, samples_done, plan, writer));
+            }
+        }
+        pb.finish_and_clear();
+        if self.is_main() && self.state.overflow_steps > 0 {
+            eprintln!(
+                "mixed precision: {} optimiser steps skipped for inf/NaN gradients so far",
+                self.state.overflow_steps
+            );
+        }
+        Ok((
+            loss_sum / loss_n.max(1) as f64,
+            epoch_start.elapsed().as_secs_f64(),
+        ))
+    }
+
+    /// Step time, progress ratio, ETA and the progress report after an optimiser step.
+    fn record_optimizer_step(&self, secs: f64, ips: f64, plan: &Plan, counters: &mut Counters) {
+        let m = &self.metrics;
+        m.step_duration.observe(secs);
+        let ema = counters
+            .step_seconds_ema
+            .map_or(secs, |e| 0.9 * e + 0.1 * secs);
+        counters.step_seconds_ema = Some(ema);
+        let done = self.opt.steps();
+        m.progress_ratio
+            .set((done as f64 / plan.total_steps.max(1) as f64).min(1.0));
+        m.eta_seconds
+            .set(plan.total_steps.saturating_sub(done) as f64 * ema);
+        let now = unix_now();
+        m.last_step_timestamp.set(now);
+        update_progress(&self.options.report, |p| {
+            p.step = done;
+            p.last_step_unix = Some(now);
+            p.images_per_second = ips;
+        });
+    }
+
+    /// Evaluate (every `SAVE_FREQ` epochs and after the last), checkpoint,
+    /// and print the epoch's line.
+    fn end_epoch(
+        &mut self,
+        epoch: u64,
+        mean_loss: f64,
+        seconds: f64,
+        plan: &Plan,
+        writer: &mut Option<CheckpointWriter>,
+    ) -> Result<()> {
+        let cfg = self.cfg;
+        let last = epoch + 1 == cfg.train.epochs;
+        let mut line = format!(
+            "epoch {}/{} loss {mean_loss:.4} lr {:.3e} {seconds:.1}s",
+            epoch + 1,
+            cfg.train.epochs,
+            self.state.next_lr,
+        );
+        if epoch % cfg.save_freq.max(1) == 0 || last {
+            update_progress(&self.options.report, |p| p.state = RunState::Evaluating);
+            let report = self.evaluate_test_set()?;
+            record_eval_progress(&self.options.report, epoch, &report);
+            self.state.max_accuracy = self.state.max_accuracy.max(report.top1);
+            let band = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+            line.push_str(&format!(
+                " | top-1 {:.2} many {} medium {} few {}",
+                report.top1,
+                band(report.many),
+                band(report.medium),
+                band(report.few)
+            ));
+            if let Some(w) = writer.as_mut() {
+                let meta = self.checkpoint_meta(epoch, None, Some(report.clone()), plan);
+                self.submit_checkpoint(w, meta);
+            }
+            self.state.last_checkpoint = Some(format!(
+                "{}/{}",
+                self.output,
+                crate::checkpoint::checkpoint_dir_name(epoch, None)
+            ));
+            self.state.last_eval = Some(report);
+        }
+        if self.is_main() {
+            eprintln!("{line}");
+        }
+        Ok(())
+    }
+
+    /// Save a mid-epoch checkpoint, wait until it is durable, and return the
+    /// [`Preempted`] error that ends the run.
+    fn preempt(
+        &mut self,
+        epoch: u64,
+        iterations_done: u64,
+        samples_done: u64,
+        plan: &Plan,
+        writer: &mut Option<CheckpointWriter>,
+    ) -> anyhow::Error {
+        let mut saved = || -> Result<String> {
+            let mut checkpoint = format!("{}/(saved by rank 0)", self.output);
+            if let Some(w) = writer.as_mut() {
+                let eval = self.state.last_eval.clone();
+                let meta =
+                    self.checkpoint_meta(epoch, Some((iterations_done, samples_done)), eval, plan);
+                self.submit_checkpoint(w, meta);
+                checkpoint = w
+                    .wait()?
+                    .ok_or_else(|| anyhow::anyhow!("no checkpoint was saved"))?;
+            }
+            self.comm.barrier()?;
+            Ok(checkpoint)
+        };
+        match saved() {
+            Ok(checkpoint) => Preempted { checkpoint }.into(),
+            Err(e) => e,
+        }
+    }
+
+    /// The checkpoint record of the current state: `position` is
+    /// `(iterations done, global samples done)` within `epoch` for a
+    /// mid-epoch save, `None` at the end of the epoch.
+    fn checkpoint_meta(
+        &self,
+        epoch: u64,
+        position: Option<(u64, u64)>,
+        eval: Option<EvalReport>,
+        plan: &Plan,
+    ) -> CheckpointMeta {
+        CheckpointMeta {
+            epoch,
+            iterations_done: position.map(|(i, _)| i),
+            samples_done: position.map_or(0, |(_, s)| s),
+            world_size: self.comm.world_size() as u64,
+            step: self.opt.steps(),
+            micro_step: self.state.micro_step,
+            next_lr: self.state.next_lr,
+            max_accuracy: self.state.max_accuracy,
+            scaler: self.precision.scaler_state(),
+            eval,
+            config: plan.config_yaml.clone(),
+            saved_at: chrono::Utc::now().to_rfc3339(),
+        }
+    }
+
+    /// Hand the model and optimiser state to the background writer. Only the
+    /// host copy blocks; the upload runs while training goes on. A failure of
+    /// the previous save is reported, and its checkpoint stays the last good one.
+    fn submit_checkpoint(&self, w: &mut CheckpointWriter, meta: CheckpointMeta) {
+        let model: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        if let Err(e) = w.submit(Snapshot::capture(&model, &self.opt.state(), meta)) {
+            eprintln!("warning: an earlier checkpoint save failed: {e}");
+        }
+    }
+}

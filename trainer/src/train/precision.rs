@@ -1,0 +1,114 @@
+//! The numeric precision of training: fp32, or fp16 autocast with dynamic
+//! loss scaling on CUDA (`AMP_OPT_LEVEL` O1/O2).
+
+use crate::amp::GradScaler;
+use crate::config::Config;
+use crate::optim::{clip_grad_norm, AdamW};
+use tch::{Device, Tensor};
+
+/// How forward passes run and how gradients reach the optimiser.
+pub(crate) enum Precision {
+    /// Full precision.
+    Fp32,
+    /// fp16 autocast; the loss is scaled and steps with inf/NaN gradients are skipped.
+    Fp16(GradScaler),
+}
+
+impl Precision {
+    /// The precision `cfg` asks for on `device`, announced once by the main rank.
+    pub fn for_run(cfg: &Config, device: Device, announce: bool) -> Self {
+        let level = cfg.amp_opt_level.as_str();
+        let amp = device.is_cuda() && matches!(level, "O1" | "O2");
+        if announce && amp {
+            eprintln!("mixed precision: fp16 autocast with dynamic loss scaling");
+        } else if announce && !(level.is_empty() || level == "O0") {
+            eprintln!(
+                "note: AMP_OPT_LEVEL {level} applies on CUDA only; training in fp32 on {device:?}"
+            );
+        }
+        if amp {
+            Precision::Fp16(GradScaler::new(device))
+        } else {
+            Precision::Fp32
+        }
+    }
+
+    /// Run `f` (a forward pass) under this precision's autocast.
+    pub fn autocast<T>(&self, f: impl FnOnce() -> T) -> T {
+        match self {
+            // tch's autocast is fp16-only; the loss computed outside stays fp32.
+            Precision::Fp16(_) => tch::autocast(true, f),
+            Precision::Fp32 => f(),
+        }
+    }
+
+    /// Whether a non-finite loss is expected now and then (and handled by
+    /// skipping the step) rather than a sign the run diverged.
+    pub fn tolerates_non_finite_loss(&self) -> bool {
+        matches!(self, Precision::Fp16(_))
+    }
+
+    /// The loss to backpropagate.
+    pub fn scale(&self, loss: &Tensor) -> Tensor {
+        match self {
+            Precision::Fp16(s) => s.scale(loss),
+            Precision::Fp32 => loss.shallow_clone(),
+        }
+    }
+
+    /// The loss scaler's state for a checkpoint.
+    pub fn scaler_state(&self) -> Option<(f64, i64)> {
+        match self {
+            Precision::Fp16(s) => Some(s.state()),
+            Precision::Fp32 => None,
+        }
+    }
+
+    /// Restore a checkpoint's loss scaler state (ignored in fp32).
+    pub fn load_scaler_state(&mut self, state: Option<(f64, i64)>) {
+        if let (Precision::Fp16(s), Some(state)) = (self, state) {
+            s.load_state(state);
+        }
+    }
+
+    /// After a micro-batch's backward pass (and, at an optimiser-step
+    /// boundary, the all-reduce): clip and step as the reference does.
+    /// Returns the gradient norm before clipping, NaN when none was taken,
+    /// and whether an fp16 step was skipped for inf/NaN gradients.
+    pub fn clip_and_step(
+        &mut self,
+        opt: &mut AdamW,
+        params: &[Tensor],
+        boundary: bool,
+        multi_rank: bool,
+        max_norm: f64,
+        lr: f64,
+    ) -> (f64, bool) {
+        match self {
+            // Scaled gradients can only be unscaled once, so with AMP
+            // clipping happens at the optimiser step, not every micro-step.
+            Precision::Fp16(s) if boundary => {
+                let (overflow, found_inf) = s.unscale(params);
+                let mut norm = f64::NAN;
+                if !overflow {
+                    norm = clip_grad_norm(params, max_norm);
+                    opt.step(lr);
+                }
+                s.update(&found_inf);
+                (norm, overflow)
+            }
+            Precision::Fp16(_) => (f64::NAN, false),
+            // The reference clips at every micro-step (on the partial sum when
+            // accumulating). With several ranks the partial sums are local, so
+            // clipping waits for the averaged gradient at the optimiser step.
+            Precision::Fp32 if !multi_rank || boundary => {
+                let norm = clip_grad_norm(params, max_norm);
+                if boundary {
+                    opt.step(lr);
+                }
+                (norm, false)
+            }
+            Precision::Fp32 => (f64::NAN, false),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! What a run tells its user and its launcher: the shared progress report,
+//! progress bars, the evaluation artifacts and the final summary.
+
+use super::setup::Trainer;
+use super::RunSummary;
+use crate::eval::EvalReport;
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A [`ride_contract::Progress`] shared between the training loop, the
+/// checkpoint writer, the HTTP endpoint and the process's exit.
+pub type SharedProgress = Arc<std::sync::Mutex<ride_contract::Progress>>;
+
+/// Change the shared report (a poisoned lock still holds a usable report).
+pub fn update_progress(p: &SharedProgress, f: impl FnOnce(&mut ride_contract::Progress)) {
+    f(&mut p.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+pub(super) fn record_eval_progress(p: &SharedProgress, epoch: u64, r: &EvalReport) {
+    update_progress(p, |p| {
+        p.eval = Some(ride_contract::EvalProgress {
+            epoch,
+            top1: r.top1,
+            many: r.many,
+            medium: r.medium,
+            few: r.few,
+        })
+    });
+}
+
+pub(super) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The metrics address for this rank: ranks sharing a node get consecutive ports.
+pub(super) fn rank_metrics_addr(addr: &str, local_rank: usize) -> String {
+    match addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+    {
+        // Port 0 means "any free port", which is already distinct per process.
+        Some((host, port)) if local_rank > 0 && port > 0 => {
+            format!("{host}:{}", port.saturating_add(local_rank as u16))
+        }
+        _ => addr.to_string(),
+    }
+}
+
+pub(super) fn progress_bar(len: u64, epoch: u64, epochs: u64, show: bool) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if !show {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
+    pb
+}
+
+/// Write `eval.json` and the per-class accuracy plot into `dir`.
+pub fn write_eval_artifacts(report: &EvalReport, dir: &Path, name: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("eval.json"), serde_json::to_string_pretty(report)?)?;
+    crate::plot::per_class_accuracy_svg(
+        report,
+        &dir.join("per_class_accuracy.svg"),
+        &format!("{name}: per-class top-1 vs class size"),
+    )?;
+    Ok(())
+}
+
+fn local_dir(location: &str) -> Option<PathBuf> {
+    if let Some(p) = location.strip_prefix("file://") {
+        Some(PathBuf::from(p))
+    } else if location.contains("://") {
+        None
+    } else {
+        Some(PathBuf::from(location))
+    }
+}
+
+impl Trainer<'_> {
+    /// The run's summary; the main rank also writes the evaluation
+    /// artifacts when the output is a local directory.
+    pub(super) fn summary(
+        self,
+        epochs_run: u64,
+        train_seconds: f64,
+        images_per_second: f64,
+    ) -> Result<RunSummary> {
+        let artifacts = match (&self.state.last_eval, local_dir(&self.output)) {
+            (Some(report), Some(dir)) if self.is_main() => {
+                write_eval_artifacts(report, &dir, &self.cfg.model.name)?;
+                Some(dir)
+            }
+            _ => None,
+        };
+        Ok(RunSummary {
+            eval: self.state.last_eval,
+            skipped_samples: self.metrics.skipped_samples.get(),
+            epochs_run,
+            steps: self.opt.steps(),
+            train_seconds,
+            images_per_second,
+            checkpoint: self.state.last_checkpoint,
+            output: self.output,
+            parameters: self.parameters,
+            artifacts,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rank_metrics_addr;
+
+    #[test]
+    fn ranks_on_one_node_get_consecutive_metrics_ports() {
+        assert_eq!(rank_metrics_addr("0.0.0.0:9400", 0), "0.0.0.0:9400");
+        assert_eq!(rank_metrics_addr("0.0.0.0:9400", 3), "0.0.0.0:9403");
+        // Port 0 (any free port) stays 0.
+        assert_eq!(rank_metrics_addr("127.0.0.1:0", 2), "127.0.0.1:0");
+        assert_eq!(rank_metrics_addr("not-an-address", 1), "not-an-address");
+    }
+}

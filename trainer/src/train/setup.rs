@@ -1,0 +1,325 @@
+//! Everything before the first step: data, storage, the distributed job,
+//! model, optimiser, precision, and resuming from the newest checkpoint.
+
+use super::precision::Precision;
+use super::report::{record_eval_progress, update_progress};
+use super::RunOptions;
+use crate::checkpoint::{CheckpointStore, LoadedCheckpoint};
+use crate::config::Config;
+use crate::data::select::{build_datasets, Datasets};
+use crate::dist::ddp::broadcast_from_rank0;
+use crate::dist::Collective;
+use crate::eval::EvalReport;
+use crate::loss::{Criterion, LdamDrwLoss, RideLoss, RideLossOptions};
+use crate::metrics::Metrics;
+use crate::model::ride_swin::parameter_count;
+use crate::model::RideSwin;
+use crate::optim::schedule::scale_lr;
+use crate::optim::AdamW;
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use tch::{nn, Device, Tensor};
+
+/// Where training stands: set by a resume, advanced by the loop, written
+/// into every checkpoint.
+#[derive(Debug, Default)]
+pub(super) struct TrainState {
+    /// First epoch this process trains.
+    pub start_epoch: u64,
+    /// Global samples of `start_epoch` already consumed (a mid-epoch resume).
+    pub start_samples: u64,
+    /// Micro-batches processed since the start of training.
+    pub micro_step: u64,
+    /// LR the next optimiser step uses.
+    pub next_lr: f64,
+    /// Best top-1 so far.
+    pub max_accuracy: f64,
+    /// Optimiser steps skipped for inf/NaN gradients (fp16).
+    pub overflow_steps: u64,
+    /// Last checkpoint written or resumed from.
+    pub last_checkpoint: Option<String>,
+    /// Latest evaluation.
+    pub last_eval: Option<EvalReport>,
+}
+
+/// LRs after scaling by the global batch, as the reference does.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ScaledLrs {
+    pub base: f64,
+    pub warmup: f64,
+    pub min: f64,
+}
+
+/// One process's run, set up and ready to train or evaluate.
+pub(crate) struct Trainer<'a> {
+    pub cfg: &'a Config,
+    pub options: &'a RunOptions,
+    pub data: Datasets,
+    pub train_counts: Vec<usize>,
+    pub device: Device,
+    pub output: String,
+    pub store: Arc<CheckpointStore>,
+    pub comm: Box<dyn Collective>,
+    pub vs: nn::VarStore,
+    pub model: RideSwin,
+    pub parameters: i64,
+    pub metrics: Metrics,
+    pub precision: Precision,
+    pub opt: AdamW,
+    /// The optimiser's parameters, in its order (gradient buckets follow it).
+    pub params: Vec<Tensor>,
+    pub lrs: ScaledLrs,
+    pub state: TrainState,
+}
+
+impl<'a> Trainer<'a> {
+    /// Open storage, join the job, build model and optimiser, resume, and
+    /// give every rank rank 0's parameters.
+    pub fn new(cfg: &'a Config, options: &'a RunOptions) -> Result<Self> {
+        let data = build_datasets(cfg)?;
+        let train_counts = data.train.class_counts();
+        let world = &options.world;
+        let device = match options.device {
+            Device::Cuda(_) if world.local_world_size > 1 => Device::Cuda(world.local_rank),
+            d => d,
+        };
+        let output = output_location(cfg);
+        // Storage first: bad credentials must fail before anything expensive.
+        let store = Arc::new(
+            CheckpointStore::open(&output).with_context(|| format!("opening output {output}"))?,
+        );
+        store.probe(world.rank == 0)?;
+        let comm = crate::dist::init(world).context("joining the distributed job")?;
+        let (rank, world_size) = (comm.rank(), comm.world_size());
+        if world_size > 1 {
+            eprintln!(
+                "rank {rank}/{world_size} (local {}/{}) on {device:?}, {} backend",
+                world.local_rank,
+                world.local_world_size,
+                comm.backend()
+            );
+        }
+        tch::manual_seed(cfg.seed as i64);
+        let vs = nn::VarStore::new(device);
+        let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
+            .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
+        let parameters = parameter_count(&vs);
+        let metrics = Metrics::with_progress(options.report.clone());
+        metrics.world_size.set(world_size as i64);
+        if let Device::Cuda(index) = device {
+            metrics.watch_cuda_memory(index);
+        }
+        update_progress(&options.report, |p| {
+            p.rank = rank as u32;
+            p.world_size = world_size as u32;
+            p.epochs = cfg.train.epochs;
+        });
+        if let Some(addr) = &options.metrics_addr {
+            let bound = metrics.serve(&super::report::rank_metrics_addr(addr, world.local_rank))?;
+            eprintln!("metrics: http://{bound}/metrics");
+        }
+        let precision = Precision::for_run(cfg, device, rank == 0);
+        // LR scaling by global batch, as the reference does before building anything.
+        let scaled = |lr| {
+            scale_lr(
+                lr,
+                cfg.data.batch_size,
+                world_size,
+                cfg.train.accumulation_steps,
+            )
+        };
+        let lrs = ScaledLrs {
+            base: scaled(cfg.train.base_lr),
+            warmup: scaled(cfg.train.warmup_lr),
+            min: scaled(cfg.train.min_lr),
+        };
+        let betas = (cfg.train.optimizer.betas[0], cfg.train.optimizer.betas[1]);
+        let opt = AdamW::new(&vs, cfg.train.weight_decay, cfg.train.optimizer.eps, betas);
+        let params = opt.params();
+        let state = TrainState {
+            start_epoch: cfg.train.start_epoch,
+            next_lr: lrs.warmup,
+            ..Default::default()
+        };
+        let mut trainer = Trainer {
+            cfg,
+            options,
+            data,
+            train_counts,
+            device,
+            output,
+            store,
+            comm,
+            vs,
+            model,
+            parameters,
+            metrics,
+            precision,
+            opt,
+            params,
+            lrs,
+            state,
+        };
+        trainer.resume()?;
+        trainer.broadcast_parameters()?;
+        Ok(trainer)
+    }
+
+    pub fn is_main(&self) -> bool {
+        self.comm.rank() == 0
+    }
+
+    /// The newest valid checkpoint in the output (rank 0 picks it, all ranks
+    /// load the same one), else an explicit `MODEL.RESUME` weights file.
+    fn resume(&mut self) -> Result<()> {
+        let cfg = self.cfg;
+        if cfg.train.auto_resume {
+            if let Some(c) = self.newest_checkpoint()? {
+                return self.resume_from(c);
+            }
+        }
+        if !cfg.model.resume.is_empty() {
+            let w = crate::weights::read_weights(std::path::Path::new(&cfg.model.resume))?;
+            crate::weights::apply_weights(&self.vs, &self.model.buffers(), &w)?;
+            if self.is_main() {
+                eprintln!("loaded weights from {}", cfg.model.resume);
+            }
+        }
+        Ok(())
+    }
+
+    fn newest_checkpoint(&self) -> Result<Option<LoadedCheckpoint>> {
+        let mut chosen = Vec::new();
+        let mut loaded = None;
+        if self.is_main() {
+            loaded = self.store.load_newest_valid(|dir, e| {
+                eprintln!("warning: skipping checkpoint {dir}: {e}");
+            })?;
+            if let Some(c) = &loaded {
+                chosen = c.dir.as_bytes().to_vec();
+            }
+        }
+        self.comm.broadcast_bytes(&mut chosen, 0)?;
+        if !self.is_main() && !chosen.is_empty() {
+            loaded = Some(self.store.load(&String::from_utf8_lossy(&chosen))?);
+        }
+        Ok(loaded)
+    }
+
+    fn resume_from(&mut self, c: LoadedCheckpoint) -> Result<()> {
+        let meta = c.meta;
+        let world_size = self.comm.world_size();
+        crate::weights::apply_weights(
+            &self.vs,
+            &self.model.buffers(),
+            &c.model.into_iter().collect(),
+        )?;
+        if !self.cfg.eval_mode {
+            self.opt
+                .load_state(&c.optimizer)
+                .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}", c.dir))?;
+            let s = &mut self.state;
+            (s.start_epoch, s.start_samples) = match meta.iterations_done {
+                Some(_) => (meta.epoch, meta.samples_done),
+                None => (meta.epoch + 1, 0),
+            };
+            s.micro_step = meta.micro_step;
+            s.next_lr = meta.next_lr;
+            s.max_accuracy = meta.max_accuracy;
+            self.precision.load_scaler_state(meta.scaler);
+            if meta.world_size as usize != world_size {
+                if meta.iterations_done.is_some() {
+                    eprintln!(
+                        "elastic resume: checkpoint written by {} ranks, continuing with {world_size} at global sample {} of epoch {}",
+                        meta.world_size, meta.samples_done, meta.epoch
+                    );
+                }
+                // The reference scales the LR by the global batch; follow the new world.
+                s.next_lr *= world_size as f64 / meta.world_size.max(1) as f64;
+            }
+        }
+        self.state.last_eval = meta.eval.clone();
+        let uri = format!("{}/{}", self.output, c.dir);
+        if self.is_main() {
+            eprintln!(
+                "resumed from {uri} (epoch {}, step {})",
+                meta.epoch, meta.step
+            );
+        }
+        update_progress(&self.options.report, |p| {
+            p.checkpoint = Some(ride_contract::CheckpointProgress {
+                uri: uri.clone(),
+                epoch: meta.epoch,
+                step: meta.step,
+                saved_at: meta.saved_at.clone(),
+            });
+            p.step = meta.step;
+        });
+        if let Some(r) = &self.state.last_eval {
+            record_eval_progress(&self.options.report, meta.epoch, r);
+        }
+        self.state.last_checkpoint = Some(uri);
+        Ok(())
+    }
+
+    /// Every rank starts from rank 0's parameters, bit for bit.
+    fn broadcast_parameters(&self) -> Result<()> {
+        let mut sorted: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors: Vec<Tensor> = sorted.iter().map(|(_, t)| t.shallow_clone()).collect();
+        broadcast_from_rank0(self.comm.as_ref(), &tensors)?;
+        Ok(())
+    }
+}
+
+/// The resolved output location: `OUTPUT/MODEL.NAME/TAG` as in the reference.
+pub fn output_location(cfg: &Config) -> String {
+    let base = if cfg.output.is_empty() {
+        "output"
+    } else {
+        cfg.output.as_str()
+    };
+    format!(
+        "{}/{}/{}",
+        base.trim_end_matches('/'),
+        cfg.model.name,
+        cfg.tag
+    )
+}
+
+/// Build the criterion the reference would build for this config.
+pub fn build_criterion(cfg: &Config, train_counts: &[usize]) -> Criterion {
+    let t = &cfg.train;
+    if cfg.aug.mixup > 0.0 {
+        match t.loss_type.as_str() {
+            "RIDE" => {
+                let l = &t.loss;
+                Criterion::Ride(RideLoss::new(
+                    train_counts,
+                    &RideLossOptions {
+                        max_m: l.max_m,
+                        s: l.s,
+                        base_div_temp: l.base_div_temp,
+                        base_loss_factor: l.base_loss_factor,
+                        additional_div_factor: l.additional_div_factor,
+                        reweight_factor: l.reweight_factor,
+                        reweight_epoch: (l.reweight && t.reweight_epoch >= 0)
+                            .then_some(t.reweight_epoch as u64),
+                    },
+                ))
+            }
+            // The reference hard-codes max_m = 0.5 and s = 30 for LDAM.
+            "LDAM" => Criterion::LdamDrw(LdamDrwLoss::new(
+                train_counts,
+                0.5,
+                30.0,
+                t.reweight_epoch.max(0) as u64,
+            )),
+            _ => Criterion::SoftTarget,
+        }
+    } else if cfg.model.label_smoothing > 0.0 {
+        Criterion::LabelSmoothing(cfg.model.label_smoothing)
+    } else {
+        Criterion::CrossEntropy
+    }
+}
