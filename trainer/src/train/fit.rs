@@ -4,7 +4,7 @@
 
 use super::report::{progress_bar, record_eval_progress, unix_now, update_progress};
 use super::setup::Trainer;
-use super::step::At;
+use super::step::{At, StepOutcome};
 use super::{Preempted, RunSummary};
 use crate::checkpoint::writer::Retention;
 use crate::checkpoint::{CheckpointMeta, CheckpointWriter, Snapshot};
@@ -47,6 +47,8 @@ struct Counters {
     epochs_run: u64,
     /// Smoothed seconds per optimiser step, for the ETA.
     step_seconds_ema: Option<f64>,
+    /// When the current optimiser step began.
+    step_started: Instant,
 }
 
 impl Trainer<'_> {
@@ -126,6 +128,7 @@ impl Trainer<'_> {
             images_seen: 0,
             epochs_run: 0,
             step_seconds_ema: None,
+            step_started: Instant::now(),
         };
         update_progress(&self.options.report, |p| {
             p.state = RunState::Training;
@@ -158,7 +161,7 @@ impl Trainer<'_> {
         writer: &mut Option<CheckpointWriter>,
         counters: &mut Counters,
     ) -> Result<(f64, f64)> {
-        let (cfg, rank, world_size) = (self.cfg, self.comm.rank(), self.comm.world_size());
+        let (cfg, rank) = (self.cfg, self.comm.rank());
         self.metrics.epoch.set(epoch as i64);
         update_progress(&self.options.report, |p| {
             p.epoch = epoch;
@@ -171,30 +174,7 @@ impl Trainer<'_> {
         };
         // Iteration index the resumed position corresponds to (LR schedule, RNG streams).
         let first_iter = consumed / plan.global_batch;
-        let order = epoch_order(
-            self.data.train.len(),
-            cfg.seed,
-            epoch,
-            rank,
-            world_size,
-            true,
-            consumed as usize,
-        );
-        let options = LoaderOptions {
-            batch_size: cfg.data.batch_size,
-            workers: cfg.data.num_workers.max(1),
-            prefetch: 4,
-            drop_last: true,
-            seed: cfg.seed,
-            epoch,
-        };
-        let loader = BatchLoader::new(
-            self.data.train.clone(),
-            plan.transform.clone(),
-            order,
-            0,
-            options,
-        );
+        let loader = self.epoch_loader(epoch, consumed, plan);
         let show = self.options.progress && self.is_main();
         let pb = progress_bar(plan.per_epoch, epoch, cfg.train.epochs, show);
         pb.set_position(first_iter);
@@ -202,7 +182,7 @@ impl Trainer<'_> {
         let (mut loss_sum, mut loss_n) = (0.0, 0u64);
         self.opt.zero_grad();
         let mut batches = loader.enumerate();
-        let mut step_started = Instant::now();
+        counters.step_started = Instant::now();
         loop {
             let waiting = Instant::now();
             let Some((k, batch)) = batches.next() else {
@@ -232,38 +212,12 @@ impl Trainer<'_> {
                 self.state.next_lr = plan.schedule.lr(epoch * plan.per_epoch + idx as u64);
             }
             self.state.micro_step += 1;
-            let n = mb.labels.size()[0] as u64;
-            counters.images_seen += n * world_size as u64;
             loss_sum += out.loss;
             loss_n += 1;
-            let ips =
-                counters.images_seen as f64 / counters.started.elapsed().as_secs_f64().max(1e-9);
-            let m = &self.metrics;
-            m.step.set(self.opt.steps() as i64);
-            m.loss.set(out.loss);
-            m.lr.set(lr);
-            m.grad_norm.set(out.grad_norm);
-            m.images_trained.inc_by(n);
-            if at.boundary {
-                let secs = step_started.elapsed().as_secs_f64();
-                step_started = Instant::now();
-                self.record_optimizer_step(secs, ips, plan, counters);
-            }
+            let n = mb.labels.size()[0] as u64;
+            let ips = self.record_micro_step(n, lr, &out, at, plan, counters);
             pb.set_message(format!("loss {:.4} lr {lr:.2e} {ips:.0} img/s", out.loss));
             pb.inc(1);
-            if self.is_main()
-                && !self.options.progress
-                && cfg.print_freq > 0
-                && (idx as u64) % cfg.print_freq == 0
-            {
-                eprintln!(
-                    "epoch {} [{idx}/{}] loss {:.4} lr {lr:.3e} grad_norm {:.3} {ips:.0} img/s",
-                    epoch + 1,
-                    plan.per_epoch,
-                    out.loss,
-                    out.grad_norm
-                );
-            }
             if at.boundary && out.stop {
                 pb.finish_and_clear();
                 let samples_done = consumed + (k as u64 + 1) * plan.global_batch;
@@ -281,6 +235,79 @@ impl Trainer<'_> {
             loss_sum / loss_n.max(1) as f64,
             epoch_start.elapsed().as_secs_f64(),
         ))
+    }
+
+    /// This rank's share of `epoch`, resuming after `consumed` global samples.
+    fn epoch_loader(&self, epoch: u64, consumed: u64, plan: &Plan) -> BatchLoader {
+        let cfg = self.cfg;
+        let (rank, world_size) = (self.comm.rank(), self.comm.world_size());
+        let order = epoch_order(
+            self.data.train.len(),
+            cfg.seed,
+            epoch,
+            rank,
+            world_size,
+            true,
+            consumed as usize,
+        );
+        let options = LoaderOptions {
+            batch_size: cfg.data.batch_size,
+            workers: cfg.data.num_workers.max(1),
+            prefetch: 4,
+            drop_last: true,
+            seed: cfg.seed,
+            epoch,
+        };
+        BatchLoader::new(
+            self.data.train.clone(),
+            plan.transform.clone(),
+            order,
+            0,
+            options,
+        )
+    }
+
+    /// Metrics, the periodic log line and (at an optimiser step) the step
+    /// time and progress report after one micro-batch of `n` images;
+    /// returns the throughput so far.
+    fn record_micro_step(
+        &self,
+        n: u64,
+        lr: f64,
+        out: &StepOutcome,
+        at: At,
+        plan: &Plan,
+        counters: &mut Counters,
+    ) -> f64 {
+        counters.images_seen += n * self.comm.world_size() as u64;
+        let ips = counters.images_seen as f64 / counters.started.elapsed().as_secs_f64().max(1e-9);
+        let m = &self.metrics;
+        m.step.set(self.opt.steps() as i64);
+        m.loss.set(out.loss);
+        m.lr.set(lr);
+        m.grad_norm.set(out.grad_norm);
+        m.images_trained.inc_by(n);
+        if at.boundary {
+            let secs = counters.step_started.elapsed().as_secs_f64();
+            counters.step_started = Instant::now();
+            self.record_optimizer_step(secs, ips, plan, counters);
+        }
+        let print_freq = self.cfg.print_freq;
+        if self.is_main()
+            && !self.options.progress
+            && print_freq > 0
+            && (at.iteration as u64) % print_freq == 0
+        {
+            eprintln!(
+                "epoch {} [{}/{}] loss {:.4} lr {lr:.3e} grad_norm {:.3} {ips:.0} img/s",
+                at.epoch + 1,
+                at.iteration,
+                plan.per_epoch,
+                out.loss,
+                out.grad_norm
+            );
+        }
+        ips
     }
 
     /// Step time, progress ratio, ETA and the progress report after an optimiser step.
