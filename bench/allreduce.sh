@@ -12,7 +12,7 @@ ROUNDS="${ROUNDS:-2}"; ITERS="${ITERS:-10}"; SIZES="${SIZES:-1,25,100}"
 out="$(mktemp -d)"
 for round in $(seq 1 "$ROUNDS"); do
   for world in 2 4; do
-    "$RIDE_BIN" bench-allreduce --world "$world" --sizes-mb "$SIZES" --iters "$ITERS" \
+    "$RIDE_BENCH_BIN" allreduce --world "$world" --sizes-mb "$SIZES" --iters "$ITERS" \
       | sed "s/^/ride /" >> "$out/results"
     OMP_NUM_THREADS=1 "$RIDE_VENV/bin/python" "$here/gloo_allreduce.py" "$world" "$SIZES" 2 "$ITERS" \
       | sed "s/^/gloo /" >> "$out/results"

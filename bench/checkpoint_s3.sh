@@ -15,7 +15,7 @@ trap '"$here/../scripts/s3-server.sh" stop; rm -rf "$RIDE_S3_DIR"' EXIT
 "$here/../scripts/s3-server.sh" start >/dev/null
 # shellcheck disable=SC1091
 source "$RIDE_S3_DIR/env"
-json=$("$RIDE_BIN" bench-checkpoint --cfg "$CFG" --output "s3://$RIDE_TEST_S3_BUCKET/bench-$$" --rounds "$ROUNDS")
+json=$("$RIDE_BENCH_BIN" checkpoint --cfg "$CFG" --output "s3://$RIDE_TEST_S3_BUCKET/bench-$$" --rounds "$ROUNDS")
 "$RIDE_VENV/bin/python" - "$json" "$CFG" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])

@@ -16,7 +16,7 @@ echo "config $cfg, batch $batch, $steps timed steps (+2 warm-up), $threads threa
 rounds="${ROUNDS:-2}"; rust="["; ref="["
 for r in $(seq 1 "$rounds"); do
   sep=$([ "$r" -gt 1 ] && echo "," || true)
-  rust+="$sep$("$RIDE_BIN" bench-step --cfg "$cfg" --batch-size "$batch" --steps "$steps" --threads "$threads" --device cpu)"
+  rust+="$sep$("$RIDE_BENCH_BIN" step --cfg "$cfg" --batch-size "$batch" --steps "$steps" --threads "$threads" --device cpu)"
   ref+="$sep$("$RIDE_VENV/bin/python" "$root/bench/timm_train_step.py" --cfg "$cfg" --batch-size "$batch" --steps "$steps" --threads "$threads" 2>/dev/null)"
 done
 rust+="]"; ref+="]"

@@ -1,6 +1,6 @@
 """Reference for bench/allreduce.sh: torch.distributed all-reduce bandwidth
 with the gloo backend on CPU tensors, N local processes, same sizes and
-timing method as `ride-trainer bench-allreduce` (barrier, then time one
+timing method as `ride-bench allreduce` (barrier, then time one
 all-reduce; median of the timed runs). Prints one JSON line per size."""
 import json
 import os

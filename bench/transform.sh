@@ -16,7 +16,7 @@ photos="$RIDE_CACHE/bench-photos-$N"
 [ -d "$photos" ] || "$RIDE_VENV/bin/python" "$here/make_photos.py" "$photos" "$N"
 out="$(mktemp)"
 for _ in $(seq 1 "$ROUNDS"); do
-  echo "ride $(OMP_NUM_THREADS=1 "$RIDE_BIN" bench-transform --cfg "$CFG" --images "$photos" --rounds 1 | tail -1)" >> "$out"
+  echo "ride $(OMP_NUM_THREADS=1 "$RIDE_BENCH_BIN" transform --cfg "$CFG" --images "$photos" --rounds 1 | tail -1)" >> "$out"
   echo "torch $(OMP_NUM_THREADS=1 "$RIDE_VENV/bin/python" "$here/torchvision_transform.py" "$photos" 1 224 | tail -1)" >> "$out"
 done
 "$RIDE_VENV/bin/python" - "$out" "$N" <<'PY'

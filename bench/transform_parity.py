@@ -2,7 +2,7 @@
 transform (build_transform, is_train=False, TEST.CROP=True): Resize(int(S/0.875),
 bicubic) + CenterCrop(S) + ToTensor + Normalize, on torchvision + PIL, compared
 image by image with ride-trainer's output for the same files (a safetensors
-dump from `ride-trainer bench-transform --eval --dump`). With --train, compares
+dump from `ride-bench transform --eval --dump`). With --train, compares
 the train transform's output statistics with timm's instead. Prints JSON."""
 import json
 import os

@@ -16,9 +16,9 @@ photos="$RIDE_CACHE/bench-photos-$N"
 dump="$(mktemp --suffix=.safetensors)"
 train_dump="$(mktemp --suffix=.safetensors)"
 trap 'rm -f "$dump" "$train_dump"' EXIT
-ride_json="$(OMP_NUM_THREADS=1 "$RIDE_BIN" bench-transform --eval --cfg "$CFG" --images "$photos" --rounds 3 --dump "$dump" | tail -1)"
+ride_json="$(OMP_NUM_THREADS=1 "$RIDE_BENCH_BIN" transform --eval --cfg "$CFG" --images "$photos" --rounds 3 --dump "$dump" | tail -1)"
 parity_json="$(OMP_NUM_THREADS=1 "$RIDE_VENV/bin/python" "$here/transform_parity.py" "$photos" "$dump" 224 | tail -1)"
-OMP_NUM_THREADS=1 "$RIDE_BIN" bench-transform --cfg "$CFG" --images "$photos" --rounds 1 --dump "$train_dump" >/dev/null
+OMP_NUM_THREADS=1 "$RIDE_BENCH_BIN" transform --cfg "$CFG" --images "$photos" --rounds 1 --dump "$train_dump" >/dev/null
 train_json="$(OMP_NUM_THREADS=1 "$RIDE_VENV/bin/python" "$here/transform_parity.py" --train "$photos" "$train_dump" 224 | tail -1)"
 "$RIDE_VENV/bin/python" - "$ride_json" "$parity_json" "$train_json" <<'PY'
 import json, sys

@@ -8,6 +8,8 @@ export VIRTUAL_ENV="$RIDE_VENV"
 export PATH="$RIDE_VENV/bin:$HOME/.cargo/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1
 RIDE_BIN="$CARGO_TARGET_DIR/release/ride-trainer"
+# The benchmarks bench/*.sh run (a separate binary, not in the images).
+RIDE_BENCH_BIN="${RIDE_BENCH_BIN:-$CARGO_TARGET_DIR/release/ride-bench}"
 # The Kubernetes components of the tests' control plane (scripts/k8s-tools.sh).
 RIDE_K8S_VERSION=v1.36.3
 RIDE_K8S_BIN="${RIDE_K8S_BIN:-$RIDE_CACHE/k8s/$RIDE_K8S_VERSION/bin}"

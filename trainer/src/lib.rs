@@ -2,8 +2,6 @@
 //! Swin Transformer backbone, trained with libtorch through `tch`.
 
 pub mod amp;
-pub mod bench;
-pub mod bench_io;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -2,12 +2,13 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use ride_trainer::config::{load_config, Config, Overrides};
+use ride_trainer::config::cli::{parse_device, ConfigArgs};
+use ride_trainer::config::Overrides;
 use ride_trainer::model::ride_swin::parameter_count;
 use ride_trainer::model::RideSwin;
 use ride_trainer::train::{run, RunOptions, RunSummary};
 use std::path::PathBuf;
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device};
 
 #[derive(Parser)]
 #[command(
@@ -28,18 +29,10 @@ enum Command {
     Summary(ConfigArgs),
     /// Run inference with trained weights.
     Predict(PredictArgs),
-    /// Time training steps on random data (forward, loss, backward, AdamW).
-    BenchStep(BenchArgs),
     /// Run N ranks of `train` on this machine; restart the gang on failure.
     Launch(LaunchArgs),
     /// Class counts and the many/medium/few split of the training set (labels only), with a plot.
     DataStats(DataStatsArgs),
-    /// Measure TCP ring all-reduce bandwidth with N local ranks (prints JSON lines).
-    BenchAllreduce(BenchAllreduceArgs),
-    /// Measure checkpoint save throughput to a location against a raw upload (prints JSON).
-    BenchCheckpoint(BenchCheckpointArgs),
-    /// Measure the configured train transform on a folder of images, one thread (prints JSON).
-    BenchTransform(BenchTransformArgs),
 }
 
 #[derive(Args)]
@@ -55,53 +48,6 @@ struct DataStatsArgs {
     /// Print the statistics as JSON too.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Args)]
-struct BenchAllreduceArgs {
-    /// Ranks (processes) to start when not already inside a job.
-    #[arg(long, default_value_t = 2)]
-    world: usize,
-    /// Message sizes in MB (10^6 bytes).
-    #[arg(long, value_delimiter = ',', default_value = "1,25,100")]
-    sizes_mb: Vec<f64>,
-    /// Untimed all-reduces per size.
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
-    /// Timed all-reduces per size.
-    #[arg(long, default_value_t = 10)]
-    iters: usize,
-}
-
-#[derive(Args)]
-struct BenchTransformArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
-    /// Folder of images (*.jpg, *.png, ...), read in sorted order.
-    #[arg(long)]
-    images: PathBuf,
-    /// Timed passes over the folder.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Time the evaluation transform instead of the training one.
-    #[arg(long)]
-    eval: bool,
-    /// Also write every image's transformed tensor (first pass, seed 0) to
-    /// this safetensors file, as `images` [N, 3, S, S] in sorted file order.
-    #[arg(long)]
-    dump: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct BenchCheckpointArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
-    /// Location to write to (path, file://, s3://, ...).
-    #[arg(long)]
-    output: String,
-    /// Timed rounds.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
 }
 
 #[derive(Args)]
@@ -131,37 +77,6 @@ struct LaunchArgs {
     /// Arguments for `ride-trainer train`, after `--`.
     #[arg(last = true)]
     train_args: Vec<String>,
-}
-
-#[derive(Args)]
-struct BenchArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
-    /// Images per step.
-    #[arg(long, default_value_t = 8)]
-    batch_size: i64,
-    /// Untimed steps first.
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
-    /// Timed steps.
-    #[arg(long, default_value_t = 5)]
-    steps: usize,
-    /// Intra-op threads (0: libtorch default).
-    #[arg(long, default_value_t = 0)]
-    threads: i32,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-}
-
-#[derive(Args, Clone)]
-struct ConfigArgs {
-    /// Config YAML (reference keys).
-    #[arg(long)]
-    cfg: Option<PathBuf>,
-    /// Override config keys: KEY VALUE pairs, e.g. --opts TRAIN.EPOCHS 5.
-    #[arg(long, num_args = 1..)]
-    opts: Vec<String>,
 }
 
 #[derive(Args)]
@@ -236,26 +151,6 @@ struct PredictArgs {
     device: String,
 }
 
-fn parse_device(s: &str) -> Result<Device> {
-    Ok(match s {
-        "auto" => Device::cuda_if_available(),
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Device::Cuda(n),
-            None => anyhow::bail!("unknown device '{other}': use cpu, cuda, cuda:N or auto"),
-        },
-    })
-}
-
-fn load(c: &ConfigArgs, o: Overrides) -> Result<Config> {
-    let o = Overrides {
-        opts: c.opts.clone(),
-        ..o
-    };
-    Ok(load_config(c.cfg.as_deref(), &o)?)
-}
-
 fn print_summary(s: &RunSummary) {
     println!();
     println!("== run summary ==");
@@ -297,7 +192,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         throughput: a.throughput,
         ..Default::default()
     };
-    let cfg = load(&a.config, o)?;
+    let cfg = a.config.load(o)?;
     let metrics_addr =
         (a.metrics_addr != "off" && !a.metrics_addr.is_empty()).then(|| a.metrics_addr.clone());
     let progress = !a.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -392,7 +287,7 @@ fn stop_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
 }
 
 fn cmd_summary(c: ConfigArgs) -> Result<()> {
-    let cfg = load(&c, Overrides::default())?;
+    let cfg = c.load(Overrides::default())?;
     let vs = nn::VarStore::new(Device::Cpu);
     let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
         .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
@@ -401,22 +296,6 @@ fn cmd_summary(c: ConfigArgs) -> Result<()> {
     println!("parameters   {}", parameter_count(&vs));
     println!("flops        {}", model.flops());
     println!("gflops       {:.3}", model.flops() as f64 / 1e9);
-    Ok(())
-}
-
-fn cmd_bench(b: BenchArgs) -> Result<()> {
-    let cfg = load(&b.config, Overrides::default())?;
-    if b.threads > 0 {
-        tch::set_num_threads(b.threads);
-    }
-    let t = ride_trainer::bench::time_training_steps(
-        &cfg,
-        parse_device(&b.device)?,
-        b.batch_size,
-        b.warmup,
-        b.steps,
-    )?;
-    println!("{}", serde_json::to_string(&t)?);
     Ok(())
 }
 
@@ -451,13 +330,10 @@ fn cmd_launch(a: LaunchArgs) -> Result<()> {
 }
 
 fn cmd_data_stats(a: DataStatsArgs) -> Result<()> {
-    let cfg = load(
-        &a.config,
-        Overrides {
-            data_path: a.data_path.clone(),
-            ..Default::default()
-        },
-    )?;
+    let cfg = a.config.load(Overrides {
+        data_path: a.data_path.clone(),
+        ..Default::default()
+    })?;
     let started = std::time::Instant::now();
     let data = ride_trainer::data::select::build_datasets(&cfg)?;
     let stats = ride_trainer::data::stats::DataStats::of(data.train.as_ref());
@@ -479,108 +355,13 @@ fn cmd_data_stats(a: DataStatsArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_bench_allreduce(a: BenchAllreduceArgs) -> Result<()> {
-    let sizes: Vec<usize> = a
-        .sizes_mb
-        .iter()
-        .map(|mb| (mb * 1e6) as usize / 4 * 4)
-        .collect();
-    if std::env::var_os("WORLD_SIZE").is_some() {
-        let (rank, timings) =
-            ride_trainer::bench_io::all_reduce_bandwidth_from_env(&sizes, a.warmup, a.iters)?;
-        if rank == 0 {
-            for t in timings {
-                println!("{}", serde_json::to_string(&t)?);
-            }
-        }
-        return Ok(());
-    }
-    // Not inside a job: start `world` ranks of ourselves, as the launcher does.
-    let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
-        .local_addr()?
-        .port();
-    let exe = std::env::current_exe()?;
-    let children: Vec<std::process::Child> = (0..a.world)
-        .map(|rank| {
-            std::process::Command::new(&exe)
-                .arg("bench-allreduce")
-                .arg("--sizes-mb")
-                .arg(
-                    a.sizes_mb
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                )
-                .args([
-                    "--warmup",
-                    &a.warmup.to_string(),
-                    "--iters",
-                    &a.iters.to_string(),
-                ])
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", a.world.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .spawn()
-        })
-        .collect::<std::io::Result<_>>()?;
-    for mut c in children {
-        anyhow::ensure!(c.wait()?.success(), "a benchmark rank failed");
-    }
-    Ok(())
-}
-
-fn cmd_bench_transform(a: BenchTransformArgs) -> Result<()> {
-    let cfg = load(&a.config, Overrides::default())?;
-    let transform = if a.eval {
-        ride_trainer::data::select::eval_transform(&cfg)?
-    } else {
-        ride_trainer::data::select::train_transform(&cfg)?
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&a.images)
-        .with_context(|| format!("reading {}", a.images.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    anyhow::ensure!(!files.is_empty(), "no images in {}", a.images.display());
-    if let Some(path) = &a.dump {
-        let outputs = ride_trainer::bench_io::transform_outputs(&files, &transform)?;
-        let s = transform.size() as i64;
-        let images = Tensor::from_slice(&outputs).reshape([files.len() as i64, 3, s, s]);
-        Tensor::write_safetensors(&[("images", images)], path)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    let t = ride_trainer::bench_io::transform_throughput(&files, &transform, a.rounds)?;
-    println!("{}", serde_json::to_string(&t)?);
-    Ok(())
-}
-
-fn cmd_bench_checkpoint(a: BenchCheckpointArgs) -> Result<()> {
-    let cfg = load(&a.config, Overrides::default())?;
-    let vs = nn::VarStore::new(Device::Cpu);
-    let _model = RideSwin::new(&vs.root(), &cfg.swin_spec())
-        .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
-    let opt = ride_trainer::optim::AdamW::new(&vs, 0.05, 1e-8, (0.9, 0.999));
-    let model: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
-    let t =
-        ride_trainer::bench_io::checkpoint_throughput(&a.output, &model, &opt.state(), a.rounds)?;
-    println!("{}", serde_json::to_string(&t)?);
-    Ok(())
-}
-
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => cmd_train(a),
         Command::Summary(c) => cmd_summary(c),
-        Command::BenchStep(b) => cmd_bench(b),
         Command::Launch(a) => cmd_launch(a),
         Command::DataStats(a) => cmd_data_stats(a),
-        Command::BenchAllreduce(a) => cmd_bench_allreduce(a),
-        Command::BenchCheckpoint(a) => cmd_bench_checkpoint(a),
-        Command::BenchTransform(a) => cmd_bench_transform(a),
         Command::Predict(p) => ride_trainer::predict::run(
             &p.config.cfg,
             &p.config.opts,

@@ -266,15 +266,6 @@ impl CheckpointStore {
         })
     }
 
-    /// Upload `payload` as `name` under the location, with nothing else (benchmarks).
-    pub fn put_raw(&self, name: &str, payload: PutPayload) -> Result<(), CheckpointError> {
-        let key = self.key(&[name]);
-        self.rt
-            .block_on(self.store.put(&key, payload))
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
     fn put(&self, parts: &[&str], bytes: Vec<u8>) -> Result<(), CheckpointError> {
         let key = self.key(parts);
         self.rt

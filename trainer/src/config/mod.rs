@@ -4,6 +4,7 @@
 //! (`BASE` files first, unknown keys are errors), then `--opts KEY VALUE`
 //! pairs, then the dedicated command-line flags. See `docs/config.md`.
 
+pub mod cli;
 pub mod load;
 
 use serde::{Deserialize, Serialize};

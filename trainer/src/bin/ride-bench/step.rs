@@ -1,10 +1,10 @@
-//! `ride-trainer bench-step`: time full CPU/GPU training steps (forward,
+//! `ride-bench step`: time full CPU/GPU training steps (forward,
 //! loss, backward, AdamW) on random data, for side-by-side comparison with
 //! PyTorch (`bench/cpu_train_step.sh`).
 
-use crate::config::Config;
-use crate::model::RideSwin;
-use crate::optim::{clip_grad_norm, AdamW};
+use ride_trainer::config::Config;
+use ride_trainer::model::RideSwin;
+use ride_trainer::optim::{clip_grad_norm, AdamW};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 

@@ -3,9 +3,9 @@
 //! ring all-reduce bandwidth on the TCP backend, and checkpoint save
 //! throughput against a raw upload of the same bytes.
 
-use crate::checkpoint::{tensors_to_bytes, CheckpointMeta, CheckpointStore};
-use crate::dist::{Collective, WorldInfo};
 use object_store::PutPayload;
+use ride_trainer::checkpoint::{tensors_to_bytes, CheckpointMeta, CheckpointStore};
+use ride_trainer::dist::{Collective, WorldInfo};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -35,7 +35,7 @@ pub fn all_reduce_bandwidth(
     sizes_bytes: &[usize],
     warmup: usize,
     iters: usize,
-) -> Result<Vec<AllReduceTiming>, crate::dist::DistError> {
+) -> Result<Vec<AllReduceTiming>, ride_trainer::dist::DistError> {
     let w = comm.world_size();
     let mut out = Vec::new();
     for &bytes in sizes_bytes {
@@ -69,7 +69,7 @@ pub fn all_reduce_bandwidth_from_env(
     iters: usize,
 ) -> anyhow::Result<(usize, Vec<AllReduceTiming>)> {
     let world = WorldInfo::from_env()?;
-    let comm = crate::dist::init(&world)?;
+    let comm = ride_trainer::dist::init(&world)?;
     Ok((
         comm.rank(),
         all_reduce_bandwidth(comm.as_ref(), sizes_bytes, warmup, iters)?,
@@ -101,7 +101,12 @@ pub fn checkpoint_throughput(
     rounds: usize,
 ) -> anyhow::Result<CheckpointTiming> {
     let store = CheckpointStore::open(uri)?;
-    let raw = CheckpointStore::open(&format!("{}/raw", uri.trim_end_matches('/')))?;
+    // The reference: the same bytes as plain objects, straight to the object store.
+    let raw_uri = format!("{}/raw", uri.trim_end_matches('/'));
+    let (raw, raw_prefix) = ride_trainer::checkpoint::location::open(&raw_uri)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let files = [tensors_to_bytes(model)?, tensors_to_bytes(optimizer)?];
     let bytes: u64 = files.iter().map(|f| f.len() as u64).sum();
     let (mut save, mut upload, mut blocking) = (Vec::new(), Vec::new(), Vec::new());
@@ -121,14 +126,17 @@ pub fn checkpoint_throughput(
             saved_at: String::new(),
         };
         let t = Instant::now();
-        let snap = crate::checkpoint::Snapshot::capture(model, optimizer, meta.clone());
+        let snap = ride_trainer::checkpoint::Snapshot::capture(model, optimizer, meta.clone());
         blocking.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         store.save(&snap.model, &snap.optimizer, &meta)?;
         save.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         for (i, f) in files.iter().enumerate() {
-            raw.put_raw(&format!("round{r}/file{i}"), PutPayload::from(f.clone()))?;
+            let key = raw_prefix
+                .child(format!("round{r}"))
+                .child(format!("file{i}"));
+            rt.block_on(raw.put(&key, PutPayload::from(f.clone())))?;
         }
         upload.push(t.elapsed().as_secs_f64());
     }
@@ -158,7 +166,7 @@ pub struct TransformTiming {
 /// and return the outputs one after another (`3 * size * size` floats each).
 pub fn transform_outputs(
     files: &[std::path::PathBuf],
-    transform: &crate::data::transforms::Transform,
+    transform: &ride_trainer::data::transforms::Transform,
 ) -> anyhow::Result<Vec<f32>> {
     let per = 3 * transform.size() * transform.size();
     let mut out = vec![0f32; per * files.len()];
@@ -171,15 +179,15 @@ pub fn transform_outputs(
 /// Read, decode and transform image `image` of pass `round`, as a loader
 /// worker does, with that pass's seed for the image.
 fn transform_file(
-    transform: &crate::data::transforms::Transform,
+    transform: &ride_trainer::data::transforms::Transform,
     file: &std::path::Path,
     round: usize,
     image: usize,
     out: &mut [f32],
 ) -> anyhow::Result<()> {
     use rand::SeedableRng;
-    let src = crate::data::ImageSource::Encoded(std::fs::read(file)?);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::data::mix_seed(&[
+    let src = ride_trainer::data::ImageSource::Encoded(std::fs::read(file)?);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ride_trainer::data::mix_seed(&[
         round as u64,
         image as u64,
     ]));
@@ -193,7 +201,7 @@ fn transform_file(
 /// worker does.
 pub fn transform_throughput(
     files: &[std::path::PathBuf],
-    transform: &crate::data::transforms::Transform,
+    transform: &ride_trainer::data::transforms::Transform,
     rounds: usize,
 ) -> anyhow::Result<TransformTiming> {
     let per = 3 * transform.size() * transform.size();
