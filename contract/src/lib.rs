@@ -1,11 +1,15 @@
 //! The process contract between `ride-trainer` and the launchers that start
 //! it (the operator's pods, `ride-trainer launch`, Slurm): what an exit code
-//! means, which ports and environment variables it uses, and the progress
-//! report it serves while it runs and leaves behind when it ends. Both sides
+//! means, which ports and environment variables it uses, which checkpoint
+//! locations it accepts ([`CheckpointUri`]), and the progress report it
+//! serves while it runs and leaves behind when it ends. Both sides
 //! build on these definitions, so a change is a compile error on the other
 //! side rather than a silent mismatch. No libtorch, no Kubernetes.
 
 use serde::{Deserialize, Serialize};
+
+mod checkpoint_uri;
+pub use checkpoint_uri::{CheckpointUri, CheckpointUriError, CredentialVar, Scheme};
 
 /// Exit code for "stopped on request (SIGTERM/SIGUSR1), checkpoint saved,
 /// start me again" (EX_TEMPFAIL).
@@ -22,7 +26,7 @@ pub const USAGE_ERROR_EXIT_CODE: i32 = 2;
 /// the user's says otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitClass {
-    /// Finished.
+    /// Exit code 0: the run is complete.
     Success,
     /// Stopped on request with a checkpoint saved: start again, at no cost.
     Preempted,
@@ -46,11 +50,39 @@ pub fn classify_exit(code: i32) -> ExitClass {
     }
 }
 
-/// Rank 0's rendezvous store port when `MASTER_PORT` is not set by a launcher.
+/// The trainer's executable, as launchers invoke it.
+pub const TRAINER_BINARY: &str = "ride-trainer";
+
+/// Rank 0's rendezvous store port when [`ENV_MASTER_PORT`] is not set by a launcher.
 pub const MASTER_PORT: u16 = 29500;
 
 /// Port of the metrics and progress endpoint (`--metrics-addr 0.0.0.0:9400`).
 pub const METRICS_PORT: u16 = 9400;
+
+/// `--metrics-addr` default: the metrics port on every interface.
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9400";
+
+/// `--metrics-addr` value that serves no endpoint.
+pub const METRICS_OFF: &str = "off";
+
+// The environment a launcher gives each trainer process: torchrun's names,
+// so the trainer also runs under torchrun-style launchers.
+
+/// This process's global rank (0-based).
+pub const ENV_RANK: &str = "RANK";
+/// Processes in the job.
+pub const ENV_WORLD_SIZE: &str = "WORLD_SIZE";
+/// This process's rank on its machine (0-based; picks its GPU).
+pub const ENV_LOCAL_RANK: &str = "LOCAL_RANK";
+/// Processes on this machine.
+pub const ENV_LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
+/// Host name or address of rank 0, where the rendezvous store listens.
+pub const ENV_MASTER_ADDR: &str = "MASTER_ADDR";
+/// Port of rank 0's rendezvous store ([`MASTER_PORT`] by default).
+pub const ENV_MASTER_PORT: &str = "MASTER_PORT";
+/// Which (re)start of the gang this is, 0 for the first; informational, set
+/// by `ride-trainer launch` and the operator.
+pub const ENV_RESTART_ATTEMPT: &str = "RIDE_RESTART_ATTEMPT";
 
 /// Path of the JSON [`Progress`] report on the metrics port.
 pub const PROGRESS_PATH: &str = "/progress";
@@ -59,6 +91,11 @@ pub const PROGRESS_PATH: &str = "/progress";
 /// [`Progress`] report as JSON when the trainer exits (on Kubernetes the
 /// container's `terminationMessagePath`, read back from pod status).
 pub const ENV_TERMINATION_LOG: &str = "RIDE_TERMINATION_LOG";
+
+/// Environment variable selecting the trainer's log format: `text` (lines
+/// for a person, the default) or `json` (one object per line, what the
+/// operator's pods ask for so trainer and operator logs share a log stack).
+pub const ENV_LOG_FORMAT: &str = "RIDE_LOG_FORMAT";
 
 /// Kubernetes keeps at most this many bytes of a termination message.
 pub const TERMINATION_MESSAGE_MAX_BYTES: usize = 4096;
@@ -212,6 +249,11 @@ mod tests {
         let older = br#"{"state":"Finished","epoch":1,"newField":true}"#;
         let q = Progress::parse(older).unwrap();
         assert_eq!((q.state, q.epoch, q.step), (RunState::Finished, 1, 0));
+    }
+
+    #[test]
+    fn the_default_metrics_address_uses_the_metrics_port() {
+        assert!(DEFAULT_METRICS_ADDR.ends_with(&format!(":{METRICS_PORT}")));
     }
 
     #[test]

@@ -18,8 +18,8 @@
 //! `/progress` endpoint, polled in the background (a slow pod never holds
 //! up a reconcile), and its termination message when it ends.
 
-use crate::crd::{Phase, RideTraining, RideTrainingStatus};
-use crate::lifecycle::{decide, Action, Observed, CONDITION_TYPES};
+use crate::crd::{phase_labels, Phase, RideTraining, RideTrainingStatus, PENDING_LABEL};
+use crate::lifecycle::{decide, Action, Observed};
 use crate::metrics::OperatorMetrics;
 use crate::observe::{apply_progress, observe_pod, pod_ip, termination_message};
 use crate::pods::{
@@ -272,35 +272,22 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         Err(e) => return Err(e.into()),
     };
     if rt.metadata.deletion_timestamp.is_some() {
-        // Owner references take the pods and the Service with it.
+        // Owner references take the pods and the Service with it: nothing
+        // to decide, observe or write.
         ctx.forget(&key);
         return Ok(Requeue::await_change());
     }
     let old_status = rt.status.clone().unwrap_or_default();
     let now = unix_now();
     let reference = rt.object_ref(&());
-
-    if let Err(e) = rt.spec.validate().and_then(|()| ctx.check_policy(&rt.spec)) {
-        let mut status = old_status.clone();
-        if status.phase != Some(Phase::Failed) || status.reason.as_deref() != Some("InvalidSpec") {
-            status.phase = Some(Phase::Failed);
-            status.reason = Some("InvalidSpec".into());
-            status.message = Some(e.to_string());
-            status.completion_time = Some(now);
-            crate::lifecycle::set_conditions(
-                &mut status.conditions,
-                Phase::Failed,
-                "InvalidSpec",
-                &e.to_string(),
-                now,
-                rt.metadata.generation,
-            );
-            status.observed_generation = rt.metadata.generation;
-            write_status(&rts, &rt, &old_status, &status).await?;
-            publish(ctx, &reference, "InvalidSpec", &e.to_string(), true).await;
-        }
-        return Ok(Requeue::await_change());
-    }
+    // What the API server's schema cannot check (cross-field rules, this
+    // operator's policy); `decide` fails the training on it.
+    let invalid_spec = rt
+        .spec
+        .validate()
+        .and_then(|()| ctx.check_policy(&rt.spec))
+        .err()
+        .map(|e| e.to_string());
 
     let uid = rt.metadata.uid.clone().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -321,7 +308,7 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         now,
         pods: observed_pods,
         service_exists,
-        deleting: false,
+        invalid_spec,
         generation: rt.metadata.generation,
     };
     let decision = decide(&rt.spec, &old_status, &observed);
@@ -330,15 +317,8 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     let mut requeue: Option<i64> = (!finished).then_some(ctx.progress_interval.as_secs() as i64);
 
     // Progress: the last background poll of rank 0, then the final reports
-    // that ended ranks 0 left in their termination messages.
-    if let Some(p) = ctx.polled(&key) {
-        if p.attempt <= status.attempt {
-            apply_progress(&mut status, &p.report);
-            if p.attempt == status.attempt {
-                crate::observe::update_run_progress(&mut status, &p.report, now);
-            }
-        }
-    }
+    // that ended ranks 0 left in their termination messages. (An invalid
+    // spec's status says only why it is invalid.)
     let label = |p: &Pod, l: &str| -> Option<i32> { p.labels().get(l)?.parse().ok() };
     let mut rank0: Vec<&Pod> = owned
         .iter()
@@ -346,13 +326,23 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         .filter(|p| label(p, LABEL_RANK) == Some(0))
         .collect();
     rank0.sort_by_key(|p| label(p, LABEL_ATTEMPT));
-    for p in &rank0 {
-        if let Some(report) =
-            termination_message(p).and_then(|m| Progress::parse(m.as_bytes()).ok())
-        {
-            apply_progress(&mut status, &report);
-            if label(p, LABEL_ATTEMPT) == Some(status.attempt) {
-                crate::observe::update_run_progress(&mut status, &report, now);
+    if observed.invalid_spec.is_none() {
+        if let Some(p) = ctx.polled(&key) {
+            if p.attempt <= status.attempt {
+                apply_progress(&mut status, &p.report);
+                if p.attempt == status.attempt {
+                    crate::observe::update_run_progress(&mut status, &p.report, now);
+                }
+            }
+        }
+        for p in &rank0 {
+            if let Some(report) =
+                termination_message(p).and_then(|m| Progress::parse(m.as_bytes()).ok())
+            {
+                apply_progress(&mut status, &report);
+                if label(p, LABEL_ATTEMPT) == Some(status.attempt) {
+                    crate::observe::update_run_progress(&mut status, &report, now);
+                }
             }
         }
     }
@@ -658,14 +648,6 @@ pub fn retry_delay(n: u32) -> Duration {
 /// A reconcile running this long is stuck (each API call has its own
 /// timeout well below it); `/healthz` then fails so the kubelet restarts us.
 pub const STUCK_RECONCILE: Duration = Duration::from_secs(300);
-
-/// The `phase` label of a training not reconciled yet.
-pub const PENDING_LABEL: &str = "Pending";
-
-/// Every value of the `phase` metrics label: not reconciled yet, then each phase.
-pub fn phase_labels() -> impl Iterator<Item = &'static str> {
-    std::iter::once(PENDING_LABEL).chain(CONDITION_TYPES.map(Phase::as_str))
-}
 
 /// Count RideTrainings by phase from the watch cache.
 pub fn update_phase_gauges(metrics: &OperatorMetrics, store: &Store<RideTraining>) {

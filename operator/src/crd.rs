@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
+use ride_contract::{CheckpointUri, Scheme};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -56,7 +57,8 @@ pub struct RideTrainingSpec {
     /// Suspension, clean-up and deadline.
     #[serde(default)]
     pub run_policy: RunPolicySpec,
-    /// Placement.
+    /// Where and how the workers are scheduled: scheduler, node selector,
+    /// tolerations, priority class, gang scheduling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling: Option<SchedulingSpec>,
 }
@@ -143,7 +145,7 @@ pub struct WorkerTemplateMetadata {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerTemplate {
-    /// Labels and annotations.
+    /// Labels and annotations added to every worker pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<WorkerTemplateMetadata>,
     /// Environment of the trainer container (`NCCL_DEBUG`, ...); names the
@@ -228,12 +230,23 @@ pub struct DatasetSpec {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointSpec {
-    /// `s3://`, `gs://`, `az://` or `file://` URI.
-    #[schemars(length(min = 1), regex(pattern = r"^(s3|gs|az|file)://.+"))]
+    /// Where the trainer writes checkpoints and reads them back on restart,
+    /// passed as its `--output`: an `s3://` (or `s3a://`) or `gs://` bucket,
+    /// an `az://` (`azure://`, `abfs://`, `abfss://`) container, or a
+    /// `file://` path on a volume every worker mounts. A plain path is
+    /// refused: the workers share no local directory.
+    #[schemars(length(min = 1), regex(pattern = checkpoint_uri_pattern()))]
     pub uri: String,
     /// Secret whose keys become the worker's environment (`AWS_ACCESS_KEY_ID`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+}
+
+/// The CRD's pattern for `checkpoint.uri`: one of the schemes the trainer
+/// opens (`ride_contract::Scheme`), then something after `://`.
+fn checkpoint_uri_pattern() -> String {
+    let names: Vec<&str> = Scheme::all_names().collect();
+    format!("^({})://.+", names.join("|"))
 }
 
 /// What to do with a worker exit code.
@@ -254,7 +267,7 @@ pub struct ExitCodeRule {
     /// Exit codes the rule matches.
     #[schemars(length(min = 1))]
     pub codes: Vec<i32>,
-    /// What to do.
+    /// What a worker exiting with one of them makes the operator do.
     pub action: ExitAction,
 }
 
@@ -356,7 +369,7 @@ pub struct SchedulingSpec {
     /// Taints the workers tolerate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
-    /// Priority class.
+    /// PriorityClass of the worker pods (the cluster default without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
     /// Gang scheduling, so that all workers are placed together or none
@@ -375,7 +388,9 @@ pub enum GangScheduler {
     Coscheduling,
 }
 
-/// Lifecycle phase.
+/// Where a training is in its lifecycle (`status.phase`, also the
+/// condition types): Created, Running (or Restarting, Suspended) until it
+/// Succeeded or Failed.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum Phase {
     /// Accepted, workers not all running yet.
@@ -386,13 +401,25 @@ pub enum Phase {
     Restarting,
     /// Workers deleted on request.
     Suspended,
-    /// Finished.
+    /// Every worker exited 0: training is complete.
     Succeeded,
-    /// Gave up.
+    /// Given up for good: restart budget used, deadline passed, a
+    /// permanent exit code or an invalid spec (`reason` says which).
     Failed,
 }
 
 impl Phase {
+    /// Every phase, in lifecycle order; each also has a condition type of
+    /// its name.
+    pub const ALL: [Phase; 6] = [
+        Phase::Created,
+        Phase::Running,
+        Phase::Restarting,
+        Phase::Suspended,
+        Phase::Succeeded,
+        Phase::Failed,
+    ];
+
     /// The name as serialised, also the condition type and the metrics label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -406,11 +433,19 @@ impl Phase {
     }
 }
 
-/// Last checkpoint, read from the `latest` manifest.
+/// The `phase` metrics label of a training not reconciled yet.
+pub const PENDING_LABEL: &str = "Pending";
+
+/// Every value of the `phase` metrics label: not reconciled yet, then each phase.
+pub fn phase_labels() -> impl Iterator<Item = &'static str> {
+    std::iter::once(PENDING_LABEL).chain(Phase::ALL.map(Phase::as_str))
+}
+
+/// The last durable checkpoint, as rank 0 reported it.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointStatus {
-    /// Checkpoint URI.
+    /// Where it is (`<checkpoint.uri>/…/ckpt_epoch_N`).
     pub uri: String,
     /// Epoch (0-based).
     pub epoch: i64,
@@ -473,14 +508,16 @@ pub struct ProgressStatus {
     pub eta: Option<i64>,
 }
 
-/// Observed state.
+/// What the operator last saw and decided: phase and conditions, attempt
+/// and restart counts, and rank 0's progress, checkpoint and evaluation.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RideTrainingStatus {
     /// The `metadata.generation` this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Phase.
+    /// Where the training is in its lifecycle; absent until the operator
+    /// first reconciles it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// Conditions, one per type (Created, Running, Restarting, Suspended,
@@ -500,10 +537,11 @@ pub struct RideTrainingStatus {
     /// How far the run is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<ProgressStatus>,
-    /// Last checkpoint.
+    /// The last durable checkpoint the trainer reported (a restart resumes
+    /// from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint: Option<CheckpointStatus>,
-    /// Latest evaluation.
+    /// The trainer's latest evaluation (top-1 accuracies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_eval: Option<EvalStatus>,
     /// Restarts that did not use the budget (preemption, node loss, elastic resizing, spec changes).
@@ -607,15 +645,20 @@ impl RideTrainingSpec {
         if !(0..=16).contains(&self.workers.gpus_per_worker) {
             return err("workers.gpusPerWorker", "must be between 0 and 16".into());
         }
-        let scheme = self.checkpoint.uri.split("://").next().unwrap_or("");
-        if !self.checkpoint.uri.contains("://") || !["s3", "gs", "az", "file"].contains(&scheme) {
-            return err(
-                "checkpoint.uri",
-                format!(
-                    "'{}' must be an s3://, gs://, az:// or file:// URI",
-                    self.checkpoint.uri
-                ),
-            );
+        match CheckpointUri::parse(&self.checkpoint.uri) {
+            Err(e) => return err("checkpoint.uri", e.to_string()),
+            // The trainer takes a plain path as a local directory, but
+            // workers on different nodes would each write their own.
+            Ok(uri) if uri.is_plain_path() => {
+                return err(
+                    "checkpoint.uri",
+                    format!(
+                        "'{uri}' must be a {} URI: the workers share no local directory",
+                        Scheme::accepted_prefixes()
+                    ),
+                )
+            }
+            Ok(_) => {}
         }
         if self.restart_policy.budget < 0 {
             return err("restartPolicy.budget", "must not be negative".into());
@@ -698,5 +741,57 @@ impl RideTrainingSpec {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_with_uri(uri: &str) -> RideTrainingSpec {
+        let rt: RideTraining = serde_norway::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/ride-cpu.yaml"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let mut spec = rt.spec;
+        spec.checkpoint.uri = uri.into();
+        spec
+    }
+
+    #[test]
+    fn checkpoint_uris_of_every_trainer_scheme_pass_the_pattern_and_validation() {
+        let pattern = regex::Regex::new(&checkpoint_uri_pattern()).unwrap();
+        for uri in [
+            "s3://b/run",
+            "s3a://b/run",
+            "gs://b/run",
+            "az://c/run",
+            "azure://c/run",
+            "abfs://c/run",
+            "abfss://c@account.dfs.core.windows.net/run",
+            "file:///shared/run",
+        ] {
+            assert!(pattern.is_match(uri), "{uri}");
+            assert_eq!(spec_with_uri(uri).validate(), Ok(()), "{uri}");
+        }
+        // A plain path is a directory the workers do not share; an unknown
+        // scheme or a missing bucket no trainer can open.
+        for uri in ["output/run", "/data/run", "ftp://host/run"] {
+            assert!(!pattern.is_match(uri), "{uri}");
+            let e = spec_with_uri(uri).validate().unwrap_err();
+            assert_eq!(e.field, "checkpoint.uri", "{uri}");
+        }
+        // Schemes are case-insensitive to the trainer; the API server wants
+        // them as the trainer's messages write them.
+        assert!(!pattern.is_match("S3://b/run"));
+        let e = spec_with_uri("/data/run").validate().unwrap_err();
+        assert!(e.message.contains("share no local directory"), "{e}");
+        let e = spec_with_uri("s3:///run").validate().unwrap_err();
+        assert_eq!(e.field, "checkpoint.uri");
+        assert!(e.message.contains("names no bucket"), "{e}");
     }
 }

@@ -15,6 +15,8 @@ pub use ride_contract::PREEMPTED_EXIT_CODE;
 pub const MAX_BACKOFF_SECONDS: i64 = 600;
 /// How often to look again while an old gang is still terminating.
 pub const TERMINATION_POLL_SECONDS: i64 = 2;
+/// The reason (status, condition, Event) of a training failed for its spec.
+pub const INVALID_SPEC: &str = "InvalidSpec";
 
 /// A worker pod's state as observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +26,7 @@ pub enum PodState {
         /// Unix time the pod was first reported unschedulable.
         unschedulable_since: Option<i64>,
     },
-    /// Running.
+    /// Its trainer container is running.
     Running,
     /// Exited 0.
     Succeeded,
@@ -44,11 +46,11 @@ pub enum PodState {
 /// One observed worker pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedPod {
-    /// Rank label.
+    /// Its rank among the attempt's workers (the `ride.dev/rank` label).
     pub rank: i32,
-    /// Attempt label.
+    /// The attempt it belongs to (the `ride.dev/attempt` label).
     pub attempt: i32,
-    /// State.
+    /// Where its trainer container is.
     pub state: PodState,
     /// When its deletion was requested: the Unix time its grace period ends
     /// (the pod's `deletionTimestamp`), after which its kubelet should have
@@ -71,8 +73,9 @@ pub struct Observed {
     pub pods: Vec<ObservedPod>,
     /// Whether the headless Service exists.
     pub service_exists: bool,
-    /// The resource itself is being deleted.
-    pub deleting: bool,
+    /// Why the spec cannot be run (`spec.<field>: <problem>`), when
+    /// `RideTrainingSpec::validate` or the operator's policy refuses it.
+    pub invalid_spec: Option<String>,
     /// The resource's `metadata.generation`.
     pub generation: Option<i64>,
 }
@@ -84,29 +87,30 @@ pub enum Action {
     EnsureService,
     /// Create the pod of `rank` for `attempt` in a world of `world_size`.
     CreatePod {
-        /// Rank.
+        /// The worker's rank (0-based), which names the pod.
         rank: i32,
-        /// Attempt.
+        /// The attempt it belongs to, which names the pod too.
         attempt: i32,
-        /// World size.
+        /// Workers in the attempt (the trainer's world is this times the
+        /// GPUs per worker).
         world_size: i32,
     },
     /// Delete a pod; `force` skips the grace period (lost node).
     DeletePod {
-        /// Rank.
+        /// The worker's rank.
         rank: i32,
-        /// Attempt.
+        /// The attempt it belongs to.
         attempt: i32,
-        /// Grace period 0.
+        /// Delete with a grace period of 0, for a pod whose kubelet is gone.
         force: bool,
     },
     /// Delete the RideTraining (TTL after finishing).
     DeleteSelf,
     /// Record a Kubernetes Event.
     Event {
-        /// Short reason.
+        /// CamelCase reason (`WorkerFailed`, `Preempted`, ...), as Events carry it.
         reason: String,
-        /// Message.
+        /// What happened, for people (also in status).
         message: String,
         /// Warning rather than Normal.
         warning: bool,
@@ -263,19 +267,10 @@ impl Ctx<'_> {
     }
 }
 
-/// The condition types, one per phase.
-pub const CONDITION_TYPES: [Phase; 6] = [
-    Phase::Created,
-    Phase::Running,
-    Phase::Restarting,
-    Phase::Suspended,
-    Phase::Succeeded,
-    Phase::Failed,
-];
-
-/// Make `phase`'s condition True and every other phase's False, keeping each
-/// condition's transition time unless its status flips; every listed
-/// condition is stamped with the `generation` it was judged against.
+/// Make `phase`'s condition True and every other phase's False (one
+/// condition type per [`Phase`]), keeping each condition's transition time
+/// unless its status flips; every listed condition is stamped with the
+/// `generation` it was judged against.
 pub fn set_conditions(
     conditions: &mut Vec<Condition>,
     phase: Phase,
@@ -285,7 +280,7 @@ pub fn set_conditions(
     generation: Option<i64>,
 ) {
     let time = Time(jiff::Timestamp::from_second(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH));
-    for ty in CONDITION_TYPES {
+    for ty in Phase::ALL {
         let name = ty.as_str();
         let want = if ty == phase { "True" } else { "False" };
         match conditions.iter_mut().find(|c| c.type_ == name) {
@@ -346,8 +341,18 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         st: status.clone(),
         actions: Vec::new(),
     };
-    // Being deleted: owner references remove the pods; nothing to start.
-    if obs.deleting {
+    // A spec that cannot run fails the training, once, whatever its state;
+    // nothing else happens until it is fixed (a running gang is left alone).
+    if let Some(why) = &obs.invalid_spec {
+        let failed = c.st.phase == Some(Phase::Failed);
+        if !failed || c.st.reason.as_deref() != Some(INVALID_SPEC) {
+            c.note(Phase::Failed, INVALID_SPEC, why.clone());
+            c.st.phase = Some(Phase::Failed);
+            c.st.reason = Some(INVALID_SPEC.into());
+            c.st.completion_time = Some(obs.now);
+            c.st.observed_generation = obs.generation;
+            c.event(INVALID_SPEC, why.clone(), true);
+        }
         return Decision {
             actions: c.actions,
             status: c.st,

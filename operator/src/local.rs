@@ -1,13 +1,16 @@
 //! Running a `RideTraining` without a cluster: the manifest becomes the local
-//! launcher's invocation (`ride-trainer launch`), with `file://` storage
-//! unless the manifest names another.
+//! launcher's invocation (`ride-trainer launch`), writing to the manifest's
+//! checkpoint location when that is a `file://` one and under `output/`
+//! otherwise (a local run may lack the object store's credentials).
 
 use crate::crd::RideTraining;
+use ride_contract::CheckpointUri;
 use std::path::{Path, PathBuf};
 
 /// The `ride-trainer` argument list for `rt`: `launch` with the cluster's
 /// world size (workers × GPUs per worker) and the restart budget, then the
-/// `train` arguments.
+/// `train` arguments. The output is `output` if given, else the manifest's
+/// checkpoint location when it is local, else `output/<name>`.
 pub fn launcher_args(rt: &RideTraining, configs_dir: &Path, output: Option<&str>) -> Vec<String> {
     let spec = &rt.spec;
     let cfg = if spec.trainer.config.contains('/') {
@@ -16,7 +19,8 @@ pub fn launcher_args(rt: &RideTraining, configs_dir: &Path, output: Option<&str>
         configs_dir.join(&spec.trainer.config)
     };
     let output = output.map(str::to_string).unwrap_or_else(|| {
-        if spec.checkpoint.uri.starts_with("file://") {
+        let uri = CheckpointUri::parse(&spec.checkpoint.uri);
+        if uri.is_ok_and(|u| u.is_local()) {
             spec.checkpoint.uri.clone()
         } else {
             // Remote URIs need credentials that a local run may not have.
@@ -37,7 +41,7 @@ pub fn launcher_args(rt: &RideTraining, configs_dir: &Path, output: Option<&str>
         "--output".into(),
         output,
         "--metrics-addr".into(),
-        "off".into(),
+        ride_contract::METRICS_OFF.into(),
     ];
     args.extend(crate::pods::data_and_override_args(spec));
     args
@@ -72,5 +76,14 @@ spec:
             "launch --nproc-per-node 2 --max-restarts 5 -- --cfg configs/synthetic_ride_2e_cpu.yaml \
              --device cpu --output output/demo --metrics-addr off --opts DATA.BATCH_SIZE 32 TRAIN.EPOCHS 2"
         );
+        // A local location is used as it is; an explicit output wins.
+        let mut local = rt.clone();
+        local.spec.checkpoint.uri = "file:///tmp/demo".into();
+        let args = launcher_args(&local, Path::new("configs"), None);
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["--output", "file:///tmp/demo"]));
+        let args = launcher_args(&local, Path::new("configs"), Some("elsewhere"));
+        assert!(args.windows(2).any(|w| w == ["--output", "elsewhere"]));
     }
 }

@@ -232,7 +232,7 @@ impl OperatorMetrics {
         for kind in ["budget", "exempt"] {
             m.restarts.with_label_values(&[kind]);
         }
-        for phase in crate::controller::phase_labels() {
+        for phase in crate::crd::phase_labels() {
             m.trainings.with_label_values(&[phase]);
         }
         Arc::new(m)

@@ -9,6 +9,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use ride_contract::{
+    CheckpointUri, Scheme, ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_LOG_FORMAT, ENV_MASTER_ADDR,
+    ENV_MASTER_PORT, ENV_RANK, ENV_RESTART_ATTEMPT, ENV_TERMINATION_LOG, ENV_WORLD_SIZE,
+};
 use std::collections::BTreeMap;
 
 /// Rendezvous store port (rank 0).
@@ -24,9 +28,9 @@ pub const TERMINATION_LOG: &str = "/dev/termination-log";
 pub const IMAGE_CONFIGS: &str = "/opt/ride/configs";
 /// Label: the owning RideTraining.
 pub const LABEL_TRAINING: &str = "ride.dev/training";
-/// Label: rank.
+/// Label: a worker pod's rank (0-based) within its attempt.
 pub const LABEL_RANK: &str = "ride.dev/rank";
-/// Label: attempt.
+/// Label: the attempt (0-based, one per gang start) a worker pod belongs to.
 pub const LABEL_ATTEMPT: &str = "ride.dev/attempt";
 /// Kueue's queue label; on a RideTraining it is passed to its pods, which
 /// Kueue's pod integration then admits as one group per attempt.
@@ -71,21 +75,24 @@ pub const RESERVED_MOUNT_PATHS: [&str; 2] = ["/dev/shm", "/tmp"];
 /// not set them (the process contract and credentials depend on them).
 pub fn reserved_env(name: &str) -> bool {
     const OURS: [&str; 10] = [
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "RIDE_RESTART_ATTEMPT",
-        ride_contract::ENV_TERMINATION_LOG,
+        ENV_RANK,
+        ENV_WORLD_SIZE,
+        ENV_LOCAL_RANK,
+        ENV_LOCAL_WORLD_SIZE,
+        ENV_MASTER_ADDR,
+        ENV_MASTER_PORT,
+        ENV_RESTART_ATTEMPT,
+        ENV_TERMINATION_LOG,
         "HOME",
         "XDG_CACHE_HOME",
     ];
+    let credential = Scheme::ALL
+        .iter()
+        .any(|s| s.credential_vars().iter().any(|v| v.name == name));
     OURS.contains(&name)
+        || credential
         || name.starts_with("AWS_")
         || name.starts_with("AZURE_STORAGE_")
-        || name == "GOOGLE_SERVICE_ACCOUNT_KEY"
 }
 
 /// The security context every container of a worker gets unless it says
@@ -180,33 +187,24 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-/// Credential variables for the checkpoint URI's scheme, each read from the
-/// Secret by reference (the operator never reads the values).
-pub fn credential_env(uri: &str, secret: &str) -> Vec<EnvVar> {
-    let keys: &[(&str, bool)] = match uri.split("://").next().unwrap_or("") {
-        "s3" => &[
-            ("AWS_ACCESS_KEY_ID", false),
-            ("AWS_SECRET_ACCESS_KEY", false),
-            ("AWS_SESSION_TOKEN", true),
-            ("AWS_REGION", true),
-            ("AWS_ENDPOINT_URL", true),
-        ],
-        "gs" => &[("GOOGLE_SERVICE_ACCOUNT_KEY", false)],
-        "az" => &[
-            ("AZURE_STORAGE_ACCOUNT_NAME", false),
-            ("AZURE_STORAGE_ACCOUNT_KEY", false),
-        ],
-        _ => &[],
-    };
-    keys.iter()
-        .map(|&(key, optional)| EnvVar {
-            name: key.into(),
+/// The credential variables of the checkpoint storage's `scheme`, each a
+/// `secretKeyRef` to the key of the same name in `secret`. The operator has
+/// no access to Secrets (its RBAC grants none) and never sees the values:
+/// the kubelet resolves the references when it starts the container, and a
+/// missing Secret or required key keeps the worker from starting
+/// (`CreateContainerConfigError`, shown in status as its start problem).
+pub fn credential_env(scheme: Scheme, secret: &str) -> Vec<EnvVar> {
+    scheme
+        .credential_vars()
+        .iter()
+        .map(|var| EnvVar {
+            name: var.name.into(),
             value: None,
             value_from: Some(EnvVarSource {
                 secret_key_ref: Some(SecretKeySelector {
                     name: secret.into(),
-                    key: key.into(),
-                    optional: Some(optional),
+                    key: var.name.into(),
+                    optional: Some(!var.required),
                 }),
                 ..Default::default()
             }),
@@ -232,7 +230,7 @@ pub fn trainer_args(rt: &RideTraining) -> Vec<String> {
         device(spec).into(),
         "--no-progress".into(),
         "--metrics-addr".into(),
-        format!("0.0.0.0:{METRICS_PORT}"),
+        ride_contract::DEFAULT_METRICS_ADDR.into(),
     ];
     args.extend(data_and_override_args(spec));
     args
@@ -314,20 +312,22 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
     // With several ranks per pod, `launch` sets each one's own values; these
     // describe the pod's first rank.
     let mut env_vars = vec![
-        env("RANK", (rank * g).to_string()),
-        env("WORLD_SIZE", (world_size * g).to_string()),
-        env("LOCAL_RANK", "0"),
-        env("LOCAL_WORLD_SIZE", g.to_string()),
-        env("MASTER_ADDR", master_addr.clone()),
-        env("MASTER_PORT", MASTER_PORT.to_string()),
-        env("RIDE_RESTART_ATTEMPT", attempt.to_string()),
-        env(ride_contract::ENV_TERMINATION_LOG, TERMINATION_LOG),
+        env(ENV_RANK, (rank * g).to_string()),
+        env(ENV_WORLD_SIZE, (world_size * g).to_string()),
+        env(ENV_LOCAL_RANK, "0"),
+        env(ENV_LOCAL_WORLD_SIZE, g.to_string()),
+        env(ENV_MASTER_ADDR, master_addr.clone()),
+        env(ENV_MASTER_PORT, MASTER_PORT.to_string()),
+        env(ENV_RESTART_ATTEMPT, attempt.to_string()),
+        env(ENV_TERMINATION_LOG, TERMINATION_LOG),
         // Caches (libtorch, HOME-relative tools) land on the writable /tmp.
         env("HOME", "/tmp"),
         env("XDG_CACHE_HOME", "/tmp/.cache"),
     ];
-    if let Some(secret) = &spec.checkpoint.credentials_secret {
-        env_vars.extend(credential_env(&spec.checkpoint.uri, secret));
+    // The URI was validated before any pod is built.
+    let storage = CheckpointUri::parse(&spec.checkpoint.uri).map(|u| u.scheme());
+    if let (Some(secret), Ok(scheme)) = (&spec.checkpoint.credentials_secret, storage) {
+        env_vars.extend(credential_env(scheme, secret));
     }
     let mut resources = spec.workers.resources.clone().unwrap_or_default();
     if spec.workers.gpus_per_worker > 0 {
@@ -410,6 +410,11 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
         "ride.dev/spec-hash".to_string(),
         crate::lifecycle::spec_hash(spec),
     );
+    // JSON logs, so the trainer's lines join the operator's in one log
+    // stack; a template that sets the variable (e.g. to `text`) wins.
+    if !template.env.iter().any(|e| e.name == ENV_LOG_FORMAT) {
+        env_vars.push(env(ENV_LOG_FORMAT, "json"));
+    }
     env_vars.extend(template.env);
 
     mounts.extend(template.volume_mounts);
@@ -455,7 +460,7 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
                 security_context: Some(restricted_container_context(true)),
                 // A trainer that dies before writing its report still says why.
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
-                command: Some(vec!["ride-trainer".into()]),
+                command: Some(vec![ride_contract::TRAINER_BINARY.into()]),
                 args: Some(worker_args(rt, rank, world_size, &master_addr)),
                 env: Some(env_vars),
                 resources: Some(ResourceRequirements { ..resources }),
@@ -543,6 +548,30 @@ mod tests {
     }
 
     #[test]
+    fn trainers_log_json_unless_the_template_asks_otherwise() {
+        let log_format = |rt: &RideTraining| {
+            let p = worker_pod(rt, 0, 0, 2);
+            let env = p.spec.unwrap().containers[0].env.clone().unwrap();
+            let set: Vec<String> = env
+                .iter()
+                .filter(|e| e.name == ENV_LOG_FORMAT)
+                .map(|e| e.value.clone().unwrap_or_default())
+                .collect();
+            set
+        };
+        let mut rt = rt();
+        assert_eq!(log_format(&rt), ["json"]);
+        let mut template = rt.spec.workers.template.clone().unwrap_or_default();
+        template.env.push(EnvVar {
+            name: ENV_LOG_FORMAT.into(),
+            value: Some("text".into()),
+            ..Default::default()
+        });
+        rt.spec.workers.template = Some(template);
+        assert_eq!(log_format(&rt), ["text"]);
+    }
+
+    #[test]
     fn credentials_are_secret_references_never_values() {
         let rt = rt();
         let p = worker_pod(&rt, 0, 0, 8);
@@ -562,6 +591,64 @@ mod tests {
                 (r.name.as_str(), r.key.as_str()),
                 ("ride-s3", e.name.as_str())
             );
+        }
+    }
+
+    #[test]
+    fn each_scheme_gets_its_credential_keys_and_the_optional_ones_are_optional() {
+        let keys = |scheme| -> Vec<(String, Option<bool>)> {
+            credential_env(scheme, "creds")
+                .into_iter()
+                .map(|e| {
+                    let r = e.value_from.unwrap().secret_key_ref.unwrap();
+                    assert_eq!(
+                        (r.name.as_str(), r.key.as_str()),
+                        ("creds", e.name.as_str())
+                    );
+                    (e.name, r.optional)
+                })
+                .collect()
+        };
+        let named = |list: &[(&str, bool)]| -> Vec<(String, Option<bool>)> {
+            list.iter()
+                .map(|(n, optional)| (n.to_string(), Some(*optional)))
+                .collect()
+        };
+        assert_eq!(
+            keys(Scheme::S3),
+            named(&[
+                ("AWS_ACCESS_KEY_ID", false),
+                ("AWS_SECRET_ACCESS_KEY", false),
+                ("AWS_SESSION_TOKEN", true),
+                ("AWS_REGION", true),
+                ("AWS_ENDPOINT_URL", true),
+            ])
+        );
+        assert_eq!(
+            keys(Scheme::Gcs),
+            named(&[("GOOGLE_SERVICE_ACCOUNT_KEY", false)])
+        );
+        assert_eq!(
+            keys(Scheme::Azure),
+            named(&[
+                ("AZURE_STORAGE_ACCOUNT_NAME", false),
+                ("AZURE_STORAGE_ACCOUNT_KEY", false),
+            ])
+        );
+        assert!(keys(Scheme::File).is_empty());
+        // The aliases are the same storage: s3a:// gets the S3 keys.
+        let mut rt = rt();
+        rt.spec.checkpoint.uri = "s3a://ride-checkpoints/run".into();
+        let env = worker_pod(&rt, 0, 0, 2).spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        assert_eq!(env.iter().filter(|e| e.name.starts_with("AWS_")).count(), 5);
+        // No template may set them.
+        for scheme in Scheme::ALL {
+            for v in scheme.credential_vars() {
+                assert!(reserved_env(v.name), "{}", v.name);
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 //! unchanged, so the two ways into Slurm cannot drift apart.
 
 use crate::crd::RideTraining;
+use ride_contract::CheckpointUri;
 use std::path::Path;
 
 /// `slurm/ride.sbatch`, compiled in.
@@ -19,19 +20,11 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// Credential variables the job's environment must carry for the
-/// checkpoint URI's scheme (the same names the operator's pods get from
-/// their Secret).
-fn credential_names(uri: &str) -> Vec<String> {
-    crate::pods::credential_env(uri, "-")
-        .into_iter()
-        .filter(|e| {
-            e.value_from
-                .as_ref()
-                .and_then(|v| v.secret_key_ref.as_ref())
-                .is_some_and(|r| r.optional != Some(true))
-        })
-        .map(|e| e.name)
-        .collect()
+/// checkpoint URI's scheme (the required ones of those the operator's pods
+/// get from their Secret).
+fn credential_names(uri: &str) -> Vec<&'static str> {
+    let vars = CheckpointUri::parse(uri).map_or(&[][..], |u| u.scheme().credential_vars());
+    vars.iter().filter(|v| v.required).map(|v| v.name).collect()
 }
 
 /// CPUs of a Kubernetes quantity (`"6"`, `"1.5"`, `"500m"`), rounded up.

@@ -3,8 +3,7 @@
 //! recomputed from the cache on every refresh, so a deleted training's series
 //! disappear and the cardinality never outgrows the live trainings.
 
-use crate::controller::{phase_labels, PENDING_LABEL};
-use crate::crd::{Phase, RideTraining};
+use crate::crd::{phase_labels, Phase, RideTraining, PENDING_LABEL};
 use crate::metrics::TrainingGauges;
 use kube::ResourceExt;
 use std::collections::BTreeSet;

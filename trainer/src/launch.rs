@@ -10,7 +10,9 @@
 //! only whoever started all the nodes (the operator, Slurm) can restart the
 //! whole gang; it exits with the first bad rank's code instead.
 
+use crate::logging::{LogFormat, ENV_LOG_FORMAT};
 use crate::train::PREEMPTED_EXIT_CODE;
+use ride_contract as contract;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -137,6 +139,9 @@ pub struct LaunchOptions {
     pub grace: Duration,
     /// This machine's place among several (`None`: the whole gang is here).
     pub node: Option<NodePlacement>,
+    /// Log format of the launcher and its ranks: text lines get a `[rank N]`
+    /// prefix, JSON lines pass through whole (each names its rank).
+    pub log_format: LogFormat,
 }
 
 /// One node's place in a gang that spans several.
@@ -182,19 +187,20 @@ fn spawn_rank(
     attempt: u32,
 ) -> std::io::Result<Child> {
     let mut cmd = Command::new(&opts.program);
+    cmd.env(ENV_LOG_FORMAT, opts.log_format.as_str());
     let master = opts
         .node
         .as_ref()
         .map_or("127.0.0.1", |n| n.master_addr.as_str());
     cmd.arg("train")
         .args(&opts.train_args)
-        .env("RANK", opts.global_rank(rank).to_string())
-        .env("WORLD_SIZE", opts.world_size().to_string())
-        .env("LOCAL_RANK", rank.to_string())
-        .env("LOCAL_WORLD_SIZE", opts.nproc.to_string())
-        .env("MASTER_ADDR", master)
-        .env("MASTER_PORT", port.to_string())
-        .env("RIDE_RESTART_ATTEMPT", attempt.to_string())
+        .env(contract::ENV_RANK, opts.global_rank(rank).to_string())
+        .env(contract::ENV_WORLD_SIZE, opts.world_size().to_string())
+        .env(contract::ENV_LOCAL_RANK, rank.to_string())
+        .env(contract::ENV_LOCAL_WORLD_SIZE, opts.nproc.to_string())
+        .env(contract::ENV_MASTER_ADDR, master)
+        .env(contract::ENV_MASTER_PORT, port.to_string())
+        .env(contract::ENV_RESTART_ATTEMPT, attempt.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -217,9 +223,14 @@ fn spawn_rank(
         });
     }
     if let Some(err) = child.stderr.take() {
+        let prefix = opts.log_format == LogFormat::Text;
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[rank {rank}] {line}");
+                if prefix {
+                    eprintln!("[rank {rank}] {line}");
+                } else {
+                    eprintln!("{line}");
+                }
             }
         });
     }
@@ -270,7 +281,13 @@ fn run_attempt(
     for rank in 0..opts.nproc {
         match spawn_rank(opts, rank, port, attempt) {
             Ok(c) => {
-                eprintln!("launch: attempt {attempt}: rank {rank} pid {}", c.id());
+                tracing::info!(
+                    attempt,
+                    rank,
+                    pid = c.id(),
+                    "launch: attempt {attempt}: rank {rank} pid {}",
+                    c.id()
+                );
                 children.push(Some(c));
             }
             Err(e) => {
@@ -284,7 +301,7 @@ fn run_attempt(
     loop {
         if stop.load(Ordering::SeqCst) && !forwarded {
             // Our own SIGTERM/SIGUSR1: let the ranks checkpoint and exit.
-            eprintln!("launch: stop requested; forwarding SIGTERM to the ranks");
+            tracing::info!("launch: stop requested; forwarding SIGTERM to the ranks");
             for c in children.iter().flatten() {
                 signal(c, libc::SIGTERM);
             }
@@ -299,7 +316,7 @@ fn run_attempt(
                     let exit = RankExit::from_status(status);
                     *slot = None;
                     if exit != RankExit::Code(0) && first_bad.is_none() {
-                        eprintln!("launch: rank {rank} ended: {exit}");
+                        tracing::warn!(rank, exit = %exit, "launch: rank {rank} ended: {exit}");
                         first_bad = Some((rank, exit));
                     }
                 }
@@ -309,7 +326,7 @@ fn run_attempt(
             return Ok(first_bad);
         }
         if first_bad.is_some() && !forwarded {
-            eprintln!("launch: stopping the other ranks");
+            tracing::info!("launch: stopping the other ranks");
             stop_all(&mut children, opts.grace);
             return Ok(first_bad);
         }
@@ -329,7 +346,7 @@ pub fn launch(opts: &LaunchOptions, stop: Arc<AtomicBool>) -> std::io::Result<i3
                 AttemptOutcome::Succeeded => 0,
                 AttemptOutcome::Preempted => PREEMPTED_EXIT_CODE,
                 AttemptOutcome::Failed { rank, exit } => {
-                    eprintln!(
+                    tracing::warn!(
                         "launch: rank {} {exit}; ending this node's share of the gang",
                         opts.global_rank(rank)
                     );
@@ -352,11 +369,11 @@ pub fn launch(opts: &LaunchOptions, stop: Arc<AtomicBool>) -> std::io::Result<i3
         match (step, outcome) {
             (NextStep::Exit(code), _) => {
                 match outcome {
-                    AttemptOutcome::Succeeded => eprintln!("launch: all {} ranks finished", opts.nproc),
-                    AttemptOutcome::Failed { rank, exit } => eprintln!(
+                    AttemptOutcome::Succeeded => tracing::info!("launch: all {} ranks finished", opts.nproc),
+                    AttemptOutcome::Failed { rank, exit } => tracing::warn!(
                         "launch: giving up after {restarts} restart(s): rank {rank} {exit}; raise --max-restarts or see the rank's log"
                     ),
-                    AttemptOutcome::Preempted => eprintln!("launch: preempted; checkpoint saved, run the same command to resume"),
+                    AttemptOutcome::Preempted => tracing::info!("launch: preempted; checkpoint saved, run the same command to resume"),
                 }
                 return Ok(code);
             }
@@ -366,7 +383,9 @@ pub fn launch(opts: &LaunchOptions, stop: Arc<AtomicBool>) -> std::io::Result<i3
                 } else {
                     preemptions += 1;
                 }
-                eprintln!(
+                tracing::warn!(
+                    restarts,
+                    counted = counts,
                     "launch: restarting all {} ranks from the latest checkpoint (restart {restarts}/{}{})",
                     opts.nproc,
                     opts.max_restarts,

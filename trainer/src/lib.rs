@@ -8,6 +8,7 @@ pub mod data;
 pub mod dist;
 pub mod eval;
 pub mod launch;
+pub mod logging;
 pub mod loss;
 pub mod metrics;
 pub mod model;

@@ -12,11 +12,14 @@ use tch::{nn, Device};
 
 #[derive(Parser)]
 #[command(
-    name = "ride-trainer",
+    name = ride_contract::TRAINER_BINARY,
     version,
     about = "RIDE long-tailed recognition on a Swin Transformer (libtorch)"
 )]
 struct Cli {
+    /// Log format on stderr: `text` (plain lines) or `json` (one object per line).
+    #[arg(long, global = true, env = ride_trainer::logging::ENV_LOG_FORMAT, default_value = "text")]
+    log_format: ride_trainer::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,7 +120,7 @@ struct TrainArgs {
     #[arg(long, default_value = "auto")]
     device: String,
     /// Prometheus endpoint address, or "off".
-    #[arg(long, default_value = "0.0.0.0:9400")]
+    #[arg(long, default_value = ride_contract::DEFAULT_METRICS_ADDR)]
     metrics_addr: String,
     /// Print the evaluation as JSON on stdout too.
     #[arg(long)]
@@ -178,7 +181,7 @@ fn print_summary(s: &RunSummary) {
     }
 }
 
-fn cmd_train(a: TrainArgs) -> Result<()> {
+fn cmd_train(a: TrainArgs, log_format: ride_trainer::logging::LogFormat) -> Result<()> {
     let o = Overrides {
         batch_size: a.batch_size,
         data_path: a.data_path.clone(),
@@ -193,10 +196,14 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         ..Default::default()
     };
     let cfg = a.config.load(o)?;
-    let metrics_addr =
-        (a.metrics_addr != "off" && !a.metrics_addr.is_empty()).then(|| a.metrics_addr.clone());
-    let progress = !a.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let metrics_addr = (a.metrics_addr != ride_contract::METRICS_OFF && !a.metrics_addr.is_empty())
+        .then(|| a.metrics_addr.clone());
+    // Bars are for a person at a terminal; JSON logs get PRINT_FREQ lines.
+    let progress = !a.no_progress
+        && log_format == ride_trainer::logging::LogFormat::Text
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let world = ride_trainer::dist::WorldInfo::from_env()?;
+    let _rank = tracing::info_span!("rank", rank = world.rank).entered();
     let is_main = world.rank == 0;
     let report = ride_trainer::train::SharedProgress::default();
     let result = run(
@@ -270,7 +277,7 @@ fn write_termination_message(
         .unwrap_or_else(|e| e.into_inner())
         .termination_message();
     if let Err(e) = std::fs::write(&path, text) {
-        eprintln!(
+        tracing::warn!(
             "warning: cannot write the termination message to {}: {e}",
             std::path::Path::new(&path).display()
         );
@@ -299,7 +306,7 @@ fn cmd_summary(c: ConfigArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_launch(a: LaunchArgs) -> Result<()> {
+fn cmd_launch(a: LaunchArgs, log_format: ride_trainer::logging::LogFormat) -> Result<()> {
     anyhow::ensure!(a.nproc_per_node >= 1, "--nproc-per-node must be at least 1");
     anyhow::ensure!(
         a.nnodes >= 1 && a.node_rank < a.nnodes,
@@ -324,6 +331,7 @@ fn cmd_launch(a: LaunchArgs) -> Result<()> {
         program: std::env::current_exe().context("finding the ride-trainer executable")?,
         grace: std::time::Duration::from_secs_f64(a.grace_seconds.max(0.0)),
         node,
+        log_format,
     };
     let code = ride_trainer::launch::launch(&opts, stop_flag()?).context("launching ranks")?;
     std::process::exit(code);
@@ -357,10 +365,11 @@ fn cmd_data_stats(a: DataStatsArgs) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    ride_trainer::logging::init(cli.log_format);
     let result = match cli.command {
-        Command::Train(a) => cmd_train(a),
+        Command::Train(a) => cmd_train(a, cli.log_format),
         Command::Summary(c) => cmd_summary(c),
-        Command::Launch(a) => cmd_launch(a),
+        Command::Launch(a) => cmd_launch(a, cli.log_format),
         Command::DataStats(a) => cmd_data_stats(a),
         Command::Predict(p) => ride_trainer::predict::run(
             &p.config.cfg,
@@ -376,10 +385,10 @@ fn main() {
     };
     if let Err(e) = result {
         if let Some(p) = e.downcast_ref::<ride_trainer::train::Preempted>() {
-            eprintln!("{p}");
+            tracing::warn!(checkpoint = %p.checkpoint, "{p}");
             std::process::exit(ride_trainer::train::PREEMPTED_EXIT_CODE);
         }
-        eprintln!("error: {e:#}");
+        tracing::error!(error = %format!("{e:#}"), "error: {e:#}");
         // Bad config: tell launchers that another try cannot help.
         if e.chain()
             .any(|c| c.is::<ride_trainer::config::ConfigError>())

@@ -64,7 +64,7 @@ pub fn run(
         let per_expert = out.stacked().to_device(Device::Cpu);
         let dest = output.context("--output is required with --input-tensor")?;
         Tensor::write_safetensors(&[("logits", logits), ("per_expert", per_expert)], dest)?;
-        eprintln!("wrote {}", dest.display());
+        tracing::info!("wrote {}", dest.display());
         return Ok(());
     }
     let Some(list) = images else {

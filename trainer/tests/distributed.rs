@@ -329,3 +329,54 @@ fn a_machines_share_of_a_gang_does_not_restart_on_its_own() {
     );
     assert!(!t.contains("restarting all"), "{t}");
 }
+
+#[test]
+fn json_logs_of_a_launched_gang_are_one_object_per_line_with_rank_and_numbers() {
+    // What the operator's pods ask for: every stderr line a JSON object
+    // (the launcher relays the ranks' lines whole), numbers as fields.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 2, "CE");
+    let out = dir.path().join("out");
+    let mut args = vec!["launch", "--nproc-per-node", "2", "--"];
+    args.extend(train_args(&cfg, &out));
+    args.extend(ONE_EPOCH);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ride-trainer"))
+        .args(&args)
+        .env("OMP_NUM_THREADS", "1")
+        .env("RIDE_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for e in &events {
+        assert!(e["timestamp"].is_string() && e["level"].is_string(), "{e}");
+        assert!(e["message"].is_string(), "{e}");
+    }
+    let rank_of = |e: &serde_json::Value| e["spans"][0]["rank"].as_u64();
+    let epoch_lines: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap().starts_with("epoch 1/1 loss"))
+        .collect();
+    assert_eq!(epoch_lines.len(), 1, "only rank 0 reports epochs: {stderr}");
+    let epoch = epoch_lines[0];
+    assert_eq!(rank_of(epoch), Some(0), "{epoch}");
+    assert_eq!(epoch["epoch"], 0);
+    assert!(epoch["loss"].as_f64().unwrap().is_finite(), "{epoch}");
+    let top1 = epoch["top1"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&top1), "{epoch}");
+    // Both ranks speak, and the launcher's own lines are events too.
+    assert!(events.iter().any(|e| rank_of(e) == Some(1)), "{stderr}");
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("launch: all 2 ranks finished")),
+        "{stderr}"
+    );
+    // The summary table stays on stdout, for the person who started the run.
+    assert!(String::from_utf8_lossy(&o.stdout).contains("| top-1 overall"));
+}

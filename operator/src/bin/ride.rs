@@ -140,10 +140,10 @@ fn check(files: &[PathBuf]) -> Result<bool> {
 fn trainer_binary() -> PathBuf {
     let sibling = std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent().map(|d| d.join("ride-trainer")));
+        .and_then(|p| p.parent().map(|d| d.join(ride_contract::TRAINER_BINARY)));
     match sibling {
         Some(p) if p.is_file() => p,
-        _ => PathBuf::from("ride-trainer"),
+        _ => PathBuf::from(ride_contract::TRAINER_BINARY),
     }
 }
 

@@ -39,7 +39,7 @@ fn obs(now: i64, pods: Vec<ObservedPod>) -> Observed {
         now,
         pods,
         service_exists: true,
-        deleting: false,
+        invalid_spec: None,
         generation: Some(1),
     }
 }
@@ -369,16 +369,62 @@ fn a_spec_change_while_running_restarts_with_the_new_spec() {
 }
 
 #[test]
-fn deletion_during_a_restart_does_nothing() {
+fn an_invalid_spec_fails_the_training_once_and_leaves_the_gang_alone() {
     let s = spec();
-    let mut st = running(&s);
-    st.phase = Some(Phase::Restarting);
-    st.restart_after = Some(500);
-    let mut o = obs(450, gang(0, 4, PodState::Running));
-    o.deleting = true;
+    let st = running(&s);
+    let why = "spec.workers.minReplicas: must be between 1 and workers.replicas (4)";
+    let mut o = obs(70, gang(0, 4, PodState::Running));
+    o.invalid_spec = Some(why.into());
+    o.generation = Some(2);
     let d = decide(&s, &st, &o);
-    assert!(d.actions.is_empty());
-    assert_eq!(d.status, st);
+    assert_eq!(
+        d.actions,
+        [Action::Event {
+            reason: "InvalidSpec".into(),
+            message: why.into(),
+            warning: true,
+        }]
+    );
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(d.status.reason.as_deref(), Some("InvalidSpec"));
+    assert_eq!(d.status.message.as_deref(), Some(why));
+    assert_eq!(
+        (d.status.completion_time, d.status.observed_generation),
+        (Some(70), Some(2))
+    );
+    let failed = d.status.conditions.iter().find(|c| c.type_ == "Failed");
+    let failed = failed.unwrap();
+    assert_eq!(
+        (
+            failed.status.as_str(),
+            failed.reason.as_str(),
+            failed.message.as_str()
+        ),
+        ("True", "InvalidSpec", why)
+    );
+    assert!(d
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Running" && c.status == "False"));
+    // Still invalid (another problem, a later generation): no new verdict.
+    o.now = 90;
+    o.generation = Some(3);
+    o.invalid_spec = Some("spec.checkpoint.uri: 'x' must be a URI".into());
+    let again = decide(&s, &d.status, &o);
+    assert!(again.actions.is_empty());
+    assert_eq!(again.status, d.status);
+    // Failed for another reason first: the spec's problem is still said.
+    let mut budget_spent = d.status.clone();
+    budget_spent.reason = Some("RestartBudgetExhausted".into());
+    let d = decide(&s, &budget_spent, &o);
+    assert!(has_event(&d, "InvalidSpec"));
+    assert_eq!(d.status.reason.as_deref(), Some("InvalidSpec"));
+    // A new training that is invalid from the start never reaches Created.
+    let d = decide(&s, &RideTrainingStatus::default(), &o);
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert!(!has_event(&d, "Created"));
+    assert!(creates(&d).is_empty());
 }
 
 #[test]

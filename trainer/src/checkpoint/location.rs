@@ -4,6 +4,7 @@
 
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, RetryConfig};
+use ride_contract::{CheckpointUri, Scheme};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,44 +56,26 @@ pub fn retry_config() -> RetryConfig {
     }
 }
 
-/// Which environment variables hold the credentials for `scheme`.
-pub fn credential_hint(scheme: &str) -> &'static str {
-    match scheme {
-        "s3" | "s3a" => "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL, AWS_REGION for S3-compatible servers)",
-        "gs" => "GOOGLE_SERVICE_ACCOUNT / GOOGLE_APPLICATION_CREDENTIALS",
-        "az" | "azure" | "abfs" | "abfss" => "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY",
-        _ => "the file permissions of the output directory",
-    }
-}
-
 /// Open `uri` and return the store with the key prefix inside it.
 pub fn open(uri: &str) -> Result<(Arc<dyn ObjectStore>, StorePath), LocationError> {
     let invalid = |message: String| LocationError::Invalid {
         uri: uri.to_string(),
         message,
     };
-    if !uri.contains("://") {
-        std::fs::create_dir_all(uri)
+    let location = CheckpointUri::parse(uri).map_err(|e| invalid(e.to_string()))?;
+    if let Some(path) = location.local_path() {
+        std::fs::create_dir_all(path)
             .map_err(|e| invalid(format!("cannot create the directory: {e}")))?;
-        let abs = std::fs::canonicalize(uri).map_err(|e| invalid(e.to_string()))?;
+        let abs = std::fs::canonicalize(path).map_err(|e| invalid(e.to_string()))?;
         let fs = object_store::local::LocalFileSystem::new_with_prefix(abs)
             .map_err(|e| invalid(e.to_string()))?;
         return Ok((Arc::new(fs), StorePath::default()));
     }
     let url = url::Url::parse(uri).map_err(|e| invalid(format!("not a URL: {e}")))?;
     let prefix = StorePath::from_url_path(url.path()).map_err(|e| invalid(e.to_string()))?;
-    let store: Arc<dyn ObjectStore> = match url.scheme() {
-        "file" => {
-            let path = url
-                .to_file_path()
-                .map_err(|_| invalid("not a local file path".into()))?;
-            std::fs::create_dir_all(&path)
-                .map_err(|e| invalid(format!("cannot create the directory: {e}")))?;
-            let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)
-                .map_err(|e| invalid(e.to_string()))?;
-            return Ok((Arc::new(fs), StorePath::default()));
-        }
-        "s3" | "s3a" => {
+    let store: Arc<dyn ObjectStore> = match location.scheme() {
+        Scheme::File => unreachable!("local locations returned above"),
+        Scheme::S3 => {
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(uri)
                 .with_retry(retry_config());
@@ -106,32 +89,26 @@ pub fn open(uri: &str) -> Result<(Arc<dyn ObjectStore>, StorePath), LocationErro
             }
             Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
         }
-        "gs" => Arc::new(
+        Scheme::Gcs => Arc::new(
             object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_url(uri)
                 .with_retry(retry_config())
                 .build()
                 .map_err(|e| invalid(e.to_string()))?,
         ),
-        "az" | "azure" | "abfs" | "abfss" => Arc::new(
+        Scheme::Azure => Arc::new(
             object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_url(uri)
                 .with_retry(retry_config())
                 .build()
                 .map_err(|e| invalid(e.to_string()))?,
         ),
-        other => {
-            return Err(invalid(format!(
-                "unsupported scheme '{other}': use a path, file://, s3://, gs:// or az://"
-            )))
-        }
     };
     Ok((store, prefix))
 }
 
 /// Classify a storage error: credentials/permission problems become [`LocationError::Denied`].
 pub fn classify(uri: &str, e: object_store::Error) -> LocationError {
-    let scheme = uri.split("://").next().unwrap_or("");
     let text = e.to_string();
     let denied = matches!(
         e,
@@ -149,7 +126,9 @@ pub fn classify(uri: &str, e: object_store::Error) -> LocationError {
     if denied {
         LocationError::Denied {
             uri: uri.to_string(),
-            hint: credential_hint(scheme),
+            hint: CheckpointUri::parse(uri)
+                .map_or(Scheme::File, |u| u.scheme())
+                .credential_hint(),
             source: e,
         }
     } else {

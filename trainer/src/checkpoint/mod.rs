@@ -533,14 +533,8 @@ impl CheckpointStore {
     }
 
     fn local_path(&self, dir: &str) -> Option<std::path::PathBuf> {
-        let base = if let Some(p) = self.uri.strip_prefix("file://") {
-            p.to_string()
-        } else if self.uri.contains("://") {
-            return None;
-        } else {
-            self.uri.clone()
-        };
-        Some(std::path::Path::new(&base).join(dir))
+        let location = ride_contract::CheckpointUri::parse(&self.uri).ok()?;
+        Some(location.local_path()?.join(dir))
     }
 }
 

@@ -92,21 +92,25 @@ impl CheckpointWriter {
                             metrics.checkpoint_bytes.set(bytes as i64);
                             metrics.checkpoint_epoch.set(manifest.epoch as i64);
                             metrics.record_checkpoint(uri, manifest);
-                            eprintln!(
+                            tracing::info!(
+                                checkpoint = %uri,
+                                epoch = manifest.epoch,
+                                bytes,
+                                seconds = secs,
                                 "checkpoint saved: {uri} ({:.1} MB in {secs:.2}s)",
                                 bytes as f64 / 1e6
                             );
                             match store.apply_retention(&manifest.dir, retention.keep_last, retention.keep_best) {
                                 Ok(deleted) if !deleted.is_empty() => {
-                                    eprintln!("checkpoint retention: removed {}", deleted.join(", "))
+                                    tracing::info!("checkpoint retention: removed {}", deleted.join(", "))
                                 }
                                 Ok(_) => {}
-                                Err(e) => eprintln!("warning: checkpoint retention failed: {e}"),
+                                Err(e) => tracing::warn!("warning: checkpoint retention failed: {e}"),
                             }
                         }
                         Err(e) => {
                             metrics.checkpoint_failures.inc();
-                            eprintln!(
+                            tracing::warn!(
                                 "warning: checkpoint save failed: {e}; the previous checkpoint stays current"
                             );
                         }

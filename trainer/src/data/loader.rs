@@ -224,7 +224,7 @@ fn warn_once(dataset: &dyn Dataset, index: usize, error: &str) {
         .map(|mut s| s.insert(key))
         .unwrap_or(true);
     if first {
-        eprintln!(
+        tracing::warn!(
             "warning: skipping {}: {error}; further failures of it are only counted",
             dataset.describe(index)
         );

@@ -1,6 +1,10 @@
 //! Rank discovery from the environment: torchrun's names first, then Slurm's.
 
 use super::DistError;
+use ride_contract::{
+    ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_MASTER_ADDR, ENV_MASTER_PORT, ENV_RANK,
+    ENV_WORLD_SIZE,
+};
 
 /// Where this process sits in the job and where rank 0's store listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,7 +24,7 @@ pub struct WorldInfo {
 }
 
 /// Port torchrun uses when `MASTER_PORT` is not set.
-pub const DEFAULT_MASTER_PORT: u16 = 29500;
+pub const DEFAULT_MASTER_PORT: u16 = ride_contract::MASTER_PORT;
 
 impl WorldInfo {
     /// A single process, no peers.
@@ -49,12 +53,12 @@ impl WorldInfo {
             }
         };
         let (rank, world_size, local_rank, local_world_size) =
-            match (num("RANK")?, num("WORLD_SIZE")?) {
+            match (num(ENV_RANK)?, num(ENV_WORLD_SIZE)?) {
                 (Some(r), Some(w)) => (
                     r,
                     w,
-                    num("LOCAL_RANK")?.unwrap_or(0),
-                    num("LOCAL_WORLD_SIZE")?.unwrap_or(1),
+                    num(ENV_LOCAL_RANK)?.unwrap_or(0),
+                    num(ENV_LOCAL_WORLD_SIZE)?.unwrap_or(1),
                 ),
                 (Some(_), None) | (None, Some(_)) => {
                     return Err(DistError::Env {
@@ -74,19 +78,19 @@ impl WorldInfo {
             };
         if world_size == 0 || rank >= world_size {
             return Err(DistError::Env {
-                var: "RANK".into(),
+                var: ENV_RANK.into(),
                 message: format!("rank {rank} is outside world size {world_size}"),
             });
         }
         if local_rank >= local_world_size.max(1) {
             return Err(DistError::Env {
-                var: "LOCAL_RANK".into(),
+                var: ENV_LOCAL_RANK.into(),
                 message: format!(
                     "local rank {local_rank} is outside local world size {local_world_size}"
                 ),
             });
         }
-        let master_addr = match get("MASTER_ADDR").filter(|s| !s.trim().is_empty()) {
+        let master_addr = match get(ENV_MASTER_ADDR).filter(|s| !s.trim().is_empty()) {
             Some(a) => a.trim().to_string(),
             None => match get("SLURM_JOB_NODELIST").or_else(|| get("SLURM_NODELIST")) {
                 Some(list) => first_host(&list).ok_or_else(|| DistError::Env {
@@ -96,15 +100,15 @@ impl WorldInfo {
                 None if world_size == 1 => "127.0.0.1".into(),
                 None => {
                     return Err(DistError::Env {
-                        var: "MASTER_ADDR".into(),
+                        var: ENV_MASTER_ADDR.into(),
                         message: "not set (needed to find rank 0 when WORLD_SIZE > 1)".into(),
                     })
                 }
             },
         };
-        let master_port = match get("MASTER_PORT").filter(|s| !s.trim().is_empty()) {
+        let master_port = match get(ENV_MASTER_PORT).filter(|s| !s.trim().is_empty()) {
             Some(p) => p.trim().parse().map_err(|_| DistError::Env {
-                var: "MASTER_PORT".into(),
+                var: ENV_MASTER_PORT.into(),
                 message: format!("'{p}' is not a port number"),
             })?,
             None => DEFAULT_MASTER_PORT,

@@ -112,7 +112,8 @@ impl Trainer<'_> {
     /// `THROUGHPUT_MODE`: time the forward pass and stop.
     pub fn throughput_only(mut self) -> Result<RunSummary> {
         let ips = throughput(&self.model, self.cfg, self.device);
-        eprintln!(
+        tracing::info!(
+            images_per_second = ips,
             "throughput: {ips:.1} images/s (batch {}, forward only)",
             self.cfg.data.batch_size
         );

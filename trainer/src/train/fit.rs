@@ -98,7 +98,7 @@ impl Trainer<'_> {
         let plan = self.plan()?;
         let cfg = self.cfg;
         if self.is_main() {
-            eprintln!(
+            tracing::info!(
                 "training {} ({} parameters, {} experts) on {:?} x{}: {} images, {} classes, {} iterations/epoch, global batch {}, epochs {}..{}",
                 cfg.model.name,
                 self.parameters,
@@ -226,7 +226,7 @@ impl Trainer<'_> {
         }
         pb.finish_and_clear();
         if self.is_main() && self.state.overflow_steps > 0 {
-            eprintln!(
+            tracing::warn!(
                 "mixed precision: {} optimiser steps skipped for inf/NaN gradients so far",
                 self.state.overflow_steps
             );
@@ -298,7 +298,13 @@ impl Trainer<'_> {
             && print_freq > 0
             && (at.iteration as u64) % print_freq == 0
         {
-            eprintln!(
+            tracing::info!(
+                epoch = at.epoch,
+                iteration = at.iteration,
+                loss = out.loss,
+                lr,
+                grad_norm = out.grad_norm,
+                images_per_second = ips,
                 "epoch {} [{}/{}] loss {:.4} lr {lr:.3e} grad_norm {:.3} {ips:.0} img/s",
                 at.epoch + 1,
                 at.iteration,
@@ -350,7 +356,8 @@ impl Trainer<'_> {
             cfg.train.epochs,
             self.state.next_lr,
         );
-        if epoch % cfg.save_freq.max(1) == 0 || last {
+        let evaluated = epoch % cfg.save_freq.max(1) == 0 || last;
+        if evaluated {
             update_progress(&self.options.report, |p| p.state = RunState::Evaluating);
             let report = self.evaluate_test_set()?;
             record_eval_progress(&self.options.report, epoch, &report);
@@ -375,7 +382,18 @@ impl Trainer<'_> {
             self.state.last_eval = Some(report);
         }
         if self.is_main() {
-            eprintln!("{line}");
+            let eval = self.state.last_eval.as_ref().filter(|_| evaluated);
+            tracing::info!(
+                epoch,
+                loss = mean_loss,
+                lr = self.state.next_lr,
+                seconds,
+                top1 = eval.map(|r| r.top1),
+                many = eval.and_then(|r| r.many),
+                medium = eval.and_then(|r| r.medium),
+                few = eval.and_then(|r| r.few),
+                "{line}"
+            );
         }
         Ok(())
     }
@@ -442,7 +460,7 @@ impl Trainer<'_> {
     fn submit_checkpoint(&self, w: &mut CheckpointWriter, meta: CheckpointMeta) {
         let model: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         if let Err(e) = w.submit(Snapshot::capture(&model, &self.opt.state(), meta)) {
-            eprintln!("warning: an earlier checkpoint save failed: {e}");
+            tracing::warn!("warning: an earlier checkpoint save failed: {e}");
         }
     }
 }

@@ -20,9 +20,9 @@ impl Precision {
         let level = cfg.amp_opt_level.as_str();
         let amp = device.is_cuda() && matches!(level, "O1" | "O2");
         if announce && amp {
-            eprintln!("mixed precision: fp16 autocast with dynamic loss scaling");
+            tracing::info!("mixed precision: fp16 autocast with dynamic loss scaling");
         } else if announce && !(level.is_empty() || level == "O0") {
-            eprintln!(
+            tracing::info!(
                 "note: AMP_OPT_LEVEL {level} applies on CUDA only; training in fp32 on {device:?}"
             );
         }

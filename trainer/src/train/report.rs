@@ -77,14 +77,10 @@ pub fn write_eval_artifacts(report: &EvalReport, dir: &Path, name: &str) -> Resu
     Ok(())
 }
 
+/// The directory of a local output location; `None` for an object store.
 fn local_dir(location: &str) -> Option<PathBuf> {
-    if let Some(p) = location.strip_prefix("file://") {
-        Some(PathBuf::from(p))
-    } else if location.contains("://") {
-        None
-    } else {
-        Some(PathBuf::from(location))
-    }
+    let location = ride_contract::CheckpointUri::parse(location).ok()?;
+    location.local_path().map(PathBuf::from)
 }
 
 impl Trainer<'_> {

@@ -92,7 +92,7 @@ impl<'a> Trainer<'a> {
         let comm = crate::dist::init(world).context("joining the distributed job")?;
         let (rank, world_size) = (comm.rank(), comm.world_size());
         if world_size > 1 {
-            eprintln!(
+            tracing::info!(
                 "rank {rank}/{world_size} (local {}/{}) on {device:?}, {} backend",
                 world.local_rank,
                 world.local_world_size,
@@ -116,7 +116,7 @@ impl<'a> Trainer<'a> {
         });
         if let Some(addr) = &options.metrics_addr {
             let bound = metrics.serve(&super::report::rank_metrics_addr(addr, world.local_rank))?;
-            eprintln!("metrics: http://{bound}/metrics");
+            tracing::info!(address = %bound, "metrics: http://{bound}/metrics");
         }
         let precision = Precision::for_run(cfg, device, rank == 0);
         // LR scaling by global batch, as the reference does before building anything.
@@ -182,7 +182,7 @@ impl<'a> Trainer<'a> {
             let w = crate::weights::read_weights(std::path::Path::new(&cfg.model.resume))?;
             crate::weights::apply_weights(&self.vs, &self.model.buffers(), &w)?;
             if self.is_main() {
-                eprintln!("loaded weights from {}", cfg.model.resume);
+                tracing::info!("loaded weights from {}", cfg.model.resume);
             }
         }
         Ok(())
@@ -193,7 +193,7 @@ impl<'a> Trainer<'a> {
         let mut loaded = None;
         if self.is_main() {
             loaded = self.store.load_newest_valid(|dir, e| {
-                eprintln!("warning: skipping checkpoint {dir}: {e}");
+                tracing::warn!("warning: skipping checkpoint {dir}: {e}");
             })?;
             if let Some(c) = &loaded {
                 chosen = c.dir.as_bytes().to_vec();
@@ -229,7 +229,7 @@ impl<'a> Trainer<'a> {
             self.precision.load_scaler_state(meta.scaler);
             if meta.world_size as usize != world_size {
                 if meta.iterations_done.is_some() {
-                    eprintln!(
+                    tracing::info!(
                         "elastic resume: checkpoint written by {} ranks, continuing with {world_size} at global sample {} of epoch {}",
                         meta.world_size, meta.samples_done, meta.epoch
                     );
@@ -241,7 +241,10 @@ impl<'a> Trainer<'a> {
         self.state.last_eval = meta.eval.clone();
         let uri = format!("{}/{}", self.output, c.dir);
         if self.is_main() {
-            eprintln!(
+            tracing::info!(
+                checkpoint = %uri,
+                epoch = meta.epoch,
+                step = meta.step,
                 "resumed from {uri} (epoch {}, step {})",
                 meta.epoch, meta.step
             );
