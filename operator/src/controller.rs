@@ -21,7 +21,7 @@
 use crate::crd::{phase_labels, Phase, RideTraining, RideTrainingStatus, PENDING_LABEL};
 use crate::lifecycle::{decide, Action, Observed};
 use crate::metrics::OperatorMetrics;
-use crate::observe::{apply_progress, observe_pod, pod_ip, termination_message};
+use crate::observe::{apply_progress, observe_pod, pod_ip};
 use crate::pods::{
     headless_service, pod_group, service_name, worker_pod, LABEL_ATTEMPT, LABEL_RANK,
     LABEL_TRAINING, METRICS_PORT,
@@ -336,8 +336,14 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
             }
         }
         for p in &rank0 {
-            if let Some(report) =
-                termination_message(p).and_then(|m| Progress::parse(m.as_bytes()).ok())
+            let report = match crate::observe::final_report(p) {
+                Ok(Some(report)) => report,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(pod = %p.name_any(), error = %e, "rank 0's final report does not parse as the contract's Progress: are the operator and trainer versions apart? Ignoring it");
+                    continue;
+                }
+            };
             {
                 apply_progress(&mut status, &report);
                 if label(p, LABEL_ATTEMPT) == Some(status.attempt) {

@@ -135,6 +135,17 @@ pub fn termination_message(pod: &Pod) -> Option<&str> {
     trainer_state(pod)?.terminated.as_ref()?.message.as_deref()
 }
 
+/// The [`Progress`] report a trainer left in its termination message.
+/// `Ok(None)` when there is none, or when the message is the kubelet's
+/// fallback (the log tail of a trainer that died before writing one); an
+/// error when it is JSON but not a report, i.e. the two sides disagree.
+pub fn final_report(pod: &Pod) -> Result<Option<Progress>, serde_json::Error> {
+    match termination_message(pod) {
+        Some(m) if m.trim_start().starts_with('{') => Progress::parse(m.as_bytes()).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// The trainer container's state as the kubelet last reported it.
 fn trainer_state(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerState> {
     pod.status
@@ -322,6 +333,23 @@ mod tests {
         assert_eq!(st.latest_eval.clone().unwrap().few, Some(34.2));
         apply_progress(&mut st, &report(70, 50.0));
         assert_eq!(st.last_checkpoint.unwrap().step, 80);
+    }
+
+    #[test]
+    fn final_reports_parse_log_tails_are_skipped_and_mismatches_are_errors() {
+        let ended = |message: &str| {
+            pod(&format!(
+                "{META}status:\n  phase: Failed\n  containerStatuses:\n  - {{name: trainer, image: x, imageID: '', ready: false, restartCount: 0, state: {{terminated: {{exitCode: 1, message: '{message}'}}}}}}"
+            ))
+        };
+        let report = final_report(&ended(r#"{"state":"Failed","step":7}"#)).unwrap();
+        assert_eq!(report.map(|p| p.step), Some(7));
+        // FallbackToLogsOnError: the log tail of a trainer that crashed early.
+        assert!(final_report(&ended("thread main panicked at ..."))
+            .unwrap()
+            .is_none());
+        // JSON of another shape: the operator and trainer disagree, say so.
+        assert!(final_report(&ended(r#"{"state":"Exploded"}"#)).is_err());
     }
 
     #[test]

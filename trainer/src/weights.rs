@@ -157,8 +157,9 @@ pub fn apply_weights(
     Ok(vars.len())
 }
 
-/// Save the model's parameters as safetensors.
-pub fn save_safetensors(vs: &nn::VarStore, path: &Path) -> Result<(), WeightsError> {
+/// Save the model's parameters as safetensors (the tests' fixtures).
+#[cfg(test)]
+fn save_safetensors(vs: &nn::VarStore, path: &Path) -> Result<(), WeightsError> {
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let refs: Vec<(&str, Tensor)> = named

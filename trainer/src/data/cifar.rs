@@ -96,8 +96,9 @@ impl CifarDataset {
         })
     }
 
-    /// Build from raw parts (tests, other sources): planar 32×32 images.
-    pub fn from_parts(planes: Vec<u8>, labels: Vec<usize>, num_classes: usize) -> Self {
+    /// Build from raw parts: planar 32×32 images.
+    #[cfg(test)]
+    fn from_parts(planes: Vec<u8>, labels: Vec<usize>, num_classes: usize) -> Self {
         Self {
             planes,
             labels,

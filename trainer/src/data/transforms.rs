@@ -88,8 +88,9 @@ pub enum Transform {
 
 impl Transform {
     /// The plain training transform (RandomResizedCrop or padded crop, flip,
-    /// erasing), bicubic, without colour augmentation.
-    pub fn train_basic(size: usize, erase_prob: f32) -> Self {
+    /// erasing), bicubic, without colour augmentation (the tests' transform).
+    #[cfg(test)]
+    pub(crate) fn train_basic(size: usize, erase_prob: f32) -> Self {
         Transform::Train(TrainAugment {
             size,
             erase_prob,

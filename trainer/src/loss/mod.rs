@@ -207,14 +207,6 @@ impl Criterion {
             Criterion::CrossEntropy => mean().cross_entropy_for_logits(hard),
         }
     }
-
-    /// Whether the criterion needs mixup soft targets.
-    pub fn uses_soft_targets(&self) -> bool {
-        matches!(
-            self,
-            Criterion::Ride(_) | Criterion::LdamDrw(_) | Criterion::SoftTarget
-        )
-    }
 }
 
 #[cfg(test)]

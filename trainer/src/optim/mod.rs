@@ -64,7 +64,8 @@ impl AdamW {
     }
 
     /// Number of parameters in the no-decay group.
-    pub fn no_decay_count(&self) -> usize {
+    #[cfg(test)]
+    fn no_decay_count(&self) -> usize {
         self.slots.iter().filter(|s| !s.decay).count()
     }
 
