@@ -8,9 +8,10 @@
 //!
 //! It also compiles the C shim for region decoding of JPEGs
 //! (`csrc/jpeg_region.c`) against libjpeg-turbo, linked statically so
-//! binaries copied to other machines need no libjpeg there, and the C++ shim
-//! that reads the CUDA caching allocator's statistics (`csrc/cuda_memory.cpp`)
-//! against libtorch's headers.
+//! binaries copied to other machines need no libjpeg there, and the C++
+//! shims over libtorch that tch does not bind, against libtorch's headers:
+//! the CUDA caching allocator's statistics (`csrc/cuda_memory.cpp`), and
+//! autocast with an explicit dtype plus the fused AdamW kernel (`csrc/amp.cpp`).
 use std::path::Path;
 
 fn main() {
@@ -20,7 +21,7 @@ fn main() {
         println!("cargo:warning=torch-sys did not report its libtorch directory; no rpath set");
         return;
     };
-    build_cuda_memory_shim(Path::new(&lib));
+    build_torch_shims(Path::new(&lib));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     println!("cargo:rustc-link-search=native={lib}");
     if Path::new(&lib).join("libtorch_cuda.so").exists() {
@@ -51,10 +52,14 @@ fn build_jpeg_shim() {
     println!("cargo:rustc-link-lib=static=jpeg");
 }
 
-/// Compile the allocator-statistics shim against the headers next to
-/// libtorch's `lib/` (`include/`, as in the PyPI wheel and the zip).
-fn build_cuda_memory_shim(lib: &Path) {
+/// Compile the C++ shims against the headers next to libtorch's `lib/`
+/// (`include/`, as in the PyPI wheel and the zip), with the C++11 ABI the
+/// torch 2.x wheels use (`LIBTORCH_CXX11_ABI=0` for an old-ABI libtorch).
+fn build_torch_shims(lib: &Path) {
     println!("cargo:rerun-if-changed=csrc/cuda_memory.cpp");
+    println!("cargo:rerun-if-changed=csrc/amp.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
     if !include.join("c10/core/CachingDeviceAllocator.h").exists() {
         panic!(
@@ -65,9 +70,15 @@ fn build_cuda_memory_shim(lib: &Path) {
     cc::Build::new()
         .cpp(true)
         .file("csrc/cuda_memory.cpp")
+        .file("csrc/amp.cpp")
         .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
         .flag("-std=c++17")
         .flag_if_supported("-Wno-unused-parameter")
         .opt_level(2)
-        .compile("ride_cuda_memory");
+        .compile("ride_torch_shims");
+    // The shims call into libtorch_cpu; name it after the static archive.
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
 }

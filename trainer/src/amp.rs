@@ -1,9 +1,184 @@
-//! Dynamic loss scaling for fp16 mixed precision (torch's `GradScaler`
-//! semantics) on libtorch's own AMP kernels: unscale gradients while checking
+//! Mixed precision on libtorch's own machinery: autocast regions for any
+//! device with fp16 or bf16 (through `csrc/amp.cpp`; tch's `autocast` only
+//! toggles CUDA fp16), the fused AdamW kernel, and dynamic loss scaling for
+//! fp16 (torch's `GradScaler` semantics): unscale gradients while checking
 //! for inf/NaN, skip the optimiser step when any is found, and grow or back
 //! off the scale.
 
+use std::os::raw::{c_char, c_int};
 use tch::{Device, Kind, Tensor};
+
+extern "C" {
+    fn ride_autocast_enter(
+        device: c_int,
+        dtype: c_int,
+        prev: *mut c_int,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    fn ride_autocast_exit(device: c_int, prev: *const c_int, err: *mut c_char, len: usize)
+        -> c_int;
+    fn ride_autocast_state(device: c_int, dtype: *mut c_int) -> c_int;
+    fn ride_fused_adamw(
+        params: *const *mut torch_sys::C_tensor,
+        grads: *const *mut torch_sys::C_tensor,
+        exp_avgs: *const *mut torch_sys::C_tensor,
+        exp_avg_sqs: *const *mut torch_sys::C_tensor,
+        steps: *const *mut torch_sys::C_tensor,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+}
+
+/// A failure inside libtorch's mixed-precision or fused-optimiser code.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct AmpError {
+    /// What was being done.
+    pub what: &'static str,
+    /// libtorch's message.
+    pub message: String,
+}
+
+/// Call a shim function that reports failure as a non-zero return and a
+/// message in a buffer.
+fn checked(
+    what: &'static str,
+    call: impl FnOnce(*mut c_char, usize) -> c_int,
+) -> Result<(), AmpError> {
+    let mut buf = vec![0u8; 1024];
+    let rc = call(buf.as_mut_ptr().cast(), buf.len());
+    if rc == 0 {
+        return Ok(());
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Err(AmpError {
+        what,
+        message: String::from_utf8_lossy(&buf[..end]).into_owned(),
+    })
+}
+
+/// The reduced-precision type autocast computes in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AmpDtype {
+    /// IEEE half: needs loss scaling against gradient underflow.
+    Float16,
+    /// bfloat16: fp32's range, no loss scaling needed.
+    BFloat16,
+}
+
+impl AmpDtype {
+    fn code(self) -> c_int {
+        match self {
+            AmpDtype::Float16 => 0,
+            AmpDtype::BFloat16 => 1,
+        }
+    }
+
+    fn from_code(code: c_int) -> Self {
+        if code == 1 {
+            AmpDtype::BFloat16
+        } else {
+            AmpDtype::Float16
+        }
+    }
+
+    /// The tensor kind autocast produces.
+    pub fn kind(self) -> Kind {
+        match self {
+            AmpDtype::Float16 => Kind::Half,
+            AmpDtype::BFloat16 => Kind::BFloat16,
+        }
+    }
+}
+
+fn device_code(device: Device) -> c_int {
+    c_int::from(device.is_cuda())
+}
+
+/// Run `f` with autocast on for `device`'s type in `dtype`, as
+/// `torch.autocast(device_type, dtype)`: eligible ops (matmuls,
+/// convolutions, attention) run in `dtype`, precision-sensitive ones in fp32.
+pub fn autocast<T>(device: Device, dtype: AmpDtype, f: impl FnOnce() -> T) -> Result<T, AmpError> {
+    let d = device_code(device);
+    let mut prev: [c_int; 2] = [0, 0];
+    // SAFETY: the shim writes two ints into `prev` and at most `len` bytes of message.
+    checked("entering autocast", |err, len| unsafe {
+        ride_autocast_enter(d, dtype.code(), prev.as_mut_ptr(), err, len)
+    })?;
+    let out = f();
+    // SAFETY: as above; `prev` holds what enter saved.
+    checked("leaving autocast", |err, len| unsafe {
+        ride_autocast_exit(d, prev.as_ptr(), err, len)
+    })?;
+    Ok(out)
+}
+
+/// The autocast region active on this thread for `device`'s type, if any:
+/// what recomputation in the backward pass must run under again.
+pub fn active_autocast(device: Device) -> Option<AmpDtype> {
+    let mut dtype: c_int = 0;
+    // SAFETY: reads thread-local flags; writes one int.
+    let on = unsafe { ride_autocast_state(device_code(device), &mut dtype) };
+    (on != 0).then(|| AmpDtype::from_code(dtype))
+}
+
+/// One AdamW update with libtorch's fused kernel (`torch.optim.AdamW(fused=True)`)
+/// over parameters with gradients and their moments, all on one device;
+/// `step` is the step number after this update (1 for the first).
+#[allow(clippy::too_many_arguments)]
+pub fn fused_adamw(
+    params: &[Tensor],
+    grads: &[Tensor],
+    exp_avgs: &[Tensor],
+    exp_avg_sqs: &[Tensor],
+    step: u64,
+    lr: f64,
+    betas: (f64, f64),
+    weight_decay: f64,
+    eps: f64,
+) -> Result<(), AmpError> {
+    let n = params.len();
+    assert!(
+        grads.len() == n && exp_avgs.len() == n && exp_avg_sqs.len() == n,
+        "fused_adamw: lists of different lengths"
+    );
+    if n == 0 {
+        return Ok(());
+    }
+    // The kernels read the step from a float tensor on the parameters' device.
+    let step = Tensor::from(step as f32).to_device(params[0].device());
+    let ptrs = |ts: &[Tensor]| -> Vec<*mut torch_sys::C_tensor> {
+        ts.iter().map(|t| t.as_ptr() as *mut _).collect()
+    };
+    let steps = vec![step.as_ptr() as *mut torch_sys::C_tensor; n];
+    let (p, g, m, v) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs));
+    // SAFETY: every pointer is a live tensor owned by the caller (or `step`)
+    // for the duration of the call; the shim copies the handles.
+    checked("fused AdamW step", |err, len| unsafe {
+        ride_fused_adamw(
+            p.as_ptr(),
+            g.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            steps.as_ptr(),
+            n,
+            lr,
+            betas.0,
+            betas.1,
+            weight_decay,
+            eps,
+            err,
+            len,
+        )
+    })
+}
 
 /// A dynamic loss scaler.
 pub struct GradScaler {
@@ -48,6 +223,11 @@ impl GradScaler {
         let _ = self.growth_tracker.fill_(tracker);
     }
 
+    /// The device its scale lives on (the training device).
+    pub fn device(&self) -> Device {
+        self.scale.device()
+    }
+
     /// Current scale.
     pub fn scale_value(&self) -> f64 {
         self.scale.double_value(&[0])
@@ -87,6 +267,33 @@ impl GradScaler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_autocast_on_cpu_casts_matmuls_and_restores_the_previous_state() {
+        let a = Tensor::ones([4, 8], (Kind::Float, Device::Cpu));
+        let b = Tensor::ones([8, 2], (Kind::Float, Device::Cpu));
+        assert_eq!(active_autocast(Device::Cpu), None);
+        let (inside, nested, state) = autocast(Device::Cpu, AmpDtype::BFloat16, || {
+            let y = a.matmul(&b);
+            // A nested fp32 op list: reductions stay fp32 under autocast.
+            let s = y.to_kind(Kind::Float).sum(Kind::Float);
+            (y, s, active_autocast(Device::Cpu))
+        })
+        .unwrap();
+        assert_eq!(inside.kind(), Kind::BFloat16);
+        assert_eq!(nested.kind(), Kind::Float);
+        assert_eq!(nested.double_value(&[]), 64.0);
+        assert_eq!(state, Some(AmpDtype::BFloat16));
+        assert_eq!(active_autocast(Device::Cpu), None);
+        assert_eq!(a.matmul(&b).kind(), Kind::Float);
+        // Regions nest: the inner one's end leaves the outer one on.
+        let outer = autocast(Device::Cpu, AmpDtype::BFloat16, || {
+            autocast(Device::Cpu, AmpDtype::BFloat16, || ()).unwrap();
+            active_autocast(Device::Cpu)
+        })
+        .unwrap();
+        assert_eq!(outer, Some(AmpDtype::BFloat16));
+    }
 
     fn param_with_grad(g: &[f32]) -> Tensor {
         let p = Tensor::zeros([g.len() as i64], (Kind::Float, Device::Cpu)).set_requires_grad(true);

@@ -59,7 +59,7 @@ fn tiny_ride_model_memorises_a_batch() {
         let loss = crit.loss(&model.forward(&x, true).experts, &y, &soft, 0);
         loss.backward();
         clip_grad_norm(&params, 5.0);
-        opt.step(2e-3);
+        opt.step(2e-3).unwrap();
         last = loss.double_value(&[]);
     }
     let pred = tch::no_grad(|| model.forward(&x, false).mean().argmax(1, false));

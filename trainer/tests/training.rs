@@ -320,3 +320,45 @@ fn sigterm_saves_a_mid_epoch_checkpoint_and_resume_is_bitwise_exact() {
         );
     }
 }
+
+#[test]
+fn bf16_autocast_trains_on_cpu_with_activation_checkpointing() {
+    // AMP_DTYPE bfloat16 works on CPU (fp16 stays CUDA-only): the forward
+    // and the recomputed blocks run in bf16, the loss and optimiser in fp32.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 2, "RIDE");
+    let o = train_cpu(
+        &cfg,
+        &dir.path().join("out"),
+        &[
+            "--metrics-addr",
+            "off",
+            "--amp-opt-level",
+            "O1",
+            "--use-checkpoint",
+            "--opts",
+            "AMP_DTYPE",
+            "bfloat16",
+            "TRAIN.EPOCHS",
+            "1",
+        ],
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("mixed precision: bf16 autocast on Cpu"), "{t}");
+    let loss: f64 = t
+        .lines()
+        .find_map(|l| l.strip_prefix("epoch 1/1 loss "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no epoch line: {t}"));
+    assert!(loss.is_finite() && loss > 0.0, "{t}");
+    // A wrong type is refused with the key named.
+    let o = train_cpu(
+        &cfg,
+        &dir.path().join("bad"),
+        &["--opts", "AMP_DTYPE", "float8"],
+    );
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o));
+    assert!(text(&o).contains("AMP_DTYPE"), "{}", text(&o));
+}

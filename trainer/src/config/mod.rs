@@ -27,8 +27,12 @@ pub struct Config {
     pub aug: AugConfig,
     /// Evaluation settings.
     pub test: TestConfig,
-    /// Mixed precision: "" or "O0" off; "O1"/"O2" on (bf16 autocast on CUDA; ignored on CPU).
+    /// Mixed precision: "" or "O0" off; "O1"/"O2" on, in [`Config::amp_dtype`].
     pub amp_opt_level: String,
+    /// The autocast type with mixed precision (extension): `float16` (with
+    /// dynamic loss scaling; CUDA only) or `bfloat16` (no loss scaling; CUDA
+    /// and CPU).
+    pub amp_dtype: String,
     /// Output directory or object-store URI.
     pub output: String,
     /// Run tag (the output goes to `OUTPUT/MODEL.NAME/TAG`).
@@ -329,6 +333,7 @@ impl Default for Config {
             aug: AugConfig::default(),
             test: TestConfig::default(),
             amp_opt_level: String::new(),
+            amp_dtype: "float16".into(),
             output: String::new(),
             tag: "default".into(),
             save_freq: 1,
@@ -546,6 +551,18 @@ impl Config {
                 message: msg,
             })
         };
+        if !["", "O0", "O1", "O2"].contains(&self.amp_opt_level.as_str()) {
+            return bad(
+                "AMP_OPT_LEVEL",
+                format!("'{}' is not one of O0, O1, O2", self.amp_opt_level),
+            );
+        }
+        if !["float16", "bfloat16"].contains(&self.amp_dtype.as_str()) {
+            return bad(
+                "AMP_DTYPE",
+                format!("'{}' is not float16 or bfloat16", self.amp_dtype),
+            );
+        }
         if self.model.kind != "swin" {
             return bad(
                 "MODEL.TYPE",

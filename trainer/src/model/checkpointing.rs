@@ -7,6 +7,7 @@
 
 use super::layers::{PatchMerging, SwinBlock};
 use super::ride_swin::{ModelOutput, RideSwin};
+use crate::amp::{AmpDtype, AmpError};
 use tch::{Kind, Tensor};
 
 enum Op<'a> {
@@ -29,7 +30,7 @@ pub struct CheckpointTape<'a> {
     images: Tensor,
     nodes: Vec<Node<'a>>,
     seed: i64,
-    autocast: bool,
+    autocast: Option<AmpDtype>,
 }
 
 fn run(model: &RideSwin, op: &Op, x: &Tensor) -> Tensor {
@@ -53,7 +54,7 @@ impl RideSwin {
             nodes: Vec::new(),
             seed,
             // Recomputed blocks must see the autocast state of their forward.
-            autocast: autocast_enabled(),
+            autocast: crate::amp::active_autocast(images.device()),
         };
         let stem = tape.push(Op::Stem, None);
         let paths = self.walk(
@@ -111,17 +112,15 @@ pub struct TrainForward<'a> {
 
 impl TrainForward<'_> {
     /// Backpropagate `loss` into the parameters' gradients.
-    pub fn backward(self, loss: &Tensor) {
+    pub fn backward(self, loss: &Tensor) -> Result<(), AmpError> {
         match self.tape {
             Some(tape) => tape.backward(loss),
-            None => loss.backward(),
+            None => {
+                loss.backward();
+                Ok(())
+            }
         }
     }
-}
-
-fn autocast_enabled() -> bool {
-    // SAFETY: reads a thread-local flag of libtorch; no arguments, no failure mode.
-    unsafe { torch_sys::at_autocast_is_enabled() != 0 }
 }
 
 impl<'a> CheckpointTape<'a> {
@@ -154,11 +153,16 @@ impl<'a> CheckpointTape<'a> {
 
     /// Backpropagate `loss` through the whole model, recomputing blocks
     /// under the autocast state the forward pass ran with.
-    pub fn backward(self, loss: &Tensor) {
-        if self.autocast {
-            tch::autocast(true, || self.recompute_backward(loss))
-        } else {
-            self.recompute_backward(loss)
+    pub fn backward(self, loss: &Tensor) -> Result<(), AmpError> {
+        match self.autocast {
+            Some(dtype) => {
+                let device = self.images.device();
+                crate::amp::autocast(device, dtype, || self.recompute_backward(loss))
+            }
+            None => {
+                self.recompute_backward(loss);
+                Ok(())
+            }
         }
     }
 
@@ -227,12 +231,20 @@ mod tests {
                 let _ = g.zero_();
             }
         }
-        if checkpointed {
-            let (out, tape) = m.forward_checkpointed(&x);
-            tape.backward(&loss_of(&out));
+        let forward = if checkpointed {
+            let (output, tape) = m.forward_checkpointed(&x);
+            crate::model::TrainForward {
+                output,
+                tape: Some(tape),
+            }
         } else {
-            loss_of(&m.forward(&x, true)).backward();
-        }
+            crate::model::TrainForward {
+                output: m.forward(&x, true),
+                tape: None,
+            }
+        };
+        let loss = loss_of(&forward.output);
+        forward.backward(&loss).unwrap();
         let mut v: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
@@ -261,5 +273,46 @@ mod tests {
                 "{n}: max diff {diff} at scale {scale}"
             );
         }
+    }
+
+    #[test]
+    fn recomputation_under_the_recorded_autocast_reproduces_the_forward_bitwise() {
+        use crate::amp::{autocast, AmpDtype};
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut spec = tiny_spec(2);
+        spec.drop_path_rate = 0.0;
+        let m = RideSwin::new(&vs.root(), &spec).unwrap();
+        let x = Tensor::arange(2 * 3 * 32 * 32, (Kind::Float, Device::Cpu))
+            .view([2, 3, 32, 32])
+            .sin();
+        let (_, tape) = autocast(Device::Cpu, AmpDtype::BFloat16, || {
+            m.forward_checkpointed(&x)
+        })
+        .unwrap();
+        assert_eq!(tape.autocast, Some(AmpDtype::BFloat16));
+        let (_, plain_tape) = m.forward_checkpointed(&x);
+        assert_eq!(plain_tape.autocast, None);
+        // What the backward pass recomputes for node `i`, from its saved input.
+        let recompute = |i: usize| {
+            let node = &tape.nodes[i];
+            let input = tape.input_of(node.input);
+            tch::manual_seed(tape.seed + i as i64);
+            tch::no_grad(|| super::run(&m, &node.op, &input))
+        };
+        let blocks: Vec<usize> = (0..tape.nodes.len())
+            .filter(|&i| tape.nodes[i].leaf.is_none())
+            .collect();
+        assert!(blocks.len() > 10);
+        // Under the recorded state every recomputed activation is the forward's, bit for bit.
+        autocast(Device::Cpu, AmpDtype::BFloat16, || {
+            for &i in &blocks {
+                assert!(recompute(i).equal(&tape.nodes[i].out), "node {i} differs");
+            }
+        })
+        .unwrap();
+        // Without it they are not: the state matters, so the backward restores it.
+        assert!(blocks
+            .iter()
+            .any(|&i| !recompute(i).equal(&tape.nodes[i].out)));
     }
 }

@@ -1,7 +1,8 @@
-//! The numeric precision of training: fp32, or fp16 autocast with dynamic
-//! loss scaling on CUDA (`AMP_OPT_LEVEL` O1/O2).
+//! The numeric precision of training (`AMP_OPT_LEVEL` O1/O2 with
+//! `AMP_DTYPE`): fp32; fp16 autocast with dynamic loss scaling on CUDA; or
+//! bf16 autocast, without loss scaling, on CUDA or CPU.
 
-use crate::amp::GradScaler;
+use crate::amp::{AmpDtype, AmpError, GradScaler};
 use crate::config::Config;
 use crate::optim::{clip_grad_norm, AdamW};
 use tch::{Device, Tensor};
@@ -10,35 +11,51 @@ use tch::{Device, Tensor};
 pub(crate) enum Precision {
     /// Full precision.
     Fp32,
-    /// fp16 autocast; the loss is scaled and steps with inf/NaN gradients are skipped.
+    /// fp16 autocast on CUDA; the loss is scaled and steps with inf/NaN
+    /// gradients are skipped.
     Fp16(GradScaler),
+    /// bf16 autocast on `device`'s type; fp32's range, so no loss scaling.
+    Bf16(Device),
 }
 
 impl Precision {
     /// The precision `cfg` asks for on `device`, announced once by the main rank.
     pub fn for_run(cfg: &Config, device: Device, announce: bool) -> Self {
         let level = cfg.amp_opt_level.as_str();
-        let amp = device.is_cuda() && matches!(level, "O1" | "O2");
-        if announce && amp {
-            tracing::info!("mixed precision: fp16 autocast with dynamic loss scaling");
-        } else if announce && !(level.is_empty() || level == "O0") {
-            tracing::info!(
-                "note: AMP_OPT_LEVEL {level} applies on CUDA only; training in fp32 on {device:?}"
-            );
+        let wanted = matches!(level, "O1" | "O2");
+        let bf16 = cfg.amp_dtype == "bfloat16";
+        let precision = match (wanted, bf16, device.is_cuda()) {
+            (false, _, _) => Precision::Fp32,
+            (true, true, _) => Precision::Bf16(device),
+            (true, false, true) => Precision::Fp16(GradScaler::new(device)),
+            (true, false, false) => {
+                if announce {
+                    tracing::info!("note: AMP_OPT_LEVEL {level} with AMP_DTYPE float16 applies on CUDA only; training in fp32 on {device:?} (AMP_DTYPE bfloat16 works on CPU)");
+                }
+                Precision::Fp32
+            }
+        };
+        if announce {
+            match &precision {
+                Precision::Fp16(_) => {
+                    tracing::info!("mixed precision: fp16 autocast with dynamic loss scaling")
+                }
+                Precision::Bf16(_) => {
+                    tracing::info!("mixed precision: bf16 autocast on {device:?}, no loss scaling")
+                }
+                Precision::Fp32 => {}
+            }
         }
-        if amp {
-            Precision::Fp16(GradScaler::new(device))
-        } else {
-            Precision::Fp32
-        }
+        precision
     }
 
-    /// Run `f` (a forward pass) under this precision's autocast.
-    pub fn autocast<T>(&self, f: impl FnOnce() -> T) -> T {
+    /// Run `f` (a forward pass) under this precision's autocast; the loss
+    /// computed outside it stays fp32.
+    pub fn autocast<T>(&self, f: impl FnOnce() -> T) -> Result<T, AmpError> {
         match self {
-            // tch's autocast is fp16-only; the loss computed outside stays fp32.
-            Precision::Fp16(_) => tch::autocast(true, f),
-            Precision::Fp32 => f(),
+            Precision::Fp16(s) => crate::amp::autocast(s.device(), AmpDtype::Float16, f),
+            Precision::Bf16(device) => crate::amp::autocast(*device, AmpDtype::BFloat16, f),
+            Precision::Fp32 => Ok(f()),
         }
     }
 
@@ -52,7 +69,7 @@ impl Precision {
     pub fn scale(&self, loss: &Tensor) -> Tensor {
         match self {
             Precision::Fp16(s) => s.scale(loss),
-            Precision::Fp32 => loss.shallow_clone(),
+            Precision::Fp32 | Precision::Bf16(_) => loss.shallow_clone(),
         }
     }
 
@@ -60,11 +77,11 @@ impl Precision {
     pub fn scaler_state(&self) -> Option<(f64, i64)> {
         match self {
             Precision::Fp16(s) => Some(s.state()),
-            Precision::Fp32 => None,
+            Precision::Fp32 | Precision::Bf16(_) => None,
         }
     }
 
-    /// Restore a checkpoint's loss scaler state (ignored in fp32).
+    /// Restore a checkpoint's loss scaler state (ignored without fp16).
     pub fn load_scaler_state(&mut self, state: Option<(f64, i64)>) {
         if let (Precision::Fp16(s), Some(state)) = (self, state) {
             s.load_state(state);
@@ -83,8 +100,8 @@ impl Precision {
         multi_rank: bool,
         max_norm: f64,
         lr: f64,
-    ) -> (f64, bool) {
-        match self {
+    ) -> Result<(f64, bool), AmpError> {
+        Ok(match self {
             // Scaled gradients can only be unscaled once, so with AMP
             // clipping happens at the optimiser step, not every micro-step.
             Precision::Fp16(s) if boundary => {
@@ -92,7 +109,7 @@ impl Precision {
                 let mut norm = f64::NAN;
                 if !overflow {
                     norm = clip_grad_norm(params, max_norm);
-                    opt.step(lr);
+                    opt.step(lr)?;
                 }
                 s.update(&found_inf);
                 (norm, overflow)
@@ -101,14 +118,14 @@ impl Precision {
             // The reference clips at every micro-step (on the partial sum when
             // accumulating). With several ranks the partial sums are local, so
             // clipping waits for the averaged gradient at the optimiser step.
-            Precision::Fp32 if !multi_rank || boundary => {
+            Precision::Fp32 | Precision::Bf16(_) if !multi_rank || boundary => {
                 let norm = clip_grad_norm(params, max_norm);
                 if boundary {
-                    opt.step(lr);
+                    opt.step(lr)?;
                 }
                 (norm, false)
             }
-            Precision::Fp32 => (f64::NAN, false),
-        }
+            Precision::Fp32 | Precision::Bf16(_) => (f64::NAN, false),
+        })
     }
 }

@@ -88,7 +88,7 @@ impl Trainer<'_> {
         let accum = plan.accumulation;
         let forward = self
             .precision
-            .autocast(|| self.model.forward_train(&mb.images));
+            .autocast(|| self.model.forward_train(&mb.images))?;
         let loss = plan
             .criterion
             .loss(&forward.output.experts, &mb.labels, &mb.targets, at.epoch);
@@ -105,7 +105,7 @@ impl Trainer<'_> {
         if accum <= 1 {
             self.opt.zero_grad();
         }
-        forward.backward(&micro_loss);
+        forward.backward(&micro_loss)?;
 
         let mut stop = self.stop_requested();
         let world_size = self.comm.world_size();
@@ -127,7 +127,7 @@ impl Trainer<'_> {
             world_size > 1,
             self.cfg.train.clip_grad,
             lr,
-        );
+        )?;
         self.state.overflow_steps += u64::from(overflow);
         if at.boundary && accum > 1 {
             self.opt.zero_grad();

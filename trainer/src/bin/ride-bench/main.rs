@@ -55,6 +55,12 @@ struct StepArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Use libtorch's fused AdamW kernel.
+    #[arg(long)]
+    fused_adamw: bool,
+    /// Mixed precision: none, float16 (with loss scaling) or bfloat16.
+    #[arg(long, default_value = "none")]
+    amp: String,
 }
 
 #[derive(Args)]
@@ -109,12 +115,23 @@ fn cmd_step(b: StepArgs) -> Result<()> {
     if b.threads > 0 {
         tch::set_num_threads(b.threads);
     }
+    let amp = match b.amp.as_str() {
+        "none" => None,
+        "float16" => Some(ride_trainer::amp::AmpDtype::Float16),
+        "bfloat16" => Some(ride_trainer::amp::AmpDtype::BFloat16),
+        other => anyhow::bail!("--amp {other}: use none, float16 or bfloat16"),
+    };
+    let options = step::StepOptions {
+        fused_adamw: b.fused_adamw,
+        amp,
+    };
     let t = step::time_training_steps(
         &cfg,
         parse_device(&b.device)?,
         b.batch_size,
         b.warmup,
         b.steps,
+        options,
     )?;
     println!("{}", serde_json::to_string(&t)?);
     Ok(())

@@ -2,6 +2,7 @@
 //! loss, backward, AdamW) on random data, for side-by-side comparison with
 //! PyTorch (`bench/cpu_train_step.sh`).
 
+use ride_trainer::amp::{autocast, AmpDtype, GradScaler};
 use ride_trainer::config::Config;
 use ride_trainer::model::RideSwin;
 use ride_trainer::optim::{clip_grad_norm, AdamW};
@@ -29,6 +30,22 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
+/// What the timed step uses beyond the config.
+#[derive(Clone, Copy, Debug)]
+pub struct StepOptions {
+    /// libtorch's fused AdamW kernel instead of the op-by-op update.
+    pub fused_adamw: bool,
+    /// Autocast type (fp16 with dynamic loss scaling, as torch's AMP), or fp32.
+    pub amp: Option<AmpDtype>,
+}
+
+/// Wait for the device's queued work, so wall time covers it.
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 /// Time `steps` training steps after `warmup` untimed ones.
 pub fn time_training_steps(
     cfg: &Config,
@@ -36,27 +53,50 @@ pub fn time_training_steps(
     batch: i64,
     warmup: usize,
     steps: usize,
+    options: StepOptions,
 ) -> anyhow::Result<StepTiming> {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
         .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
-    let mut opt = AdamW::new(&vs, cfg.train.weight_decay, 1e-8, (0.9, 0.999));
+    let mut opt =
+        AdamW::new(&vs, cfg.train.weight_decay, 1e-8, (0.9, 0.999)).with_fused(options.fused_adamw);
     let params = opt.params();
+    let mut scaler = (options.amp == Some(AmpDtype::Float16)).then(|| GradScaler::new(device));
     let s = cfg.data.img_size;
     let x = Tensor::randn([batch, 3, s, s], (Kind::Float, device));
     let y = Tensor::randint(cfg.model.num_classes, [batch], (Kind::Int64, device));
     let (mut times, mut fb, mut op) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..warmup + steps.max(1) {
+        sync(device);
         let t = Instant::now();
         opt.zero_grad();
-        let out = model.forward(&x, true);
-        let loss = out.mean().cross_entropy_for_logits(&y);
-        loss.backward();
+        let out = match options.amp {
+            Some(dtype) => autocast(device, dtype, || model.forward(&x, true))?,
+            None => model.forward(&x, true),
+        };
+        let loss = out.mean().to_kind(Kind::Float).cross_entropy_for_logits(&y);
+        match &scaler {
+            Some(sc) => sc.scale(&loss).backward(),
+            None => loss.backward(),
+        }
         let _ = loss.double_value(&[]);
         let t_fb = t.elapsed();
-        clip_grad_norm(&params, cfg.train.clip_grad);
-        opt.step(1e-4);
+        match scaler.as_mut() {
+            Some(sc) => {
+                let (overflow, found_inf) = sc.unscale(&params);
+                if !overflow {
+                    clip_grad_norm(&params, cfg.train.clip_grad);
+                    opt.step(1e-4)?;
+                }
+                sc.update(&found_inf);
+            }
+            None => {
+                clip_grad_norm(&params, cfg.train.clip_grad);
+                opt.step(1e-4)?;
+            }
+        }
+        sync(device);
         let total = t.elapsed();
         if i >= warmup {
             times.push(total.as_secs_f64() * 1e3);
