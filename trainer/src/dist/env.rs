@@ -169,6 +169,37 @@ pub fn first_host(list: &str) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
+/// The GPU this rank trains on when `requested` is CUDA: one rank per GPU,
+/// by local rank. When the launcher already bound one GPU to each rank
+/// (Slurm's `--gpus-per-task=1`, a container with one device) the rank sees
+/// only that one, as `cuda:0`. Fewer visible GPUs than local ranks would
+/// put two ranks on one GPU: an error that says so.
+pub fn rank_device(
+    requested: tch::Device,
+    world: &WorldInfo,
+    visible_gpus: usize,
+) -> Result<tch::Device, DistError> {
+    let tch::Device::Cuda(_) = requested else {
+        return Ok(requested);
+    };
+    if world.local_world_size <= 1 {
+        return Ok(requested);
+    }
+    if visible_gpus == 1 {
+        return Ok(tch::Device::Cuda(0));
+    }
+    if visible_gpus >= world.local_world_size {
+        return Ok(tch::Device::Cuda(world.local_rank));
+    }
+    Err(DistError::Env {
+        var: ENV_LOCAL_WORLD_SIZE.into(),
+        message: format!(
+            "{} ranks on this machine but {visible_gpus} GPUs visible: start one rank per GPU (--nproc-per-node, gpusPerWorker, --gpus-per-task) or make every GPU visible",
+            world.local_world_size
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +286,32 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().contains("MASTER_PORT"), "{e}");
+    }
+
+    #[test]
+    fn ranks_get_one_gpu_each_by_local_rank_or_the_one_they_were_bound_to() {
+        use tch::Device;
+        let world = |local_rank, local_world_size| WorldInfo {
+            local_rank,
+            local_world_size,
+            ..WorldInfo::single()
+        };
+        let cuda = Device::Cuda(0);
+        // CPU and single-rank choices stand.
+        assert_eq!(
+            rank_device(Device::Cpu, &world(3, 8), 8).unwrap(),
+            Device::Cpu
+        );
+        assert_eq!(
+            rank_device(Device::Cuda(2), &world(0, 1), 8).unwrap(),
+            Device::Cuda(2)
+        );
+        // launch --nproc-per-node 8 on an 8-GPU machine: cuda:LOCAL_RANK.
+        assert_eq!(rank_device(cuda, &world(3, 8), 8).unwrap(), Device::Cuda(3));
+        // Slurm --gpus-per-task=1: each task sees its own GPU as cuda:0.
+        assert_eq!(rank_device(cuda, &world(5, 8), 1).unwrap(), Device::Cuda(0));
+        // Too few GPUs for the ranks: an error naming the numbers.
+        let e = rank_device(cuda, &world(1, 4), 2).unwrap_err().to_string();
+        assert!(e.contains("4 ranks") && e.contains("2 GPUs"), "{e}");
     }
 }

@@ -79,10 +79,12 @@ impl<'a> Trainer<'a> {
         let data = build_datasets(cfg)?;
         let train_counts = data.train.class_counts();
         let world = &options.world;
-        let device = match options.device {
-            Device::Cuda(_) if world.local_world_size > 1 => Device::Cuda(world.local_rank),
-            d => d,
+        let gpus = if options.device.is_cuda() {
+            tch::Cuda::device_count().max(0) as usize
+        } else {
+            0
         };
+        let device = crate::dist::env::rank_device(options.device, world, gpus)?;
         let output = output_location(cfg);
         // Storage first: bad credentials must fail before anything expensive.
         let store = Arc::new(
