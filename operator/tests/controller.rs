@@ -1638,11 +1638,29 @@ async fn the_first_failure_in_time_decides_even_when_both_are_seen_at_once() {
         (json!(1), json!(0)),
         "{st}"
     );
-    assert!(
-        st["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("worker 1 exited with code 1"),
-        "{st}"
-    );
+    // The status message moves on to the new gang's start ("1 of 2 workers
+    // running") as soon as its pods come up; the Event keeps the cause.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    let ev = &events;
+    eventually(
+        30,
+        "a WorkerFailed event naming rank 1's crash",
+        || async move {
+            ev.list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("WorkerFailed")
+                        && e.note
+                            .as_deref()
+                            .is_some_and(|n| n.contains("worker 1 exited with code 1"))
+                })
+                .then_some(())
+        },
+        ctx,
+    )
+    .await;
+    assert_eq!(st["reason"], "WorkerFailed", "{st}");
 }

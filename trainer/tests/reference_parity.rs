@@ -95,3 +95,28 @@ fn wrong_architecture_lists_the_problem_keys() {
         "{e}"
     );
 }
+
+#[test]
+fn the_authors_model_rebuilt_in_pytorch_matches_their_fixtures_and_our_model() {
+    // bench/ride_swin_reference.py is the PyTorch side of the GPU check: it
+    // must be the authors' model, so it loads their state dicts strictly
+    // and reproduces their outputs, with torch from the wheel alone.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = std::env::var("VIRTUAL_ENV")
+        .map(|v| std::path::PathBuf::from(v).join("bin/python"))
+        .unwrap_or_else(|_| "python3".into());
+    let o = std::process::Command::new(python)
+        .arg(root.join("bench/ride_swin_reference.py"))
+        .arg("--check")
+        .arg(root.join("trainer/tests/fixtures"))
+        .output()
+        .expect("python runs");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("tiny_ride2: 641382 parameters"), "{out}");
+    assert!(out.contains("tiny_ce1: 574355 parameters"), "{out}");
+}

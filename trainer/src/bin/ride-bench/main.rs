@@ -34,6 +34,9 @@ enum Command {
     Checkpoint(CheckpointArgs),
     /// Measure the configured train transform on a folder of images, one thread (prints JSON).
     Transform(TransformArgs),
+    /// Print the config's resolved model architecture as JSON, for the
+    /// PyTorch side of a benchmark (bench/ride_swin_step.py --spec).
+    Spec(ConfigArgs),
 }
 
 #[derive(Args)]
@@ -215,11 +218,31 @@ fn cmd_checkpoint(a: CheckpointArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_spec(c: ConfigArgs) -> Result<()> {
+    let s = c.load(Overrides::default())?.swin_spec();
+    s.validate()
+        .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
+    let spec = serde_json::json!({
+        "img_size": s.img_size, "patch_size": s.patch_size, "in_chans": s.in_chans,
+        "num_classes": s.num_classes, "embed_dim": s.embed_dim, "depths": s.depths,
+        "num_heads": s.num_heads, "window_size": s.window_size, "mlp_ratio": s.mlp_ratio,
+        "qkv_bias": s.qkv_bias, "qk_scale": s.qk_scale, "drop_rate": s.drop_rate,
+        "drop_path_rate": s.drop_path_rate, "ape": s.ape, "patch_norm": s.patch_norm,
+        "use_normed_linear": s.use_normed_linear, "num_experts": s.num_experts,
+        "branching_start": s.branching_start,
+        "force_original_feature_dim": s.force_original_feature_dim,
+        "force_no_branches": s.force_no_branches,
+    });
+    println!("{spec}");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Step(a) => cmd_step(a),
         Command::Allreduce(a) => cmd_allreduce(a),
         Command::Checkpoint(a) => cmd_checkpoint(a),
         Command::Transform(a) => cmd_transform(a),
+        Command::Spec(c) => cmd_spec(c),
     }
 }

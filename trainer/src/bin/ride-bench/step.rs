@@ -22,6 +22,10 @@ pub struct StepTiming {
     pub forward_backward_ms: f64,
     /// Median of the clipping + AdamW part.
     pub optimizer_ms: f64,
+    /// Peak bytes the CUDA caching allocator held in tensors (None on CPU).
+    pub peak_memory_bytes: Option<i64>,
+    /// Trainable parameters.
+    pub params: i64,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -111,5 +115,10 @@ pub fn time_training_steps(
         forward_backward_ms: median(&fb),
         optimizer_ms: median(&op),
         step_ms: times,
+        peak_memory_bytes: match device {
+            Device::Cuda(i) => ride_trainer::metrics::cuda_memory(i).map(|m| m.peak_allocated),
+            _ => None,
+        },
+        params: ride_trainer::model::ride_swin::parameter_count(&vs),
     })
 }
