@@ -9,7 +9,7 @@
 #   - Swin-T 2-expert training steps, img/s and peak memory, ride-trainer
 #     (fused AdamW, autocast) against the authors' model in PyTorch eager
 #     with AMP, same batch, same image size, measured in this run;
-#   - NCCL: not implemented yet, said so in the table.
+#   - NCCL: a one-rank communicator, all-reduce and broadcast on the GPU.
 # Usage: scripts/gpu-check.sh [BATCH]
 #   RIDE_BIN, RIDE_BENCH_BIN  the binaries (default: target/release or $CARGO_TARGET_DIR)
 #   PYTHON                    python with torch (default: python3)
@@ -61,7 +61,13 @@ for dtype in float16 bfloat16; do
   fi
 done
 
-row "$(json check="NCCL 1-rank init and all-reduce" result="NOT IMPLEMENTED" detail="the collectives still go through host memory and TCP (issue 14)")"
+if [ "$DEVICE" = cpu ]; then
+  row "$(json check="NCCL 1-rank init and all-reduce" result=SKIP detail="needs a GPU")"
+elif out="$("$RIDE_BENCH_BIN" nccl 2>&1)"; then
+  row "$(json check="NCCL 1-rank init and all-reduce" result=PASS detail="$out")"
+else
+  row "$(json check="NCCL 1-rank init and all-reduce" result=FAIL detail="$(echo "$out" | tail -1)")"
+fi
 
 echo "== Swin-T 2 experts, batch $batch, $steps timed steps after $warmup"
 cfg="$root/configs/swin_tiny_patch4_window7_224_lt_2_experts_ride.yaml"

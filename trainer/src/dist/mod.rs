@@ -3,6 +3,7 @@
 
 pub mod ddp;
 pub mod env;
+pub mod nccl;
 pub mod store;
 pub mod tcp;
 
@@ -66,6 +67,15 @@ pub enum DistError {
     /// A tensor could not be moved for a collective.
     #[error("tensor for a collective: {0}")]
     Tensor(#[from] tch::TchError),
+    /// A collective backend cannot be used here (library or device missing)
+    /// or reported an error.
+    #[error("{backend} backend: {message}")]
+    Backend {
+        /// The backend (`nccl`).
+        backend: &'static str,
+        /// What is wrong, and what to do.
+        message: String,
+    },
 }
 
 /// Collective operations across the ranks of a job. Every rank must call the
@@ -173,6 +183,42 @@ fn env_seconds(name: &str, default: u64) -> Result<Duration, DistError> {
     }
 }
 
+/// Environment variable choosing the collective backend: `tcp` (the
+/// default) or `nccl` (GPU tensors through NCCL; not yet verified on a GPU,
+/// so it is opt-in).
+pub const ENV_DIST_BACKEND: &str = "RIDE_DIST_BACKEND";
+
+/// Join the job described by `world` with the backend [`ENV_DIST_BACKEND`]
+/// names, for a process training on `device`.
+pub fn init_for(world: &WorldInfo, device: Device) -> Result<Box<dyn Collective>, DistError> {
+    match std::env::var(ENV_DIST_BACKEND).unwrap_or_default().as_str() {
+        "" | "tcp" => init(world),
+        "nccl" => {
+            let Device::Cuda(index) = device else {
+                return Err(DistError::Env {
+                    var: ENV_DIST_BACKEND.into(),
+                    message: format!(
+                        "nccl needs --device cuda, not {device:?}; unset it for the TCP backend"
+                    ),
+                });
+            };
+            let ring = (world.world_size > 1)
+                .then(|| connect_ring(world))
+                .transpose()?;
+            Ok(Box::new(nccl::NcclCollective::new(
+                ring,
+                world.rank,
+                world.world_size,
+                index,
+            )?))
+        }
+        other => Err(DistError::Env {
+            var: ENV_DIST_BACKEND.into(),
+            message: format!("'{other}' is not tcp or nccl"),
+        }),
+    }
+}
+
 /// Join the job described by `world`: rank 0 starts the rendezvous store on
 /// `MASTER_PORT`, every rank connects to it (retrying until
 /// `RIDE_RENDEZVOUS_TIMEOUT`, default 300 s) and the TCP ring is built.
@@ -181,6 +227,11 @@ pub fn init(world: &WorldInfo) -> Result<Box<dyn Collective>, DistError> {
     if world.world_size <= 1 {
         return Ok(Box::new(SingleProcess));
     }
+    Ok(Box::new(connect_ring(world)?))
+}
+
+/// The rendezvous and the TCP ring of [`init`].
+fn connect_ring(world: &WorldInfo) -> Result<tcp::TcpCollective, DistError> {
     let rendezvous = env_seconds("RIDE_RENDEZVOUS_TIMEOUT", 300)?;
     let op_timeout = env_seconds("RIDE_COLLECTIVE_TIMEOUT", 1800)?;
     // Rank 0's server keeps running on background threads for the process's life.
@@ -222,5 +273,5 @@ pub fn init(world: &WorldInfo) -> Result<Box<dyn Collective>, DistError> {
         op_timeout,
     )?;
     ring.barrier()?;
-    Ok(Box::new(ring))
+    Ok(ring)
 }

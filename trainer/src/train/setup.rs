@@ -91,7 +91,7 @@ impl<'a> Trainer<'a> {
             CheckpointStore::open(&output).with_context(|| format!("opening output {output}"))?,
         );
         store.probe(world.rank == 0)?;
-        let comm = crate::dist::init(world).context("joining the distributed job")?;
+        let comm = crate::dist::init_for(world, device).context("joining the distributed job")?;
         let (rank, world_size) = (comm.rank(), comm.world_size());
         if world_size > 1 {
             tracing::info!(

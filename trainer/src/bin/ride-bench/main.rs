@@ -34,6 +34,9 @@ enum Command {
     Checkpoint(CheckpointArgs),
     /// Measure the configured train transform on a folder of images, one thread (prints JSON).
     Transform(TransformArgs),
+    /// One-rank NCCL communicator on a GPU: initialise, all-reduce and
+    /// broadcast a tensor, check the values (prints JSON; the device check's NCCL row).
+    Nccl(NcclArgs),
     /// Print the config's resolved model architecture as JSON, for the
     /// PyTorch side of a benchmark (bench/ride_swin_step.py --spec).
     Spec(ConfigArgs),
@@ -99,6 +102,16 @@ struct TransformArgs {
     /// this safetensors file, as `images` [N, 3, S, S] in sorted file order.
     #[arg(long)]
     dump: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct NcclArgs {
+    /// CUDA device index.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// Elements of the test tensor.
+    #[arg(long, default_value_t = 1 << 24)]
+    elements: i64,
 }
 
 #[derive(Args)]
@@ -218,6 +231,29 @@ fn cmd_checkpoint(a: CheckpointArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_nccl(a: NcclArgs) -> Result<()> {
+    use ride_trainer::dist::Collective;
+    let started = std::time::Instant::now();
+    let comm = ride_trainer::dist::nccl::NcclCollective::new(None, 0, 1, a.device)?;
+    let init_s = started.elapsed().as_secs_f64();
+    let device = Device::Cuda(a.device);
+    let x = Tensor::arange(a.elements, (tch::Kind::Float, device)).remainder(1000.0);
+    let want = x.copy();
+    let t = std::time::Instant::now();
+    comm.all_reduce_sum_tensor(&x)?;
+    comm.broadcast_tensor(&x, 0)?;
+    tch::Cuda::synchronize(a.device as i64);
+    let op_s = t.elapsed().as_secs_f64();
+    let equal = x.equal(&want);
+    println!(
+        "{}",
+        serde_json::json!({"backend": comm.backend(), "init_s": init_s, "ops_s": op_s,
+                           "elements": a.elements, "values_equal": equal})
+    );
+    anyhow::ensure!(equal, "1-rank all-reduce/broadcast changed the values");
+    Ok(())
+}
+
 fn cmd_spec(c: ConfigArgs) -> Result<()> {
     let s = c.load(Overrides::default())?.swin_spec();
     s.validate()
@@ -244,5 +280,6 @@ fn main() -> Result<()> {
         Command::Checkpoint(a) => cmd_checkpoint(a),
         Command::Transform(a) => cmd_transform(a),
         Command::Spec(c) => cmd_spec(c),
+        Command::Nccl(a) => cmd_nccl(a),
     }
 }
