@@ -202,15 +202,7 @@ pub fn init_for(world: &WorldInfo, device: Device) -> Result<Box<dyn Collective>
                     ),
                 });
             };
-            let ring = (world.world_size > 1)
-                .then(|| connect_ring(world))
-                .transpose()?;
-            Ok(Box::new(nccl::NcclCollective::new(
-                ring,
-                world.rank,
-                world.world_size,
-                index,
-            )?))
+            Ok(Box::new(nccl::NcclCollective::new(init(world)?, index)?))
         }
         other => Err(DistError::Env {
             var: ENV_DIST_BACKEND.into(),
@@ -227,11 +219,6 @@ pub fn init(world: &WorldInfo) -> Result<Box<dyn Collective>, DistError> {
     if world.world_size <= 1 {
         return Ok(Box::new(SingleProcess));
     }
-    Ok(Box::new(connect_ring(world)?))
-}
-
-/// The rendezvous and the TCP ring of [`init`].
-fn connect_ring(world: &WorldInfo) -> Result<tcp::TcpCollective, DistError> {
     let rendezvous = env_seconds("RIDE_RENDEZVOUS_TIMEOUT", 300)?;
     let op_timeout = env_seconds("RIDE_COLLECTIVE_TIMEOUT", 1800)?;
     // Rank 0's server keeps running on background threads for the process's life.
@@ -273,5 +260,5 @@ fn connect_ring(world: &WorldInfo) -> Result<tcp::TcpCollective, DistError> {
         op_timeout,
     )?;
     ring.barrier()?;
-    Ok(ring)
+    Ok(Box::new(ring))
 }

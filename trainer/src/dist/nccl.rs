@@ -13,8 +13,7 @@
 //! with no host synchronisation. (It does not yet overlap with the backward
 //! pass: buckets are reduced after it.)
 
-use super::tcp::TcpCollective;
-use super::{with_host_f32, Collective, DistError};
+use super::{Collective, DistError};
 use libloading::Library;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use tch::{Device, Kind, Tensor};
@@ -75,6 +74,16 @@ fn nccl_error(message: String) -> DistError {
     }
 }
 
+/// The entry point `name` of NCCL as a `T`.
+///
+/// # Safety
+/// `T` must be the C signature NCCL declares for `name`.
+unsafe fn symbol<T: Copy>(lib: &Library, name: &str) -> Result<T, DistError> {
+    lib.get::<T>(name.as_bytes())
+        .map(|s| *s)
+        .map_err(|_| nccl_error(format!("{NCCL_LIBRARY} lacks {name}")))
+}
+
 impl Nccl {
     /// Load `libnccl.so.2` and resolve its entry points.
     fn load() -> Result<Self, DistError> {
@@ -89,32 +98,17 @@ impl Nccl {
         // public C API (nccl.h, NCCL 2.x); the pointers live as long as `lib`,
         // which this struct keeps.
         unsafe {
-            let sym = |name: &str| nccl_error(format!("{NCCL_LIBRARY} lacks {name}"));
-            let get_version = *lib
-                .get::<GetVersion>(b"ncclGetVersion\0")
-                .map_err(|_| sym("ncclGetVersion"))?;
+            let get_version = symbol::<GetVersion>(&lib, "ncclGetVersion")?;
             let mut version = 0;
             get_version(&mut version);
             Ok(Self {
                 version,
-                get_unique_id: *lib
-                    .get::<GetUniqueId>(b"ncclGetUniqueId\0")
-                    .map_err(|_| sym("ncclGetUniqueId"))?,
-                comm_init_rank: *lib
-                    .get::<CommInitRank>(b"ncclCommInitRank\0")
-                    .map_err(|_| sym("ncclCommInitRank"))?,
-                all_reduce: *lib
-                    .get::<AllReduce>(b"ncclAllReduce\0")
-                    .map_err(|_| sym("ncclAllReduce"))?,
-                broadcast: *lib
-                    .get::<Broadcast>(b"ncclBroadcast\0")
-                    .map_err(|_| sym("ncclBroadcast"))?,
-                comm_destroy: *lib
-                    .get::<CommDestroy>(b"ncclCommDestroy\0")
-                    .map_err(|_| sym("ncclCommDestroy"))?,
-                error_string: *lib
-                    .get::<GetErrorString>(b"ncclGetErrorString\0")
-                    .map_err(|_| sym("ncclGetErrorString"))?,
+                get_unique_id: symbol(&lib, "ncclGetUniqueId")?,
+                comm_init_rank: symbol(&lib, "ncclCommInitRank")?,
+                all_reduce: symbol(&lib, "ncclAllReduce")?,
+                broadcast: symbol(&lib, "ncclBroadcast")?,
+                comm_destroy: symbol(&lib, "ncclCommDestroy")?,
+                error_string: symbol(&lib, "ncclGetErrorString")?,
                 _lib: lib,
             })
         }
@@ -138,13 +132,13 @@ impl Nccl {
     }
 }
 
-/// Data-parallel collectives over NCCL for CUDA tensors, the TCP ring for the rest.
+/// Data-parallel collectives over NCCL for CUDA tensors; everything else,
+/// and the job's ranks, from the host backend beside it (the TCP ring, or
+/// a single process).
 pub struct NcclCollective {
     nccl: Nccl,
     comm: Comm,
-    ring: Option<TcpCollective>,
-    rank: usize,
-    world_size: usize,
+    host: Box<dyn Collective>,
     device: usize,
 }
 
@@ -155,14 +149,11 @@ unsafe impl Send for NcclCollective {}
 unsafe impl Sync for NcclCollective {}
 
 impl NcclCollective {
-    /// Join an NCCL communicator on CUDA device `device`: rank 0 creates the
-    /// unique id and `ring` (None for a single rank) carries it to the others.
-    pub fn new(
-        ring: Option<TcpCollective>,
-        rank: usize,
-        world_size: usize,
-        device: usize,
-    ) -> Result<Self, DistError> {
+    /// Join an NCCL communicator on CUDA device `device` with the ranks of
+    /// `host` (from [`super::init`]): rank 0 creates the unique id and `host`
+    /// carries it to the others.
+    pub fn new(host: Box<dyn Collective>, device: usize) -> Result<Self, DistError> {
+        let (rank, world_size) = (host.rank(), host.world_size());
         let nccl = Nccl::load()?;
         let gpus = tch::Cuda::device_count().max(0) as usize;
         if device >= gpus {
@@ -176,12 +167,10 @@ impl NcclCollective {
             // SAFETY: writes 128 bytes into `id`.
             nccl.check(unsafe { (nccl.get_unique_id)(&mut id) }, "ncclGetUniqueId")?;
         }
-        if let Some(ring) = &ring {
-            let mut bytes: Vec<u8> = id.internal.iter().map(|&c| c as u8).collect();
-            ring.broadcast_bytes(&mut bytes, 0)?;
-            for (d, s) in id.internal.iter_mut().zip(&bytes) {
-                *d = *s as c_char;
-            }
+        let mut bytes: Vec<u8> = id.internal.iter().map(|&c| c as u8).collect();
+        host.broadcast_bytes(&mut bytes, 0)?;
+        for (d, s) in id.internal.iter_mut().zip(&bytes) {
+            *d = *s as c_char;
         }
         // NCCL binds the communicator to the current device; make it ours by
         // creating a tensor there first (libtorch sets the device for its work).
@@ -197,9 +186,7 @@ impl NcclCollective {
         Ok(Self {
             nccl,
             comm,
-            ring,
-            rank,
-            world_size,
+            host,
             device,
         })
     }
@@ -208,12 +195,6 @@ impl NcclCollective {
     fn nccl_buffer(&self, t: &Tensor) -> Option<*mut c_void> {
         (t.device() == Device::Cuda(self.device) && t.kind() == Kind::Float && t.is_contiguous())
             .then(|| t.data_ptr())
-    }
-
-    fn ring(&self) -> Result<&TcpCollective, DistError> {
-        self.ring
-            .as_ref()
-            .ok_or_else(|| nccl_error("a single rank has no peers to exchange bytes with".into()))
     }
 }
 
@@ -229,42 +210,30 @@ impl Drop for NcclCollective {
 
 impl Collective for NcclCollective {
     fn rank(&self) -> usize {
-        self.rank
+        self.host.rank()
     }
     fn world_size(&self) -> usize {
-        self.world_size
+        self.host.world_size()
     }
     fn backend(&self) -> &'static str {
         "nccl"
     }
     fn all_reduce_sum_f32(&self, data: &mut [f32]) -> Result<(), DistError> {
-        match &self.ring {
-            Some(r) => r.all_reduce_sum_f32(data),
-            None => Ok(()),
-        }
+        self.host.all_reduce_sum_f32(data)
     }
     fn broadcast_bytes(&self, data: &mut Vec<u8>, root: usize) -> Result<(), DistError> {
-        match &self.ring {
-            Some(r) => r.broadcast_bytes(data, root),
-            None => Ok(()),
-        }
+        self.host.broadcast_bytes(data, root)
     }
     fn all_gather_bytes(&self, data: &[u8]) -> Result<Vec<Vec<u8>>, DistError> {
-        match &self.ring {
-            Some(r) => r.all_gather_bytes(data),
-            None => Ok(vec![data.to_vec()]),
-        }
+        self.host.all_gather_bytes(data)
     }
     fn barrier(&self) -> Result<(), DistError> {
-        match &self.ring {
-            Some(r) => r.barrier(),
-            None => Ok(()),
-        }
+        self.host.barrier()
     }
 
     fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<(), DistError> {
         let Some(buf) = self.nccl_buffer(t) else {
-            return with_host_f32(t, |v| self.all_reduce_sum_f32(v));
+            return self.host.all_reduce_sum_tensor(t);
         };
         // SAFETY: `buf` is `t`'s contiguous float32 device memory of numel
         // elements, alive for the call; NCCL reduces it in place on the
@@ -285,13 +254,7 @@ impl Collective for NcclCollective {
 
     fn broadcast_tensor(&self, t: &Tensor, root: usize) -> Result<(), DistError> {
         let Some(buf) = self.nccl_buffer(t) else {
-            let ring = self.ring()?;
-            return with_host_f32(t, |v| {
-                let mut bytes = bytemuck::cast_slice::<f32, u8>(v).to_vec();
-                ring.broadcast_bytes(&mut bytes, root)?;
-                v.copy_from_slice(bytemuck::cast_slice(&bytes));
-                Ok(())
-            });
+            return self.host.broadcast_tensor(t, root);
         };
         // SAFETY: as for the all-reduce.
         let code = unsafe {
@@ -318,7 +281,7 @@ mod tests {
         if tch::Cuda::device_count() > 0 {
             return; // a GPU machine: the device check covers NCCL there.
         }
-        let e = NcclCollective::new(None, 0, 1, 0)
+        let e = NcclCollective::new(Box::new(crate::dist::SingleProcess), 0)
             .err()
             .expect("no GPU, no communicator")
             .to_string();

@@ -234,7 +234,8 @@ fn cmd_checkpoint(a: CheckpointArgs) -> Result<()> {
 fn cmd_nccl(a: NcclArgs) -> Result<()> {
     use ride_trainer::dist::Collective;
     let started = std::time::Instant::now();
-    let comm = ride_trainer::dist::nccl::NcclCollective::new(None, 0, 1, a.device)?;
+    let single = Box::new(ride_trainer::dist::SingleProcess);
+    let comm = ride_trainer::dist::nccl::NcclCollective::new(single, a.device)?;
     let init_s = started.elapsed().as_secs_f64();
     let device = Device::Cuda(a.device);
     let x = Tensor::arange(a.elements, (tch::Kind::Float, device)).remainder(1000.0);
