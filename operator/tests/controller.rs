@@ -33,6 +33,37 @@ fn example_with_checkpoint(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// A cluster with the CRD and `nodes` stand-in nodes.
+/// Wait up to `secs` for an Event in `ns` with `reason` and a note that
+/// `matches`; returns the note.
+async fn wait_for_event(
+    client: &kube::Client,
+    ns: &str,
+    reason: &str,
+    matches: impl Fn(&str) -> bool,
+    secs: u64,
+    context: impl Fn() -> String,
+) -> String {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    let (events, matches) = (&events, &matches);
+    let what = format!("a {reason} event");
+    eventually(
+        secs,
+        &what,
+        || async move {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .find_map(|e| e.note.filter(|n| matches(n)))
+        },
+        context,
+    )
+    .await
+}
+
 async fn setup(nodes: &[&str]) -> (Cluster, kube::Client, Vec<NodeAgent>) {
     let cluster = Cluster::start();
     cluster.install_crd();
@@ -1324,23 +1355,7 @@ async fn workers_with_a_template_pass_restricted_pod_security_and_refusals_reach
     .unwrap();
     let (ok, out) = cluster.kubectl(&["-n", "quota", "apply", "-f", squeezed.to_str().unwrap()]);
     assert!(ok, "{out}");
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "quota");
-    let ev = &events;
-    let note = eventually(
-        60,
-        "a FailedCreatePod event",
-        || async move {
-            ev.list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some("FailedCreatePod"))
-                .and_then(|e| e.note)
-        },
-        ctx,
-    )
-    .await;
+    let note = wait_for_event(&client, "quota", "FailedCreatePod", |_| true, 60, ctx).await;
     assert!(note.contains("exceeded quota"), "{note}");
     let st = status(c, "quota", "squeezed").await;
     assert!(
@@ -1534,23 +1549,7 @@ async fn a_worker_that_cannot_start_says_why_until_it_can() {
     )
     .await;
     assert!(st["message"].as_str().unwrap().contains("s3-keys"), "{st}");
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
-    let ev = &events;
-    eventually(
-        30,
-        "a WorkerNotStarting event",
-        || async move {
-            ev.list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .iter()
-                .any(|e| e.reason.as_deref() == Some("WorkerNotStarting"))
-                .then_some(())
-        },
-        ctx,
-    )
-    .await;
+    wait_for_event(&client, NS, "WorkerNotStarting", |_| true, 30, ctx).await;
     // The user adds the Secret; the kubelet's retry starts the workers.
     let (ok, out) = cluster.kubectl(&[
         "create",
@@ -1640,27 +1639,7 @@ async fn the_first_failure_in_time_decides_even_when_both_are_seen_at_once() {
     );
     // The status message moves on to the new gang's start ("1 of 2 workers
     // running") as soon as its pods come up; the Event keeps the cause.
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
-    let ev = &events;
-    eventually(
-        30,
-        "a WorkerFailed event naming rank 1's crash",
-        || async move {
-            ev.list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("WorkerFailed")
-                        && e.note
-                            .as_deref()
-                            .is_some_and(|n| n.contains("worker 1 exited with code 1"))
-                })
-                .then_some(())
-        },
-        ctx,
-    )
-    .await;
+    let crashed = |note: &str| note.contains("worker 1 exited with code 1");
+    wait_for_event(&client, NS, "WorkerFailed", crashed, 30, ctx).await;
     assert_eq!(st["reason"], "WorkerFailed", "{st}");
 }

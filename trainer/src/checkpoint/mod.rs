@@ -183,6 +183,8 @@ pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     prefix: StorePath,
     uri: String,
+    /// The directory, when the location is on this machine.
+    local_dir: Option<std::path::PathBuf>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -218,10 +220,14 @@ impl CheckpointStore {
             .enable_all()
             .build()?;
         let (store, prefix) = location::open(uri)?;
+        let local_dir = ride_contract::CheckpointUri::parse(uri)
+            .ok()
+            .and_then(|u| u.local_path().map(std::path::Path::to_path_buf));
         Ok(Self {
             store,
             prefix,
             uri: uri.trim_end_matches('/').to_string(),
+            local_dir,
             rt,
         })
     }
@@ -229,6 +235,12 @@ impl CheckpointStore {
     /// The location's URI.
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// The location's directory when it is on this machine (a path or
+    /// `file://`); `None` for an object store.
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        self.local_dir.as_deref()
     }
 
     fn key(&self, parts: &[&str]) -> StorePath {
@@ -526,15 +538,10 @@ impl CheckpointStore {
                 Ok::<_, object_store::Error>(())
             })
             .map_err(|e| self.err(e))?;
-        if let Some(local) = self.local_path(dir) {
-            let _ = std::fs::remove_dir(local);
+        if let Some(local) = &self.local_dir {
+            let _ = std::fs::remove_dir(local.join(dir));
         }
         Ok(())
-    }
-
-    fn local_path(&self, dir: &str) -> Option<std::path::PathBuf> {
-        let location = ride_contract::CheckpointUri::parse(&self.uri).ok()?;
-        Some(location.local_path()?.join(dir))
     }
 }
 

@@ -221,7 +221,9 @@ impl Trainer<'_> {
             if at.boundary && out.stop {
                 pb.finish_and_clear();
                 let samples_done = consumed + (k as u64 + 1) * plan.global_batch;
-                return Err(self.preempt(epoch, idx as u64 + 1, samples_done, plan, writer));
+                return Err(self
+                    .preempt(epoch, idx as u64 + 1, samples_done, plan, writer)?
+                    .into());
             }
         }
         pb.finish_and_clear();
@@ -398,34 +400,28 @@ impl Trainer<'_> {
         Ok(())
     }
 
-    /// Save a mid-epoch checkpoint, wait until it is durable, and return the
-    /// [`Preempted`] error that ends the run.
+    /// Save a mid-epoch checkpoint and wait until it is durable; the
+    /// [`Preempted`] it returns ends the run.
     fn preempt(
-        &mut self,
+        &self,
         epoch: u64,
         iterations_done: u64,
         samples_done: u64,
         plan: &Plan,
         writer: &mut Option<CheckpointWriter>,
-    ) -> anyhow::Error {
-        let mut saved = || -> Result<String> {
-            let mut checkpoint = format!("{}/(saved by rank 0)", self.output);
-            if let Some(w) = writer.as_mut() {
-                let eval = self.state.last_eval.clone();
-                let meta =
-                    self.checkpoint_meta(epoch, Some((iterations_done, samples_done)), eval, plan);
-                self.submit_checkpoint(w, meta);
-                checkpoint = w
-                    .wait()?
-                    .ok_or_else(|| anyhow::anyhow!("no checkpoint was saved"))?;
-            }
-            self.comm.barrier()?;
-            Ok(checkpoint)
-        };
-        match saved() {
-            Ok(checkpoint) => Preempted { checkpoint }.into(),
-            Err(e) => e,
+    ) -> Result<Preempted> {
+        let mut checkpoint = format!("{}/(saved by rank 0)", self.output);
+        if let Some(w) = writer.as_mut() {
+            let eval = self.state.last_eval.clone();
+            let meta =
+                self.checkpoint_meta(epoch, Some((iterations_done, samples_done)), eval, plan);
+            self.submit_checkpoint(w, meta);
+            checkpoint = w
+                .wait()?
+                .ok_or_else(|| anyhow::anyhow!("no checkpoint was saved"))?;
         }
+        self.comm.barrier()?;
+        Ok(Preempted { checkpoint })
     }
 
     /// The checkpoint record of the current state: `position` is

@@ -6,7 +6,7 @@ use super::RunSummary;
 use crate::eval::EvalReport;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// A [`ride_contract::Progress`] shared between the training loop, the
@@ -77,12 +77,6 @@ pub fn write_eval_artifacts(report: &EvalReport, dir: &Path, name: &str) -> Resu
     Ok(())
 }
 
-/// The directory of a local output location; `None` for an object store.
-fn local_dir(location: &str) -> Option<PathBuf> {
-    let location = ride_contract::CheckpointUri::parse(location).ok()?;
-    location.local_path().map(PathBuf::from)
-}
-
 impl Trainer<'_> {
     /// The run's summary; the main rank also writes the evaluation
     /// artifacts when the output is a local directory.
@@ -92,10 +86,10 @@ impl Trainer<'_> {
         train_seconds: f64,
         images_per_second: f64,
     ) -> Result<RunSummary> {
-        let artifacts = match (&self.state.last_eval, local_dir(&self.output)) {
+        let artifacts = match (&self.state.last_eval, self.store.local_dir()) {
             (Some(report), Some(dir)) if self.is_main() => {
-                write_eval_artifacts(report, &dir, &self.cfg.model.name)?;
-                Some(dir)
+                write_eval_artifacts(report, dir, &self.cfg.model.name)?;
+                Some(dir.to_path_buf())
             }
             _ => None,
         };
