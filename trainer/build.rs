@@ -11,7 +11,9 @@
 //! binaries copied to other machines need no libjpeg there, and the C++
 //! shims over libtorch that tch does not bind, against libtorch's headers:
 //! the CUDA caching allocator's statistics (`csrc/cuda_memory.cpp`), and
-//! autocast with an explicit dtype plus the fused AdamW kernel (`csrc/amp.cpp`).
+//! autocast with an explicit dtype, the fused AdamW kernel and foreach
+//! gradient clipping (`csrc/amp.cpp`), and post-accumulate-grad hooks for
+//! all-reduce overlapped with backward (`csrc/grad_ready.cpp`).
 use std::path::Path;
 
 fn main() {
@@ -58,6 +60,7 @@ fn build_jpeg_shim() {
 fn build_torch_shims(lib: &Path) {
     println!("cargo:rerun-if-changed=csrc/cuda_memory.cpp");
     println!("cargo:rerun-if-changed=csrc/amp.cpp");
+    println!("cargo:rerun-if-changed=csrc/grad_ready.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
@@ -71,6 +74,7 @@ fn build_torch_shims(lib: &Path) {
         .cpp(true)
         .file("csrc/cuda_memory.cpp")
         .file("csrc/amp.cpp")
+        .file("csrc/grad_ready.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())

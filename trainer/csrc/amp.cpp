@@ -103,3 +103,31 @@ extern "C" int ride_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Ten
     return 1;
   }
 }
+
+// Gradient clipping as `torch.nn.utils.clip_grad_norm_` (foreach path),
+// entirely on the gradients' device so the step never waits for the host:
+// the global L2 norm of all n gradients is written to *norm_out (a 0-d
+// float tensor on that device) and, when max_norm > 0, every gradient is
+// multiplied by min(1, max_norm / (norm + 1e-6)).
+extern "C" int ride_clip_grad_norm(at::Tensor** grads, size_t n, double max_norm,
+                                   at::Tensor* norm_out, char* err, size_t len) {
+  try {
+    std::vector<at::Tensor> g;
+    g.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      g.push_back(*grads[i]);
+    }
+    at::NoGradGuard no_grad;
+    auto norms = at::_foreach_norm(g, 2.0);
+    auto total = at::linalg_vector_norm(at::stack(norms), 2.0);
+    if (max_norm > 0.0) {
+      auto coef = at::clamp_max(max_norm / (total + 1e-6), 1.0);
+      at::_foreach_mul_(g, coef);
+    }
+    norm_out->copy_(total);
+    return 0;
+  } catch (const std::exception& e) {
+    write_error(err, len, e.what());
+    return 1;
+  }
+}

@@ -34,6 +34,14 @@ extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> c_int;
+    fn ride_clip_grad_norm(
+        grads: *const *mut torch_sys::C_tensor,
+        n: usize,
+        max_norm: f64,
+        norm_out: *mut torch_sys::C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
 }
 
 /// A failure inside libtorch's mixed-precision or fused-optimiser code.
@@ -131,14 +139,15 @@ pub fn active_autocast(device: Device) -> Option<AmpDtype> {
 
 /// One AdamW update with libtorch's fused kernel (`torch.optim.AdamW(fused=True)`)
 /// over parameters with gradients and their moments, all on one device;
-/// `step` is the step number after this update (1 for the first).
+/// `step` is a float tensor on that device holding the step number after
+/// this update (1 for the first), so no host value is copied per step.
 #[allow(clippy::too_many_arguments)]
 pub fn fused_adamw(
     params: &[Tensor],
     grads: &[Tensor],
     exp_avgs: &[Tensor],
     exp_avg_sqs: &[Tensor],
-    step: u64,
+    step: &Tensor,
     lr: f64,
     betas: (f64, f64),
     weight_decay: f64,
@@ -152,15 +161,13 @@ pub fn fused_adamw(
     if n == 0 {
         return Ok(());
     }
-    // The kernels read the step from a float tensor on the parameters' device.
-    let step = Tensor::from(step as f32).to_device(params[0].device());
     let ptrs = |ts: &[Tensor]| -> Vec<*mut torch_sys::C_tensor> {
         ts.iter().map(|t| t.as_ptr() as *mut _).collect()
     };
     let steps = vec![step.as_ptr() as *mut torch_sys::C_tensor; n];
     let (p, g, m, v) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs));
-    // SAFETY: every pointer is a live tensor owned by the caller (or `step`)
-    // for the duration of the call; the shim copies the handles.
+    // SAFETY: every pointer is a live tensor owned by the caller for the
+    // duration of the call; the shim copies the handles.
     checked("fused AdamW step", |err, len| unsafe {
         ride_fused_adamw(
             p.as_ptr(),
@@ -178,6 +185,29 @@ pub fn fused_adamw(
             len,
         )
     })
+}
+
+/// The global L2 norm of `grads` (non-empty, all on `device`) written into
+/// a new 0-d float tensor there, after scaling them by
+/// `min(1, max_norm / (norm + 1e-6))` when `max_norm` > 0: torch's foreach
+/// `clip_grad_norm_`, a handful of kernels and no host synchronisation.
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64, device: Device) -> Result<Tensor, AmpError> {
+    let norm = Tensor::zeros([], (Kind::Float, device));
+    let ptrs: Vec<*mut torch_sys::C_tensor> =
+        grads.iter().map(|t| t.as_ptr() as *mut _).collect();
+    // SAFETY: the gradients and `norm` are live for the call; the shim
+    // copies the handles and writes only into the tensors' storage.
+    checked("gradient clipping", |err, len| unsafe {
+        ride_clip_grad_norm(
+            ptrs.as_ptr(),
+            ptrs.len(),
+            max_norm,
+            norm.as_ptr() as *mut _,
+            err,
+            len,
+        )
+    })?;
+    Ok(norm)
 }
 
 /// A dynamic loss scaler.

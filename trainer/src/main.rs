@@ -166,6 +166,11 @@ fn print_summary(s: &RunSummary) {
             "train time   {:.1}s ({:.1} img/s)",
             s.train_seconds, s.images_per_second
         );
+        println!(
+            "data wait    {:.1}s ({:.0}% of train time waiting for the loader)",
+            s.data_wait_seconds,
+            100.0 * s.data_wait_seconds / s.train_seconds
+        );
     }
     if let Some(c) = &s.checkpoint {
         println!("checkpoint   {c}");

@@ -181,7 +181,7 @@ impl Metrics {
             ),
             allreduce_duration: hist(
                 "ride_allreduce_duration_seconds",
-                "Seconds per gradient all-reduce across the ranks",
+                "Seconds per optimiser step spent waiting for the gradient all-reduce after backward (with overlap, the part backward did not hide)",
                 step_buckets,
             ),
             last_step_timestamp: g(

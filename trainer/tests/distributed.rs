@@ -105,6 +105,34 @@ fn two_ranks_match_one_rank_at_the_same_global_batch() {
     assert_eq!(e1["samples"], e2["samples"]);
 }
 
+#[test]
+fn all_reduce_overlapped_with_backward_equals_averaging_after_it() {
+    // Buckets of 10 KB make the overlapped run launch dozens of all-reduces
+    // while backward still runs. With two ranks every element's sum is a+b
+    // whichever bucket carries it, so the weights must be bitwise equal.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 2, "RIDE");
+    let opts = ["TRAIN.EPOCHS", "2"];
+    let small = ("RIDE_DDP_BUCKET_MB", "0.01");
+    let overlapped = dir.path().join("overlapped");
+    let (status, log_on) = launch(2, &cfg, &overlapped, &opts, &[small]).finish();
+    assert!(status.success(), "{log_on}");
+    let after = dir.path().join("after");
+    let off = ("RIDE_DDP_OVERLAP", "0");
+    let (status, log_off) = launch(2, &cfg, &after, &opts, &[small, off]).finish();
+    assert!(status.success(), "{log_off}");
+    let buckets = log_on
+        .lines()
+        .find_map(|l| l.split("overlapped with backward: ").nth(1))
+        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no overlap announced:\n{log_on}"));
+    assert!(buckets > 10, "{buckets} buckets");
+    assert!(!log_off.contains("overlapped with backward"), "{log_off}");
+    assert_eq!(epoch_losses(&log_on), epoch_losses(&log_off));
+    let w = "tiny/default/ckpt_epoch_1/model.safetensors";
+    assert!(bitwise_equal(&overlapped.join(w), &after.join(w)));
+}
+
 fn bigger(dir: &Path) -> std::path::PathBuf {
     // Enough iterations per epoch that a kill lands mid-epoch.
     let cfg = tiny_config(dir, 2, "RIDE");

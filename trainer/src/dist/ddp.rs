@@ -84,51 +84,63 @@ impl GradAverager {
     }
 
     /// Replace each parameter's gradient with its mean over ranks, and sum
-    /// `extras` across ranks (riding in the first bucket). A parameter without
-    /// a gradient contributes zeros.
+    /// `extras` (a 1-d float tensor on the gradients' device) across ranks in
+    /// place, riding in the first bucket: nothing is read back to the host
+    /// beyond what the collective itself needs. A parameter without a
+    /// gradient contributes zeros.
     pub fn average(
         &self,
         c: &dyn Collective,
         params: &[Tensor],
-        extras: &mut [f32],
+        extras: Option<&Tensor>,
     ) -> Result<(), DistError> {
         let world = c.world_size();
         if world <= 1 {
             return Ok(());
         }
-        tch::no_grad(|| {
-            for (b, bucket) in self.buckets.iter().enumerate() {
-                let mut parts: Vec<Tensor> = bucket
-                    .iter()
-                    .map(|&i| {
-                        let g = params[i].grad();
-                        if g.defined() {
-                            g.to_kind(Kind::Float).flatten(0, -1)
-                        } else {
-                            params[i].zeros_like().to_kind(Kind::Float).flatten(0, -1)
-                        }
-                    })
-                    .collect();
-                let with_extras = b == 0 && !extras.is_empty();
-                if with_extras {
-                    parts.push(Tensor::from_slice(extras).to_device(params[bucket[0]].device()));
-                }
-                let flat = Tensor::cat(&parts, 0);
-                c.all_reduce_sum_tensor(&flat)?;
-                if with_extras {
-                    let total = flat.numel() as i64;
-                    let e = flat
-                        .narrow(0, total - extras.len() as i64, extras.len() as i64)
-                        .to_device(tch::Device::Cpu);
-                    let summed: Vec<f32> = Vec::<f32>::try_from(&e)?;
-                    extras.copy_from_slice(&summed);
-                }
-                let mean = flat / world as f64;
-                scatter_back(&mean, bucket, params, |p| p.grad());
-            }
-            Ok(())
-        })
+        for (b, bucket) in self.buckets.iter().enumerate() {
+            reduce_bucket(c, params, bucket, extras.filter(|_| b == 0))?;
+        }
+        Ok(())
     }
+}
+
+/// Replace the gradients of `bucket`'s parameters with their mean over
+/// ranks in one all-reduce of a flat copy, summing `extras` along with
+/// them. A parameter without a gradient contributes zeros.
+pub(crate) fn reduce_bucket(
+    c: &dyn Collective,
+    params: &[Tensor],
+    bucket: &[usize],
+    extras: Option<&Tensor>,
+) -> Result<(), DistError> {
+    let world = c.world_size();
+    tch::no_grad(|| {
+        let mut parts: Vec<Tensor> = bucket
+            .iter()
+            .map(|&i| {
+                let g = params[i].grad();
+                if g.defined() {
+                    g.to_kind(Kind::Float).flatten(0, -1)
+                } else {
+                    params[i].zeros_like().to_kind(Kind::Float).flatten(0, -1)
+                }
+            })
+            .collect();
+        if let Some(e) = extras {
+            parts.push(e.to_kind(Kind::Float).flatten(0, -1));
+        }
+        let flat = Tensor::cat(&parts, 0);
+        c.all_reduce_sum_tensor(&flat)?;
+        if let Some(e) = extras {
+            let (total, n) = (flat.numel() as i64, e.numel() as i64);
+            e.shallow_clone()
+                .copy_(&flat.narrow(0, total - n, n).view(e.size().as_slice()));
+        }
+        let mean = flat / world as f64;
+        scatter_back(&mean, bucket, params, |p| p.grad());
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -166,8 +178,9 @@ mod tests {
                 .fold(Tensor::from(0.0f32), |x, y| x + y);
             loss.backward();
             let avg = GradAverager::new(&params, 8 * 4);
-            let mut extras = [r as f32, 1.0];
-            avg.average(&c, &params, &mut extras).unwrap();
+            let extras = Tensor::from_slice(&[r as f32, 1.0]);
+            avg.average(&c, &params, Some(&extras)).unwrap();
+            let extras: Vec<f32> = Vec::try_from(&extras).unwrap();
             let grads: Vec<f64> = params
                 .iter()
                 .map(|p| p.grad().mean(Kind::Float).double_value(&[]))
@@ -177,7 +190,7 @@ mod tests {
         for (values, grads, extras) in out {
             assert_eq!(values, vec![0.0, 50.0]);
             assert_eq!(grads, vec![2.0, 2.0]); // mean of 1, 2, 3
-            assert_eq!(extras, [3.0, 3.0]);
+            assert_eq!(extras, vec![3.0, 3.0]);
         }
     }
 }

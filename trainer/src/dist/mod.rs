@@ -4,6 +4,7 @@
 pub mod ddp;
 pub mod env;
 pub mod nccl;
+pub mod overlap;
 pub mod store;
 pub mod tcp;
 
@@ -76,6 +77,9 @@ pub enum DistError {
         /// What is wrong, and what to do.
         message: String,
     },
+    /// Data-parallel gradient averaging failed or ranks disagree on it.
+    #[error("data-parallel gradient averaging: {0}")]
+    Averaging(String),
 }
 
 /// Collective operations across the ranks of a job. Every rank must call the

@@ -35,6 +35,10 @@ pub struct AdamW {
     eps: f64,
     weight_decay: f64,
     fused: bool,
+    /// The step number as the fused kernel reads it: a float tensor on the
+    /// parameters' device, refilled by a kernel each step instead of copied
+    /// from the host (a copy would wait for the GPU queue to drain).
+    fused_step: Option<Tensor>,
 }
 
 impl AdamW {
@@ -63,6 +67,7 @@ impl AdamW {
             eps,
             weight_decay,
             fused: false,
+            fused_step: None,
         }
     }
 
@@ -143,6 +148,14 @@ impl AdamW {
     /// The update through the fused kernel: one call for the decay group,
     /// one for the no-decay group; parameters without a gradient are skipped.
     fn fused_step(&mut self, lr: f64) -> Result<(), AmpError> {
+        let Some(device) = self.slots.first().map(|s| s.param.device()) else {
+            return Ok(());
+        };
+        let step = self
+            .fused_step
+            .get_or_insert_with(|| Tensor::zeros([], (tch::Kind::Float, device)));
+        let _ = step.fill_(self.step as f64);
+        let step = step.shallow_clone();
         for decay in [true, false] {
             let group: Vec<&Slot> = self
                 .slots
@@ -155,7 +168,7 @@ impl AdamW {
                 &take(|s| s.param.grad()),
                 &take(|s| s.exp_avg.shallow_clone()),
                 &take(|s| s.exp_avg_sq.shallow_clone()),
-                self.step,
+                &step,
                 lr,
                 self.betas,
                 if decay { self.weight_decay } else { 0.0 },
@@ -209,37 +222,21 @@ impl AdamW {
     }
 }
 
-/// Global L2 norm of all gradients; when above `max_norm` (> 0), scale them
-/// down by `max_norm / (norm + 1e-6)` like `clip_grad_norm_`. Returns the norm.
-pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
+/// Global L2 norm of all gradients, as a 0-d float tensor on their device;
+/// when `max_norm` > 0, every gradient is scaled by
+/// `min(1, max_norm / (norm + 1e-6))` like `clip_grad_norm_`. Nothing is read
+/// back to the host, so on CUDA the step keeps the GPU queue full; read the
+/// norm when it is logged.
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<Tensor, AmpError> {
     let grads: Vec<Tensor> = params
         .iter()
         .map(|p| p.grad())
         .filter(|g| g.defined())
         .collect();
-    if grads.is_empty() {
-        return 0.0;
-    }
-    // Per-tensor fp32 norms (one pass, no copies), combined in f64 on the host.
-    let sq: f64 = grads
-        .iter()
-        .map(|g| {
-            let n = g.norm().double_value(&[]);
-            n * n
-        })
-        .sum();
-    let norm = sq.sqrt();
-    if max_norm > 0.0 {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            tch::no_grad(|| {
-                for g in &grads {
-                    let _ = g.shallow_clone().g_mul_scalar_(coef);
-                }
-            });
-        }
-    }
-    norm
+    let Some(first) = grads.first() else {
+        return Ok(Tensor::from(0f32));
+    };
+    crate::amp::clip_grad_norm(&grads, max_norm, first.device())
 }
 
 #[cfg(test)]
@@ -271,10 +268,46 @@ mod tests {
         let loss =
             (&a * Tensor::from_slice(&[3f32, 0.0])).sum(Kind::Float) + (&b * 4.0).sum(Kind::Float);
         loss.backward();
-        let norm = clip_grad_norm(&[a.shallow_clone(), b.shallow_clone()], 1.0);
-        assert!((norm - 5.0).abs() < 1e-6);
+        let norm = clip_grad_norm(&[a.shallow_clone(), b.shallow_clone()], 1.0).unwrap();
+        assert!((norm.double_value(&[]) - 5.0).abs() < 1e-6);
         let ga: Vec<f32> = Vec::try_from(a.grad()).unwrap();
         assert!((ga[0] - 3.0 / 5.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn clipping_matches_a_host_computation_and_leaves_small_gradients_alone() {
+        tch::manual_seed(7);
+        let params: Vec<Tensor> = [[64, 32], [32, 1], [7, 1]]
+            .iter()
+            .map(|s| Tensor::zeros(s, (Kind::Float, Device::Cpu)).set_requires_grad(true))
+            .collect();
+        let loss = params
+            .iter()
+            .map(|p| (p * Tensor::randn(p.size(), (Kind::Float, Device::Cpu))).sum(Kind::Float))
+            .fold(Tensor::from(0f32), |a, b| a + b);
+        loss.backward();
+        let grads: Vec<Tensor> = params.iter().map(|p| p.grad().copy()).collect();
+        let host: f64 = grads
+            .iter()
+            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
+            .sum::<f64>()
+            .sqrt();
+        // Above the norm: nothing changes, bit for bit.
+        let norm = clip_grad_norm(&params, host * 2.0).unwrap();
+        assert!((norm.double_value(&[]) - host).abs() < 1e-5 * host);
+        for (p, g) in params.iter().zip(&grads) {
+            assert!(p.grad().equal(g));
+        }
+        // Below: every gradient scaled by the same factor, to the new norm.
+        let _ = clip_grad_norm(&params, host / 4.0).unwrap();
+        let clipped = clip_grad_norm(&params, 0.0).unwrap().double_value(&[]);
+        assert!((clipped - host / 4.0).abs() < 1e-4 * host, "{clipped} vs {}", host / 4.0);
+        let ratio = (p_ratio(&params[0], &grads[0]), p_ratio(&params[2], &grads[2]));
+        assert!((ratio.0 - ratio.1).abs() < 1e-5, "{ratio:?}");
+    }
+
+    fn p_ratio(p: &Tensor, g: &Tensor) -> f64 {
+        (p.grad().sum(Kind::Double) / g.sum(Kind::Double)).double_value(&[])
     }
 
     #[test]

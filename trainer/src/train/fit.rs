@@ -4,7 +4,8 @@
 
 use super::report::{progress_bar, record_eval_progress, unix_now, update_progress};
 use super::setup::Trainer;
-use super::step::{At, StepOutcome};
+use super::meter::LossMeter;
+use super::step::At;
 use super::{Preempted, RunSummary};
 use crate::checkpoint::writer::Retention;
 use crate::checkpoint::{CheckpointMeta, CheckpointWriter, Snapshot};
@@ -13,6 +14,7 @@ use crate::data::mix_seed;
 use crate::data::mixup::MixupOptions;
 use crate::data::transforms::Transform;
 use crate::dist::ddp::{GradAverager, BUCKET_BYTES};
+use crate::dist::overlap::{OverlappedAverager, ENV_DDP_BUCKET_MB, ENV_DDP_OVERLAP};
 use crate::eval::EvalReport;
 use crate::loss::Criterion;
 use crate::optim::schedule::CosineSchedule;
@@ -35,9 +37,34 @@ pub(super) struct Plan {
     /// Optimiser steps the whole run takes.
     pub total_steps: u64,
     pub schedule: CosineSchedule,
+    /// Gradient averaging after backward (the NCCL backend, or overlap off).
     pub averager: GradAverager,
+    /// Gradient averaging during backward (host backends, several ranks).
+    pub overlap: Option<OverlappedAverager>,
     /// The config as YAML, stored in every checkpoint.
     pub config_yaml: String,
+}
+
+/// The gradient bucket size: `RIDE_DDP_BUCKET_MB` (as torch DDP's
+/// `bucket_cap_mb`), 25 MB by default.
+fn bucket_bytes() -> Result<usize> {
+    match std::env::var(ENV_DDP_BUCKET_MB) {
+        Err(_) => Ok(BUCKET_BYTES),
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(mb) if mb > 0.0 && mb.is_finite() => Ok(((mb * 1048576.0) as usize).max(4)),
+            _ => bail!("{ENV_DDP_BUCKET_MB}={v:?}: expected a bucket size in MB greater than 0, e.g. 25"),
+        },
+    }
+}
+
+/// What one epoch of steps produced.
+#[derive(Clone, Copy)]
+struct EpochDone {
+    /// Mean loss over the epoch's optimiser steps and ranks.
+    mean_loss: f64,
+    seconds: f64,
+    /// Mean seconds per iteration the loop waited for the data loader.
+    data_wait_per_iteration: f64,
 }
 
 /// Counters of this process's training, for the report and the summary.
@@ -49,6 +76,12 @@ struct Counters {
     step_seconds_ema: Option<f64>,
     /// When the current optimiser step began.
     step_started: Instant,
+    /// Loss and gradient norm, on the device until they are read.
+    meter: LossMeter,
+    /// The loss read last, for the progress bar between reads.
+    shown_loss: f64,
+    /// Seconds this epoch's loop waited for the data loader.
+    data_wait: f64,
 }
 
 impl Trainer<'_> {
@@ -87,9 +120,23 @@ impl Trainer<'_> {
                 warmup_steps: (cfg.train.warmup_epochs * per_epoch as f64) as u64,
                 total_steps: cfg.train.epochs * per_epoch,
             },
-            averager: GradAverager::new(&self.params, BUCKET_BYTES),
+            averager: GradAverager::new(&self.params, bucket_bytes()?),
+            overlap: self.overlapped_averaging()?,
             config_yaml: serde_norway::to_string(cfg).unwrap_or_default(),
         })
+    }
+
+    /// All-reduce during backward when it can help: several ranks on a
+    /// host backend, unless `RIDE_DDP_OVERLAP=0`. NCCL keeps averaging after
+    /// backward: it runs on the stream backward uses, so launching it
+    /// earlier would not overlap on the GPU.
+    fn overlapped_averaging(&self) -> Result<Option<OverlappedAverager>> {
+        let off = std::env::var(ENV_DDP_OVERLAP).is_ok_and(|v| v.trim() == "0");
+        if self.comm.world_size() <= 1 || self.comm.backend() == "nccl" || off {
+            return Ok(None);
+        }
+        let averager = OverlappedAverager::new(&self.params, bucket_bytes()?)?;
+        Ok(Some(averager.announce(self.is_main())))
     }
 
     /// Train the remaining epochs, evaluating and checkpointing as
@@ -129,6 +176,9 @@ impl Trainer<'_> {
             epochs_run: 0,
             step_seconds_ema: None,
             step_started: Instant::now(),
+            meter: LossMeter::default(),
+            shown_loss: f64::NAN,
+            data_wait: 0.0,
         };
         update_progress(&self.options.report, |p| {
             p.state = RunState::Training;
@@ -136,10 +186,9 @@ impl Trainer<'_> {
             p.step = self.opt.steps();
         });
         for epoch in self.state.start_epoch..cfg.train.epochs {
-            let (mean_loss, seconds) =
-                self.train_epoch(epoch, &plan, &mut writer, &mut counters)?;
+            let done = self.train_epoch(epoch, &plan, &mut writer, &mut counters)?;
             counters.epochs_run += 1;
-            self.end_epoch(epoch, mean_loss, seconds, &plan, &mut writer)?;
+            self.end_epoch(epoch, &done, &plan, &mut writer)?;
         }
         if let Some(w) = writer.as_mut() {
             // The run is only done when its last checkpoint is durable.
@@ -153,14 +202,14 @@ impl Trainer<'_> {
         self.summary(counters.epochs_run, seconds, images_per_second)
     }
 
-    /// One epoch of steps; returns the mean loss and the epoch's seconds.
+    /// One epoch of steps.
     fn train_epoch(
         &mut self,
         epoch: u64,
         plan: &Plan,
         writer: &mut Option<CheckpointWriter>,
         counters: &mut Counters,
-    ) -> Result<(f64, f64)> {
+    ) -> Result<EpochDone> {
         let (cfg, rank) = (self.cfg, self.comm.rank());
         self.metrics.epoch.set(epoch as i64);
         update_progress(&self.options.report, |p| {
@@ -179,7 +228,8 @@ impl Trainer<'_> {
         let pb = progress_bar(plan.per_epoch, epoch, cfg.train.epochs, show);
         pb.set_position(first_iter);
         let epoch_start = Instant::now();
-        let (mut loss_sum, mut loss_n) = (0.0, 0u64);
+        let mut iterations = 0u64;
+        counters.data_wait = 0.0;
         self.opt.zero_grad();
         let mut batches = loader.enumerate();
         counters.step_started = Instant::now();
@@ -188,9 +238,9 @@ impl Trainer<'_> {
             let Some((k, batch)) = batches.next() else {
                 break;
             };
-            self.metrics
-                .data_wait
-                .observe(waiting.elapsed().as_secs_f64());
+            let waited = waiting.elapsed().as_secs_f64();
+            self.metrics.data_wait.observe(waited);
+            counters.data_wait += waited;
             let idx = first_iter as usize + k;
             // Reseed per iteration (and rank) so dropout/drop-path streams are
             // reproducible when resuming anywhere, including mid-epoch.
@@ -207,16 +257,18 @@ impl Trainer<'_> {
                 continue;
             };
             let lr = self.state.next_lr;
-            let out = self.train_step(&mb, at, lr, plan)?;
+            let out = self.train_step(&mb, at, lr, plan, &mut counters.meter)?;
             if at.boundary {
                 self.state.next_lr = plan.schedule.lr(epoch * plan.per_epoch + idx as u64);
             }
             self.state.micro_step += 1;
-            loss_sum += out.loss;
-            loss_n += 1;
+            iterations += 1;
             let n = mb.labels.size()[0] as u64;
-            let ips = self.record_micro_step(n, lr, &out, at, plan, counters);
-            pb.set_message(format!("loss {:.4} lr {lr:.2e} {ips:.0} img/s", out.loss));
+            let ips = self.record_micro_step(n, lr, out.grad_norm, at, plan, counters)?;
+            pb.set_message(format!(
+                "loss {:.4} lr {lr:.2e} {ips:.0} img/s",
+                counters.shown_loss
+            ));
             pb.inc(1);
             if at.boundary && out.stop {
                 pb.finish_and_clear();
@@ -233,10 +285,28 @@ impl Trainer<'_> {
                 self.state.overflow_steps
             );
         }
-        Ok((
-            loss_sum / loss_n.max(1) as f64,
-            epoch_start.elapsed().as_secs_f64(),
-        ))
+        let mean_loss = counters.meter.finish_epoch().unwrap_or(f64::NAN);
+        self.check_loss(mean_loss, epoch, None)?;
+        self.metrics.loss.set(mean_loss);
+        Ok(EpochDone {
+            mean_loss,
+            seconds: epoch_start.elapsed().as_secs_f64(),
+            data_wait_per_iteration: counters.data_wait / iterations.max(1) as f64,
+        })
+    }
+
+    /// Stop the run on a non-finite loss, which no later step recovers
+    /// from (fp16 skips such steps and goes on). `iteration` is `None` for
+    /// an epoch's mean.
+    fn check_loss(&self, loss: f64, epoch: u64, iteration: Option<usize>) -> Result<()> {
+        if loss.is_finite() || self.precision.tolerates_non_finite_loss() {
+            return Ok(());
+        }
+        let at = iteration.map_or(String::new(), |i| format!(" by iteration {i}"));
+        bail!(
+            "loss became {loss} in epoch {}{at}; lower TRAIN.BASE_LR or check the data",
+            epoch + 1
+        )
     }
 
     /// This rank's share of `epoch`, resuming after `consumed` global samples.
@@ -271,23 +341,25 @@ impl Trainer<'_> {
 
     /// Metrics, the periodic log line and (at an optimiser step) the step
     /// time and progress report after one micro-batch of `n` images;
-    /// returns the throughput so far.
+    /// returns the throughput so far. The loss and gradient norm are read
+    /// from the device only every `PRINT_FREQ` iterations.
     fn record_micro_step(
         &self,
         n: u64,
         lr: f64,
-        out: &StepOutcome,
+        grad_norm: Option<Tensor>,
         at: At,
         plan: &Plan,
         counters: &mut Counters,
-    ) -> f64 {
+    ) -> Result<f64> {
         counters.images_seen += n * self.comm.world_size() as u64;
         let ips = counters.images_seen as f64 / counters.started.elapsed().as_secs_f64().max(1e-9);
+        if let Some(norm) = grad_norm {
+            counters.meter.set_grad_norm(norm);
+        }
         let m = &self.metrics;
         m.step.set(self.opt.steps() as i64);
-        m.loss.set(out.loss);
         m.lr.set(lr);
-        m.grad_norm.set(out.grad_norm);
         m.images_trained.inc_by(n);
         if at.boundary {
             let secs = counters.step_started.elapsed().as_secs_f64();
@@ -295,27 +367,32 @@ impl Trainer<'_> {
             self.record_optimizer_step(secs, ips, plan, counters);
         }
         let print_freq = self.cfg.print_freq;
-        if self.is_main()
-            && !self.options.progress
-            && print_freq > 0
-            && (at.iteration as u64) % print_freq == 0
-        {
+        if print_freq == 0 || (at.iteration as u64) % print_freq != 0 {
+            return Ok(ips);
+        }
+        let Some(loss) = counters.meter.read_window() else {
+            return Ok(ips);
+        };
+        self.check_loss(loss, at.epoch, Some(at.iteration))?;
+        let grad_norm = counters.meter.read_grad_norm();
+        counters.shown_loss = loss;
+        m.loss.set(loss);
+        m.grad_norm.set(grad_norm);
+        if self.is_main() && !self.options.progress {
             tracing::info!(
                 epoch = at.epoch,
                 iteration = at.iteration,
-                loss = out.loss,
+                loss,
                 lr,
-                grad_norm = out.grad_norm,
+                grad_norm,
                 images_per_second = ips,
-                "epoch {} [{}/{}] loss {:.4} lr {lr:.3e} grad_norm {:.3} {ips:.0} img/s",
+                "epoch {} [{}/{}] loss {loss:.4} lr {lr:.3e} grad_norm {grad_norm:.3} {ips:.0} img/s",
                 at.epoch + 1,
                 at.iteration,
                 plan.per_epoch,
-                out.loss,
-                out.grad_norm
             );
         }
-        ips
+        Ok(ips)
     }
 
     /// Step time, progress ratio, ETA and the progress report after an optimiser step.
@@ -345,18 +422,23 @@ impl Trainer<'_> {
     fn end_epoch(
         &mut self,
         epoch: u64,
-        mean_loss: f64,
-        seconds: f64,
+        done: &EpochDone,
         plan: &Plan,
         writer: &mut Option<CheckpointWriter>,
     ) -> Result<()> {
         let cfg = self.cfg;
         let last = epoch + 1 == cfg.train.epochs;
+        let EpochDone {
+            mean_loss,
+            seconds,
+            data_wait_per_iteration,
+        } = *done;
         let mut line = format!(
-            "epoch {}/{} loss {mean_loss:.4} lr {:.3e} {seconds:.1}s",
+            "epoch {}/{} loss {mean_loss:.4} lr {:.3e} {seconds:.1}s data wait {:.1} ms/it",
             epoch + 1,
             cfg.train.epochs,
             self.state.next_lr,
+            data_wait_per_iteration * 1e3,
         );
         let evaluated = epoch % cfg.save_freq.max(1) == 0 || last;
         if evaluated {
@@ -390,6 +472,7 @@ impl Trainer<'_> {
                 loss = mean_loss,
                 lr = self.state.next_lr,
                 seconds,
+                data_wait_seconds_per_iteration = data_wait_per_iteration,
                 top1 = eval.map(|r| r.top1),
                 many = eval.and_then(|r| r.many),
                 medium = eval.and_then(|r| r.medium),

@@ -9,6 +9,7 @@
 
 mod evaluate;
 mod fit;
+mod meter;
 mod precision;
 mod report;
 mod setup;
@@ -69,6 +70,9 @@ pub struct RunSummary {
     pub train_seconds: f64,
     /// Mean training throughput, or the forward-only throughput with `--throughput`.
     pub images_per_second: f64,
+    /// Seconds the training loop waited for the data loader (this rank);
+    /// a large share of `train_seconds` means loading does not keep up.
+    pub data_wait_seconds: f64,
     /// Last checkpoint written or resumed from.
     pub checkpoint: Option<String>,
     /// Output location.

@@ -90,8 +90,10 @@ impl Precision {
 
     /// After a micro-batch's backward pass (and, at an optimiser-step
     /// boundary, the all-reduce): clip and step as the reference does.
-    /// Returns the gradient norm before clipping, NaN when none was taken,
-    /// and whether an fp16 step was skipped for inf/NaN gradients.
+    /// Returns the gradient norm before clipping as a device scalar (`None`
+    /// when no clipping happened) and whether an fp16 step was skipped for
+    /// inf/NaN gradients. Only fp16 reads anything back to the host (whether
+    /// to skip the step); fp32 and bf16 leave the GPU queue untouched.
     pub fn clip_and_step(
         &mut self,
         opt: &mut AdamW,
@@ -100,32 +102,32 @@ impl Precision {
         multi_rank: bool,
         max_norm: f64,
         lr: f64,
-    ) -> Result<(f64, bool), AmpError> {
+    ) -> Result<(Option<Tensor>, bool), AmpError> {
         Ok(match self {
             // Scaled gradients can only be unscaled once, so with AMP
             // clipping happens at the optimiser step, not every micro-step.
             Precision::Fp16(s) if boundary => {
                 let (overflow, found_inf) = s.unscale(params);
-                let mut norm = f64::NAN;
+                let mut norm = None;
                 if !overflow {
-                    norm = clip_grad_norm(params, max_norm);
+                    norm = Some(clip_grad_norm(params, max_norm)?);
                     opt.step(lr)?;
                 }
                 s.update(&found_inf);
                 (norm, overflow)
             }
-            Precision::Fp16(_) => (f64::NAN, false),
+            Precision::Fp16(_) => (None, false),
             // The reference clips at every micro-step (on the partial sum when
             // accumulating). With several ranks the partial sums are local, so
             // clipping waits for the averaged gradient at the optimiser step.
             Precision::Fp32 | Precision::Bf16(_) if !multi_rank || boundary => {
-                let norm = clip_grad_norm(params, max_norm);
+                let norm = clip_grad_norm(params, max_norm)?;
                 if boundary {
                     opt.step(lr)?;
                 }
-                (norm, false)
+                (Some(norm), false)
             }
-            Precision::Fp32 | Precision::Bf16(_) => (f64::NAN, false),
+            Precision::Fp32 | Precision::Bf16(_) => (None, false),
         })
     }
 }

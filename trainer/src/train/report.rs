@@ -100,6 +100,7 @@ impl Trainer<'_> {
             steps: self.opt.steps(),
             train_seconds,
             images_per_second,
+            data_wait_seconds: self.metrics.data_wait.get_sample_sum(),
             checkpoint: self.state.last_checkpoint,
             output: self.output,
             parameters: self.parameters,

@@ -6,10 +6,12 @@ use super::setup::Trainer;
 use crate::data::loader::Batch;
 use crate::data::mix_seed;
 use crate::data::mixup::{mix, smooth_one_hot};
-use anyhow::{bail, Result};
+use super::meter::LossMeter;
+use anyhow::Result;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// A micro-batch on the training device.
@@ -34,10 +36,9 @@ pub(super) struct At {
 
 /// What a step reports.
 pub(super) struct StepOutcome {
-    /// Loss of the micro-batch; averaged over ranks at a boundary.
-    pub loss: f64,
-    /// Gradient norm before clipping; NaN when no clipping happened.
-    pub grad_norm: f64,
+    /// Gradient norm before clipping, on the device; `None` when no
+    /// clipping happened.
+    pub grad_norm: Option<Tensor>,
     /// Some rank was asked to stop (known to all ranks at a boundary).
     pub stop: bool,
 }
@@ -77,13 +78,16 @@ impl Trainer<'_> {
     }
 
     /// Forward and backward on one micro-batch; at an optimiser-step
-    /// boundary also average gradients across ranks, clip and step.
+    /// boundary also average gradients across ranks, clip and step. The
+    /// loss goes to `meter` on the device: nothing here waits for the GPU
+    /// except fp16's skip-or-step decision.
     pub(super) fn train_step(
         &mut self,
         mb: &MicroBatch,
         at: At,
         lr: f64,
         plan: &Plan,
+        meter: &mut LossMeter,
     ) -> Result<StepOutcome> {
         let accum = plan.accumulation;
         let forward = self
@@ -92,10 +96,7 @@ impl Trainer<'_> {
         let loss = plan
             .criterion
             .loss(&forward.output.experts, &mb.labels, &mb.targets, at.epoch);
-        let mut loss_value = loss.double_value(&[]);
-        if !loss_value.is_finite() && !self.precision.tolerates_non_finite_loss() {
-            bail!("loss became {loss_value} at epoch {} iteration {}; lower TRAIN.BASE_LR or check the data", at.epoch, at.iteration);
-        }
+        meter.add_micro_batch(&loss);
         let scaled = self.precision.scale(&loss);
         let micro_loss = if accum > 1 {
             scaled / accum as f64
@@ -105,20 +106,54 @@ impl Trainer<'_> {
         if accum <= 1 {
             self.opt.zero_grad();
         }
-        forward.backward(&micro_loss)?;
-
-        let mut stop = self.stop_requested();
         let world_size = self.comm.world_size();
-        if world_size > 1 && at.boundary {
-            // Gradients are averaged once per optimiser step; the loss and
-            // any rank's stop request ride along in the same all-reduce.
-            let mut extras = [loss_value as f32, f32::from(u8::from(stop))];
-            let timer = self.metrics.allreduce_duration.start_timer();
-            plan.averager
-                .average(self.comm.as_ref(), &self.params, &mut extras)?;
-            timer.observe_duration();
-            loss_value = f64::from(extras[0]) / world_size as f64;
-            stop = extras[1] > 0.0;
+        // Gradients are averaged once per optimiser step, and the step's
+        // losses ride along in the first bucket.
+        let pending = if at.boundary {
+            meter.take_pending()
+        } else {
+            None
+        };
+        let extras = pending.as_ref().map(|(sum, _)| sum);
+        if at.boundary && world_size > 1 {
+            let comm = self.comm.as_ref();
+            // What the step waits for after backward: all of the all-reduce,
+            // or with overlap only what backward did not hide.
+            let waited = match &plan.overlap {
+                Some(overlap) => {
+                    let mut backward_done = None;
+                    overlap.average_during(comm, extras, || {
+                        let done = forward.backward(&micro_loss);
+                        backward_done = Some(Instant::now());
+                        done
+                    })??;
+                    backward_done.map(|t| t.elapsed())
+                }
+                None => {
+                    forward.backward(&micro_loss)?;
+                    let started = Instant::now();
+                    plan.averager.average(comm, &self.params, extras)?;
+                    Some(started.elapsed())
+                }
+            };
+            if let Some(waited) = waited {
+                self.metrics
+                    .allreduce_duration
+                    .observe(waited.as_secs_f64());
+            }
+        } else {
+            forward.backward(&micro_loss)?;
+        }
+        let mut stop = self.stop_requested();
+        if at.boundary && world_size > 1 {
+            // A stop request is a host flag: it goes round the host ring so
+            // that learning it never waits for the GPU.
+            let mut flag = [f32::from(u8::from(stop))];
+            self.comm.all_reduce_sum_f32(&mut flag)?;
+            stop = flag[0] > 0.0;
+        }
+        if let Some((sum, n)) = pending {
+            meter.commit(&sum, n * world_size as u64);
         }
         let (grad_norm, overflow) = self.precision.clip_and_step(
             &mut self.opt,
@@ -132,11 +167,7 @@ impl Trainer<'_> {
         if at.boundary && accum > 1 {
             self.opt.zero_grad();
         }
-        Ok(StepOutcome {
-            loss: loss_value,
-            grad_norm,
-            stop,
-        })
+        Ok(StepOutcome { grad_norm, stop })
     }
 
     fn stop_requested(&self) -> bool {

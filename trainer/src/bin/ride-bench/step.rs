@@ -90,13 +90,13 @@ pub fn time_training_steps(
             Some(sc) => {
                 let (overflow, found_inf) = sc.unscale(&params);
                 if !overflow {
-                    clip_grad_norm(&params, cfg.train.clip_grad);
+                    let _ = clip_grad_norm(&params, cfg.train.clip_grad)?;
                     opt.step(1e-4)?;
                 }
                 sc.update(&found_inf);
             }
             None => {
-                clip_grad_norm(&params, cfg.train.clip_grad);
+                let _ = clip_grad_norm(&params, cfg.train.clip_grad)?;
                 opt.step(1e-4)?;
             }
         }
