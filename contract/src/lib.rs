@@ -22,6 +22,12 @@ pub const CONFIG_ERROR_EXIT_CODE: i32 = 78;
 /// Exit code of a command-line usage error (what `clap` exits with).
 pub const USAGE_ERROR_EXIT_CODE: i32 = 2;
 
+/// Exit code for "no optimiser step for longer than the stall timeout":
+/// the rank's watchdog gave up on a gang that stopped making progress
+/// (EX_PROTOCOL). Restart the gang; the rank that did not exit this way,
+/// or that says it stopped outside a collective, stopped first.
+pub const STALLED_EXIT_CODE: i32 = 76;
+
 /// What a trainer's exit code says about running it again, when no rule of
 /// the user's says otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +38,8 @@ pub enum ExitClass {
     Preempted,
     /// Invalid config or command line: the same inputs fail the same way.
     Permanent,
+    /// The rank's stall watchdog fired: the gang stopped making progress.
+    Stalled,
     /// Anything else (an error, a panic, a signal, the OOM killer): worth
     /// another try from the last checkpoint.
     Retryable,
@@ -46,6 +54,7 @@ pub fn classify_exit(code: i32) -> ExitClass {
         0 => ExitClass::Success,
         PREEMPTED_EXIT_CODE => ExitClass::Preempted,
         CONFIG_ERROR_EXIT_CODE | USAGE_ERROR_EXIT_CODE => ExitClass::Permanent,
+        STALLED_EXIT_CODE => ExitClass::Stalled,
         _ => ExitClass::Retryable,
     }
 }
@@ -97,6 +106,12 @@ pub const ENV_TERMINATION_LOG: &str = "RIDE_TERMINATION_LOG";
 /// operator's pods ask for so trainer and operator logs share a log stack).
 pub const ENV_LOG_FORMAT: &str = "RIDE_LOG_FORMAT";
 
+/// Environment variable with the stall watchdog's limit in seconds: a rank
+/// that completes no optimiser step for that long while training exits
+/// with [`STALLED_EXIT_CODE`]. `0` turns the watchdog off; unset, the limit
+/// is 20 typical steps and at least 300 s.
+pub const ENV_STALL_TIMEOUT: &str = "RIDE_STALL_TIMEOUT";
+
 /// Kubernetes keeps at most this many bytes of a termination message.
 pub const TERMINATION_MESSAGE_MAX_BYTES: usize = 4096;
 
@@ -130,6 +145,60 @@ pub struct CheckpointProgress {
     pub step: u64,
     /// RFC 3339 time it was saved.
     pub saved_at: String,
+    /// The same time as Unix seconds (absent in reports of older trainers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_unix: Option<f64>,
+}
+
+/// Training a restart throws away: what was computed after the last
+/// durable checkpoint, which the next gang computes again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LostWork {
+    /// Optimiser steps after the checkpoint the next gang resumes from.
+    pub steps: u64,
+    /// Seconds of training those steps took (work to redo).
+    pub seconds: f64,
+    /// Accelerator time lost: from the checkpoint (or the start of
+    /// training, if later) until the failure was seen, idle time included,
+    /// times the gang's ranks and devices per rank. On CPU, rank-seconds.
+    pub device_seconds: f64,
+}
+
+impl LostWork {
+    /// What rank 0's last report says was lost when the gang failed at
+    /// `failed_at_unix`, for a gang of `ranks` processes with
+    /// `devices_per_rank` accelerators each (1 on CPU). `None` without a
+    /// report of training steps.
+    pub fn from_report(
+        report: &Progress,
+        failed_at_unix: f64,
+        ranks: u32,
+        devices_per_rank: u32,
+    ) -> Option<LostWork> {
+        let since_training = report.training_since_unix?;
+        let checkpoint = report.checkpoint.as_ref();
+        let ckpt_step = checkpoint.map_or(0, |c| c.step);
+        let ckpt_time = checkpoint.and_then(|c| c.saved_unix).unwrap_or(f64::MIN);
+        // Work before this process began training was redone already or
+        // belongs to an earlier attempt's account.
+        let from = ckpt_time.max(since_training);
+        let last_step = report.last_step_unix.unwrap_or(from).max(from);
+        Some(LostWork {
+            steps: report.step.saturating_sub(ckpt_step),
+            seconds: last_step - from,
+            device_seconds: (failed_at_unix - from).max(0.0)
+                * f64::from(ranks)
+                * f64::from(devices_per_rank.max(1)),
+        })
+    }
+
+    /// Add another restart's loss.
+    pub fn add(&mut self, other: &LostWork) {
+        self.steps += other.steps;
+        self.seconds += other.seconds;
+        self.device_seconds += other.device_seconds;
+    }
 }
 
 /// Headline evaluation numbers, percent.
@@ -174,6 +243,10 @@ pub struct Progress {
     /// Unix time (seconds) the last step finished.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_step_unix: Option<f64>,
+    /// Unix time (seconds) this process began training steps, after
+    /// start-up and any resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_since_unix: Option<f64>,
     /// Training throughput of the job, images per second.
     pub images_per_second: f64,
     /// The last durable checkpoint.
@@ -219,6 +292,55 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lost_work_counts_from_the_later_of_the_checkpoint_and_the_start_of_training() {
+        let mut p = Progress {
+            step: 130,
+            training_since_unix: Some(1000.0),
+            last_step_unix: Some(1600.0),
+            checkpoint: Some(CheckpointProgress {
+                step: 100,
+                saved_unix: Some(1300.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let lost = LostWork::from_report(&p, 1700.0, 4, 2).unwrap();
+        assert_eq!(lost.steps, 30);
+        assert_eq!(lost.seconds, 300.0);
+        assert_eq!(lost.device_seconds, 400.0 * 4.0 * 2.0);
+        // Resumed from a checkpoint saved before this process started: only
+        // this process's training counts.
+        p.checkpoint.as_mut().unwrap().saved_unix = Some(500.0);
+        let lost = LostWork::from_report(&p, 1700.0, 1, 0).unwrap();
+        assert_eq!((lost.seconds, lost.device_seconds), (600.0, 700.0));
+        // No checkpoint at all: every step is lost.
+        p.checkpoint = None;
+        assert_eq!(LostWork::from_report(&p, 1700.0, 1, 1).unwrap().steps, 130);
+        // Never trained: nothing to say.
+        p.training_since_unix = None;
+        assert_eq!(LostWork::from_report(&p, 1700.0, 1, 1), None);
+        let mut total = LostWork::default();
+        total.add(&LostWork {
+            steps: 2,
+            seconds: 1.5,
+            device_seconds: 3.0,
+        });
+        total.add(&LostWork {
+            steps: 1,
+            seconds: 0.5,
+            device_seconds: 1.0,
+        });
+        assert_eq!(
+            total,
+            LostWork {
+                steps: 3,
+                seconds: 2.0,
+                device_seconds: 4.0
+            }
+        );
+    }
+
+    #[test]
     fn reports_round_trip_and_unknown_or_missing_fields_are_tolerated() {
         let p = Progress {
             state: RunState::Training,
@@ -233,6 +355,7 @@ mod tests {
                 epoch: 2,
                 step: 30,
                 saved_at: "2026-11-29T03:00:00Z".into(),
+                saved_unix: None,
             }),
             eval: Some(EvalProgress {
                 epoch: 2,

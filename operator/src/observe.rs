@@ -315,6 +315,7 @@ mod tests {
                 epoch: step / 10,
                 step,
                 saved_at: "2026-11-28T12:00:00Z".into(),
+                saved_unix: None,
             }),
             eval: Some(ride_contract::EvalProgress {
                 epoch: step / 10,

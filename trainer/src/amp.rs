@@ -193,8 +193,7 @@ pub fn fused_adamw(
 /// `clip_grad_norm_`, a handful of kernels and no host synchronisation.
 pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64, device: Device) -> Result<Tensor, AmpError> {
     let norm = Tensor::zeros([], (Kind::Float, device));
-    let ptrs: Vec<*mut torch_sys::C_tensor> =
-        grads.iter().map(|t| t.as_ptr() as *mut _).collect();
+    let ptrs: Vec<*mut torch_sys::C_tensor> = grads.iter().map(|t| t.as_ptr() as *mut _).collect();
     // SAFETY: the gradients and `norm` are live for the call; the shim
     // copies the handles and writes only into the tensors' storage.
     checked("gradient clipping", |err, len| unsafe {

@@ -50,12 +50,20 @@ impl std::fmt::Display for RankExit {
 }
 
 /// What a gang attempt came to, judged by its first rank to end badly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttemptOutcome {
     /// Every rank exited 0.
     Succeeded,
     /// A rank exited with the preempted code (checkpoint saved).
     Preempted,
+    /// A rank's stall watchdog fired: the gang stopped making progress.
+    Stalled {
+        /// The first rank to report the stall.
+        rank: usize,
+        /// Ranks that had not ended when the others gave up: the ones that
+        /// stopped first (a frozen process cannot report anything).
+        stopped_first: Vec<usize>,
+    },
     /// A rank failed.
     Failed {
         /// The first rank seen failing.
@@ -65,12 +73,48 @@ pub enum AttemptOutcome {
     },
 }
 
-/// Judge an attempt from the first non-zero exit (in the order seen) or all zeros.
-pub fn judge(first_bad: Option<(usize, RankExit)>) -> AttemptOutcome {
-    match first_bad {
+/// How an attempt ended, as the launcher saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttemptEnd {
+    /// The first rank to end badly, in the order seen.
+    pub first_bad: Option<(usize, RankExit)>,
+    /// Ranks still running a moment after the first bad end (see
+    /// [`STALL_SETTLE`]), before they were stopped.
+    pub still_running: Vec<usize>,
+}
+
+/// Judge an attempt from how it ended.
+pub fn judge(end: &AttemptEnd) -> AttemptOutcome {
+    match end.first_bad {
         None => AttemptOutcome::Succeeded,
         Some((_, RankExit::Code(PREEMPTED_EXIT_CODE))) => AttemptOutcome::Preempted,
+        Some((rank, RankExit::Code(contract::STALLED_EXIT_CODE))) => AttemptOutcome::Stalled {
+            rank,
+            stopped_first: end.still_running.clone(),
+        },
         Some((rank, exit)) => AttemptOutcome::Failed { rank, exit },
+    }
+}
+
+/// Why the gang restarts; each cause has its own budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RestartCause {
+    /// A rank failed (`--max-restarts`).
+    Failure,
+    /// The gang stalled (`--max-stall-restarts`).
+    Stall,
+    /// A rank was preempted with a checkpoint ([`MAX_PREEMPTION_RESTARTS`]).
+    Preemption,
+}
+
+impl RestartCause {
+    /// The cause as the logs and the summary name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartCause::Failure => "failure",
+            RestartCause::Stall => "stall",
+            RestartCause::Preemption => "preemption",
+        }
     }
 }
 
@@ -79,44 +123,68 @@ pub fn judge(first_bad: Option<(usize, RankExit)>) -> AttemptOutcome {
 pub enum NextStep {
     /// Stop with this exit code.
     Exit(i32),
-    /// Start the gang again; `counts` says whether it uses the restart budget.
+    /// Start the gang again, charging the restart to `cause`'s budget.
     Restart {
-        /// Whether this restart uses the budget.
-        counts: bool,
+        /// Why.
+        cause: RestartCause,
     },
 }
 
 /// Most preemption restarts in a row before the launcher gives up (a loop guard).
 pub const MAX_PREEMPTION_RESTARTS: u32 = 100;
 
-/// Decide after an attempt. Preemptions restart without using the budget
-/// unless the launcher itself was asked to stop.
+/// Restarts used so far, by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestartsUsed {
+    /// After rank failures.
+    pub failures: u32,
+    /// After stalls.
+    pub stalls: u32,
+    /// After preemptions.
+    pub preemptions: u32,
+}
+
+/// Restart budgets by cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budgets {
+    /// `--max-restarts`.
+    pub failures: u32,
+    /// `--max-stall-restarts`.
+    pub stalls: u32,
+}
+
+/// Decide after an attempt. Preemptions restart without using a budget
+/// unless the launcher itself was asked to stop; stalls and failures each
+/// use their own.
 pub fn next_step(
-    outcome: AttemptOutcome,
-    restarts_used: u32,
-    max_restarts: u32,
-    preemptions: u32,
+    outcome: &AttemptOutcome,
+    used: RestartsUsed,
+    budgets: Budgets,
     stop_requested: bool,
 ) -> NextStep {
     match outcome {
         AttemptOutcome::Succeeded => NextStep::Exit(0),
         _ if stop_requested => NextStep::Exit(PREEMPTED_EXIT_CODE),
-        AttemptOutcome::Preempted if preemptions < MAX_PREEMPTION_RESTARTS => {
-            NextStep::Restart { counts: false }
+        AttemptOutcome::Preempted if used.preemptions < MAX_PREEMPTION_RESTARTS => {
+            NextStep::Restart {
+                cause: RestartCause::Preemption,
+            }
         }
         AttemptOutcome::Preempted => NextStep::Exit(PREEMPTED_EXIT_CODE),
+        AttemptOutcome::Stalled { .. } if used.stalls < budgets.stalls => NextStep::Restart {
+            cause: RestartCause::Stall,
+        },
+        AttemptOutcome::Stalled { .. } => NextStep::Exit(contract::STALLED_EXIT_CODE),
         // A bad config fails the same way every time: no restart.
         AttemptOutcome::Failed {
             exit: RankExit::Code(c),
             ..
-        } if ride_contract::classify_exit(c) == ride_contract::ExitClass::Permanent => {
-            NextStep::Exit(c)
-        }
-        AttemptOutcome::Failed { .. } if restarts_used < max_restarts => {
-            NextStep::Restart { counts: true }
-        }
+        } if contract::classify_exit(*c) == contract::ExitClass::Permanent => NextStep::Exit(*c),
+        AttemptOutcome::Failed { .. } if used.failures < budgets.failures => NextStep::Restart {
+            cause: RestartCause::Failure,
+        },
         AttemptOutcome::Failed { exit, .. } => NextStep::Exit(match exit {
-            RankExit::Code(c) if c != 0 => c,
+            RankExit::Code(c) if *c != 0 => *c,
             _ => 1,
         }),
     }
@@ -129,6 +197,8 @@ pub struct LaunchOptions {
     pub nproc: usize,
     /// Gang restarts allowed after failures.
     pub max_restarts: u32,
+    /// Gang restarts allowed after stalls.
+    pub max_stall_restarts: u32,
     /// Rendezvous port; a free one per attempt when `None`.
     pub master_port: Option<u16>,
     /// Arguments after `train`.
@@ -185,6 +255,7 @@ fn spawn_rank(
     rank: usize,
     port: u16,
     attempt: u32,
+    reports: &RankReports,
 ) -> std::io::Result<Child> {
     let mut cmd = Command::new(&opts.program);
     cmd.env(ENV_LOG_FORMAT, opts.log_format.as_str());
@@ -204,11 +275,9 @@ fn spawn_rank(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if rank > 0 {
-        // One final report per machine, from its first rank (the one a
-        // pod's termination message and progress endpoint stand for).
-        cmd.env_remove(ride_contract::ENV_TERMINATION_LOG);
-    }
+    // Every rank leaves its final report where the launcher reads it; the
+    // first keeps the one it inherited (a pod's termination message).
+    cmd.env(contract::ENV_TERMINATION_LOG, reports.path(rank));
     if std::env::var_os("OMP_NUM_THREADS").is_none() {
         // As torchrun: split the cores between ranks instead of oversubscribing.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -267,19 +336,78 @@ fn stop_all(children: &mut [Option<Child>], grace: Duration) {
     }
 }
 
-/// Run one attempt of the gang; returns the first bad exit, if any.
+/// Where each local rank leaves its final progress report: the first
+/// rank where this launcher's own `RIDE_TERMINATION_LOG` points, if set
+/// (one report per machine, the one a pod's termination message stands
+/// for), the others in a private directory.
+struct RankReports {
+    inherited: Option<PathBuf>,
+    dir: tempfile::TempDir,
+}
+
+impl RankReports {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            inherited: std::env::var_os(contract::ENV_TERMINATION_LOG).map(PathBuf::from),
+            dir: tempfile::Builder::new().prefix("ride-launch-").tempdir()?,
+        })
+    }
+
+    fn path(&self, rank: usize) -> PathBuf {
+        match (&self.inherited, rank) {
+            (Some(p), 0) => p.clone(),
+            _ => self.dir.path().join(format!("rank{rank}.json")),
+        }
+    }
+
+    /// Forget an earlier attempt's reports.
+    fn clear(&self, nproc: usize) {
+        for rank in 0..nproc {
+            let _ = std::fs::remove_file(self.path(rank));
+        }
+    }
+
+    /// The first report, in rank order, of a process that trained.
+    fn first_training(&self, nproc: usize) -> Option<contract::Progress> {
+        (0..nproc)
+            .filter_map(|r| std::fs::read(self.path(r)).ok())
+            .filter_map(|b| serde_json::from_slice::<contract::Progress>(&b).ok())
+            .find(|p| p.training_since_unix.is_some())
+    }
+}
+
+/// How long the launcher waits, after the first rank reports a stall, for
+/// the other ranks' watchdogs to fire too: a rank still running after it
+/// stopped first. Twice the watchdogs' check interval (a twentieth of the
+/// limit), so healthy ranks are not named.
+fn stall_settle() -> Duration {
+    let limit = std::env::var(contract::ENV_STALL_TIMEOUT)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| *s > 0.0 && s.is_finite());
+    match limit {
+        Some(s) => {
+            Duration::from_secs_f64(s / 10.0).clamp(Duration::from_secs(1), Duration::from_secs(12))
+        }
+        None => Duration::from_secs(12),
+    }
+}
+
+/// Run one attempt of the gang.
 fn run_attempt(
     opts: &LaunchOptions,
     attempt: u32,
     stop: &AtomicBool,
-) -> std::io::Result<Option<(usize, RankExit)>> {
+    reports: &RankReports,
+) -> std::io::Result<AttemptEnd> {
     let port = match opts.master_port {
         Some(p) => p,
         None => free_port()?,
     };
+    reports.clear(opts.nproc);
     let mut children: Vec<Option<Child>> = Vec::with_capacity(opts.nproc);
     for rank in 0..opts.nproc {
-        match spawn_rank(opts, rank, port, attempt) {
+        match spawn_rank(opts, rank, port, attempt, reports) {
             Ok(c) => {
                 tracing::info!(
                     attempt,
@@ -296,8 +424,9 @@ fn run_attempt(
             }
         }
     }
-    let mut first_bad: Option<(usize, RankExit)> = None;
+    let mut end = AttemptEnd::default();
     let mut forwarded = false;
+    let mut settle_until: Option<Instant> = None;
     loop {
         if stop.load(Ordering::SeqCst) && !forwarded {
             // Our own SIGTERM/SIGUSR1: let the ranks checkpoint and exit.
@@ -315,86 +444,195 @@ fn run_attempt(
                 Some(status) => {
                     let exit = RankExit::from_status(status);
                     *slot = None;
-                    if exit != RankExit::Code(0) && first_bad.is_none() {
+                    if exit != RankExit::Code(0) && end.first_bad.is_none() {
                         tracing::warn!(rank, exit = %exit, "launch: rank {rank} ended: {exit}");
-                        first_bad = Some((rank, exit));
+                        end.first_bad = Some((rank, exit));
+                        if exit == RankExit::Code(contract::STALLED_EXIT_CODE) {
+                            settle_until = Some(Instant::now() + stall_settle());
+                        }
                     }
                 }
             }
         }
         if running == 0 {
-            return Ok(first_bad);
+            return Ok(end);
         }
-        if first_bad.is_some() && !forwarded {
-            tracing::info!("launch: stopping the other ranks");
-            stop_all(&mut children, opts.grace);
-            return Ok(first_bad);
+        let settling = settle_until.is_some_and(|t| Instant::now() < t);
+        if end.first_bad.is_some() && !forwarded && !settling {
+            end.still_running = (0..children.len())
+                .filter(|&r| children[r].is_some())
+                .map(|r| opts.global_rank(r))
+                .collect();
+            // Ranks still running after a stall are stuck by definition:
+            // a grace period would only wait on them (a stopped process
+            // does not even take SIGTERM).
+            let stalled = settle_until.is_some();
+            tracing::info!(
+                "launch: stopping the other ranks{}",
+                if stalled { " (stuck: SIGKILL)" } else { "" }
+            );
+            stop_all(
+                &mut children,
+                if stalled { Duration::ZERO } else { opts.grace },
+            );
+            return Ok(end);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// Run the gang until it succeeds, is stopped, or the budget is spent.
+/// This node's exit code when it is one share of a larger gang.
+fn node_exit_code(opts: &LaunchOptions, outcome: &AttemptOutcome) -> i32 {
+    match outcome {
+        AttemptOutcome::Succeeded => 0,
+        AttemptOutcome::Preempted => PREEMPTED_EXIT_CODE,
+        AttemptOutcome::Stalled { .. } => contract::STALLED_EXIT_CODE,
+        AttemptOutcome::Failed { rank, exit } => {
+            tracing::warn!(
+                "launch: rank {} {exit}; ending this node's share of the gang",
+                opts.global_rank(*rank)
+            );
+            match exit {
+                RankExit::Code(c) if *c != 0 => *c,
+                RankExit::Signal(sig) => 128 + sig,
+                _ => 1,
+            }
+        }
+    }
+}
+
+/// Restarts and the work they cost, by cause, for the final summary.
+#[derive(Default)]
+struct RestartLedger {
+    used: RestartsUsed,
+    lost: std::collections::BTreeMap<RestartCause, contract::LostWork>,
+}
+
+impl RestartLedger {
+    fn record(&mut self, cause: RestartCause, lost: Option<contract::LostWork>) {
+        match cause {
+            RestartCause::Failure => self.used.failures += 1,
+            RestartCause::Stall => self.used.stalls += 1,
+            RestartCause::Preemption => self.used.preemptions += 1,
+        }
+        if let Some(l) = lost {
+            self.lost.entry(cause).or_default().add(&l);
+        }
+    }
+
+    fn summary(&self) -> Option<String> {
+        let u = self.used;
+        if u.failures + u.stalls + u.preemptions == 0 {
+            return None;
+        }
+        let lost: Vec<String> = self
+            .lost
+            .iter()
+            .map(|(c, l)| format!("{} {}", c.as_str(), describe_lost(l)))
+            .collect();
+        Some(format!(
+            "launch: restarts by cause: failure {}, stall {}, preemption {}; work lost: {}",
+            u.failures,
+            u.stalls,
+            u.preemptions,
+            if lost.is_empty() {
+                "none reported".into()
+            } else {
+                lost.join("; ")
+            }
+        ))
+    }
+}
+
+fn describe_lost(l: &contract::LostWork) -> String {
+    format!(
+        "{} steps, {:.1} s of training to redo, {:.1} device-seconds",
+        l.steps, l.seconds, l.device_seconds
+    )
+}
+
+/// What the attempt's outcome says, for the log.
+fn describe_outcome(outcome: &AttemptOutcome) -> String {
+    match outcome {
+        AttemptOutcome::Stalled {
+            rank,
+            stopped_first,
+        } if stopped_first.is_empty() => format!(
+            "rank {rank} stalled; every rank reported it (the one that says it stopped outside a collective stopped first)"
+        ),
+        AttemptOutcome::Stalled { stopped_first, .. } => format!(
+            "stalled: rank(s) {stopped_first:?} stopped first (still running, silent, when the others gave up)"
+        ),
+        AttemptOutcome::Failed { rank, exit } => format!("rank {rank} {exit}"),
+        AttemptOutcome::Preempted => "preempted".into(),
+        AttemptOutcome::Succeeded => "finished".into(),
+    }
+}
+
+/// Run the gang until it succeeds, is stopped, or a budget is spent.
 /// Returns the exit code for the launcher process.
 pub fn launch(opts: &LaunchOptions, stop: Arc<AtomicBool>) -> std::io::Result<i32> {
-    let (mut restarts, mut preemptions) = (0u32, 0u32);
+    let reports = RankReports::new()?;
+    let mut ledger = RestartLedger::default();
+    let budgets = Budgets {
+        failures: opts.max_restarts,
+        stalls: opts.max_stall_restarts,
+    };
     for attempt in 0.. {
-        let outcome = judge(run_attempt(opts, attempt, &stop)?);
+        let end = run_attempt(opts, attempt, &stop, &reports)?;
+        let outcome = judge(&end);
         if opts.node.is_some() {
             // Part of a larger gang: whoever started every node restarts it.
-            let code = match outcome {
-                AttemptOutcome::Succeeded => 0,
-                AttemptOutcome::Preempted => PREEMPTED_EXIT_CODE,
-                AttemptOutcome::Failed { rank, exit } => {
-                    tracing::warn!(
-                        "launch: rank {} {exit}; ending this node's share of the gang",
-                        opts.global_rank(rank)
-                    );
-                    match exit {
-                        RankExit::Code(c) if c != 0 => c,
-                        RankExit::Signal(sig) => 128 + sig,
-                        _ => 1,
-                    }
-                }
-            };
-            return Ok(code);
+            return Ok(node_exit_code(opts, &outcome));
         }
-        let step = next_step(
-            outcome,
-            restarts,
-            opts.max_restarts,
-            preemptions,
-            stop.load(Ordering::SeqCst),
-        );
-        match (step, outcome) {
-            (NextStep::Exit(code), _) => {
-                match outcome {
+        let lost = reports.first_training(opts.nproc).and_then(|p| {
+            contract::LostWork::from_report(&p, unix_now(), opts.world_size() as u32, 1)
+        });
+        match next_step(&outcome, ledger.used, budgets, stop.load(Ordering::SeqCst)) {
+            NextStep::Exit(code) => {
+                match &outcome {
                     AttemptOutcome::Succeeded => tracing::info!("launch: all {} ranks finished", opts.nproc),
-                    AttemptOutcome::Failed { rank, exit } => tracing::warn!(
-                        "launch: giving up after {restarts} restart(s): rank {rank} {exit}; raise --max-restarts or see the rank's log"
-                    ),
                     AttemptOutcome::Preempted => tracing::info!("launch: preempted; checkpoint saved, run the same command to resume"),
+                    other => tracing::warn!(
+                        "launch: giving up: {}; raise --max-restarts / --max-stall-restarts or see the rank's log",
+                        describe_outcome(other)
+                    ),
+                }
+                if let Some(line) = ledger.summary() {
+                    tracing::info!("{line}");
                 }
                 return Ok(code);
             }
-            (NextStep::Restart { counts }, _) => {
-                if counts {
-                    restarts += 1;
-                } else {
-                    preemptions += 1;
-                }
+            NextStep::Restart { cause } => {
+                ledger.record(cause, lost);
+                let (used, budget) = match cause {
+                    RestartCause::Failure => (ledger.used.failures, budgets.failures.to_string()),
+                    RestartCause::Stall => (ledger.used.stalls, budgets.stalls.to_string()),
+                    RestartCause::Preemption => (ledger.used.preemptions, "not counted".into()),
+                };
                 tracing::warn!(
-                    restarts,
-                    counted = counts,
-                    "launch: restarting all {} ranks from the latest checkpoint (restart {restarts}/{}{})",
+                    cause = cause.as_str(),
+                    restarts = used,
+                    lost_steps = lost.map(|l| l.steps),
+                    lost_seconds = lost.map(|l| l.seconds),
+                    lost_device_seconds = lost.map(|l| l.device_seconds),
+                    "launch: {}; restarting all {} ranks from the latest checkpoint ({} restart {used}/{budget}); work lost: {}",
+                    describe_outcome(&outcome),
                     opts.nproc,
-                    opts.max_restarts,
-                    if counts { "" } else { ", preemption: not counted" }
+                    cause.as_str(),
+                    lost.as_ref().map_or("unknown (no report)".into(), describe_lost),
                 );
             }
         }
     }
     unreachable!("the attempt loop only ends by returning")
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 #[cfg(test)]
@@ -403,68 +641,134 @@ mod tests {
 
     #[test]
     fn judging_attempts() {
-        assert_eq!(judge(None), AttemptOutcome::Succeeded);
+        let end = |bad: Option<(usize, RankExit)>, running: Vec<usize>| AttemptEnd {
+            first_bad: bad,
+            still_running: running,
+        };
+        assert_eq!(judge(&end(None, vec![])), AttemptOutcome::Succeeded);
         assert_eq!(
-            judge(Some((1, RankExit::Code(75)))),
+            judge(&end(Some((1, RankExit::Code(75))), vec![])),
             AttemptOutcome::Preempted
         );
         assert_eq!(
-            judge(Some((1, RankExit::Signal(9)))),
+            judge(&end(Some((1, RankExit::Signal(9))), vec![])),
             AttemptOutcome::Failed {
                 rank: 1,
                 exit: RankExit::Signal(9)
+            }
+        );
+        assert_eq!(
+            judge(&end(Some((0, RankExit::Code(76))), vec![2])),
+            AttemptOutcome::Stalled {
+                rank: 0,
+                stopped_first: vec![2]
             }
         );
     }
 
     #[test]
     fn restart_decisions() {
+        let budgets = Budgets {
+            failures: 2,
+            stalls: 1,
+        };
+        let used = |failures, stalls, preemptions| RestartsUsed {
+            failures,
+            stalls,
+            preemptions,
+        };
         let failed = AttemptOutcome::Failed {
             rank: 0,
             exit: RankExit::Code(3),
         };
+        let restart = |cause| NextStep::Restart { cause };
         assert_eq!(
-            next_step(AttemptOutcome::Succeeded, 0, 2, 0, false),
+            next_step(&AttemptOutcome::Succeeded, used(0, 0, 0), budgets, false),
             NextStep::Exit(0)
         );
         assert_eq!(
-            next_step(failed, 0, 2, 0, false),
-            NextStep::Restart { counts: true }
+            next_step(&failed, used(0, 0, 0), budgets, false),
+            restart(RestartCause::Failure)
         );
-        assert_eq!(next_step(failed, 2, 2, 0, false), NextStep::Exit(3));
+        assert_eq!(
+            next_step(&failed, used(2, 0, 0), budgets, false),
+            NextStep::Exit(3)
+        );
         let killed = AttemptOutcome::Failed {
             rank: 0,
             exit: RankExit::Signal(9),
         };
-        assert_eq!(next_step(killed, 1, 1, 0, false), NextStep::Exit(1));
+        assert_eq!(
+            next_step(&killed, used(2, 0, 0), budgets, false),
+            NextStep::Exit(1)
+        );
         // An invalid config is not retried, whatever budget is left.
         let bad_config = AttemptOutcome::Failed {
             rank: 1,
             exit: RankExit::Code(ride_contract::CONFIG_ERROR_EXIT_CODE),
         };
         assert_eq!(
-            next_step(bad_config, 0, 5, 0, false),
+            next_step(&bad_config, used(0, 0, 0), budgets, false),
             NextStep::Exit(ride_contract::CONFIG_ERROR_EXIT_CODE)
         );
-        // Preemption does not use the budget, unless we were told to stop.
+        // Stalls have their own budget: failures do not spend it, nor it theirs.
+        let stalled = AttemptOutcome::Stalled {
+            rank: 0,
+            stopped_first: vec![1],
+        };
         assert_eq!(
-            next_step(AttemptOutcome::Preempted, 2, 2, 5, false),
-            NextStep::Restart { counts: false }
+            next_step(&stalled, used(2, 0, 0), budgets, false),
+            restart(RestartCause::Stall)
         );
         assert_eq!(
-            next_step(AttemptOutcome::Preempted, 0, 2, 0, true),
+            next_step(&stalled, used(0, 1, 0), budgets, false),
+            NextStep::Exit(76)
+        );
+        assert_eq!(
+            next_step(&failed, used(0, 1, 0), budgets, false),
+            restart(RestartCause::Failure)
+        );
+        // Preemption does not use a budget, unless we were told to stop.
+        assert_eq!(
+            next_step(&AttemptOutcome::Preempted, used(2, 1, 5), budgets, false),
+            restart(RestartCause::Preemption)
+        );
+        assert_eq!(
+            next_step(&AttemptOutcome::Preempted, used(0, 0, 0), budgets, true),
             NextStep::Exit(75)
         );
-        assert_eq!(next_step(failed, 0, 2, 0, true), NextStep::Exit(75));
+        assert_eq!(
+            next_step(&failed, used(0, 0, 0), budgets, true),
+            NextStep::Exit(75)
+        );
         assert_eq!(
             next_step(
-                AttemptOutcome::Preempted,
-                0,
-                2,
-                MAX_PREEMPTION_RESTARTS,
+                &AttemptOutcome::Preempted,
+                used(0, 0, MAX_PREEMPTION_RESTARTS),
+                budgets,
                 false
             ),
             NextStep::Exit(75)
+        );
+    }
+
+    #[test]
+    fn the_ledger_sums_lost_work_by_cause() {
+        let mut ledger = RestartLedger::default();
+        assert_eq!(ledger.summary(), None);
+        let lost = |steps| ride_contract::LostWork {
+            steps,
+            seconds: 2.0,
+            device_seconds: 8.0,
+        };
+        ledger.record(RestartCause::Stall, Some(lost(3)));
+        ledger.record(RestartCause::Stall, Some(lost(4)));
+        ledger.record(RestartCause::Failure, None);
+        let line = ledger.summary().unwrap();
+        assert!(line.contains("failure 1, stall 2, preemption 0"), "{line}");
+        assert!(
+            line.contains("stall 7 steps, 4.0 s of training to redo, 16.0 device-seconds"),
+            "{line}"
         );
     }
 }

@@ -16,4 +16,5 @@ pub mod optim;
 pub mod plot;
 pub mod predict;
 pub mod train;
+pub mod watchdog;
 pub mod weights;

@@ -61,6 +61,10 @@ struct LaunchArgs {
     /// Gang restarts allowed after a rank fails (preemptions are not counted).
     #[arg(long, default_value_t = 3)]
     max_restarts: u32,
+    /// Gang restarts allowed after the gang stalls (a rank's watchdog
+    /// exits 76 after RIDE_STALL_TIMEOUT seconds without an optimiser step).
+    #[arg(long, default_value_t = 3)]
+    max_stall_restarts: u32,
     /// Rendezvous port (default: a free port per attempt).
     #[arg(long)]
     master_port: Option<u16>,
@@ -258,9 +262,9 @@ fn write_termination_message(
     result: &Result<ride_trainer::train::RunSummary>,
 ) {
     use ride_contract::RunState;
-    let Some(path) = std::env::var_os(ride_contract::ENV_TERMINATION_LOG) else {
+    if std::env::var_os(ride_contract::ENV_TERMINATION_LOG).is_none() {
         return;
-    };
+    }
     ride_trainer::train::update_progress(report, |p| match result {
         Ok(_) => {
             p.state = RunState::Finished;
@@ -277,16 +281,7 @@ fn write_termination_message(
             }
         },
     });
-    let text = report
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .termination_message();
-    if let Err(e) = std::fs::write(&path, text) {
-        tracing::warn!(
-            "warning: cannot write the termination message to {}: {e}",
-            std::path::Path::new(&path).display()
-        );
-    }
+    ride_trainer::train::write_termination_log(report);
 }
 
 /// SIGTERM and SIGUSR1 ask training to checkpoint and exit at the next step.
@@ -331,6 +326,7 @@ fn cmd_launch(a: LaunchArgs, log_format: ride_trainer::logging::LogFormat) -> Re
     let opts = ride_trainer::launch::LaunchOptions {
         nproc: a.nproc_per_node,
         max_restarts: a.max_restarts,
+        max_stall_restarts: a.max_stall_restarts,
         master_port: a.master_port,
         train_args: a.train_args,
         program: std::env::current_exe().context("finding the ride-trainer executable")?,

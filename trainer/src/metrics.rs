@@ -299,17 +299,17 @@ impl Metrics {
 
     /// A durable checkpoint, for the progress report.
     pub fn record_checkpoint(&self, uri: &str, m: &crate::checkpoint::Manifest) {
-        self.checkpoint_timestamp.set(
-            chrono::DateTime::parse_from_rfc3339(&m.saved_at)
-                .map(|t| t.timestamp_millis() as f64 / 1e3)
-                .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis() as f64 / 1e3),
-        );
+        let saved_unix = chrono::DateTime::parse_from_rfc3339(&m.saved_at)
+            .map(|t| t.timestamp_millis() as f64 / 1e3)
+            .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis() as f64 / 1e3);
+        self.checkpoint_timestamp.set(saved_unix);
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         p.checkpoint = Some(ride_contract::CheckpointProgress {
             uri: uri.to_string(),
             epoch: m.epoch,
             step: m.step,
             saved_at: m.saved_at.clone(),
+            saved_unix: Some(saved_unix),
         });
     }
 

@@ -180,6 +180,55 @@ extern "C" {
 }
 
 #[test]
+fn a_frozen_rank_is_caught_by_the_watchdogs_and_the_gang_restarts_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = bigger(dir.path());
+    let straight = dir.path().join("straight");
+    let (status, t) = launch(2, &cfg, &straight, &EPOCHS3, &[]).finish();
+    assert!(status.success(), "{t}");
+
+    let frozen = dir.path().join("frozen");
+    let stall = ("RIDE_STALL_TIMEOUT", "5");
+    let run = launch(2, &cfg, &frozen, &EPOCHS3, &[stall]);
+    let line = run.wait_for("attempt 0: rank 1 pid", 60);
+    let pid: i32 = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
+    wait_for_file(&frozen.join("tiny/default/ckpt_epoch_0/manifest.json"), 120);
+    run.wait_for("[rank 0] epoch 2 [", 60);
+    // SIGSTOP: the process is alive but runs no code, not even its watchdog.
+    assert_eq!(unsafe { libc_kill(pid, 19) }, 0, "stop rank 1");
+    let stopped_at = std::time::Instant::now();
+    run.wait_for("attempt 1: rank 1 pid", 120);
+    eprintln!(
+        "rank 1 frozen -> new gang started: {:.1} s (RIDE_STALL_TIMEOUT 5)",
+        stopped_at.elapsed().as_secs_f64()
+    );
+    let (status, t) = run.finish();
+    assert!(status.success(), "{t}");
+    assert!(t.contains("[rank 0] stalled: no optimiser step for"), "{t}");
+    assert!(t.contains("waiting in a collective"), "{t}");
+    assert!(t.contains("rank 0 ended: exit code 76"), "{t}");
+    assert!(t.contains("stalled: rank(s) [1] stopped first"), "{t}");
+    assert!(t.contains("stall restart 1/3"), "{t}");
+    // Epoch 1's checkpoint was durable; the steps of epoch 2 before the
+    // freeze are the work lost.
+    let lost = t
+        .lines()
+        .find_map(|l| l.split("work lost: ").nth(1))
+        .unwrap_or_else(|| panic!("no lost work reported:\n{t}"));
+    let steps: u64 = lost.split(' ').next().unwrap().parse().unwrap();
+    assert!(steps >= 1, "{lost}");
+    assert!(
+        t.contains("restarts by cause: failure 0, stall 1, preemption 0"),
+        "{t}"
+    );
+    let w = "tiny/default/ckpt_epoch_2/model.safetensors";
+    assert!(
+        bitwise_equal(&straight.join(w), &frozen.join(w)),
+        "final weights differ from the uninterrupted run"
+    );
+}
+
+#[test]
 fn preempted_gang_resumes_bitwise_and_elastically() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = bigger(dir.path());

@@ -313,7 +313,9 @@ fn encode_order(order: &[usize], n: usize) -> Vec<u8> {
         }
     }
     full.extend((0..n).filter(|&i| !seen[i]));
-    full.iter().flat_map(|&i| (i as u32).to_le_bytes()).collect()
+    full.iter()
+        .flat_map(|&i| (i as u32).to_le_bytes())
+        .collect()
 }
 
 fn decode_order(bytes: &[u8], n: usize) -> Result<Vec<usize>, DistError> {
@@ -358,9 +360,8 @@ mod tests {
     fn buckets_are_reduced_while_backward_runs_and_gradients_are_the_mean() {
         let out = on_ranks(3, |c| {
             let r = c.rank() as f64 + 1.0;
-            let leaf = |n: i64| {
-                Tensor::zeros([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)
-            };
+            let leaf =
+                |n: i64| Tensor::zeros([n], (Kind::Float, Device::Cpu)).set_requires_grad(true);
             let params = vec![leaf(3), leaf(2), leaf(4)];
             // One parameter per bucket.
             let avg = OverlappedAverager::new(&params, 4).unwrap();
@@ -411,7 +412,10 @@ mod tests {
                 assert_eq!(grads, vec![2.0, 4.0, 6.0], "pass {pass}");
                 assert_eq!(extras, vec![6.0], "pass {pass}");
                 if pass == 1 {
-                    assert_eq!(reduced_before_rest, 1, "b's bucket went before backward ended");
+                    assert_eq!(
+                        reduced_before_rest, 1,
+                        "b's bucket went before backward ended"
+                    );
                 }
             }
         }

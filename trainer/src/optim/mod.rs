@@ -301,8 +301,15 @@ mod tests {
         // Below: every gradient scaled by the same factor, to the new norm.
         let _ = clip_grad_norm(&params, host / 4.0).unwrap();
         let clipped = clip_grad_norm(&params, 0.0).unwrap().double_value(&[]);
-        assert!((clipped - host / 4.0).abs() < 1e-4 * host, "{clipped} vs {}", host / 4.0);
-        let ratio = (p_ratio(&params[0], &grads[0]), p_ratio(&params[2], &grads[2]));
+        assert!(
+            (clipped - host / 4.0).abs() < 1e-4 * host,
+            "{clipped} vs {}",
+            host / 4.0
+        );
+        let ratio = (
+            p_ratio(&params[0], &grads[0]),
+            p_ratio(&params[2], &grads[2]),
+        );
         assert!((ratio.0 - ratio.1).abs() < 1e-5, "{ratio:?}");
     }
 

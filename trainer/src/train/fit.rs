@@ -2,9 +2,9 @@
 //! steps, an evaluation and a checkpoint; a stop request ends it with a
 //! checkpoint at the next optimiser step.
 
+use super::meter::LossMeter;
 use super::report::{progress_bar, record_eval_progress, unix_now, update_progress};
 use super::setup::Trainer;
-use super::meter::LossMeter;
 use super::step::At;
 use super::{Preempted, RunSummary};
 use crate::checkpoint::writer::Retention;
@@ -52,7 +52,9 @@ fn bucket_bytes() -> Result<usize> {
         Err(_) => Ok(BUCKET_BYTES),
         Ok(v) => match v.trim().parse::<f64>() {
             Ok(mb) if mb > 0.0 && mb.is_finite() => Ok(((mb * 1048576.0) as usize).max(4)),
-            _ => bail!("{ENV_DDP_BUCKET_MB}={v:?}: expected a bucket size in MB greater than 0, e.g. 25"),
+            _ => bail!(
+                "{ENV_DDP_BUCKET_MB}={v:?}: expected a bucket size in MB greater than 0, e.g. 25"
+            ),
         },
     }
 }
@@ -184,6 +186,7 @@ impl Trainer<'_> {
             p.state = RunState::Training;
             p.total_steps = plan.total_steps;
             p.step = self.opt.steps();
+            p.training_since_unix = Some(unix_now());
         });
         for epoch in self.state.start_epoch..cfg.train.epochs {
             let done = self.train_epoch(epoch, &plan, &mut writer, &mut counters)?;
@@ -233,6 +236,7 @@ impl Trainer<'_> {
         self.opt.zero_grad();
         let mut batches = loader.enumerate();
         counters.step_started = Instant::now();
+        self.watchdog.watch_from_now();
         loop {
             let waiting = Instant::now();
             let Some((k, batch)) = batches.next() else {
@@ -271,6 +275,7 @@ impl Trainer<'_> {
             ));
             pb.inc(1);
             if at.boundary && out.stop {
+                self.watchdog.pause();
                 pb.finish_and_clear();
                 let samples_done = consumed + (k as u64 + 1) * plan.global_batch;
                 return Err(self
@@ -278,6 +283,7 @@ impl Trainer<'_> {
                     .into());
             }
         }
+        self.watchdog.pause();
         pb.finish_and_clear();
         if self.is_main() && self.state.overflow_steps > 0 {
             tracing::warn!(
@@ -397,6 +403,7 @@ impl Trainer<'_> {
 
     /// Step time, progress ratio, ETA and the progress report after an optimiser step.
     fn record_optimizer_step(&self, secs: f64, ips: f64, plan: &Plan, counters: &mut Counters) {
+        self.watchdog.beat(secs);
         let m = &self.metrics;
         m.step_duration.observe(secs);
         let ema = counters

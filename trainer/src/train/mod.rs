@@ -24,7 +24,7 @@ use tch::Device;
 
 pub use crate::data::select::{build_datasets, Datasets};
 pub use evaluate::{evaluate, throughput};
-pub use report::{update_progress, write_eval_artifacts, SharedProgress};
+pub use report::{update_progress, write_eval_artifacts, write_termination_log, SharedProgress};
 pub use ride_contract::PREEMPTED_EXIT_CODE;
 pub use setup::{build_criterion, output_location};
 

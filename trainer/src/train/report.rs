@@ -30,6 +30,52 @@ pub(super) fn record_eval_progress(p: &SharedProgress, epoch: u64, r: &EvalRepor
     });
 }
 
+/// Write the shared report to the file `RIDE_TERMINATION_LOG` names, if
+/// any (on Kubernetes the container's termination message).
+pub fn write_termination_log(report: &SharedProgress) {
+    let Some(path) = std::env::var_os(ride_contract::ENV_TERMINATION_LOG) else {
+        return;
+    };
+    let text = report
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .termination_message();
+    if let Err(e) = std::fs::write(&path, text) {
+        tracing::warn!(
+            "warning: cannot write the termination message to {}: {e}",
+            Path::new(&path).display()
+        );
+    }
+}
+
+/// What the stall watchdog does when it fires: say why, leave the report
+/// for the launcher, and end the process at once with
+/// [`ride_contract::STALLED_EXIT_CODE`]. `_exit` skips libtorch's static
+/// destructors, which could block on the very threads that are stuck.
+pub(super) fn exit_on_stall(
+    report: SharedProgress,
+) -> impl Fn(&crate::watchdog::Stall) + Send + 'static {
+    move |stall| {
+        let message = stall.message();
+        tracing::error!(
+            idle_seconds = stall.idle.as_secs_f64(),
+            limit_seconds = stall.limit.as_secs_f64(),
+            in_collective = stall.in_collective_for.is_some(),
+            "{message}"
+        );
+        update_progress(&report, |p| {
+            p.state = ride_contract::RunState::Failed;
+            p.message = Some(message.clone());
+        });
+        write_termination_log(&report);
+        use std::io::Write;
+        let _ = std::io::stderr().flush();
+        let _ = std::io::stdout().flush();
+        // SAFETY: _exit ends the process without running any more code in it.
+        unsafe { libc::_exit(ride_contract::STALLED_EXIT_CODE) }
+    }
+}
+
 pub(super) fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

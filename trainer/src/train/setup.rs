@@ -16,6 +16,7 @@ use crate::model::ride_swin::parameter_count;
 use crate::model::RideSwin;
 use crate::optim::schedule::scale_lr;
 use crate::optim::AdamW;
+use crate::watchdog::{StallTimeout, Watchdog};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use tch::{nn, Device, Tensor};
@@ -60,6 +61,8 @@ pub(crate) struct Trainer<'a> {
     pub output: String,
     pub store: Arc<CheckpointStore>,
     pub comm: Box<dyn Collective>,
+    /// Ends the process when training steps stop for too long.
+    pub watchdog: Watchdog,
     pub vs: nn::VarStore,
     pub model: RideSwin,
     pub parameters: i64,
@@ -91,7 +94,13 @@ impl<'a> Trainer<'a> {
             CheckpointStore::open(&output).with_context(|| format!("opening output {output}"))?,
         );
         store.probe(world.rank == 0)?;
-        let comm = crate::dist::init_for(world, device).context("joining the distributed job")?;
+        let watchdog = Watchdog::start(
+            StallTimeout::from_env()?,
+            super::report::exit_on_stall(options.report.clone()),
+        );
+        let comm = watchdog.watch_collective(
+            crate::dist::init_for(world, device).context("joining the distributed job")?,
+        );
         let (rank, world_size) = (comm.rank(), comm.world_size());
         if world_size > 1 {
             tracing::info!(
@@ -155,6 +164,7 @@ impl<'a> Trainer<'a> {
             output,
             store,
             comm,
+            watchdog,
             vs,
             model,
             parameters,
@@ -260,6 +270,9 @@ impl<'a> Trainer<'a> {
                 epoch: meta.epoch,
                 step: meta.step,
                 saved_at: meta.saved_at.clone(),
+                saved_unix: chrono::DateTime::parse_from_rfc3339(&meta.saved_at)
+                    .ok()
+                    .map(|t| t.timestamp_millis() as f64 / 1e3),
             });
             p.step = meta.step;
         });

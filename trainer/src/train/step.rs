@@ -2,11 +2,11 @@
 //! backward, all-reduce, clip, optimiser step.
 
 use super::fit::Plan;
+use super::meter::LossMeter;
 use super::setup::Trainer;
 use crate::data::loader::Batch;
 use crate::data::mix_seed;
 use crate::data::mixup::{mix, smooth_one_hot};
-use super::meter::LossMeter;
 use anyhow::Result;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
