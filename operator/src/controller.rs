@@ -511,6 +511,32 @@ fn record_transitions(
             .with_label_values(&["exempt"])
             .inc_by(exempt);
     }
+    for cause in crate::crd::RestartCause::ALL {
+        let n = (new.restarts_by_cause.get(cause) - old.restarts_by_cause.get(cause)).max(0);
+        if n > 0 {
+            metrics
+                .restarts_by_cause
+                .with_label_values(&[cause.as_str()])
+                .inc_by(n as u64);
+        }
+        let key = cause.as_str();
+        let (Some(after), before) = (
+            new.lost_work_by_cause.get(key),
+            old.lost_work_by_cause.get(key).copied().unwrap_or_default(),
+        ) else {
+            continue;
+        };
+        let deltas = [
+            (after.steps - before.steps) as f64,
+            after.seconds - before.seconds,
+            after.gpu_seconds - before.gpu_seconds,
+        ];
+        for (unit, d) in crate::metrics::LOST_WORK_UNITS.iter().zip(deltas) {
+            if d > 0.0 {
+                metrics.lost_work.with_label_values(&[key, unit]).inc_by(d);
+            }
+        }
+    }
     if let (None, Some(running)) = (old.running_since, new.running_since) {
         if new.attempt == 0 {
             let created = rt

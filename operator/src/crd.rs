@@ -304,6 +304,17 @@ pub struct RestartPolicySpec {
     #[serde(default = "default_max_exempt_restarts")]
     #[schemars(range(min = 0, max = 100000))]
     pub max_exempt_restarts: i32,
+    /// Seconds without an optimiser step, while training, after which a
+    /// worker's watchdog gives up on the gang (exit code 76) and the gang
+    /// restarts (`RIDE_STALL_TIMEOUT`). 0 turns the watchdog off; unset,
+    /// the trainer uses 20 typical steps and at least 300 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub stall_timeout_seconds: Option<i64>,
+    /// Gang restarts allowed after stalls, separate from `budget`.
+    #[serde(default = "default_budget")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub stall_budget: i32,
 }
 
 fn default_max_exempt_restarts() -> i32 {
@@ -335,6 +346,8 @@ impl Default for RestartPolicySpec {
             preemption_exempt: default_true(),
             force_delete_after_seconds: default_force_delete_after(),
             max_exempt_restarts: default_max_exempt_restarts(),
+            stall_timeout_seconds: None,
+            stall_budget: default_budget(),
         }
     }
 }
@@ -439,6 +452,115 @@ pub const PENDING_LABEL: &str = "Pending";
 /// Every value of the `phase` metrics label: not reconciled yet, then each phase.
 pub fn phase_labels() -> impl Iterator<Item = &'static str> {
     std::iter::once(PENDING_LABEL).chain(Phase::ALL.map(Phase::as_str))
+}
+
+/// Why a gang restarted (or, for `user`, was stopped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RestartCause {
+    /// A worker failed: uses `restartPolicy.budget`.
+    Application,
+    /// A node was lost, a worker evicted or deleted, or workers could not
+    /// be scheduled (elastic shrink).
+    Infrastructure,
+    /// A worker exited 75: preempted with a checkpoint.
+    Preemption,
+    /// The gang stopped making progress (a watchdog exited 76): uses
+    /// `restartPolicy.stallBudget`.
+    Stall,
+    /// The user changed the spec, suspended, or the gang grew back.
+    User,
+}
+
+impl RestartCause {
+    /// Every cause, in a fixed order.
+    pub const ALL: [RestartCause; 5] = [
+        RestartCause::Application,
+        RestartCause::Infrastructure,
+        RestartCause::Preemption,
+        RestartCause::Stall,
+        RestartCause::User,
+    ];
+
+    /// The name in status and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartCause::Application => "application",
+            RestartCause::Infrastructure => "infrastructure",
+            RestartCause::Preemption => "preemption",
+            RestartCause::Stall => "stall",
+            RestartCause::User => "user",
+        }
+    }
+}
+
+/// Gang restarts so far, by cause (suspensions count under `user`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartsByCause {
+    /// Worker failures.
+    #[serde(default)]
+    pub application: i32,
+    /// Lost nodes, evictions, deleted or unschedulable workers.
+    #[serde(default)]
+    pub infrastructure: i32,
+    /// Exit code 75.
+    #[serde(default)]
+    pub preemption: i32,
+    /// Stalls (exit code 76).
+    #[serde(default)]
+    pub stall: i32,
+    /// Spec changes, suspensions, elastic grow-backs.
+    #[serde(default)]
+    pub user: i32,
+}
+
+impl RestartsByCause {
+    /// The count for `cause`.
+    pub fn get(&self, cause: RestartCause) -> i32 {
+        match cause {
+            RestartCause::Application => self.application,
+            RestartCause::Infrastructure => self.infrastructure,
+            RestartCause::Preemption => self.preemption,
+            RestartCause::Stall => self.stall,
+            RestartCause::User => self.user,
+        }
+    }
+
+    /// Count one more for `cause`.
+    pub fn bump(&mut self, cause: RestartCause) {
+        let n = match cause {
+            RestartCause::Application => &mut self.application,
+            RestartCause::Infrastructure => &mut self.infrastructure,
+            RestartCause::Preemption => &mut self.preemption,
+            RestartCause::Stall => &mut self.stall,
+            RestartCause::User => &mut self.user,
+        };
+        *n += 1;
+    }
+}
+
+/// Training thrown away by restarts: what ran after the last durable
+/// checkpoint, which the next gang computes again.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LostWorkStatus {
+    /// Optimiser steps after the checkpoint.
+    pub steps: i64,
+    /// Seconds of training those steps took (work to redo).
+    pub seconds: f64,
+    /// Device time lost: from the checkpoint (or the gang's start, if
+    /// later) until the failure was seen, idle time included, times
+    /// workers × GPUs per worker (workers alone on CPU).
+    pub gpu_seconds: f64,
+}
+
+impl LostWorkStatus {
+    /// Add another restart's loss.
+    pub fn add(&mut self, other: &LostWorkStatus) {
+        self.steps += other.steps;
+        self.seconds += other.seconds;
+        self.gpu_seconds += other.gpu_seconds;
+    }
 }
 
 /// The last durable checkpoint, as rank 0 reported it.
@@ -547,6 +669,17 @@ pub struct RideTrainingStatus {
     /// Restarts that did not use the budget (preemption, node loss, elastic resizing, spec changes).
     #[serde(default)]
     pub exempt_restarts: i32,
+    /// Every gang restart (and suspension) by cause; stalls use
+    /// `restartPolicy.stallBudget`.
+    #[serde(default)]
+    pub restarts_by_cause: RestartsByCause,
+    /// Work thrown away by restarts and suspensions so far, in total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_work: Option<LostWorkStatus>,
+    /// The same, by cause (`application`, `infrastructure`, `preemption`,
+    /// `stall`, `user`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lost_work_by_cause: std::collections::BTreeMap<String, LostWorkStatus>,
     /// Elastic resizes so far (shrinks and grow-backs), limited by `workers.maxResizes`.
     #[serde(default)]
     pub resizes: i32,
@@ -662,6 +795,15 @@ impl RideTrainingSpec {
         }
         if self.restart_policy.budget < 0 {
             return err("restartPolicy.budget", "must not be negative".into());
+        }
+        if self.restart_policy.stall_budget < 0 {
+            return err("restartPolicy.stallBudget", "must not be negative".into());
+        }
+        if self.restart_policy.stall_timeout_seconds.is_some_and(|s| s < 0) {
+            return err(
+                "restartPolicy.stallTimeoutSeconds",
+                "must not be negative (0 turns the watchdog off)".into(),
+            );
         }
         for key in self.trainer.overrides.keys() {
             if key.is_empty() || key.contains(char::is_whitespace) {

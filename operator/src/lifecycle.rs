@@ -6,7 +6,10 @@
 //! headless Service), so a new attempt never collides with pods of an old one
 //! that are still terminating, for example on a lost node.
 
-use crate::crd::{ExitAction, Phase, RideTrainingSpec, RideTrainingStatus};
+use crate::crd::{
+    ExitAction, LostWorkStatus, Phase, RestartCause, RestartPolicySpec, RideTrainingSpec,
+    RideTrainingStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use ride_contract::{classify_exit, ExitClass};
 
@@ -131,19 +134,33 @@ pub struct Decision {
 /// A stable hash of the part of the spec that shapes the pods; a change
 /// restarts the gang. Restart and run policies, the elastic bounds and the
 /// resize limit are read at each decision and change nothing in a running
-/// pod, so editing them leaves a healthy gang alone.
+/// pod (except the stall timeout, an environment variable of the pods), so
+/// editing them leaves a healthy gang alone.
 pub fn spec_hash(spec: &RideTrainingSpec) -> String {
+    fnv1a(&hashed_spec_json(spec))
+}
+
+/// The JSON [`spec_hash`] hashes. Fields added since are left out while
+/// they hold their defaults, so upgrading the operator restarts no gang.
+fn hashed_spec_json(spec: &RideTrainingSpec) -> String {
     let mut s = spec.clone();
     s.run_policy = Default::default();
-    s.restart_policy = Default::default();
+    // The stall timeout is the one restart setting the pods carry (as an
+    // environment variable); unset, it is not serialised at all.
+    s.restart_policy = RestartPolicySpec {
+        stall_timeout_seconds: spec.restart_policy.stall_timeout_seconds,
+        ..Default::default()
+    };
     s.workers.min_replicas = None;
     s.workers.elastic_timeout_seconds = 0;
     s.workers.max_resizes = 0;
-    fnv1a(&serde_json::to_string(&s).unwrap_or_default())
+    let json = serde_json::to_string(&s).unwrap_or_default();
+    let default_stall_budget = RestartPolicySpec::default().stall_budget;
+    json.replacen(&format!(",\"stallBudget\":{default_stall_budget}"), "", 1)
 }
 
 /// The hash operators before 0.2 stored (the whole spec but the run
-/// policy, before `maxExemptRestarts` and `maxResizes` existed): accepted
+/// policy, before `maxExemptRestarts`, `maxResizes` and `stallBudget` existed): accepted
 /// as current, so upgrading the operator restarts no gang.
 fn legacy_spec_hash(spec: &RideTrainingSpec) -> String {
     let mut s = spec.clone();
@@ -152,7 +169,7 @@ fn legacy_spec_hash(spec: &RideTrainingSpec) -> String {
     // Both are plain integers; a string value containing the same text is
     // escaped (`\"`) and cannot match.
     let newer =
-        regex::Regex::new(r#","(maxExemptRestarts|maxResizes)":-?[0-9]+"#).expect("static pattern");
+        regex::Regex::new(r#","(maxExemptRestarts|maxResizes|stallBudget)":-?[0-9]+"#).expect("static pattern");
     fnv1a(&newer.replace_all(&json, ""))
 }
 
@@ -171,6 +188,9 @@ struct Ctx<'a> {
     obs: &'a Observed,
     st: RideTrainingStatus,
     actions: Vec<Action>,
+    /// Ranks of the current attempt to delete without a grace period:
+    /// stuck in a stall, they would only run out the clock.
+    force_ranks: Vec<i32>,
 }
 
 impl Ctx<'_> {
@@ -219,7 +239,8 @@ impl Ctx<'_> {
             if only_other_attempts && p.attempt == self.st.attempt {
                 continue;
             }
-            let stuck = self.stuck(p);
+            let stuck = self.stuck(p)
+                || (p.attempt == self.st.attempt && self.force_ranks.contains(&p.rank));
             if p.deletion_deadline.is_none() || stuck {
                 self.actions.push(Action::DeletePod {
                     rank: p.rank,
@@ -236,14 +257,37 @@ impl Ctx<'_> {
         self.st.restart_after = None;
     }
 
+    /// Add what stopping the gang now throws away to status, under
+    /// `cause`; returns it for the message.
+    fn account_lost_work(&mut self, cause: RestartCause) -> String {
+        let Some(lost) = lost_work(&self.st, self.obs.now, self.spec.workers.gpus_per_worker) else {
+            return String::new();
+        };
+        self.st.lost_work.get_or_insert_with(Default::default).add(&lost);
+        self.st
+            .lost_work_by_cause
+            .entry(cause.as_str().into())
+            .or_default()
+            .add(&lost);
+        format!(
+            "; work lost since the last checkpoint: {} steps, {:.0} s of training, {:.0} GPU-seconds",
+            lost.steps, lost.seconds, lost.gpu_seconds
+        )
+    }
+
     /// Start a new attempt: delete the gang, back off, recreate at `world`.
-    fn restart(&mut self, world: i32, counts: bool, reason: &str, message: String) {
+    /// Application failures use `restartPolicy.budget`, stalls
+    /// `stallBudget`; the other causes use neither.
+    fn restart(&mut self, world: i32, cause: RestartCause, reason: &str, message: String) {
+        let lost = self.account_lost_work(cause);
         self.delete_pods(false);
-        if counts {
-            self.st.restarts += 1;
-        } else {
-            self.st.exempt_restarts += 1;
+        let counts = cause == RestartCause::Application;
+        match cause {
+            RestartCause::Application => self.st.restarts += 1,
+            RestartCause::Stall => {}
+            _ => self.st.exempt_restarts += 1,
         }
+        self.st.restarts_by_cause.bump(cause);
         self.st.attempt += 1;
         self.st.world_size = world;
         self.st.running_since = None;
@@ -260,10 +304,97 @@ impl Ctx<'_> {
             Phase::Restarting,
             reason,
             format!(
-                "{message}; attempt {} starts in {backoff}s with {world} workers",
+                "{message}; attempt {} starts in {backoff}s with {world} workers{lost}",
                 self.st.attempt
             ),
         );
+    }
+}
+
+/// What stopping the gang at `now` throws away, from rank 0's last report
+/// in `st`: the steps after the last checkpoint, their training time, and
+/// device time since the later of the checkpoint and the gang's start.
+/// `None` when the gang never ran.
+pub fn lost_work(st: &RideTrainingStatus, now: i64, gpus_per_worker: i32) -> Option<LostWorkStatus> {
+    let running = st.running_since?;
+    let checkpoint = st.last_checkpoint.as_ref();
+    // A report from before this gang started says nothing about its steps.
+    let report = st
+        .progress
+        .as_ref()
+        .filter(|p| p.last_step_time.is_some_and(|t| t >= running));
+    let ckpt_step = checkpoint.map_or(0, |c| c.step.max(0) as u64);
+    let progress = ride_contract::Progress {
+        step: report.map_or(ckpt_step, |p| p.step.max(0) as u64),
+        last_step_unix: report.and_then(|p| p.last_step_time).map(|t| t as f64),
+        training_since_unix: Some(running as f64),
+        checkpoint: checkpoint.map(|c| ride_contract::CheckpointProgress {
+            step: ckpt_step,
+            saved_unix: c
+                .time
+                .parse::<jiff::Timestamp>()
+                .ok()
+                .map(|t| t.as_second() as f64),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let workers = u32::try_from(st.world_size.max(0)).unwrap_or(0);
+    let gpus = u32::try_from(gpus_per_worker.max(1)).unwrap_or(1);
+    ride_contract::LostWork::from_report(&progress, now as f64, workers, gpus).map(|l| {
+        LostWorkStatus {
+            steps: l.steps as i64,
+            seconds: l.seconds,
+            gpu_seconds: l.device_seconds,
+        }
+    })
+}
+
+/// The condition saying the gang stalled; it stays True until a new gang runs.
+pub const STALLED_CONDITION: &str = "Stalled";
+
+/// Set a condition that is not a phase (`Stalled`), keeping its
+/// transition time unless its status flips.
+fn set_side_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: i64,
+    generation: Option<i64>,
+) {
+    let want = if status { "True" } else { "False" };
+    let time = Time(jiff::Timestamp::from_second(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH));
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != want {
+                c.status = want.into();
+                c.last_transition_time = time;
+            }
+            c.reason = reason.into();
+            c.message = message.into();
+            c.observed_generation = generation;
+        }
+        None if status => conditions.push(Condition {
+            type_: type_.into(),
+            status: want.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: time,
+            observed_generation: generation,
+        }),
+        None => {}
+    }
+}
+
+/// How long to wait, after a worker reports a stall, for the other
+/// workers' watchdogs: twice their check interval (a twentieth of the
+/// limit), so that only workers that stopped are named.
+pub fn stall_settle_seconds(spec: &RideTrainingSpec) -> i64 {
+    match spec.restart_policy.stall_timeout_seconds {
+        Some(s) if s > 0 => (s / 10).clamp(2, 12),
+        _ => 12,
     }
 }
 
@@ -333,6 +464,56 @@ pub fn exit_action(spec: &RideTrainingSpec, state: &PodState) -> ExitAction {
     }
 }
 
+/// A worker's watchdog exited 76 at `first_at`: wait a moment for the
+/// other workers' watchdogs, name the workers still running silently as
+/// the ones that stopped first, then restart on the stall budget.
+fn decide_stall(c: &mut Ctx<'_>, current: &[&ObservedPod], first_at: i64, what: String) {
+    let now = c.obs.now;
+    let silent: Vec<i32> = current
+        .iter()
+        .filter(|p| p.state == PodState::Running && p.deletion_deadline.is_none())
+        .map(|p| p.rank)
+        .collect();
+    let settle = stall_settle_seconds(c.spec);
+    let waited = now - first_at;
+    if !silent.is_empty() && waited < settle {
+        c.actions.push(Action::RequeueAfter((settle - waited).max(1)));
+        let phase = c.st.phase.unwrap_or(Phase::Running);
+        let reason = c.st.reason.clone().unwrap_or_else(|| "Running".into());
+        c.note(
+            phase,
+            &reason,
+            format!("{what} (stalled); waiting up to {settle}s for the other workers' watchdogs"),
+        );
+        return;
+    }
+    let first = if silent.is_empty() {
+        "every worker's watchdog gave up (the one whose log says it stopped outside a collective stopped first)".to_string()
+    } else {
+        let names: Vec<String> = silent.iter().map(i32::to_string).collect();
+        format!(
+            "worker(s) {} stopped first (still running, silent, when the others' watchdogs gave up)",
+            names.join(", ")
+        )
+    };
+    let message = format!("the gang stopped making progress: {what} (no optimiser step for the stall timeout); {first}");
+    let (now_gen, budget) = (c.obs.generation, c.spec.restart_policy.stall_budget);
+    set_side_condition(&mut c.st.conditions, STALLED_CONDITION, true, "Stalled", &message, now, now_gen);
+    c.event("Stalled", message.clone(), true);
+    c.force_ranks = silent.clone();
+    if c.st.restarts_by_cause.stall >= budget {
+        c.delete_pods(false);
+        c.finish(
+            Phase::Failed,
+            "StallBudgetExhausted",
+            format!("{message}; all {budget} stall restarts (restartPolicy.stallBudget) used"),
+        );
+        return;
+    }
+    let world = c.st.world_size;
+    c.restart(world, RestartCause::Stall, "Stalled", message);
+}
+
 /// Decide what to do for one RideTraining.
 pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observed) -> Decision {
     let mut c = Ctx {
@@ -340,6 +521,7 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         obs,
         st: status.clone(),
         actions: Vec::new(),
+        force_ranks: Vec::new(),
     };
     // A spec that cannot run fails the training, once, whatever its state;
     // nothing else happens until it is fixed (a running gang is left alone).
@@ -392,6 +574,13 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
     // Suspended time does not count towards the deadline (as for a Job):
     // the clock stops here and restarts from zero on resume.
     if spec.run_policy.suspend {
+        if c.st.phase != Some(Phase::Suspended) && c.st.running_since.is_some() {
+            let lost = c.account_lost_work(RestartCause::User);
+            c.st.restarts_by_cause.bump(RestartCause::User);
+            if !lost.is_empty() {
+                c.event("Suspending", format!("suspending{lost}"), false);
+            }
+        }
         c.delete_pods(false);
         c.st.running_since = None;
         c.st.start_time = None;
@@ -445,7 +634,7 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
     if c.st.spec_hash.as_deref() != Some(hash.as_str()) {
         c.st.spec_hash = Some(hash);
         let world = spec.workers.replicas;
-        c.restart(world, false, "SpecChanged", "the spec changed".into());
+        c.restart(world, RestartCause::User, "SpecChanged", "the spec changed".into());
         return Decision {
             actions: c.actions,
             status: c.st,
@@ -509,10 +698,19 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
     // fail after it (a broken collective), and their codes say nothing.
     // A rank that exited 0 does not mask another's failure.
     failures.sort_by_key(|(t, rank, _, _)| (*t, *rank));
-    if let Some((_, _, state, what)) = failures.into_iter().next() {
+    if let Some((first_at, _, state, what)) = failures.into_iter().next() {
         let policy = &spec.restart_policy;
         let by_rule = matches!(&state, PodState::Failed { exit_code }
             if policy.exit_code_rules.iter().any(|r| r.codes.contains(exit_code)));
+        let stalled = !by_rule
+            && matches!(&state, PodState::Failed { exit_code } if classify_exit(*exit_code) == ExitClass::Stalled);
+        if stalled {
+            decide_stall(&mut c, &current, first_at, what);
+            return Decision {
+                actions: c.actions,
+                status: c.st,
+            };
+        }
         let mut action = exit_action(spec, &state);
         let mut what = what;
         if action == ExitAction::RestartExempt && c.st.exempt_restarts >= policy.max_exempt_restarts
@@ -544,11 +742,15 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             }
             ExitAction::Restart => {
                 let world = c.st.world_size;
-                c.restart(world, true, "WorkerFailed", what);
+                c.restart(world, RestartCause::Application, "WorkerFailed", what);
             }
             ExitAction::RestartExempt => {
                 let world = c.st.world_size;
-                c.restart(world, false, "Preempted", what);
+                let cause = match &state {
+                    PodState::Failed { .. } => RestartCause::Preemption,
+                    _ => RestartCause::Infrastructure,
+                };
+                c.restart(world, cause, "Preempted", what);
             }
         }
         return Decision {
@@ -582,7 +784,7 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             c.st.resizes += 1;
             c.restart(
                 placed,
-                false,
+                RestartCause::Infrastructure,
                 "Shrinking",
                 format!("{stuck} workers unschedulable for {timeout}s"),
             );
@@ -603,7 +805,7 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         let full = spec.workers.replicas;
         c.restart(
             full,
-            false,
+            RestartCause::User,
             "Growing",
             format!("trying {full} workers again"),
         );
@@ -649,6 +851,22 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         .count() as i32;
     if running == world {
         c.st.running_since.get_or_insert(now);
+        let stalled = c
+            .st
+            .conditions
+            .iter()
+            .any(|k| k.type_ == STALLED_CONDITION && k.status == "True");
+        if stalled {
+            set_side_condition(
+                &mut c.st.conditions,
+                STALLED_CONDITION,
+                false,
+                "Recovered",
+                &format!("attempt {} runs all {world} workers", c.st.attempt),
+                now,
+                obs.generation,
+            );
+        }
         c.set_phase(
             Phase::Running,
             "Running",

@@ -36,6 +36,9 @@ pub fn judge_health(heartbeat_age: Option<Duration>, problem: Option<&str>) -> R
     }
 }
 
+/// The `unit` label values of `ride_operator_lost_work_total`.
+pub const LOST_WORK_UNITS: [&str; 3] = ["steps", "seconds", "gpu_seconds"];
+
 /// Every metric the operator exports (names prefixed `ride_operator_`).
 pub struct OperatorMetrics {
     registry: Registry,
@@ -45,6 +48,12 @@ pub struct OperatorMetrics {
     pub reconcile_errors: IntCounter,
     /// Gang restarts started, by kind (`budget` or `exempt`).
     pub restarts: IntCounterVec,
+    /// Gang restarts (and suspensions) by cause (`application`,
+    /// `infrastructure`, `preemption`, `stall`, `user`).
+    pub restarts_by_cause: IntCounterVec,
+    /// Work thrown away by restarts, by cause: `unit` is `steps`,
+    /// `seconds` (training to redo) or `gpu_seconds` (device time lost).
+    pub lost_work: prometheus::CounterVec,
     /// RideTrainings by phase.
     pub trainings: IntGaugeVec,
     /// Seconds from creation to all workers of the first attempt running.
@@ -183,6 +192,22 @@ impl OperatorMetrics {
                 &["kind"],
             )
             .expect("static counter options are valid"),
+            restarts_by_cause: IntCounterVec::new(
+                Opts::new(
+                    "ride_operator_restarts_by_cause_total",
+                    "Gang restarts (and suspensions, cause=user) by cause: application, infrastructure, preemption, stall, user",
+                ),
+                &["cause"],
+            )
+            .expect("static counter options are valid"),
+            lost_work: prometheus::CounterVec::new(
+                Opts::new(
+                    "ride_operator_lost_work_total",
+                    "Work thrown away by restarts since the last checkpoint, by cause; unit=steps (optimiser steps), seconds (training to redo) or gpu_seconds (device time, idle included)",
+                ),
+                &["cause", "unit"],
+            )
+            .expect("static counter options are valid"),
             trainings: IntGaugeVec::new(
                 Opts::new("ride_operator_trainings", "RideTrainings by phase"),
                 &["phase"],
@@ -212,6 +237,8 @@ impl OperatorMetrics {
             Box::new(m.reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.reconcile_errors.clone()),
             Box::new(m.restarts.clone()),
+            Box::new(m.restarts_by_cause.clone()),
+            Box::new(m.lost_work.clone()),
             Box::new(m.trainings.clone()),
             Box::new(m.time_to_running.clone()),
             Box::new(m.time_to_restart.clone()),
@@ -231,6 +258,12 @@ impl OperatorMetrics {
         // Every series exists from the start, so rates and dashboards see zeros.
         for kind in ["budget", "exempt"] {
             m.restarts.with_label_values(&[kind]);
+        }
+        for cause in crate::crd::RestartCause::ALL.map(crate::crd::RestartCause::as_str) {
+            m.restarts_by_cause.with_label_values(&[cause]);
+            for unit in LOST_WORK_UNITS {
+                m.lost_work.with_label_values(&[cause, unit]);
+            }
         }
         for phase in crate::crd::phase_labels() {
             m.trainings.with_label_values(&[phase]);

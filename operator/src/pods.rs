@@ -74,7 +74,8 @@ pub const RESERVED_MOUNT_PATHS: [&str; 2] = ["/dev/shm", "/tmp"];
 /// Environment variables the operator sets on the trainer: a template may
 /// not set them (the process contract and credentials depend on them).
 pub fn reserved_env(name: &str) -> bool {
-    const OURS: [&str; 10] = [
+    const OURS: [&str; 11] = [
+        ride_contract::ENV_STALL_TIMEOUT,
         ENV_RANK,
         ENV_WORLD_SIZE,
         ENV_LOCAL_RANK,
@@ -324,6 +325,9 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
         env("HOME", "/tmp"),
         env("XDG_CACHE_HOME", "/tmp/.cache"),
     ];
+    if let Some(secs) = spec.restart_policy.stall_timeout_seconds {
+        env_vars.push(env(ride_contract::ENV_STALL_TIMEOUT, secs.to_string()));
+    }
     // The URI was validated before any pod is built.
     let storage = CheckpointUri::parse(&spec.checkpoint.uri).map(|u| u.scheme());
     if let (Some(secret), Ok(scheme)) = (&spec.checkpoint.credentials_secret, storage) {

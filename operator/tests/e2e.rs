@@ -10,6 +10,9 @@
 //!   SIGKILLed after the first checkpoint; the gang restarts from it and the
 //!   training succeeds, with the restart and final accuracy in status;
 //! - `kubectl get rt` columns and `kubectl explain`;
+//! - one rank frozen with SIGSTOP: the other's stall watchdog exits 76,
+//!   the operator names the frozen worker in a `Stalled` condition, counts
+//!   the restart and the work it lost by cause, and the training succeeds;
 //! - a verb taken out of the chart's ClusterRole makes the operator fail
 //!   visibly; `helm upgrade` puts it back; `helm uninstall` removes the
 //!   release.
@@ -249,6 +252,103 @@ async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds
         live_pod_names(c, NS, "ride-cpu").await.is_empty(),
         "finished pods are cleaned up"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and_succeeds() {
+    let cluster = Cluster::start();
+    helm_install(&cluster);
+    let op = operator_as_service_account(&cluster, "op-stall");
+    let client = cluster.client().await;
+    let agents = cluster.nodes(&["node-a", "node-b"]).await;
+
+    let ckpt = cluster.dir.join("ckpt");
+    let manifest = cluster.dir.join("ride-cpu.yaml");
+    let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
+        .unwrap()
+        .replace(
+            "uri: file:///tmp/ride-cpu",
+            &format!("uri: file://{}", ckpt.display()),
+        )
+        .replace("TRAIN.EPOCHS: \"1\"", "TRAIN.EPOCHS: \"2\"")
+        .replace(
+            "preemptionExempt: true",
+            "preemptionExempt: true\n    stallTimeoutSeconds: 5\n    stallBudget: 1",
+        );
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "kubectl apply: {out}");
+    let ctx = || {
+        let (_, rt) = cluster.kubectl(&["get", "rt", "ride-cpu", "-o", "yaml"]);
+        let mut s = format!("{rt}\noperator:\n{}\n", op.log_text());
+        for a in &agents {
+            s += &a.logs();
+        }
+        s
+    };
+    let c = &client;
+    // Freeze rank 1 during the second epoch's steps.
+    eventually(
+        600,
+        "the first checkpoint",
+        || async { find_latest(&ckpt) },
+        ctx,
+    )
+    .await;
+    assert!(
+        agents
+            .iter()
+            .any(|a| a.signal_pod(NS, "ride-cpu-0-1", "STOP")),
+        "rank 1 of attempt 0 runs\n{}",
+        ctx()
+    );
+    let frozen = std::time::Instant::now();
+    let st = eventually(
+        180,
+        "a stall restart",
+        || async move {
+            let st = status(c, NS, "ride-cpu").await;
+            (st["restartsByCause"]["stall"] == 1).then_some(st)
+        },
+        ctx,
+    )
+    .await;
+    let detected = frozen.elapsed().as_secs_f64();
+    let stalled = st["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Stalled"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(stalled["status"], "True", "{st}");
+    let message = stalled["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("worker(s) 1 stopped first"), "{st}");
+    assert_eq!(st["restarts"], 0, "the failure budget is untouched: {st}");
+    assert!(st["lostWork"]["gpuSeconds"].as_f64().unwrap_or(0.0) > 0.0, "{st}");
+    eventually(
+        300,
+        "the new gang running",
+        || async move {
+            let st = status(c, NS, "ride-cpu").await;
+            (st["attempt"] == 1 && st["runningSince"].is_string()).then_some(())
+        },
+        ctx,
+    )
+    .await;
+    println!(
+        "rank 1 frozen -> Stalled in status: {detected:.1} s; -> new gang running: {:.1} s (stallTimeoutSeconds 5)",
+        frozen.elapsed().as_secs_f64()
+    );
+    let st = wait_succeeded(c, NS, "ride-cpu", 900, ctx).await;
+    assert_eq!(st["restartsByCause"]["stall"], 1, "{st}");
+    let cleared = st["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Stalled"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(cleared["status"], "False", "{st}");
+    println!("Stalled: {message}\nlostWork: {}", st["lostWork"]);
+    let events = cluster.kubectl(&["get", "events", "--field-selector", "reason=Stalled"]).1;
+    assert!(events.contains("stopped first"), "{events}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

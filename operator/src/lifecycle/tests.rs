@@ -724,3 +724,133 @@ fn a_worker_that_cannot_start_is_named_in_status_and_an_event_once() {
     let d3 = decide(&s, &d2.status, &obs(15, gang(0, 4, PodState::Running)));
     assert_eq!(d3.status.phase, Some(Phase::Running));
 }
+
+/// `running(s)` with rank 0's report at step 130 (last step at 1000) and a
+/// checkpoint at step 100 saved at 700; the gang runs since 5.
+fn running_with_progress(s: &RideTrainingSpec) -> RideTrainingStatus {
+    let mut st = running(s);
+    st.progress = Some(crate::crd::ProgressStatus {
+        step: 130,
+        last_step_time: Some(1000),
+        ..Default::default()
+    });
+    st.last_checkpoint = Some(crate::crd::CheckpointStatus {
+        uri: "s3://b/t/ckpt_epoch_9".into(),
+        epoch: 9,
+        step: 100,
+        time: "1970-01-01T00:11:40Z".into(),
+    });
+    st
+}
+
+fn condition<'a>(st: &'a RideTrainingStatus, ty: &str) -> Option<&'a Condition> {
+    st.conditions.iter().find(|c| c.type_ == ty)
+}
+
+#[test]
+fn a_stall_waits_for_the_other_watchdogs_names_the_silent_worker_and_uses_its_own_budget() {
+    let mut s = spec();
+    s.restart_policy.stall_timeout_seconds = Some(30);
+    s.restart_policy.stall_budget = 1;
+    assert_eq!(stall_settle_seconds(&s), 3);
+    let st = running_with_progress(&s);
+    // Workers 0, 2 and 3 gave up at 1010 (exit 76); worker 1 is frozen.
+    let mut pods = gang(0, 4, PodState::Failed { exit_code: 76 });
+    pods[1].state = PodState::Running;
+    for p in &mut pods {
+        p.ended_at = Some(1010);
+    }
+    // Within the settle time: wait, touch nothing.
+    let d = decide(&s, &st, &obs(1011, pods.clone()));
+    assert!(deletes(&d).is_empty());
+    assert!(d.actions.contains(&Action::RequeueAfter(2)));
+    assert_eq!(d.status.attempt, 0);
+    // After it: worker 1 stopped first; a restart on the stall budget.
+    let d = decide(&s, &st, &obs(1013, pods.clone()));
+    assert_eq!(d.status.attempt, 1);
+    // The frozen worker goes without a grace period; the others had exited.
+    assert!(deletes(&d).contains(&(1, 0, true)), "{:?}", deletes(&d));
+    assert!(deletes(&d).contains(&(0, 0, false)), "{:?}", deletes(&d));
+    assert_eq!(d.status.restarts, 0, "the failure budget is untouched");
+    assert_eq!(d.status.restarts_by_cause.stall, 1);
+    assert_eq!(d.status.reason.as_deref(), Some("Stalled"));
+    assert!(has_event(&d, "Stalled"));
+    let stalled = condition(&d.status, STALLED_CONDITION).unwrap();
+    assert_eq!(stalled.status, "True");
+    assert!(stalled.message.contains("worker(s) 1 stopped first"), "{}", stalled.message);
+    // Lost: steps 100..130, trained from the checkpoint (700) to the last
+    // step (1000); 4 workers idle or not from 700 until 1013.
+    let lost = d.status.lost_work.unwrap();
+    assert_eq!(lost.steps, 30);
+    assert_eq!(lost.seconds, 300.0);
+    assert_eq!(lost.gpu_seconds, 313.0 * 4.0);
+    assert_eq!(d.status.lost_work_by_cause["stall"], lost);
+    assert!(d.status.message.as_ref().unwrap().contains("work lost since the last checkpoint: 30 steps"));
+    // The next gang runs: the condition clears.
+    let d2 = decide(&s, &d.status, &obs(2000, gang(1, 4, PodState::Running)));
+    assert_eq!(d2.status.phase, Some(Phase::Running));
+    let cleared = condition(&d2.status, STALLED_CONDITION).unwrap();
+    assert_eq!((cleared.status.as_str(), cleared.reason.as_str()), ("False", "Recovered"));
+    // A second stall: the budget of 1 is spent.
+    let mut pods = gang(1, 4, PodState::Failed { exit_code: 76 });
+    for p in &mut pods {
+        p.ended_at = Some(2100);
+    }
+    let d3 = decide(&s, &d2.status, &obs(2101, pods));
+    assert_eq!(d3.status.phase, Some(Phase::Failed));
+    assert_eq!(d3.status.reason.as_deref(), Some("StallBudgetExhausted"));
+}
+
+#[test]
+fn restarts_are_counted_by_cause() {
+    let s = spec();
+    let st = running_with_progress(&s);
+    let fail = |state: PodState| {
+        let mut pods = gang(0, 4, PodState::Running);
+        pods[2].state = state;
+        pods[2].ended_at = Some(1010);
+        decide(&s, &st, &obs(1011, pods)).status
+    };
+    let app = fail(PodState::Failed { exit_code: 1 });
+    assert_eq!((app.restarts, app.restarts_by_cause.application), (1, 1));
+    assert!(app.lost_work_by_cause.contains_key("application"));
+    let pre = fail(PodState::Failed { exit_code: 75 });
+    assert_eq!((pre.restarts, pre.restarts_by_cause.preemption), (0, 1));
+    let infra = fail(PodState::Disrupted {
+        reason: "NodeLost".into(),
+    });
+    assert_eq!(infra.restarts_by_cause.infrastructure, 1);
+    // A report older than the gang says nothing about its steps.
+    let mut stale = st.clone();
+    stale.running_since = Some(1005);
+    let lost = lost_work(&stale, 1011, 2).unwrap();
+    assert_eq!((lost.steps, lost.seconds), (0, 0.0));
+    assert_eq!(lost.gpu_seconds, 6.0 * 4.0 * 2.0);
+    // A gang that never ran lost nothing.
+    assert_eq!(lost_work(&RideTrainingStatus::default(), 10, 1), None);
+}
+
+#[test]
+fn suspending_counts_the_work_it_throws_away_once() {
+    let mut s = spec();
+    let st = running_with_progress(&s);
+    s.run_policy.suspend = true;
+    let d = decide(&s, &st, &obs(1100, gang(0, 4, PodState::Running)));
+    assert_eq!(d.status.phase, Some(Phase::Suspended));
+    assert_eq!(d.status.restarts_by_cause.user, 1);
+    assert!(has_event(&d, "Suspending"));
+    let again = decide(&s, &d.status, &obs(1200, vec![]));
+    assert_eq!(again.status.restarts_by_cause.user, 1);
+    assert_eq!(again.status.lost_work, d.status.lost_work);
+}
+
+#[test]
+fn the_stall_timeout_shapes_the_pods_and_new_defaults_leave_old_hashes_alone() {
+    let s = spec();
+    assert!(!hashed_spec_json(&s).contains("stall"));
+    let mut t = s.clone();
+    t.restart_policy.stall_budget = 9;
+    assert_eq!(spec_hash(&t), spec_hash(&s));
+    t.restart_policy.stall_timeout_seconds = Some(60);
+    assert_ne!(spec_hash(&t), spec_hash(&s));
+}
