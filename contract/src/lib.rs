@@ -112,6 +112,12 @@ pub const ENV_LOG_FORMAT: &str = "RIDE_LOG_FORMAT";
 /// is 20 typical steps and at least 300 s.
 pub const ENV_STALL_TIMEOUT: &str = "RIDE_STALL_TIMEOUT";
 
+/// Environment variable naming a file a rank whose stall watchdog fires
+/// appends one line to (its rank and why) before it exits: how a batch
+/// script learns that its job step stalled, whatever exit code the step
+/// reports for the ranks it had to kill.
+pub const ENV_STALL_REPORT: &str = "RIDE_STALL_REPORT";
+
 /// Kubernetes keeps at most this many bytes of a termination message.
 pub const TERMINATION_MESSAGE_MAX_BYTES: usize = 4096;
 

@@ -799,7 +799,11 @@ impl RideTrainingSpec {
         if self.restart_policy.stall_budget < 0 {
             return err("restartPolicy.stallBudget", "must not be negative".into());
         }
-        if self.restart_policy.stall_timeout_seconds.is_some_and(|s| s < 0) {
+        if self
+            .restart_policy
+            .stall_timeout_seconds
+            .is_some_and(|s| s < 0)
+        {
             return err(
                 "restartPolicy.stallTimeoutSeconds",
                 "must not be negative (0 turns the watchdog off)".into(),

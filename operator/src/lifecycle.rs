@@ -168,8 +168,8 @@ fn legacy_spec_hash(spec: &RideTrainingSpec) -> String {
     let json = serde_json::to_string(&s).unwrap_or_default();
     // Both are plain integers; a string value containing the same text is
     // escaped (`\"`) and cannot match.
-    let newer =
-        regex::Regex::new(r#","(maxExemptRestarts|maxResizes|stallBudget)":-?[0-9]+"#).expect("static pattern");
+    let newer = regex::Regex::new(r#","(maxExemptRestarts|maxResizes|stallBudget)":-?[0-9]+"#)
+        .expect("static pattern");
     fnv1a(&newer.replace_all(&json, ""))
 }
 
@@ -260,10 +260,14 @@ impl Ctx<'_> {
     /// Add what stopping the gang now throws away to status, under
     /// `cause`; returns it for the message.
     fn account_lost_work(&mut self, cause: RestartCause) -> String {
-        let Some(lost) = lost_work(&self.st, self.obs.now, self.spec.workers.gpus_per_worker) else {
+        let Some(lost) = lost_work(&self.st, self.obs.now, self.spec.workers.gpus_per_worker)
+        else {
             return String::new();
         };
-        self.st.lost_work.get_or_insert_with(Default::default).add(&lost);
+        self.st
+            .lost_work
+            .get_or_insert_with(Default::default)
+            .add(&lost);
         self.st
             .lost_work_by_cause
             .entry(cause.as_str().into())
@@ -315,7 +319,11 @@ impl Ctx<'_> {
 /// in `st`: the steps after the last checkpoint, their training time, and
 /// device time since the later of the checkpoint and the gang's start.
 /// `None` when the gang never ran.
-pub fn lost_work(st: &RideTrainingStatus, now: i64, gpus_per_worker: i32) -> Option<LostWorkStatus> {
+pub fn lost_work(
+    st: &RideTrainingStatus,
+    now: i64,
+    gpus_per_worker: i32,
+) -> Option<LostWorkStatus> {
     let running = st.running_since?;
     let checkpoint = st.last_checkpoint.as_ref();
     // A report from before this gang started says nothing about its steps.
@@ -477,7 +485,8 @@ fn decide_stall(c: &mut Ctx<'_>, current: &[&ObservedPod], first_at: i64, what: 
     let settle = stall_settle_seconds(c.spec);
     let waited = now - first_at;
     if !silent.is_empty() && waited < settle {
-        c.actions.push(Action::RequeueAfter((settle - waited).max(1)));
+        c.actions
+            .push(Action::RequeueAfter((settle - waited).max(1)));
         let phase = c.st.phase.unwrap_or(Phase::Running);
         let reason = c.st.reason.clone().unwrap_or_else(|| "Running".into());
         c.note(
@@ -498,7 +507,15 @@ fn decide_stall(c: &mut Ctx<'_>, current: &[&ObservedPod], first_at: i64, what: 
     };
     let message = format!("the gang stopped making progress: {what} (no optimiser step for the stall timeout); {first}");
     let (now_gen, budget) = (c.obs.generation, c.spec.restart_policy.stall_budget);
-    set_side_condition(&mut c.st.conditions, STALLED_CONDITION, true, "Stalled", &message, now, now_gen);
+    set_side_condition(
+        &mut c.st.conditions,
+        STALLED_CONDITION,
+        true,
+        "Stalled",
+        &message,
+        now,
+        now_gen,
+    );
     c.event("Stalled", message.clone(), true);
     c.force_ranks = silent.clone();
     if c.st.restarts_by_cause.stall >= budget {
@@ -634,7 +651,12 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
     if c.st.spec_hash.as_deref() != Some(hash.as_str()) {
         c.st.spec_hash = Some(hash);
         let world = spec.workers.replicas;
-        c.restart(world, RestartCause::User, "SpecChanged", "the spec changed".into());
+        c.restart(
+            world,
+            RestartCause::User,
+            "SpecChanged",
+            "the spec changed".into(),
+        );
         return Decision {
             actions: c.actions,
             status: c.st,
@@ -851,11 +873,10 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         .count() as i32;
     if running == world {
         c.st.running_since.get_or_insert(now);
-        let stalled = c
-            .st
-            .conditions
-            .iter()
-            .any(|k| k.type_ == STALLED_CONDITION && k.status == "True");
+        let stalled =
+            c.st.conditions
+                .iter()
+                .any(|k| k.type_ == STALLED_CONDITION && k.status == "True");
         if stalled {
             set_side_condition(
                 &mut c.st.conditions,

@@ -122,6 +122,13 @@ pub fn render(rt: &RideTraining, configs: &Path, trainer: &str) -> String {
         "RIDE_MAX_REQUEUES",
         &spec.restart_policy.max_exempt_restarts.to_string(),
     );
+    export(
+        "RIDE_MAX_STALL_REQUEUES",
+        &spec.restart_policy.stall_budget.to_string(),
+    );
+    if let Some(secs) = spec.restart_policy.stall_timeout_seconds {
+        export(ride_contract::ENV_STALL_TIMEOUT, &secs.to_string());
+    }
     // An array, not RIDE_ARGS: override values may hold spaces or quotes.
     let args: Vec<String> = crate::pods::data_and_override_args(spec)
         .iter()
@@ -169,7 +176,7 @@ mod tests {
   trainer: {config: swin.yaml}
   workers: {replicas: 4, gpusPerWorker: 8}
   checkpoint: {uri: "s3://b/run", credentialsSecret: keys}
-  restartPolicy: {maxExemptRestarts: 7}
+  restartPolicy: {maxExemptRestarts: 7, stallTimeoutSeconds: 900, stallBudget: 2}
   runPolicy: {activeDeadlineSeconds: 172800}
 "#);
         let s = render(
@@ -188,6 +195,8 @@ mod tests {
             "export RIDE_OUTPUT='s3://b/run'",
             "export RIDE_DEVICE='cuda'",
             "export RIDE_MAX_REQUEUES='7'",
+            "export RIDE_MAX_STALL_REQUEUES='2'",
+            "export RIDE_STALL_TIMEOUT='900'",
             ": \"${AWS_SECRET_ACCESS_KEY:?set AWS_SECRET_ACCESS_KEY for s3://b/run (sbatch passes your environment)}\"",
         ] {
             assert!(s.lines().any(|l| l == line), "{line} in\n{s}");

@@ -323,7 +323,10 @@ async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and
     let message = stalled["message"].as_str().unwrap_or_default().to_string();
     assert!(message.contains("worker(s) 1 stopped first"), "{st}");
     assert_eq!(st["restarts"], 0, "the failure budget is untouched: {st}");
-    assert!(st["lostWork"]["gpuSeconds"].as_f64().unwrap_or(0.0) > 0.0, "{st}");
+    assert!(
+        st["lostWork"]["gpuSeconds"].as_f64().unwrap_or(0.0) > 0.0,
+        "{st}"
+    );
     eventually(
         300,
         "the new gang running",
@@ -347,7 +350,9 @@ async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and
         .unwrap_or_default();
     assert_eq!(cleared["status"], "False", "{st}");
     println!("Stalled: {message}\nlostWork: {}", st["lostWork"]);
-    let events = cluster.kubectl(&["get", "events", "--field-selector", "reason=Stalled"]).1;
+    let events = cluster
+        .kubectl(&["get", "events", "--field-selector", "reason=Stalled"])
+        .1;
     assert!(events.contains("stopped first"), "{events}");
 }
 

@@ -448,3 +448,53 @@ fn a_rank_killed_mid_run_fails_the_job_without_a_requeue() {
     assert!(!t.contains("requeueing"), "{t}");
     assert!(!t.contains("preempted: checkpoint saved"), "{t}");
 }
+
+#[test]
+fn a_frozen_rank_stalls_the_step_and_the_job_requeues_and_finishes() {
+    // Rank 1 stopped with SIGSTOP: rank 0's watchdog exits 76 after 5 s
+    // without a step and says so in the stall report; srun ends the silent
+    // rank 3 s later; the script requeues, and the next allocation resumes
+    // from the last checkpoint and completes.
+    let conf = slurm_conf();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let log = dir.path().join("stall.log");
+    let report = dir.path().join("stall-report");
+    let mut env = synthetic_job(&out, 4);
+    env.extend([
+        ("RIDE_STALL_TIMEOUT".to_string(), "5".to_string()),
+        ("RIDE_STALL_SETTLE".to_string(), "3".to_string()),
+        (
+            "RIDE_STALL_REPORT".to_string(),
+            report.display().to_string(),
+        ),
+    ]);
+    let id = submit(&conf, &log, &pairs(&env), &[]);
+    let started = std::time::Instant::now();
+    wait_for_first_checkpoint(&log, started);
+    let pid = task_pid(&id, "1").expect("rank 1's process");
+    // SAFETY: kill(2) on a process this test found by its job and rank.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let info = wait_done(&conf, &id, REQUEUED_JOB_SECONDS, &log);
+    let t = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(info["JobState"], "COMPLETED", "{info:?}\n{t}");
+    assert_eq!(info["Restarts"], "1", "{t}");
+    for needle in [
+        "ride.sbatch: the gang stalled",
+        "rank 0: stalled: no optimiser step for",
+        "waiting in a collective",
+        "work lost since the last checkpoint:",
+        "stall 1 of at most 3; requeueing",
+        "allocation 2",
+        "resumed from",
+        "| top-1 overall",
+    ] {
+        assert!(t.contains(needle), "{needle:?} in\n{t}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(format!("{}.count", report.display()))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+}

@@ -777,7 +777,11 @@ fn a_stall_waits_for_the_other_watchdogs_names_the_silent_worker_and_uses_its_ow
     assert!(has_event(&d, "Stalled"));
     let stalled = condition(&d.status, STALLED_CONDITION).unwrap();
     assert_eq!(stalled.status, "True");
-    assert!(stalled.message.contains("worker(s) 1 stopped first"), "{}", stalled.message);
+    assert!(
+        stalled.message.contains("worker(s) 1 stopped first"),
+        "{}",
+        stalled.message
+    );
     // Lost: steps 100..130, trained from the checkpoint (700) to the last
     // step (1000); 4 workers idle or not from 700 until 1013.
     let lost = d.status.lost_work.unwrap();
@@ -785,12 +789,20 @@ fn a_stall_waits_for_the_other_watchdogs_names_the_silent_worker_and_uses_its_ow
     assert_eq!(lost.seconds, 300.0);
     assert_eq!(lost.gpu_seconds, 313.0 * 4.0);
     assert_eq!(d.status.lost_work_by_cause["stall"], lost);
-    assert!(d.status.message.as_ref().unwrap().contains("work lost since the last checkpoint: 30 steps"));
+    assert!(d
+        .status
+        .message
+        .as_ref()
+        .unwrap()
+        .contains("work lost since the last checkpoint: 30 steps"));
     // The next gang runs: the condition clears.
     let d2 = decide(&s, &d.status, &obs(2000, gang(1, 4, PodState::Running)));
     assert_eq!(d2.status.phase, Some(Phase::Running));
     let cleared = condition(&d2.status, STALLED_CONDITION).unwrap();
-    assert_eq!((cleared.status.as_str(), cleared.reason.as_str()), ("False", "Recovered"));
+    assert_eq!(
+        (cleared.status.as_str(), cleared.reason.as_str()),
+        ("False", "Recovered")
+    );
     // A second stall: the budget of 1 is spent.
     let mut pods = gang(1, 4, PodState::Failed { exit_code: 76 });
     for p in &mut pods {

@@ -56,7 +56,21 @@ pub(super) fn exit_on_stall(
     report: SharedProgress,
 ) -> impl Fn(&crate::watchdog::Stall) + Send + 'static {
     move |stall| {
-        let message = stall.message();
+        let mut message = stall.message();
+        let (rank, world) = {
+            let p = report.lock().unwrap_or_else(|e| e.into_inner());
+            (p.rank, p.world_size)
+        };
+        // Rank 0 writes the checkpoints, so its report says what was lost.
+        if rank == 0 {
+            let p = report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(l) = ride_contract::LostWork::from_report(&p, unix_now(), world.max(1), 1) {
+                message.push_str(&format!(
+                    "; work lost since the last checkpoint: {} steps, {:.1} s of training, {:.1} device-seconds",
+                    l.steps, l.seconds, l.device_seconds
+                ));
+            }
+        }
         tracing::error!(
             idle_seconds = stall.idle.as_secs_f64(),
             limit_seconds = stall.limit.as_secs_f64(),
@@ -69,6 +83,17 @@ pub(super) fn exit_on_stall(
         });
         write_termination_log(&report);
         use std::io::Write;
+        if let Some(path) = std::env::var_os(ride_contract::ENV_STALL_REPORT) {
+            let line = format!("rank {rank}: {message}\n");
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(line.as_bytes()));
+            if let Err(e) = appended {
+                tracing::warn!("cannot append to {}: {e}", Path::new(&path).display());
+            }
+        }
         let _ = std::io::stderr().flush();
         let _ = std::io::stdout().flush();
         // SAFETY: _exit ends the process without running any more code in it.
