@@ -258,8 +258,24 @@ impl Ctx<'_> {
     }
 
     /// Add what stopping the gang now throws away to status, under
-    /// `cause`; returns it for the message.
+    /// `cause`; returns it for the message. A preempted worker (exit 75)
+    /// saved a checkpoint as it stopped, and a stop the operator itself
+    /// decides (spec change, suspension, growing back) deletes pods with a
+    /// grace period, in which the trainers save one at their next step on
+    /// SIGTERM: neither is counted as lost.
     fn account_lost_work(&mut self, cause: RestartCause) -> String {
+        match cause {
+            RestartCause::Preemption => {
+                return "; no work lost: the workers saved a checkpoint as they stopped".into()
+            }
+            RestartCause::User => {
+                return format!(
+                    "; the workers save a checkpoint at their next step on SIGTERM, within terminationGracePeriodSeconds ({}s)",
+                    self.spec.workers.termination_grace_period_seconds
+                )
+            }
+            _ => {}
+        }
         let Some(lost) = lost_work(&self.st, self.obs.now, self.spec.workers.gpus_per_worker)
         else {
             return String::new();
@@ -592,11 +608,9 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
     // the clock stops here and restarts from zero on resume.
     if spec.run_policy.suspend {
         if c.st.phase != Some(Phase::Suspended) && c.st.running_since.is_some() {
-            let lost = c.account_lost_work(RestartCause::User);
+            let saving = c.account_lost_work(RestartCause::User);
             c.st.restarts_by_cause.bump(RestartCause::User);
-            if !lost.is_empty() {
-                c.event("Suspending", format!("suspending{lost}"), false);
-            }
+            c.event("Suspending", format!("suspending{saving}"), false);
         }
         c.delete_pods(false);
         c.st.running_since = None;

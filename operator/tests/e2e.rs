@@ -13,6 +13,8 @@
 //! - one rank frozen with SIGSTOP: the other's stall watchdog exits 76,
 //!   the operator names the frozen worker in a `Stalled` condition, counts
 //!   the restart and the work it lost by cause, and the training succeeds;
+//! - a suspension mid-epoch: the workers save a mid-epoch checkpoint on
+//!   SIGTERM within their grace period, and the resumed gang starts from it;
 //! - a verb taken out of the chart's ClusterRole makes the operator fail
 //!   visibly; `helm upgrade` puts it back; `helm uninstall` removes the
 //!   release.
@@ -354,6 +356,107 @@ async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and
         .kubectl(&["get", "events", "--field-selector", "reason=Stalled"])
         .1;
     assert!(events.contains("stopped first"), "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_mid_epoch_saves_a_checkpoint_and_the_resumed_gang_starts_from_it() {
+    let cluster = Cluster::start();
+    helm_install(&cluster);
+    let op = operator_as_service_account(&cluster, "op-suspend");
+    let client = cluster.client().await;
+    let agents = cluster.nodes(&["node-a", "node-b"]).await;
+    let ckpt = cluster.dir.join("ckpt");
+    let manifest = cluster.dir.join("ride-cpu.yaml");
+    let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
+        .unwrap()
+        .replace(
+            "uri: file:///tmp/ride-cpu",
+            &format!("uri: file://{}", ckpt.display()),
+        )
+        .replace("TRAIN.EPOCHS: \"1\"", "TRAIN.EPOCHS: \"2\"");
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "kubectl apply: {out}");
+    let ctx = || {
+        let (_, rt) = cluster.kubectl(&["get", "rt", "ride-cpu", "-o", "yaml"]);
+        let mut s = format!("{rt}\noperator:\n{}\n", op.log_text());
+        for a in &agents {
+            s += &a.logs();
+        }
+        s
+    };
+    let c = &client;
+    eventually(
+        600,
+        "the first checkpoint",
+        || async { find_latest(&ckpt) },
+        ctx,
+    )
+    .await;
+    let suspend = |on: bool| {
+        let patch = format!(r#"{{"spec":{{"runPolicy":{{"suspend":{on}}}}}}}"#);
+        let (ok, out) =
+            cluster.kubectl(&["patch", "rt", "ride-cpu", "--type", "merge", "-p", &patch]);
+        assert!(ok, "kubectl patch: {out}");
+    };
+    suspend(true);
+    let asked = std::time::Instant::now();
+    eventually(
+        180,
+        "Suspended with every worker gone",
+        || async move {
+            let st = status(c, NS, "ride-cpu").await;
+            // Terminating pods included: their trainers save as they stop.
+            let gone = pods_of(c, NS, "ride-cpu").await.is_empty();
+            (st["phase"] == "Suspended" && gone).then_some(())
+        },
+        ctx,
+    )
+    .await;
+    let stopped = asked.elapsed().as_secs_f64();
+    // The workers saved where they stopped, mid-epoch.
+    let mid_epoch = walk(&ckpt)
+        .into_iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+        .find(|n| n.starts_with("ckpt_epoch_1_iter_"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no mid-epoch checkpoint under {}\n{}",
+                ckpt.display(),
+                ctx()
+            )
+        });
+    let st = status(c, NS, "ride-cpu").await;
+    assert_eq!(st["restartsByCause"]["user"], 1, "{st}");
+    assert!(
+        st["lostWork"].is_null(),
+        "a planned stop loses nothing: {st}"
+    );
+    suspend(false);
+    let st = wait_succeeded(c, NS, "ride-cpu", 900, ctx).await;
+    assert_eq!(st["restarts"], 0, "{st}");
+    let resumed: String = agents
+        .iter()
+        .map(|a| std::fs::read_to_string(a.log_path(NS, "ride-cpu-1-0")).unwrap_or_default())
+        .collect();
+    assert!(
+        resumed.contains(&format!("resumed from")) && resumed.contains(&mid_epoch),
+        "the new gang resumes from {mid_epoch}:\n{resumed}"
+    );
+    println!("suspend -> workers checkpointed at {mid_epoch} and gone: {stopped:.1} s");
+}
+
+/// Every directory under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -828,6 +828,9 @@ fn restarts_are_counted_by_cause() {
     assert!(app.lost_work_by_cause.contains_key("application"));
     let pre = fail(PodState::Failed { exit_code: 75 });
     assert_eq!((pre.restarts, pre.restarts_by_cause.preemption), (0, 1));
+    // Exit 75 means a checkpoint was saved as it stopped: nothing lost.
+    assert_eq!(pre.lost_work, None);
+    assert!(pre.message.unwrap().contains("no work lost"));
     let infra = fail(PodState::Disrupted {
         reason: "NodeLost".into(),
     });
@@ -843,17 +846,20 @@ fn restarts_are_counted_by_cause() {
 }
 
 #[test]
-fn suspending_counts_the_work_it_throws_away_once() {
+fn suspending_is_counted_once_and_lets_the_workers_checkpoint() {
     let mut s = spec();
     let st = running_with_progress(&s);
     s.run_policy.suspend = true;
     let d = decide(&s, &st, &obs(1100, gang(0, 4, PodState::Running)));
     assert_eq!(d.status.phase, Some(Phase::Suspended));
     assert_eq!(d.status.restarts_by_cause.user, 1);
-    assert!(has_event(&d, "Suspending"));
+    // Deleted with their grace period: the trainers save on SIGTERM.
+    assert!(deletes(&d).iter().all(|(_, _, force)| !force));
+    assert!(d.actions.iter().any(|a| matches!(a,
+        Action::Event { reason, message, .. } if reason == "Suspending" && message.contains("save a checkpoint"))));
+    assert_eq!(d.status.lost_work, None);
     let again = decide(&s, &d.status, &obs(1200, vec![]));
     assert_eq!(again.status.restarts_by_cause.user, 1);
-    assert_eq!(again.status.lost_work, d.status.lost_work);
 }
 
 #[test]
