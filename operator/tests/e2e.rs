@@ -440,7 +440,7 @@ async fn a_suspension_mid_epoch_saves_a_checkpoint_and_the_resumed_gang_starts_f
         .map(|a| std::fs::read_to_string(a.log_path(NS, "ride-cpu-1-0")).unwrap_or_default())
         .collect();
     assert!(
-        resumed.contains(&format!("resumed from")) && resumed.contains(&mid_epoch),
+        resumed.contains("resumed from") && resumed.contains(&mid_epoch),
         "the new gang resumes from {mid_epoch}:\n{resumed}"
     );
     println!("suspend -> workers checkpointed at {mid_epoch} and gone: {stopped:.1} s");
