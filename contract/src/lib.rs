@@ -40,6 +40,8 @@ pub enum ExitClass {
     Permanent,
     /// The rank's stall watchdog fired: the gang stopped making progress.
     Stalled,
+    /// Rank 0's address did not resolve before the first collective.
+    Unreachable,
     /// Anything else (an error, a panic, a signal, the OOM killer): worth
     /// another try from the last checkpoint.
     Retryable,
@@ -55,6 +57,7 @@ pub fn classify_exit(code: i32) -> ExitClass {
         PREEMPTED_EXIT_CODE => ExitClass::Preempted,
         CONFIG_ERROR_EXIT_CODE | USAGE_ERROR_EXIT_CODE => ExitClass::Permanent,
         STALLED_EXIT_CODE => ExitClass::Stalled,
+        PREFLIGHT_EXIT_CODE => ExitClass::Unreachable,
         _ => ExitClass::Retryable,
     }
 }
@@ -105,6 +108,16 @@ pub const ENV_TERMINATION_LOG: &str = "RIDE_TERMINATION_LOG";
 /// for a person, the default) or `json` (one object per line, what the
 /// operator's pods ask for so trainer and operator logs share a log stack).
 pub const ENV_LOG_FORMAT: &str = "RIDE_LOG_FORMAT";
+
+/// Exit code for "rank 0's rendezvous address does not resolve": the
+/// preflight check before the first collective gave up (EX_NOPERM's
+/// number, for "cannot reach"). Usually a missing Service or DNS record:
+/// another try helps only once that is fixed.
+pub const PREFLIGHT_EXIT_CODE: i32 = 77;
+
+/// Environment variable with how long (seconds, default 120) a rank waits
+/// for `MASTER_ADDR` to resolve before the preflight check fails.
+pub const ENV_PREFLIGHT_TIMEOUT: &str = "RIDE_PREFLIGHT_TIMEOUT";
 
 /// Environment variable with the stall watchdog's limit in seconds: a rank
 /// that completes no optimiser step for that long while training exits

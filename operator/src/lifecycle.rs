@@ -65,6 +65,9 @@ pub struct ObservedPod {
     /// Why its container cannot start (`ErrImagePull: ...`,
     /// `CreateContainerConfigError: ...`), while the kubelet keeps trying.
     pub start_problem: Option<String>,
+    /// What its trainer said when it ended (the `message` of its final
+    /// report in the termination message), if anything.
+    pub exit_message: Option<String>,
 }
 
 /// Everything the decision needs from the world.
@@ -376,6 +379,10 @@ pub fn lost_work(
 
 /// The condition saying the gang stalled; it stays True until a new gang runs.
 pub const STALLED_CONDITION: &str = "Stalled";
+
+/// The condition saying a worker could not resolve rank 0's address before
+/// training (exit 77); True until a new gang runs.
+pub const PREFLIGHT_CONDITION: &str = "PreflightFailed";
 
 /// Set a condition that is not a phase (`Stalled`), keeping its
 /// transition time unless its status flips.
@@ -747,6 +754,36 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
                 status: c.st,
             };
         }
+        let unreachable = !by_rule
+            && matches!(&state, PodState::Failed { exit_code } if classify_exit(*exit_code) == ExitClass::Unreachable);
+        if unreachable {
+            let said = current
+                .iter()
+                .filter(|p| matches!(p.state, PodState::Failed { exit_code } if classify_exit(exit_code) == ExitClass::Unreachable))
+                .find_map(|p| p.exit_message.clone())
+                .map_or(String::new(), |m| format!(": {m}"));
+            let message = format!("{what} before training, in the preflight check{said}");
+            set_side_condition(
+                &mut c.st.conditions,
+                PREFLIGHT_CONDITION,
+                true,
+                "PreflightFailed",
+                &message,
+                now,
+                obs.generation,
+            );
+            let world = c.st.world_size;
+            c.restart(
+                world,
+                RestartCause::Infrastructure,
+                "PreflightFailed",
+                message,
+            );
+            return Decision {
+                actions: c.actions,
+                status: c.st,
+            };
+        }
         let mut action = exit_action(spec, &state);
         let mut what = what;
         if action == ExitAction::RestartExempt && c.st.exempt_restarts >= policy.max_exempt_restarts
@@ -887,20 +924,22 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         .count() as i32;
     if running == world {
         c.st.running_since.get_or_insert(now);
-        let stalled =
-            c.st.conditions
-                .iter()
-                .any(|k| k.type_ == STALLED_CONDITION && k.status == "True");
-        if stalled {
-            set_side_condition(
-                &mut c.st.conditions,
-                STALLED_CONDITION,
-                false,
-                "Recovered",
-                &format!("attempt {} runs all {world} workers", c.st.attempt),
-                now,
-                obs.generation,
-            );
+        for ty in [STALLED_CONDITION, PREFLIGHT_CONDITION] {
+            let on =
+                c.st.conditions
+                    .iter()
+                    .any(|k| k.type_ == ty && k.status == "True");
+            if on {
+                set_side_condition(
+                    &mut c.st.conditions,
+                    ty,
+                    false,
+                    "Recovered",
+                    &format!("attempt {} runs all {world} workers", c.st.attempt),
+                    now,
+                    obs.generation,
+                );
+            }
         }
         c.set_phase(
             Phase::Running,

@@ -122,6 +122,7 @@ pub fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
         deletion_deadline: pod.metadata.deletion_timestamp.as_ref().map(unix),
         ended_at: ended_at(pod, terminated),
         start_problem: start_problem(pod),
+        exit_message: final_report(pod).ok().flatten().and_then(|p| p.message),
     })
 }
 

@@ -390,6 +390,14 @@ fn main() {
             std::process::exit(ride_trainer::train::PREEMPTED_EXIT_CODE);
         }
         tracing::error!(error = %format!("{e:#}"), "error: {e:#}");
+        if e.chain().any(|c| {
+            matches!(
+                c.downcast_ref(),
+                Some(ride_trainer::dist::DistError::Preflight { .. })
+            )
+        }) {
+            std::process::exit(ride_contract::PREFLIGHT_EXIT_CODE);
+        }
         // Bad config: tell launchers that another try cannot help.
         if e.chain()
             .any(|c| c.is::<ride_trainer::config::ConfigError>())

@@ -457,3 +457,35 @@ fn json_logs_of_a_launched_gang_are_one_object_per_line_with_rank_and_numbers() 
     // The summary table stays on stdout, for the person who started the run.
     assert!(String::from_utf8_lossy(&o.stdout).contains("| top-1 overall"));
 }
+
+#[test]
+fn a_rank_whose_master_addr_never_resolves_exits_77_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 2, "CE");
+    let out = dir.path().join("out");
+    let started = std::time::Instant::now();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ride-trainer"))
+        .arg("train")
+        .args(train_args(&cfg, &out))
+        .args(ONE_EPOCH)
+        .env("RANK", "1")
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "rank0.no-such-service.invalid")
+        .env("MASTER_PORT", "29599")
+        .env("RIDE_PREFLIGHT_TIMEOUT", "2")
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(77), "{t}");
+    assert!(
+        t.contains(
+            "preflight: MASTER_ADDR rank0.no-such-service.invalid (port 29599) does not resolve"
+        ),
+        "{t}"
+    );
+    // The rendezvous timeout (300 s) was not waited out.
+    eprintln!(
+        "preflight failed after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}

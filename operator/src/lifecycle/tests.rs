@@ -27,6 +27,7 @@ fn pod(rank: i32, attempt: i32, state: PodState) -> ObservedPod {
         deletion_deadline: None,
         ended_at: None,
         start_problem: None,
+        exit_message: None,
     }
 }
 
@@ -871,4 +872,37 @@ fn the_stall_timeout_shapes_the_pods_and_new_defaults_leave_old_hashes_alone() {
     assert_eq!(spec_hash(&t), spec_hash(&s));
     t.restart_policy.stall_timeout_seconds = Some(60);
     assert_ne!(spec_hash(&t), spec_hash(&s));
+}
+
+#[test]
+fn a_preflight_failure_is_a_condition_with_the_workers_words_and_an_infrastructure_restart() {
+    let s = spec();
+    let st = running(&s);
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[3].state = PodState::Failed { exit_code: 77 };
+    pods[3].ended_at = Some(50);
+    pods[3].exit_message = Some("preflight: MASTER_ADDR t-0-0.t does not resolve".into());
+    let d = decide(&s, &st, &obs(51, pods));
+    assert_eq!(d.status.attempt, 1);
+    assert_eq!(d.status.restarts, 0);
+    assert_eq!(d.status.restarts_by_cause.infrastructure, 1);
+    let c = condition(&d.status, PREFLIGHT_CONDITION).unwrap();
+    assert_eq!(c.status, "True");
+    assert!(
+        c.message
+            .contains("worker 3 exited with code 77 before training"),
+        "{}",
+        c.message
+    );
+    assert!(
+        c.message.contains("t-0-0.t does not resolve"),
+        "{}",
+        c.message
+    );
+    assert!(has_event(&d, "PreflightFailed"));
+    let d2 = decide(&s, &d.status, &obs(200, gang(1, 4, PodState::Running)));
+    assert_eq!(
+        condition(&d2.status, PREFLIGHT_CONDITION).unwrap().status,
+        "False"
+    );
 }

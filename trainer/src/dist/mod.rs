@@ -5,6 +5,7 @@ pub mod ddp;
 pub mod env;
 pub mod nccl;
 pub mod overlap;
+pub mod preflight;
 pub mod store;
 pub mod tcp;
 
@@ -76,6 +77,19 @@ pub enum DistError {
         backend: &'static str,
         /// What is wrong, and what to do.
         message: String,
+    },
+    /// The preflight check before the first collective failed: rank 0's
+    /// address does not resolve.
+    #[error("preflight: MASTER_ADDR {host} (port {port}) does not resolve after {waited:?}: {last}; on Kubernetes the headless Service of the training and rank 0's pod must exist (the name is <pod>.<service>), elsewhere check the name or use an IP address ({var} sets the wait)", var = ride_contract::ENV_PREFLIGHT_TIMEOUT)]
+    Preflight {
+        /// The name that does not resolve.
+        host: String,
+        /// The store port.
+        port: u16,
+        /// How long it was tried.
+        waited: Duration,
+        /// The resolver's last answer.
+        last: String,
     },
     /// Data-parallel gradient averaging failed or ranks disagree on it.
     #[error("data-parallel gradient averaging: {0}")]
@@ -238,6 +252,10 @@ pub fn init(world: &WorldInfo) -> Result<Box<dyn Collective>, DistError> {
     } else {
         None
     };
+    if world.rank != 0 {
+        let dns = env_seconds(ride_contract::ENV_PREFLIGHT_TIMEOUT, 120)?;
+        preflight::resolve(&world.master_addr, world.master_port, dns.min(rendezvous))?;
+    }
     let client = store::StoreClient::connect(&world.master_addr, world.master_port, rendezvous)?;
     // Peers reach rank 0 by MASTER_ADDR; the others by the interface that reaches rank 0.
     let advertise = if world.rank == 0 {
