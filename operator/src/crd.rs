@@ -611,6 +611,10 @@ pub struct ProgressStatus {
     /// Recent steps per second (smoothed over reports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps_per_second: Option<f64>,
+    /// Whether rank 0 was running training steps at its last report (not
+    /// starting up, evaluating or done): only then does a step clock run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<bool>,
     /// When the last reported step finished (RFC 3339).
     #[serde(
         default,

@@ -495,6 +495,39 @@ pub fn exit_action(spec: &RideTrainingSpec, state: &PodState) -> ExitAction {
     }
 }
 
+/// The operator's own stall check, behind the workers' watchdogs: when
+/// rank 0 last reported training steps and none has followed for twice
+/// the watchdogs' limit plus a minute, every rank may be stopped (a frozen
+/// node, watchdogs that cannot run). `None` while nothing is wrong, or
+/// with `stallTimeoutSeconds: 0`.
+pub fn progress_stall(
+    spec: &RideTrainingSpec,
+    st: &RideTrainingStatus,
+    now: i64,
+) -> Option<String> {
+    let p = st.progress.as_ref()?;
+    if p.training != Some(true) {
+        return None;
+    }
+    let watchdog = match spec.restart_policy.stall_timeout_seconds {
+        Some(0) => return None,
+        Some(s) => s,
+        // The trainer's default: 20 typical steps, at least 300 s.
+        None => p
+            .steps_per_second
+            .filter(|r| *r > 0.0)
+            .map_or(300, |r| ((20.0 / r).ceil() as i64).max(300)),
+    };
+    let limit = 2 * watchdog + 60;
+    let since = p.last_step_time?.max(st.running_since?);
+    let idle = now - since;
+    (idle > limit).then(|| {
+        format!(
+            "rank 0 reported no optimiser step for {idle}s (the operator's limit: twice the watchdogs' {watchdog}s plus a minute) and no worker's watchdog reported a stall"
+        )
+    })
+}
+
 /// A worker's watchdog exited 76 at `first_at`: wait a moment for the
 /// other workers' watchdogs, name the workers still running silently as
 /// the ones that stopped first, then restart on the stall budget.
@@ -529,6 +562,13 @@ fn decide_stall(c: &mut Ctx<'_>, current: &[&ObservedPod], first_at: i64, what: 
         )
     };
     let message = format!("the gang stopped making progress: {what} (no optimiser step for the stall timeout); {first}");
+    stall_restart(c, message, silent);
+}
+
+/// Say that the gang stalled (condition and Event), then restart it on
+/// the stall budget, deleting `stuck` workers without a grace period.
+fn stall_restart(c: &mut Ctx<'_>, message: String, stuck: Vec<i32>) {
+    let now = c.obs.now;
     let (now_gen, budget) = (c.obs.generation, c.spec.restart_policy.stall_budget);
     set_side_condition(
         &mut c.st.conditions,
@@ -540,7 +580,7 @@ fn decide_stall(c: &mut Ctx<'_>, current: &[&ObservedPod], first_at: i64, what: 
         now_gen,
     );
     c.event("Stalled", message.clone(), true);
-    c.force_ranks = silent.clone();
+    c.force_ranks = stuck;
     if c.st.restarts_by_cause.stall >= budget {
         c.delete_pods(false);
         c.finish(
@@ -922,6 +962,20 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         .iter()
         .filter(|p| matches!(p.state, PodState::Running | PodState::Succeeded))
         .count() as i32;
+    if running == world && c.st.running_since.is_some() {
+        if let Some(why) = progress_stall(spec, &c.st, now) {
+            let everyone: Vec<i32> = (0..world).collect();
+            stall_restart(
+                &mut c,
+                format!("the gang stopped making progress: {why}; every worker is deleted without a grace period"),
+                everyone,
+            );
+            return Decision {
+                actions: c.actions,
+                status: c.st,
+            };
+        }
+    }
     if running == world {
         c.st.running_since.get_or_insert(now);
         for ty in [STALLED_CONDITION, PREFLIGHT_CONDITION] {

@@ -199,6 +199,7 @@ pub fn update_run_progress(status: &mut RideTrainingStatus, p: &Progress, now: i
         total_steps: total,
         percent: format!("{}%", (step * 100 / total).clamp(0, 100)),
         steps_per_second: rate.map(|r| (r * 1000.0).round() / 1000.0),
+        training: Some(p.state == ride_contract::RunState::Training),
         last_step_time,
         eta,
     });

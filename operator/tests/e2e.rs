@@ -10,6 +10,9 @@
 //!   SIGKILLed after the first checkpoint; the gang restarts from it and the
 //!   training succeeds, with the restart and final accuracy in status;
 //! - `kubectl get rt` columns and `kubectl explain`;
+//! - (each test names its training differently: the agents of every
+//!   cluster in this process share the host's ports, keyed by the gang's
+//!   `MASTER_ADDR`, so same-named gangs of tests running at once collide)
 //! - one rank frozen with SIGSTOP: the other's stall watchdog exits 76,
 //!   the operator names the frozen worker in a `Stalled` condition, counts
 //!   the restart and the work it lost by cause, and the training succeeds;
@@ -265,13 +268,14 @@ async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and
     let agents = cluster.nodes(&["node-a", "node-b"]).await;
 
     let ckpt = cluster.dir.join("ckpt");
-    let manifest = cluster.dir.join("ride-cpu.yaml");
+    let manifest = cluster.dir.join("ride-stall.yaml");
     let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
         .unwrap()
         .replace(
             "uri: file:///tmp/ride-cpu",
             &format!("uri: file://{}", ckpt.display()),
         )
+        .replace("name: ride-cpu", "name: ride-stall")
         .replace("TRAIN.EPOCHS: \"1\"", "TRAIN.EPOCHS: \"2\"")
         .replace(
             "preemptionExempt: true",
@@ -281,7 +285,7 @@ async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and
     let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
     assert!(ok, "kubectl apply: {out}");
     let ctx = || {
-        let (_, rt) = cluster.kubectl(&["get", "rt", "ride-cpu", "-o", "yaml"]);
+        let (_, rt) = cluster.kubectl(&["get", "rt", "ride-stall", "-o", "yaml"]);
         let mut s = format!("{rt}\noperator:\n{}\n", op.log_text());
         for a in &agents {
             s += &a.logs();
@@ -300,7 +304,7 @@ async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and
     assert!(
         agents
             .iter()
-            .any(|a| a.signal_pod(NS, "ride-cpu-0-1", "STOP")),
+            .any(|a| a.signal_pod(NS, "ride-stall-0-1", "STOP")),
         "rank 1 of attempt 0 runs\n{}",
         ctx()
     );
@@ -309,7 +313,7 @@ async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and
         180,
         "a stall restart",
         || async move {
-            let st = status(c, NS, "ride-cpu").await;
+            let st = status(c, NS, "ride-stall").await;
             (st["restartsByCause"]["stall"] == 1).then_some(st)
         },
         ctx,
@@ -333,7 +337,7 @@ async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and
         300,
         "the new gang running",
         || async move {
-            let st = status(c, NS, "ride-cpu").await;
+            let st = status(c, NS, "ride-stall").await;
             (st["attempt"] == 1 && st["runningSince"].is_string()).then_some(())
         },
         ctx,
@@ -343,7 +347,7 @@ async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and
         "rank 1 frozen -> Stalled in status: {detected:.1} s; -> new gang running: {:.1} s (stallTimeoutSeconds 5)",
         frozen.elapsed().as_secs_f64()
     );
-    let st = wait_succeeded(c, NS, "ride-cpu", 900, ctx).await;
+    let st = wait_succeeded(c, NS, "ride-stall", 900, ctx).await;
     assert_eq!(st["restartsByCause"]["stall"], 1, "{st}");
     let cleared = st["conditions"]
         .as_array()
@@ -366,19 +370,20 @@ async fn a_suspension_mid_epoch_saves_a_checkpoint_and_the_resumed_gang_starts_f
     let client = cluster.client().await;
     let agents = cluster.nodes(&["node-a", "node-b"]).await;
     let ckpt = cluster.dir.join("ckpt");
-    let manifest = cluster.dir.join("ride-cpu.yaml");
+    let manifest = cluster.dir.join("ride-suspend.yaml");
     let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
         .unwrap()
         .replace(
             "uri: file:///tmp/ride-cpu",
             &format!("uri: file://{}", ckpt.display()),
         )
+        .replace("name: ride-cpu", "name: ride-suspend")
         .replace("TRAIN.EPOCHS: \"1\"", "TRAIN.EPOCHS: \"2\"");
     std::fs::write(&manifest, text).unwrap();
     let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
     assert!(ok, "kubectl apply: {out}");
     let ctx = || {
-        let (_, rt) = cluster.kubectl(&["get", "rt", "ride-cpu", "-o", "yaml"]);
+        let (_, rt) = cluster.kubectl(&["get", "rt", "ride-suspend", "-o", "yaml"]);
         let mut s = format!("{rt}\noperator:\n{}\n", op.log_text());
         for a in &agents {
             s += &a.logs();
@@ -395,8 +400,15 @@ async fn a_suspension_mid_epoch_saves_a_checkpoint_and_the_resumed_gang_starts_f
     .await;
     let suspend = |on: bool| {
         let patch = format!(r#"{{"spec":{{"runPolicy":{{"suspend":{on}}}}}}}"#);
-        let (ok, out) =
-            cluster.kubectl(&["patch", "rt", "ride-cpu", "--type", "merge", "-p", &patch]);
+        let (ok, out) = cluster.kubectl(&[
+            "patch",
+            "rt",
+            "ride-suspend",
+            "--type",
+            "merge",
+            "-p",
+            &patch,
+        ]);
         assert!(ok, "kubectl patch: {out}");
     };
     suspend(true);
@@ -405,9 +417,9 @@ async fn a_suspension_mid_epoch_saves_a_checkpoint_and_the_resumed_gang_starts_f
         180,
         "Suspended with every worker gone",
         || async move {
-            let st = status(c, NS, "ride-cpu").await;
+            let st = status(c, NS, "ride-suspend").await;
             // Terminating pods included: their trainers save as they stop.
-            let gone = pods_of(c, NS, "ride-cpu").await.is_empty();
+            let gone = pods_of(c, NS, "ride-suspend").await.is_empty();
             (st["phase"] == "Suspended" && gone).then_some(())
         },
         ctx,
@@ -426,18 +438,18 @@ async fn a_suspension_mid_epoch_saves_a_checkpoint_and_the_resumed_gang_starts_f
                 ctx()
             )
         });
-    let st = status(c, NS, "ride-cpu").await;
+    let st = status(c, NS, "ride-suspend").await;
     assert_eq!(st["restartsByCause"]["user"], 1, "{st}");
     assert!(
         st["lostWork"].is_null(),
         "a planned stop loses nothing: {st}"
     );
     suspend(false);
-    let st = wait_succeeded(c, NS, "ride-cpu", 900, ctx).await;
+    let st = wait_succeeded(c, NS, "ride-suspend", 900, ctx).await;
     assert_eq!(st["restarts"], 0, "{st}");
     let resumed: String = agents
         .iter()
-        .map(|a| std::fs::read_to_string(a.log_path(NS, "ride-cpu-1-0")).unwrap_or_default())
+        .map(|a| std::fs::read_to_string(a.log_path(NS, "ride-suspend-1-0")).unwrap_or_default())
         .collect();
     assert!(
         resumed.contains("resumed from") && resumed.contains(&mid_epoch),

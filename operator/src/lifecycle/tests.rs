@@ -906,3 +906,40 @@ fn a_preflight_failure_is_a_condition_with_the_workers_words_and_an_infrastructu
         "False"
     );
 }
+
+#[test]
+fn the_operator_restarts_a_gang_whose_reported_steps_stopped_when_no_watchdog_could() {
+    let mut s = spec();
+    s.restart_policy.stall_timeout_seconds = Some(30);
+    let mut st = running_with_progress(&s);
+    st.progress.as_mut().unwrap().training = Some(true);
+    let all = || gang(0, 4, PodState::Running);
+    // Limit: 2 x 30 + 60 = 120 s after the last step (1000).
+    assert_eq!(progress_stall(&s, &st, 1120), None);
+    let d = decide(&s, &st, &obs(1120, all()));
+    assert_eq!(d.status.attempt, 0);
+    let d = decide(&s, &st, &obs(1121, all()));
+    assert_eq!(d.status.attempt, 1);
+    assert_eq!(d.status.restarts_by_cause.stall, 1);
+    let c = condition(&d.status, STALLED_CONDITION).unwrap();
+    assert!(
+        c.message
+            .contains("rank 0 reported no optimiser step for 121s"),
+        "{}",
+        c.message
+    );
+    assert_eq!(deletes(&d).len(), 4);
+    assert!(deletes(&d).iter().all(|(_, _, force)| *force));
+    // Evaluating, or the watchdog turned off: no clock runs.
+    let mut evaluating = st.clone();
+    evaluating.progress.as_mut().unwrap().training = Some(false);
+    assert_eq!(progress_stall(&s, &evaluating, 5000), None);
+    let mut off = s.clone();
+    off.restart_policy.stall_timeout_seconds = Some(0);
+    assert_eq!(progress_stall(&off, &st, 5000), None);
+    // Unset: the trainer's default (20 steps, at least 300 s), doubled plus a minute.
+    let mut default = s.clone();
+    default.restart_policy.stall_timeout_seconds = None;
+    assert_eq!(progress_stall(&default, &st, 1660), None);
+    assert!(progress_stall(&default, &st, 1661).is_some());
+}
