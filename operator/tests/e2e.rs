@@ -10,9 +10,6 @@
 //!   SIGKILLed after the first checkpoint; the gang restarts from it and the
 //!   training succeeds, with the restart and final accuracy in status;
 //! - `kubectl get rt` columns and `kubectl explain`;
-//! - (each test names its training differently: the agents of every
-//!   cluster in this process share the host's ports, keyed by the gang's
-//!   `MASTER_ADDR`, so same-named gangs of tests running at once collide)
 //! - one rank frozen with SIGSTOP: the other's stall watchdog exits 76,
 //!   the operator names the frozen worker in a `Stalled` condition, counts
 //!   the restart and the work it lost by cause, and the training succeeds;

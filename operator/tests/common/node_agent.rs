@@ -28,7 +28,7 @@
 //!   controller refuses loopback addresses, so DNS is answered from pods.)
 //! - processes share the host's ports, unlike pods with their own network
 //!   namespace: the ranks of one gang get their own `MASTER_PORT` (shared
-//!   by every agent of the test process, keyed by the gang's `MASTER_ADDR`),
+//!   by every agent of its cluster, keyed by the gang's `MASTER_ADDR`),
 //!   as Slurm jobs sharing a node do;
 //! - maps paths: the image's (e.g. `/opt/ride/configs` to the checkout),
 //!   each `emptyDir` mount and the termination-message path to per-pod
@@ -170,16 +170,18 @@ pub struct NodeAgent {
     dir: PathBuf,
 }
 
-/// Rendezvous ports of the gangs of this test process, keyed by namespace
-/// and `MASTER_ADDR`: every agent of the process hands out the same one.
-fn gang_port(namespace: &str, master_addr: &str) -> u16 {
+/// Rendezvous ports of the gangs of this test process, keyed by cluster
+/// (its directory), namespace and `MASTER_ADDR`: every agent of a cluster
+/// hands out the same one, and same-named gangs of clusters that tests run
+/// at once get different ones.
+fn gang_port(cluster: &Path, namespace: &str, master_addr: &str) -> u16 {
     static PORTS: OnceLock<Mutex<HashMap<String, u16>>> = OnceLock::new();
     let mut ports = PORTS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     *ports
-        .entry(format!("{namespace}/{master_addr}"))
+        .entry(format!("{}/{namespace}/{master_addr}", cluster.display()))
         .or_insert_with(super::free_port)
 }
 
@@ -855,7 +857,9 @@ impl Agent {
             }
         }
         if let Some(addr) = master_addr_raw {
-            let port = gang_port(&ns, &addr);
+            // The agent's directory is `<cluster dir>/node-<name>`.
+            let cluster = self.dir.parent().unwrap_or(&self.dir);
+            let port = gang_port(cluster, &ns, &addr);
             for (k, v) in env.iter_mut() {
                 if k == "MASTER_PORT" {
                     *v = port.to_string();
