@@ -169,6 +169,15 @@ pub struct CheckpointProgress {
     pub saved_unix: Option<f64>,
 }
 
+/// Unix time now, in seconds: the clock of every time a [`Progress`]
+/// report carries, and of the failure time [`LostWork::from_report`] takes.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 /// Training a restart throws away: what was computed after the last
 /// durable checkpoint, which the next gang computes again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]

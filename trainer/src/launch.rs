@@ -380,16 +380,14 @@ impl RankReports {
 /// the other ranks' watchdogs to fire too: a rank still running after it
 /// stopped first. Twice the watchdogs' check interval (a twentieth of the
 /// limit), so healthy ranks are not named.
+/// Without a fixed limit (derived, off, or unreadable), the longest wait.
 fn stall_settle() -> Duration {
-    let limit = std::env::var(contract::ENV_STALL_TIMEOUT)
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| *s > 0.0 && s.is_finite());
-    match limit {
-        Some(s) => {
-            Duration::from_secs_f64(s / 10.0).clamp(Duration::from_secs(1), Duration::from_secs(12))
+    let longest = Duration::from_secs(12);
+    match crate::watchdog::StallTimeout::from_env() {
+        Ok(crate::watchdog::StallTimeout::Fixed(limit)) => {
+            (limit / 10).clamp(Duration::from_secs(1), longest)
         }
-        None => Duration::from_secs(12),
+        _ => longest,
     }
 }
 
@@ -586,7 +584,7 @@ pub fn launch(opts: &LaunchOptions, stop: Arc<AtomicBool>) -> std::io::Result<i3
             return Ok(node_exit_code(opts, &outcome));
         }
         let lost = reports.first_training(opts.nproc).and_then(|p| {
-            contract::LostWork::from_report(&p, unix_now(), opts.world_size() as u32, 1)
+            contract::LostWork::from_report(&p, contract::unix_now(), opts.world_size() as u32, 1)
         });
         match next_step(&outcome, ledger.used, budgets, stop.load(Ordering::SeqCst)) {
             NextStep::Exit(code) => {
@@ -626,13 +624,6 @@ pub fn launch(opts: &LaunchOptions, stop: Arc<AtomicBool>) -> std::io::Result<i3
         }
     }
     unreachable!("the attempt loop only ends by returning")
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

@@ -173,7 +173,6 @@ impl Shared {
 /// A running watchdog; dropping it stops the thread.
 pub struct Watchdog {
     shared: Arc<Shared>,
-    timeout: StallTimeout,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -197,14 +196,8 @@ impl Watchdog {
         });
         Self {
             shared,
-            timeout,
             thread: thread.flatten(),
         }
-    }
-
-    /// The limit in force now, if any.
-    pub fn limit(&self) -> Option<Duration> {
-        self.timeout.limit(self.shared.lock().step_ema)
     }
 
     /// Start watching (the training loop begins or resumes its steps).

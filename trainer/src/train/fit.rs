@@ -3,7 +3,7 @@
 //! checkpoint at the next optimiser step.
 
 use super::meter::LossMeter;
-use super::report::{progress_bar, record_eval_progress, unix_now, update_progress};
+use super::report::{progress_bar, record_eval_progress, update_progress};
 use super::setup::Trainer;
 use super::step::At;
 use super::{Preempted, RunSummary};
@@ -19,6 +19,7 @@ use crate::eval::EvalReport;
 use crate::loss::Criterion;
 use crate::optim::schedule::CosineSchedule;
 use anyhow::{bail, Result};
+use ride_contract::unix_now;
 use ride_contract::RunState;
 use std::time::Instant;
 use tch::Tensor;

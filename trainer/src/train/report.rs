@@ -57,14 +57,12 @@ pub(super) fn exit_on_stall(
 ) -> impl Fn(&crate::watchdog::Stall) + Send + 'static {
     move |stall| {
         let mut message = stall.message();
-        let (rank, world) = {
-            let p = report.lock().unwrap_or_else(|e| e.into_inner());
-            (p.rank, p.world_size)
-        };
+        let p = report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (rank, world) = (p.rank, p.world_size);
         // Rank 0 writes the checkpoints, so its report says what was lost.
         if rank == 0 {
-            let p = report.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if let Some(l) = ride_contract::LostWork::from_report(&p, unix_now(), world.max(1), 1) {
+            let now = ride_contract::unix_now();
+            if let Some(l) = ride_contract::LostWork::from_report(&p, now, world.max(1), 1) {
                 message.push_str(&format!(
                     "; work lost since the last checkpoint: {} steps, {:.1} s of training, {:.1} device-seconds",
                     l.steps, l.seconds, l.device_seconds
@@ -99,13 +97,6 @@ pub(super) fn exit_on_stall(
         // SAFETY: _exit ends the process without running any more code in it.
         unsafe { libc::_exit(ride_contract::STALLED_EXIT_CODE) }
     }
-}
-
-pub(super) fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// The metrics address for this rank: ranks sharing a node get consecutive ports.
