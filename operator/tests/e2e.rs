@@ -22,6 +22,7 @@
 mod common;
 
 use common::cluster::Cluster;
+use common::node_agent::NodeAgent;
 use common::{eventually, live_pod_names, pods_of, repo, status, wait_succeeded, Operator};
 use std::path::{Path, PathBuf};
 
@@ -140,46 +141,91 @@ fn find_latest(dir: &Path) -> Option<PathBuf> {
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds() {
-    let cluster = Cluster::start();
-    helm_install(&cluster);
-    let op = operator_as_service_account(&cluster, "op-e2e");
-    let client = cluster.client().await;
-    let agents = cluster.nodes(&["node-a", "node-b"]).await;
+/// `examples/ride-cpu.yaml` named `name` and trained for 2 epochs on a
+/// fresh cluster: the chart installed, the operator running as its
+/// ServiceAccount (as `identity`), two node agents, checkpoints in the
+/// cluster's `ckpt` directory, and `restart_policy` lines added to its
+/// restartPolicy. (Fields drop in order: the cluster last.)
+struct CpuExample {
+    agents: Vec<NodeAgent>,
+    client: kube::Client,
+    op: Operator,
+    ckpt: PathBuf,
+    name: String,
+    cluster: Cluster,
+}
 
-    let ckpt = cluster.dir.join("ckpt");
-    let manifest = cluster.dir.join("ride-cpu.yaml");
-    let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
-        .unwrap()
-        .replace(
-            "uri: file:///tmp/ride-cpu",
-            &format!("uri: file://{}", ckpt.display()),
-        )
-        .replace("TRAIN.EPOCHS: \"1\"", "TRAIN.EPOCHS: \"2\"");
-    std::fs::write(&manifest, text).unwrap();
-    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
-    assert!(ok, "kubectl apply: {out}");
+impl CpuExample {
+    async fn apply(identity: &str, name: &str, restart_policy: &[&str]) -> Self {
+        let cluster = Cluster::start();
+        helm_install(&cluster);
+        let op = operator_as_service_account(&cluster, identity);
+        let client = cluster.client().await;
+        let agents = cluster.nodes(&["node-a", "node-b"]).await;
+        let ckpt = cluster.dir.join("ckpt");
+        let manifest = cluster.dir.join(format!("{name}.yaml"));
+        let extra: String = restart_policy
+            .iter()
+            .map(|l| format!("\n    {l}"))
+            .collect();
+        let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
+            .unwrap()
+            .replace(
+                "uri: file:///tmp/ride-cpu",
+                &format!("uri: file://{}", ckpt.display()),
+            )
+            .replace("name: ride-cpu", &format!("name: {name}"))
+            .replace("TRAIN.EPOCHS: \"1\"", "TRAIN.EPOCHS: \"2\"")
+            .replace(
+                "preemptionExempt: true",
+                &format!("preemptionExempt: true{extra}"),
+            );
+        std::fs::write(&manifest, text).unwrap();
+        let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+        assert!(ok, "kubectl apply: {out}");
+        Self {
+            agents,
+            client,
+            op,
+            ckpt,
+            name: name.into(),
+            cluster,
+        }
+    }
 
-    let ctx = || {
-        let (_, rt) = cluster.kubectl(&["get", "rt", "ride-cpu", "-o", "yaml"]);
-        let (_, pods) = cluster.kubectl(&["get", "pods", "-o", "wide"]);
-        let mut s = format!("{rt}\n{pods}\noperator:\n{}\n", op.log_text());
-        for a in &agents {
+    /// What a failure message shows: the resource, the pods, and the
+    /// operator's and the agents' logs.
+    fn context(&self) -> String {
+        let (_, rt) = self
+            .cluster
+            .kubectl(&["get", "rt", &self.name, "-o", "yaml"]);
+        let (_, pods) = self.cluster.kubectl(&["get", "pods", "-o", "wide"]);
+        let mut s = format!("{rt}\n{pods}\noperator:\n{}\n", self.op.log_text());
+        for a in &self.agents {
             s += &a.logs();
         }
         s
-    };
-    let c = &client;
+    }
 
+    /// Wait until the training's first checkpoint is durable.
+    async fn first_checkpoint(&self) {
+        eventually(
+            600,
+            "the first checkpoint",
+            || async { find_latest(&self.ckpt) },
+            || self.context(),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds() {
+    let ex = CpuExample::apply("op-e2e", "ride-cpu", &[]).await;
+    let (cluster, agents, c) = (&ex.cluster, &ex.agents, &ex.client);
+    let ctx = || ex.context();
     // Wait for the first checkpoint, then SIGKILL rank 1 of attempt 0.
-    eventually(
-        600,
-        "the first checkpoint",
-        || async { find_latest(&ckpt) },
-        ctx,
-    )
-    .await;
+    ex.first_checkpoint().await;
     assert!(
         agents
             .iter()
@@ -258,46 +304,16 @@ async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and_succeeds() {
-    let cluster = Cluster::start();
-    helm_install(&cluster);
-    let op = operator_as_service_account(&cluster, "op-stall");
-    let client = cluster.client().await;
-    let agents = cluster.nodes(&["node-a", "node-b"]).await;
-
-    let ckpt = cluster.dir.join("ckpt");
-    let manifest = cluster.dir.join("ride-stall.yaml");
-    let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
-        .unwrap()
-        .replace(
-            "uri: file:///tmp/ride-cpu",
-            &format!("uri: file://{}", ckpt.display()),
-        )
-        .replace("name: ride-cpu", "name: ride-stall")
-        .replace("TRAIN.EPOCHS: \"1\"", "TRAIN.EPOCHS: \"2\"")
-        .replace(
-            "preemptionExempt: true",
-            "preemptionExempt: true\n    stallTimeoutSeconds: 5\n    stallBudget: 1",
-        );
-    std::fs::write(&manifest, text).unwrap();
-    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
-    assert!(ok, "kubectl apply: {out}");
-    let ctx = || {
-        let (_, rt) = cluster.kubectl(&["get", "rt", "ride-stall", "-o", "yaml"]);
-        let mut s = format!("{rt}\noperator:\n{}\n", op.log_text());
-        for a in &agents {
-            s += &a.logs();
-        }
-        s
-    };
-    let c = &client;
-    // Freeze rank 1 during the second epoch's steps.
-    eventually(
-        600,
-        "the first checkpoint",
-        || async { find_latest(&ckpt) },
-        ctx,
+    let ex = CpuExample::apply(
+        "op-stall",
+        "ride-stall",
+        &["stallTimeoutSeconds: 5", "stallBudget: 1"],
     )
     .await;
+    let (cluster, agents, c) = (&ex.cluster, &ex.agents, &ex.client);
+    let ctx = || ex.context();
+    // Freeze rank 1 during the second epoch's steps.
+    ex.first_checkpoint().await;
     assert!(
         agents
             .iter()
@@ -361,40 +377,10 @@ async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspension_mid_epoch_saves_a_checkpoint_and_the_resumed_gang_starts_from_it() {
-    let cluster = Cluster::start();
-    helm_install(&cluster);
-    let op = operator_as_service_account(&cluster, "op-suspend");
-    let client = cluster.client().await;
-    let agents = cluster.nodes(&["node-a", "node-b"]).await;
-    let ckpt = cluster.dir.join("ckpt");
-    let manifest = cluster.dir.join("ride-suspend.yaml");
-    let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
-        .unwrap()
-        .replace(
-            "uri: file:///tmp/ride-cpu",
-            &format!("uri: file://{}", ckpt.display()),
-        )
-        .replace("name: ride-cpu", "name: ride-suspend")
-        .replace("TRAIN.EPOCHS: \"1\"", "TRAIN.EPOCHS: \"2\"");
-    std::fs::write(&manifest, text).unwrap();
-    let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
-    assert!(ok, "kubectl apply: {out}");
-    let ctx = || {
-        let (_, rt) = cluster.kubectl(&["get", "rt", "ride-suspend", "-o", "yaml"]);
-        let mut s = format!("{rt}\noperator:\n{}\n", op.log_text());
-        for a in &agents {
-            s += &a.logs();
-        }
-        s
-    };
-    let c = &client;
-    eventually(
-        600,
-        "the first checkpoint",
-        || async { find_latest(&ckpt) },
-        ctx,
-    )
-    .await;
+    let ex = CpuExample::apply("op-suspend", "ride-suspend", &[]).await;
+    let (cluster, agents, c) = (&ex.cluster, &ex.agents, &ex.client);
+    let ctx = || ex.context();
+    ex.first_checkpoint().await;
     let suspend = |on: bool| {
         let patch = format!(r#"{{"spec":{{"runPolicy":{{"suspend":{on}}}}}}}"#);
         let (ok, out) = cluster.kubectl(&[
@@ -424,14 +410,14 @@ async fn a_suspension_mid_epoch_saves_a_checkpoint_and_the_resumed_gang_starts_f
     .await;
     let stopped = asked.elapsed().as_secs_f64();
     // The workers saved where they stopped, mid-epoch.
-    let mid_epoch = walk(&ckpt)
+    let mid_epoch = walk(&ex.ckpt)
         .into_iter()
         .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
         .find(|n| n.starts_with("ckpt_epoch_1_iter_"))
         .unwrap_or_else(|| {
             panic!(
                 "no mid-epoch checkpoint under {}\n{}",
-                ckpt.display(),
+                ex.ckpt.display(),
                 ctx()
             )
         });

@@ -146,21 +146,35 @@ fn bigger(dir: &Path) -> std::path::PathBuf {
 
 const EPOCHS3: [&str; 4] = ["TRAIN.EPOCHS", "3", "CHECKPOINT.KEEP_LAST", "0"];
 
-#[test]
-fn a_rank_killed_mid_epoch_restarts_the_gang_and_the_result_is_bitwise_equal() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = bigger(dir.path());
-    let straight = dir.path().join("straight");
+/// Train `bigger` for 3 epochs into `dir/straight`, then again under the
+/// launcher into `dir/name` with `env`, and send `sig` to rank 1 once epoch
+/// 1's checkpoint is durable and rank 0 is inside epoch 2. Returns the
+/// second run, still going, and both output directories.
+fn signal_rank_1_in_epoch_2(
+    dir: &Path,
+    name: &str,
+    env: &[(&str, &str)],
+    sig: i32,
+) -> (Watched, std::path::PathBuf, std::path::PathBuf) {
+    let cfg = bigger(dir);
+    let straight = dir.join("straight");
     let (status, t) = launch(2, &cfg, &straight, &EPOCHS3, &[]).finish();
     assert!(status.success(), "{t}");
 
-    let killed = dir.path().join("killed");
-    let run = launch(2, &cfg, &killed, &EPOCHS3, &[]);
+    let out = dir.join(name);
+    let run = launch(2, &cfg, &out, &EPOCHS3, env);
     let line = run.wait_for("attempt 0: rank 1 pid", 60);
     let pid: i32 = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
-    wait_for_file(&killed.join("tiny/default/ckpt_epoch_0/manifest.json"), 120);
+    wait_for_file(&out.join("tiny/default/ckpt_epoch_0/manifest.json"), 120);
     run.wait_for("[rank 0] epoch 2 [", 60); // PRINT_FREQ lines: inside epoch 2
-    assert_eq!(unsafe { libc_kill(pid, 9) }, 0, "kill rank 1");
+    assert_eq!(unsafe { libc_kill(pid, sig) }, 0, "signal {sig} to rank 1");
+    (run, straight, out)
+}
+
+#[test]
+fn a_rank_killed_mid_epoch_restarts_the_gang_and_the_result_is_bitwise_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, straight, killed) = signal_rank_1_in_epoch_2(dir.path(), "killed", &[], 9);
     let (status, t) = run.finish();
     assert!(status.success(), "{t}");
     assert!(t.contains("rank 1 ended: killed by signal 9"), "{t}");
@@ -182,20 +196,9 @@ extern "C" {
 #[test]
 fn a_frozen_rank_is_caught_by_the_watchdogs_and_the_gang_restarts_bitwise() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = bigger(dir.path());
-    let straight = dir.path().join("straight");
-    let (status, t) = launch(2, &cfg, &straight, &EPOCHS3, &[]).finish();
-    assert!(status.success(), "{t}");
-
-    let frozen = dir.path().join("frozen");
     let stall = ("RIDE_STALL_TIMEOUT", "5");
-    let run = launch(2, &cfg, &frozen, &EPOCHS3, &[stall]);
-    let line = run.wait_for("attempt 0: rank 1 pid", 60);
-    let pid: i32 = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
-    wait_for_file(&frozen.join("tiny/default/ckpt_epoch_0/manifest.json"), 120);
-    run.wait_for("[rank 0] epoch 2 [", 60);
     // SIGSTOP: the process is alive but runs no code, not even its watchdog.
-    assert_eq!(unsafe { libc_kill(pid, 19) }, 0, "stop rank 1");
+    let (run, straight, frozen) = signal_rank_1_in_epoch_2(dir.path(), "frozen", &[stall], 19);
     let stopped_at = std::time::Instant::now();
     run.wait_for("attempt 1: rank 1 pid", 120);
     eprintln!(

@@ -410,6 +410,14 @@ fn a_two_node_job_survives_losing_a_node() {
     }
 }
 
+/// Send `sig` to job `id`'s rank 1 once its log shows the first checkpoint.
+fn signal_rank_1_after_first_checkpoint(id: &str, log: &Path, sig: i32) {
+    wait_for_first_checkpoint(log, std::time::Instant::now());
+    let pid = task_pid(id, "1").expect("rank 1's process");
+    // SAFETY: kill(2) on a process this test found by its job and rank.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
 /// The pid of job `id`'s task `rank` (a `ride-trainer` process on this machine).
 fn task_pid(id: &str, rank: &str) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -436,11 +444,7 @@ fn a_rank_killed_mid_run_fails_the_job_without_a_requeue() {
     let log = dir.path().join("crash.log");
     let env = synthetic_job(&out, 30);
     let id = submit(&conf, &log, &pairs(&env), &[]);
-    let started = std::time::Instant::now();
-    wait_for_first_checkpoint(&log, started);
-    let pid = task_pid(&id, "1").expect("rank 1's process");
-    // SAFETY: kill(2) on a process this test found by its job and rank.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    signal_rank_1_after_first_checkpoint(&id, &log, libc::SIGKILL);
     let info = wait_done(&conf, &id, 300, &log);
     let t = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(info["JobState"], "FAILED", "{info:?}\n{t}");
@@ -470,11 +474,7 @@ fn a_frozen_rank_stalls_the_step_and_the_job_requeues_and_finishes() {
         ),
     ]);
     let id = submit(&conf, &log, &pairs(&env), &[]);
-    let started = std::time::Instant::now();
-    wait_for_first_checkpoint(&log, started);
-    let pid = task_pid(&id, "1").expect("rank 1's process");
-    // SAFETY: kill(2) on a process this test found by its job and rank.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    signal_rank_1_after_first_checkpoint(&id, &log, libc::SIGSTOP);
     let info = wait_done(&conf, &id, REQUEUED_JOB_SECONDS, &log);
     let t = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(info["JobState"], "COMPLETED", "{info:?}\n{t}");
