@@ -10,6 +10,7 @@
 #   scripts/k8s-cluster.sh status
 #   scripts/k8s-cluster.sh node NAME    a kubeconfig for a node agent named NAME
 #                                       (system:node:NAME in group system:nodes); prints its path
+#   scripts/k8s-cluster.sh user NAME    a kubeconfig for user NAME (no groups); prints its path
 #
 # State lives in $RIDE_K8S_DIR (default ~/.cache/ride/k8s-cluster): pki/,
 # etcd data, logs, kubeconfigs and `env`, which gives KUBECONFIG (the admin
@@ -221,10 +222,25 @@ node() {
   echo "$DIR/nodes/$name.kubeconfig"
 }
 
+# A plain user identity (no groups beyond system:authenticated), e.g. for an
+# operator whose API requests should be told apart from everyone else's: its
+# requests fall in the global-default flow schema of API Priority and
+# Fairness, which no component of the control plane uses.
+user() {
+  local name=${1:?usage: k8s-cluster.sh user NAME}
+  [[ "$name" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || { echo "error: bad user name $name" >&2; exit 1; }
+  ports
+  mkdir -p "$DIR/users"
+  cert "user-$name" "/CN=$name"
+  kubeconfig "$DIR/users/$name.kubeconfig" "user-$name"
+  echo "$DIR/users/$name.kubeconfig"
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
   node) shift; node "$@" ;;
-  *) echo "usage: $0 start|stop|status|node NAME" >&2; exit 2 ;;
+  user) shift; user "$@" ;;
+  *) echo "usage: $0 start|stop|status|node NAME|user NAME" >&2; exit 2 ;;
 esac

@@ -170,6 +170,23 @@ impl Cluster {
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
     }
 
+    /// A kubeconfig for user `name`, in no group: its requests fall in API
+    /// Priority and Fairness's `global-default` flow schema, which no
+    /// control-plane component uses, so they can be counted apart.
+    pub fn user_kubeconfig(&self, name: &str) -> PathBuf {
+        let out = Command::new(script())
+            .args(["user", name])
+            .env("RIDE_K8S_DIR", &self.dir)
+            .output()
+            .expect("run scripts/k8s-cluster.sh user");
+        assert!(
+            out.status.success(),
+            "user kubeconfig: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    }
+
     /// Start node agents `names` that run the trainer image, and wait until
     /// every one is Ready (its not-ready taint removed by the controller-manager).
     pub async fn nodes(&self, names: &[&str]) -> Vec<NodeAgent> {
