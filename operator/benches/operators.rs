@@ -187,9 +187,10 @@ impl System {
         let conditions = obj["status"]["conditions"].as_array().cloned();
         match self {
             Self::Ride => obj["status"]["phase"] == "Failed",
-            _ => conditions.into_iter().flatten().any(|c| {
-                (c["type"] == "Failed") && c["status"] == "True"
-            }),
+            _ => conditions
+                .into_iter()
+                .flatten()
+                .any(|c| (c["type"] == "Failed") && c["status"] == "True"),
         }
     }
 }
@@ -222,7 +223,11 @@ fn cpu_and_peak(pid: u32) -> (f64, f64) {
         .rsplit_once(')')
         .map(|(_, r)| r.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        rest.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     let cpu = (ticks(11) + ticks(12)) / 100.0; // CLK_TCK is 100 on Linux
     let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -251,10 +256,9 @@ fn api_requests(cluster: &Cluster) -> (f64, f64) {
             .sum()
     };
     (
-        sum(
-            "apiserver_flowcontrol_dispatched_requests_total{",
-            &|l| l.contains("flow_schema=\"global-default\""),
-        ),
+        sum("apiserver_flowcontrol_dispatched_requests_total{", &|l| {
+            l.contains("flow_schema=\"global-default\"")
+        }),
         sum("apiserver_request_total{", &|_| true),
     )
 }
@@ -302,7 +306,11 @@ async fn start(system: System, cluster: &Cluster) -> OperatorProcess {
             .env("RUST_LOG", "warn");
         }
         System::PyTorchJob | System::PyTorchJobTuned => {
-            apply_crd(cluster, "kubeflow.org_pytorchjobs.yaml", "pytorchjobs.kubeflow.org");
+            apply_crd(
+                cluster,
+                "kubeflow.org_pytorchjobs.yaml",
+                "pytorchjobs.kubeflow.org",
+            );
             // Its Deployment's namespace, the Secret its certificate rotator
             // fills, and the webhook configuration the rotator must find
             // before it reports ready. The configuration lists no webhooks:
@@ -358,7 +366,11 @@ async fn start(system: System, cluster: &Cluster) -> OperatorProcess {
             }
         }
         System::JobSet => {
-            apply_crd(cluster, "jobset.x-k8s.io_jobsets.yaml", "jobsets.jobset.x-k8s.io");
+            apply_crd(
+                cluster,
+                "jobset.x-k8s.io_jobsets.yaml",
+                "jobsets.jobset.x-k8s.io",
+            );
             // Its own certificate management expects a Service and
             // webhook configurations the API server could not reach here;
             // it serves its webhooks with a certificate of ours instead,
@@ -367,7 +379,14 @@ async fn start(system: System, cluster: &Cluster) -> OperatorProcess {
             let certs = cluster.dir.join("jobset-certs");
             std::fs::create_dir_all(&certs).expect("jobset cert dir");
             let ok = Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                ])
                 .args(["-nodes", "-days", "2", "-subj", "/CN=jobset-webhook"])
                 .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
                 .arg(certs.join("tls.key"))
@@ -446,7 +465,10 @@ fn mount_kubeflow_certs(cluster: &Cluster) -> bool {
             .spawn()
             .and_then(|mut c| {
                 use std::io::Write;
-                c.stdin.take().expect("stdin").write_all(data.trim().as_bytes())?;
+                c.stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(data.trim().as_bytes())?;
                 c.wait_with_output()
             });
         match out {
@@ -734,7 +756,9 @@ async fn run(system: System, n: usize, wait: u64) -> Result {
                 .filter(|(_, p)| p.training == *name && p.phase == "Running" && !p.deleting)
                 .collect();
             running.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-            running.last().map(|(uid, p)| ((*uid).clone(), p.name.clone()))
+            running
+                .last()
+                .map(|(uid, p)| ((*uid).clone(), p.name.clone()))
         };
         let Some((uid, pod)) = victim else { continue };
         let phase = if i % 2 == 0 { "exit 1" } else { "exit 137" };
@@ -783,12 +807,18 @@ async fn run(system: System, n: usize, wait: u64) -> Result {
         let mut by_training: BTreeMap<String, HashSet<String>> = BTreeMap::new();
         for (uid, p) in &t.pods {
             if p.node == lost && p.phase == "Running" && !p.deleting {
-                by_training.entry(p.training.clone()).or_default().insert(uid.clone());
+                by_training
+                    .entry(p.training.clone())
+                    .or_default()
+                    .insert(uid.clone());
             }
         }
         by_training.into_iter().collect()
     };
-    eprintln!("  {lost} stops; {} trainings have a running pod there", affected.len());
+    eprintln!(
+        "  {lost} stops; {} trainings have a running pod there",
+        affected.len()
+    );
     let stopped = Instant::now();
     {
         let mut t = lock(&tracker);
@@ -913,30 +943,40 @@ fn print_table(n: usize, server: &str, wait: u64, results: &[(System, Result)]) 
     line("create -> both pods running, p50 / p99 (s)", &|r| {
         latency(&r.running)
     });
-    line("worker exits 1 -> 2 pods running again, p50 / p99 (s)", &|r| {
-        latency(&r.exit1)
+    line(
+        "worker exits 1 -> 2 pods running again, p50 / p99 (s)",
+        &|r| latency(&r.exit1),
+    );
+    line(
+        "  pods new in that pair (2: gang restarted, 1: one pod)",
+        &|r| new_pods(&r.exit1, r.exit1_new_pods),
+    );
+    line(
+        "worker SIGKILLed (137) -> 2 pods running again, p50 / p99 (s)",
+        &|r| latency(&r.exit137),
+    );
+    line("  pods new in that pair", &|r| {
+        new_pods(&r.exit137, r.exit137_new_pods)
     });
-    line("  pods new in that pair (2: gang restarted, 1: one pod)", &|r| {
-        new_pods(&r.exit1, r.exit1_new_pods)
-    });
-    line("worker SIGKILLed (137) -> 2 pods running again, p50 / p99 (s)", &|r| {
-        latency(&r.exit137)
-    });
-    line("  pods new in that pair", &|r| new_pods(&r.exit137, r.exit137_new_pods));
     line("restarts the status counts (all trainings)", &|r| {
         r.restarts_counted.to_string()
     });
     line("trainings failed for good after the failures", &|r| {
         r.failed_for_good.to_string()
     });
-    line("node lost -> affected trainings running elsewhere, p50 / p99 (s)", &|r| {
-        latency(&r.node_loss)
-    });
+    line(
+        "node lost -> affected trainings running elsewhere, p50 / p99 (s)",
+        &|r| latency(&r.node_loss),
+    );
     line("operator CPU (s, whole scenario)", &|r| {
         format!("{:.1}", r.operator_cpu)
     });
-    line("operator peak RSS (MiB)", &|r| format!("{:.1}", r.operator_peak_mib));
-    line("kube-controller-manager CPU (s)", &|r| format!("{:.1}", r.kcm_cpu));
+    line("operator peak RSS (MiB)", &|r| {
+        format!("{:.1}", r.operator_peak_mib)
+    });
+    line("kube-controller-manager CPU (s)", &|r| {
+        format!("{:.1}", r.kcm_cpu)
+    });
     line("operator's API requests per training", &|r| {
         format!("{:.1}", r.operator_requests)
     });
