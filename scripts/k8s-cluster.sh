@@ -212,14 +212,21 @@ status() {
   done
 }
 
+# identity KIND NAME SUBJECT: a client certificate with SUBJECT and a
+# kubeconfig for it, in $DIR/KINDs/NAME.kubeconfig; prints its path.
+identity() {
+  local kind=$1 name=$2 subject=$3
+  [[ "$name" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || { echo "error: bad $kind name $name" >&2; exit 1; }
+  ports
+  mkdir -p "$DIR/${kind}s"
+  cert "$kind-$name" "$subject"
+  kubeconfig "$DIR/${kind}s/$name.kubeconfig" "$kind-$name"
+  echo "$DIR/${kind}s/$name.kubeconfig"
+}
+
 node() {
   local name=${1:?usage: k8s-cluster.sh node NAME}
-  [[ "$name" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || { echo "error: bad node name $name" >&2; exit 1; }
-  ports
-  mkdir -p "$DIR/nodes"
-  cert "node-$name" "/O=system:nodes/CN=system:node:$name"
-  kubeconfig "$DIR/nodes/$name.kubeconfig" "node-$name"
-  echo "$DIR/nodes/$name.kubeconfig"
+  identity node "$name" "/O=system:nodes/CN=system:node:$name"
 }
 
 # A plain user identity (no groups beyond system:authenticated), e.g. for an
@@ -228,12 +235,7 @@ node() {
 # Fairness, which no component of the control plane uses.
 user() {
   local name=${1:?usage: k8s-cluster.sh user NAME}
-  [[ "$name" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || { echo "error: bad user name $name" >&2; exit 1; }
-  ports
-  mkdir -p "$DIR/users"
-  cert "user-$name" "/CN=$name"
-  kubeconfig "$DIR/users/$name.kubeconfig" "user-$name"
-  echo "$DIR/users/$name.kubeconfig"
+  identity user "$name" "/CN=$name"
 }
 
 case "${1:-}" in

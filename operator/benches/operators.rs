@@ -37,7 +37,7 @@ mod common;
 
 use common::cluster::Cluster;
 use common::node_agent::{NodeAgent, NodeSpec};
-use common::stand_in_image;
+use common::{percentile, proc_status_kib, stand_in_image};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
@@ -203,17 +203,6 @@ fn peers_dir() -> PathBuf {
         .join("k8s/peers")
 }
 
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 /// (CPU seconds, peak RSS in MiB) of a process, from /proc.
 fn cpu_and_peak(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -229,13 +218,7 @@ fn cpu_and_peak(pid: u32) -> (f64, f64) {
             .unwrap_or(0.0)
     };
     let cpu = (ticks(11) + ticks(12)) / 100.0; // CLK_TCK is 100 on Linux
-    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    (cpu, hwm / 1024.0)
+    (cpu, proc_status_kib(pid, "VmHWM:") as f64 / 1024.0)
 }
 
 fn component_pid(cluster: &Cluster, component: &str) -> u32 {
@@ -426,7 +409,7 @@ async fn start(system: System, cluster: &Cluster) -> OperatorProcess {
     let process = OperatorProcess { child };
     let t0 = Instant::now();
     let mut certs_written = false;
-    while !http_get(health, "/readyz").contains(" 200 ") {
+    while !common::http_get(("127.0.0.1", health), "/readyz").is_some_and(|r| r.contains(" 200 ")) {
         if matches!(system, System::PyTorchJob | System::PyTorchJobTuned) && !certs_written {
             certs_written = mount_kubeflow_certs(cluster);
         }
@@ -446,39 +429,23 @@ async fn start(system: System, cluster: &Cluster) -> OperatorProcess {
 fn mount_kubeflow_certs(cluster: &Cluster) -> bool {
     let mut files = Vec::new();
     for key in ["tls.crt", "tls.key", "ca.crt"] {
-        let (ok, data) = cluster.kubectl(&[
+        let (ok, pem) = cluster.kubectl(&[
             "-n",
             "kubeflow",
             "get",
             "secret",
             "training-operator-webhook-cert",
             "-o",
-            &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
+            &format!("go-template={{{{index .data \"{key}\" | base64decode}}}}"),
         ]);
-        if !ok || data.trim().is_empty() {
+        if !ok || !pem.starts_with("-----BEGIN") {
             return false;
         }
-        let out = Command::new("base64")
-            .arg("-d")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(data.trim().as_bytes())?;
-                c.wait_with_output()
-            });
-        match out {
-            Ok(o) if o.status.success() => files.push((key, o.stdout)),
-            _ => return false,
-        }
+        files.push((key, pem));
     }
     std::fs::create_dir_all(KUBEFLOW_CERT_DIR).expect("kubeflow cert dir");
-    for (key, bytes) in files {
-        std::fs::write(Path::new(KUBEFLOW_CERT_DIR).join(key), bytes).expect("cert file");
+    for (key, pem) in files {
+        std::fs::write(Path::new(KUBEFLOW_CERT_DIR).join(key), pem).expect("cert file");
     }
     true
 }
@@ -637,14 +604,6 @@ struct Row {
     p99: f64,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn row(total: usize, mut v: Vec<f64>) -> Row {
     v.sort_by(f64::total_cmp);
     Row {
@@ -657,7 +616,7 @@ fn row(total: usize, mut v: Vec<f64>) -> Row {
 
 /// What one system's run measured.
 #[derive(Default)]
-struct Result {
+struct Measured {
     created: Row,
     running: Row,
     exit1: Row,
@@ -675,7 +634,7 @@ struct Result {
     burst_secs: f64,
 }
 
-async fn run(system: System, n: usize, wait: u64) -> Result {
+async fn run(system: System, n: usize, wait: u64) -> Measured {
     eprintln!("== {} with {n} trainings", system.title());
     let cluster = Cluster::start();
     let client = cluster.client().await;
@@ -876,7 +835,7 @@ async fn run(system: System, n: usize, wait: u64) -> Result {
     };
     let (exit1, exit1_new_pods) = latencies("exit 1", true);
     let (exit137, exit137_new_pods) = latencies("exit 137", true);
-    let result = Result {
+    let result = Measured {
         created: latencies("created", false).0,
         running: latencies("running", false).0,
         exit1,
@@ -917,7 +876,7 @@ fn new_pods(r: &Row, mean: f64) -> String {
     }
 }
 
-fn print_table(n: usize, server: &str, wait: u64, results: &[(System, Result)]) {
+fn print_table(n: usize, server: &str, wait: u64, results: &[(System, Measured)]) {
     println!(
         "\n### {n} trainings x {WORKERS} workers, one burst; 3 node agents; kube-apiserver {server}; \
          a phase's stragglers count as not done after {wait} s\n"
@@ -930,7 +889,7 @@ fn print_table(n: usize, server: &str, wait: u64, results: &[(System, Result)]) 
         .join(" | ");
     println!("{header} |");
     println!("|---|{}", "---|".repeat(results.len()));
-    let line = |label: &str, f: &dyn Fn(&Result) -> String| {
+    let line = |label: &str, f: &dyn Fn(&Measured) -> String| {
         let cells: Vec<String> = results.iter().map(|(_, r)| f(r)).collect();
         println!("| {label} | {} |", cells.join(" | "));
     };

@@ -28,7 +28,7 @@ mod common;
 
 use common::cluster::Cluster;
 use common::node_agent::NodeSpec;
-use common::stand_in_image;
+use common::{percentile, proc_status_kib, stand_in_image};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -40,34 +40,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const NS: &str = "default";
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
 
 /// What the pod watch saw, per training.
 #[derive(Default)]
@@ -210,14 +182,14 @@ async fn run(n: usize, concurrency: u16) {
         .expect("start ride-operator");
     let pid = child.id();
     let start = Instant::now();
-    while !http_get(port, "/readyz").contains(" 200 ") {
+    while !common::http_get(("127.0.0.1", port), "/readyz").is_some_and(|r| r.contains(" 200 ")) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "operator not ready"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rss_idle = proc_kib(pid, "VmRSS:");
+    let rss_idle = proc_status_kib(pid, "VmRSS:");
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let watch = {
@@ -280,9 +252,9 @@ async fn run(n: usize, concurrency: u16) {
     })
     .await;
 
-    let rss = proc_kib(pid, "VmRSS:");
-    let hwm = proc_kib(pid, "VmHWM:");
-    let metrics = http_get(port, "/metrics");
+    let rss = proc_status_kib(pid, "VmRSS:");
+    let hwm = proc_status_kib(pid, "VmHWM:");
+    let metrics = common::http_get(("127.0.0.1", port), "/metrics").unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
     watch.abort();

@@ -207,6 +207,17 @@ impl CpuExample {
         s
     }
 
+    /// Wait for the first checkpoint, then send `sig` to rank 1 of attempt 0.
+    async fn signal_rank_1_after_first_checkpoint(&self, sig: &str) {
+        self.first_checkpoint().await;
+        let pod = format!("{}-0-1", self.name);
+        assert!(
+            self.agents.iter().any(|a| a.signal_pod(NS, &pod, sig)),
+            "rank 1 of attempt 0 runs\n{}",
+            self.context()
+        );
+    }
+
     /// Wait until the training's first checkpoint is durable.
     async fn first_checkpoint(&self) {
         eventually(
@@ -224,15 +235,7 @@ async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds
     let ex = CpuExample::apply("op-e2e", "ride-cpu", &[]).await;
     let (cluster, agents, c) = (&ex.cluster, &ex.agents, &ex.client);
     let ctx = || ex.context();
-    // Wait for the first checkpoint, then SIGKILL rank 1 of attempt 0.
-    ex.first_checkpoint().await;
-    assert!(
-        agents
-            .iter()
-            .any(|a| a.signal_pod(NS, "ride-cpu-0-1", "KILL")),
-        "rank 1 of attempt 0 runs\n{}",
-        ctx()
-    );
+    ex.signal_rank_1_after_first_checkpoint("KILL").await;
     eventually(
         120,
         "a gang restart",
@@ -310,17 +313,10 @@ async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and
         &["stallTimeoutSeconds: 5", "stallBudget: 1"],
     )
     .await;
-    let (cluster, agents, c) = (&ex.cluster, &ex.agents, &ex.client);
+    let (cluster, c) = (&ex.cluster, &ex.client);
     let ctx = || ex.context();
     // Freeze rank 1 during the second epoch's steps.
-    ex.first_checkpoint().await;
-    assert!(
-        agents
-            .iter()
-            .any(|a| a.signal_pod(NS, "ride-stall-0-1", "STOP")),
-        "rank 1 of attempt 0 runs\n{}",
-        ctx()
-    );
+    ex.signal_rank_1_after_first_checkpoint("STOP").await;
     let frozen = std::time::Instant::now();
     let st = eventually(
         180,

@@ -281,12 +281,9 @@ fn promtool_check_metrics(text: &str) -> (bool, String) {
     )
 }
 
+/// The body of a GET.
 fn http_get(addr: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
+    let out = common::http_get(addr, path)?;
     Some(out.split("\r\n\r\n").nth(1)?.to_string())
 }
 

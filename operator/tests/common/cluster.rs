@@ -157,31 +157,26 @@ impl Cluster {
 
     /// A kubeconfig for node `name` (identity `system:node:NAME`).
     pub fn node_kubeconfig(&self, name: &str) -> PathBuf {
-        let out = Command::new(script())
-            .args(["node", name])
-            .env("RIDE_K8S_DIR", &self.dir)
-            .output()
-            .expect("run scripts/k8s-cluster.sh node");
-        assert!(
-            out.status.success(),
-            "node kubeconfig: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        self.identity_kubeconfig("node", name)
     }
 
     /// A kubeconfig for user `name`, in no group: its requests fall in API
     /// Priority and Fairness's `global-default` flow schema, which no
     /// control-plane component uses, so they can be counted apart.
     pub fn user_kubeconfig(&self, name: &str) -> PathBuf {
+        self.identity_kubeconfig("user", name)
+    }
+
+    /// `scripts/k8s-cluster.sh KIND NAME`: the path of the kubeconfig it made.
+    fn identity_kubeconfig(&self, kind: &str, name: &str) -> PathBuf {
         let out = Command::new(script())
-            .args(["user", name])
+            .args([kind, name])
             .env("RIDE_K8S_DIR", &self.dir)
             .output()
-            .expect("run scripts/k8s-cluster.sh user");
+            .unwrap_or_else(|e| panic!("run scripts/k8s-cluster.sh {kind}: {e}"));
         assert!(
             out.status.success(),
-            "user kubeconfig: {}",
+            "{kind} kubeconfig: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())

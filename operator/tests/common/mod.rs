@@ -67,6 +67,36 @@ pub fn trainer_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ride-operator")).with_file_name("ride-trainer")
 }
 
+/// GET `path` over plain HTTP/1.0: the whole response (status line,
+/// headers, body); None if the connection fails.
+pub fn http_get(addr: impl std::net::ToSocketAddrs, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// The `p` quantile (0..=1) of sorted values, nearest rank; NaN if none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// A `kB` field of `/proc/PID/status` (e.g. "VmHWM:"); 0 if unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -121,12 +151,7 @@ impl Operator {
 
     /// GET a path of its HTTP endpoint: (status line, body).
     pub fn http_get(&self, path: &str) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
+        http_get(("127.0.0.1", self.metrics_port), path)
     }
 
     /// Its log so far.
