@@ -17,3 +17,7 @@ export RIDE_K8S_BIN
 # Third-party CRDs the operator tests install (scripts/k8s-crds.sh).
 RIDE_K8S_CRDS="${RIDE_K8S_CRDS:-$RIDE_CACHE/k8s/crds}"
 export RIDE_K8S_CRDS
+# Kubeflow's training-operator and JobSet with their CRDs, for
+# bench/operators.sh (scripts/k8s-peers.sh).
+RIDE_K8S_PEERS="${RIDE_K8S_PEERS:-$RIDE_CACHE/k8s/peers}"
+export RIDE_K8S_PEERS

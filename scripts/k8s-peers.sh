@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the operators `bench/operators.sh` compares ride-operator with, from
-# Go modules, once, into $RIDE_CACHE/k8s/peers/bin, with their CRDs from the
-# same modules in $RIDE_CACHE/k8s/peers/crds:
+# Go modules, once, into $RIDE_K8S_PEERS/bin (~/.cache/ride/k8s/peers), with
+# their CRDs from the same modules in $RIDE_K8S_PEERS/crds:
 #
 #   training-operator.v1  github.com/kubeflow/training-operator (PyTorchJob, Kubeflow's v1 line)
 #   jobset                sigs.k8s.io/jobset (JobSet; its Jobs are run by kube-controller-manager)
@@ -15,7 +15,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env.sh
 source "$here/env.sh"
 mods="$here/k8s-peers"
-out="$RIDE_CACHE/k8s/peers"
+out="$RIDE_K8S_PEERS"
 
 if ! command -v go >/dev/null 2>&1; then
   echo "error: go not found; the peer operators are built from Go modules (Go >= 1.26)" >&2

@@ -45,7 +45,7 @@ use kube::core::GroupVersionKind;
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -114,7 +114,7 @@ impl System {
             Self::PyTorchJob | Self::PyTorchJobTuned => "training-operator.v1",
             Self::JobSet => "jobset",
         };
-        std::fs::read_to_string(peers_dir().join(format!("bin/{bin}.version")))
+        std::fs::read_to_string(common::k8s_peers().join(format!("bin/{bin}.version")))
             .map(|v| v.trim().to_string())
             .unwrap_or_else(|_| "unknown version".into())
     }
@@ -193,14 +193,6 @@ impl System {
                 .any(|c| (c["type"] == "Failed") && c["status"] == "True"),
         }
     }
-}
-
-fn peers_dir() -> PathBuf {
-    std::env::var_os("RIDE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ride")))
-        .unwrap_or_else(|| PathBuf::from("/nonexistent"))
-        .join("k8s/peers")
 }
 
 /// (CPU seconds, peak RSS in MiB) of a process, from /proc.
@@ -325,7 +317,7 @@ async fn start(system: System, cluster: &Cluster) -> OperatorProcess {
             let (ok, out) = cluster.kubectl(&["apply", "-f", &hooks.to_string_lossy()]);
             assert!(ok, "kubeflow webhook configuration: {out}");
             let _ = std::fs::remove_dir_all(KUBEFLOW_CERT_DIR);
-            cmd = Command::new(peers_dir().join("bin/training-operator.v1"));
+            cmd = Command::new(common::k8s_peers().join("bin/training-operator.v1"));
             cmd.args([
                 "--metrics-bind-address",
                 &format!("127.0.0.1:{}", common::free_port()),
@@ -396,7 +388,7 @@ async fn start(system: System, cluster: &Cluster) -> OperatorProcess {
                 ),
             )
             .expect("jobset configuration");
-            cmd = Command::new(peers_dir().join("bin/jobset"));
+            cmd = Command::new(common::k8s_peers().join("bin/jobset"));
             cmd.arg("--config").arg(&config);
         }
     }
@@ -451,7 +443,7 @@ fn mount_kubeflow_certs(cluster: &Cluster) -> bool {
 }
 
 fn apply_crd(cluster: &Cluster, file: &str, name: &str) {
-    let path = peers_dir().join("crds").join(file);
+    let path = common::k8s_peers().join("crds").join(file);
     assert!(
         path.is_file(),
         "{} missing: run scripts/k8s-peers.sh",

@@ -36,6 +36,12 @@ pub fn k8s_crds() -> PathBuf {
     env_dir("RIDE_K8S_CRDS")
 }
 
+/// Where `scripts/k8s-peers.sh` puts the peer operators and their CRDs
+/// (`$RIDE_K8S_PEERS`, else what `scripts/env.sh` says).
+pub fn k8s_peers() -> PathBuf {
+    env_dir("RIDE_K8S_PEERS")
+}
+
 /// A directory named by `var`, from the environment or `scripts/env.sh`.
 fn env_dir(var: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os(var) {
