@@ -21,3 +21,27 @@ export RIDE_K8S_CRDS
 # bench/operators.sh (scripts/k8s-peers.sh).
 RIDE_K8S_PEERS="${RIDE_K8S_PEERS:-$RIDE_CACHE/k8s/peers}"
 export RIDE_K8S_PEERS
+
+# ride_free_port: a loopback port that is free now, drawn below the kernel's
+# ephemeral range so that no outgoing connection of a busy test run can take
+# it between this check and the server binding it (the range itself is what
+# binding port 0 hands out, and what every client socket uses).
+ride_free_port() {
+  python3 - <<'PY'
+import random, socket
+lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(200):
+    port = random.randrange(10000, max(lo, 10001))
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    raise SystemExit("no free port below the ephemeral range")
+PY
+}

@@ -15,10 +15,11 @@
 # State lives in $RIDE_K8S_DIR (default ~/.cache/ride/k8s-cluster): pki/,
 # etcd data, logs, kubeconfigs and `env`, which gives KUBECONFIG (the admin
 # kubeconfig), RIDE_K8S_BIN and RIDE_K8S_API. Ports are picked free at the
-# first start (parallel clusters in different directories do not collide)
-# and kept for later starts. Node failure is detected fast for tests: a node
-# whose Lease is not renewed for 8 s is NotReady, and its pods are evicted
-# 5 s later (stock: 50 s and 300 s).
+# first start, below the ephemeral range, and again should another process
+# take one before the first start binds it (parallel clusters in different
+# directories do not collide), and kept for later starts. Node failure is
+# detected fast for tests: a node whose Lease is not renewed for 8 s is
+# NotReady, and its pods are evicted 5 s later (stock: 50 s and 300 s).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env.sh
@@ -27,10 +28,6 @@ DIR="${RIDE_K8S_DIR:-$RIDE_CACHE/k8s-cluster}"
 PKI="$DIR/pki"
 BIN="$RIDE_K8S_BIN"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # ---- certificates (ECDSA P-256, openssl) ----
 key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
@@ -105,6 +102,12 @@ wait_until() { # seconds what command...
   shift 2
   local deadline=$(( $(date +%s) + secs ))
   until "$@" >/dev/null 2>&1; do
+    # A component that died will not come up: say so now, not at the deadline.
+    if [ -f "$DIR/$what.pid" ] && ! running "$what"; then
+      echo "error: $what exited; logs in $DIR/*.log" >&2
+      tail -n 20 "$DIR"/*.log >&2 || true
+      return 1
+    fi
     if [ "$(date +%s)" -ge "$deadline" ]; then
       echo "error: $what did not come up within ${secs}s; logs in $DIR/*.log" >&2
       tail -n 20 "$DIR"/*.log >&2 || true
@@ -116,21 +119,44 @@ wait_until() { # seconds what command...
 
 ports() {
   if [ ! -f "$DIR/ports" ]; then
-    {
-      echo "ETCD_PORT=$(free_port)"
-      echo "ETCD_PEER_PORT=$(free_port)"
-      echo "API_PORT=$(free_port)"
-    } > "$DIR/ports"
+    local etcd peer api
+    etcd=$(ride_free_port)
+    until peer=$(ride_free_port) && [ "$peer" != "$etcd" ]; do :; done
+    until api=$(ride_free_port) && [ "$api" != "$etcd" ] && [ "$api" != "$peer" ]; do :; done
+    printf 'ETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPI_PORT=%s\n' "$etcd" "$peer" "$api" > "$DIR/ports"
   fi
   # shellcheck disable=SC1091
   source "$DIR/ports"
 }
 
+# bind_lost COMPONENT: whether COMPONENT died because another process took
+# its port between the pick and the bind.
+bind_lost() {
+  ! running "$1" && grep -q "address already in use" "$DIR/$1.log" 2>/dev/null
+}
+
 start() {
   "$here/k8s-tools.sh"
   mkdir -p "$DIR"
-  ports
-  pki
+  # A cluster that has never started picks new ports when one was taken
+  # under it; one with state keeps its ports (its kubeconfigs name them).
+  local fresh=0 attempt
+  [ -f "$DIR/ports" ] || fresh=1
+  for attempt in 1 2 3; do
+    ports
+    pki
+    if start_control_plane; then return; fi
+    if [ "$fresh" = 1 ] && [ "$attempt" -lt 3 ] && { bind_lost etcd || bind_lost kube-apiserver; }; then
+      echo "==> a port was taken before the control plane bound it; picking new ones" >&2
+      stop
+      rm -rf "$DIR/ports" "$DIR/etcd" "$DIR"/*.kubeconfig "$DIR/users" "$DIR/nodes"
+      continue
+    fi
+    return 1
+  done
+}
+
+start_control_plane() {
   local t0
   t0=$(date +%s.%N)
 
@@ -139,11 +165,8 @@ start() {
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster "ride=http://127.0.0.1:$ETCD_PEER_PORT" \
     --unsafe-no-fsync --log-level warn
-  wait_until 30 etcd curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+  wait_until 30 etcd curl -sf "http://127.0.0.1:$ETCD_PORT/health" || return 1
 
-  # Node,RBAC as on a production cluster; NodeRestriction and
-  # OwnerReferencesPermissionEnforcement on top of the default admission
-  # plugins (which include PodSecurity, ServiceAccount, DefaultTolerationSeconds).
   launch kube-apiserver \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
@@ -159,7 +182,7 @@ start() {
     --profiling=false --v 1
   ADMIN="$DIR/admin.kubeconfig"
   kubeconfig "$ADMIN" admin
-  wait_until 60 kube-apiserver "$BIN/kubectl" --kubeconfig "$ADMIN" get --raw /readyz
+  wait_until 60 kube-apiserver "$BIN/kubectl" --kubeconfig "$ADMIN" get --raw /readyz || return 1
 
   kubeconfig "$DIR/controller-manager.kubeconfig" controller-manager
   launch kube-controller-manager \
@@ -182,7 +205,7 @@ start() {
 
   # Usable means: pods can be created in "default" (its ServiceAccount exists,
   # made by the controller-manager), which also proves the controllers run.
-  wait_until 60 "the default ServiceAccount" "$BIN/kubectl" --kubeconfig "$ADMIN" -n default get serviceaccount default
+  wait_until 60 "the default ServiceAccount" "$BIN/kubectl" --kubeconfig "$ADMIN" -n default get serviceaccount default || return 1
   cat > "$DIR/env" <<ENV
 export KUBECONFIG="$ADMIN"
 export RIDE_K8S_BIN="$BIN"

@@ -38,10 +38,6 @@ running() {
   [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 start() {
   install
   mkdir -p "$RIDE_PROM_DIR/data"
@@ -50,7 +46,7 @@ start() {
     return
   fi
   promtool check config "$RIDE_PROM_CONFIG" >/dev/null
-  local port="${RIDE_PROM_PORT:-$(free_port)}"
+  local port="${RIDE_PROM_PORT:-$(ride_free_port)}"
   local url="http://127.0.0.1:$port"
   nohup prometheus \
     --config.file="$RIDE_PROM_CONFIG" \
