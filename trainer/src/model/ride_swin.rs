@@ -9,8 +9,9 @@
 use super::layers::{
     linear, trunc_normal, BasicLayer, BlockOptions, Head, NormedLinear, PatchEmbed,
 };
+use super::router::{Routed, Router};
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// Architecture hyper-parameters (the `MODEL.*` keys of the config).
 #[derive(Clone, Debug, PartialEq)]
@@ -329,17 +330,97 @@ impl RideSwin {
 
     /// Forward pass returning every expert's logits.
     pub fn forward(&self, images: &Tensor, train: bool) -> ModelOutput {
+        self.forward_with_features(images, train).0
+    }
+
+    /// Forward pass returning every expert's logits and the pooled features
+    /// its head saw, `[B, num_features]` per expert (what the router reads).
+    pub fn forward_with_features(
+        &self,
+        images: &Tensor,
+        train: bool,
+    ) -> (ModelOutput, Vec<Tensor>) {
         let x = self.stem(images, train);
         let paths = self.walk(x, Tensor::shallow_clone, |l, x| l.forward(&x, train));
         // Without branches the experts share their features: pool once.
         let feats: Vec<Tensor> = paths.iter().map(|y| self.head_features(y)).collect();
-        ModelOutput {
+        let per_expert: Vec<Tensor> = (0..self.heads.len())
+            .map(|e| feats[e.min(feats.len() - 1)].shallow_clone())
+            .collect();
+        let out = ModelOutput {
             experts: self
                 .heads
                 .iter()
-                .enumerate()
-                .map(|(e, h)| h.forward(&feats[e.min(feats.len() - 1)]))
+                .zip(&per_expert)
+                .map(|(h, f)| h.forward(f))
                 .collect(),
+        };
+        (out, per_expert)
+    }
+
+    /// Evaluation-mode stem and shared stages: what every expert starts from.
+    fn trunk(&self, images: &Tensor) -> Tensor {
+        let mut x = self.stem(images, false);
+        for stage in &self.stages {
+            match stage {
+                Stage::Shared(l) => x = l.forward(&x, false),
+                Stage::Branched(_) => break,
+            }
+        }
+        x
+    }
+
+    /// Evaluation-mode expert `e` on trunk outputs: its branched stages and
+    /// head. Returns its logits and pooled features.
+    fn expert_from_trunk(&self, e: usize, trunk: &Tensor) -> (Tensor, Tensor) {
+        let mut x = trunk.shallow_clone();
+        for stage in &self.stages {
+            if let Stage::Branched(ls) = stage {
+                x = ls[e].forward(&x, false);
+            }
+        }
+        let f = self.head_features(&x);
+        (self.heads[e].forward(&f), f)
+    }
+
+    /// Evaluation with dynamic routing: the shared stages run once, expert
+    /// `i + 1` runs only on the images whose routing step `i` says
+    /// `sigmoid(logit) > threshold`. Same result as
+    /// [`super::router::route_all`] on a full forward, at the cost of the
+    /// experts actually used.
+    pub fn forward_routed(&self, router: &Router, images: &Tensor, threshold: f64) -> Routed {
+        let trunk = self.trunk(images);
+        let b = images.size()[0];
+        let device = images.device();
+        let (first, mut feats) = self.expert_from_trunk(0, &trunk);
+        let mut sum = first.to_kind(Kind::Float);
+        let mut used = Tensor::ones([b], (Kind::Int64, device));
+        // Indices (into the batch) of the images still going on.
+        let mut active = Tensor::arange(b, (Kind::Int64, device));
+        for step in 0..router.steps() {
+            let mean = sum.index_select(0, &active) / (step + 1) as f64;
+            let go = router
+                .help_logit(step, &feats, &mean)
+                .sigmoid()
+                .gt(threshold);
+            let keep = go.nonzero().view([-1]);
+            if keep.numel() == 0 {
+                break;
+            }
+            active = active.index_select(0, &keep);
+            let (out, f) = self.expert_from_trunk(step + 1, &trunk.index_select(0, &active));
+            sum = sum.index_add(0, &active, &out.to_kind(Kind::Float));
+            used = used.index_add(
+                0,
+                &active,
+                &Tensor::ones([active.size()[0]], (Kind::Int64, device)),
+            );
+            feats = f;
+        }
+        let outputs = sum / used.to_kind(Kind::Float).view([b, 1]);
+        Routed {
+            outputs,
+            experts_used: used,
         }
     }
 
@@ -370,6 +451,31 @@ impl RideSwin {
             }
         }
         out
+    }
+
+    /// Multiply-accumulates per image split into what runs once (stem and
+    /// shared stages) and what each expert adds (its branched stages, the
+    /// final norm and its head), counted as the reference's `flops()` counts
+    /// each part. `shared + k · per_expert` is the cost of running `k`
+    /// experts; it exceeds [`RideSwin::flops`] with all experts only by the
+    /// extra experts' norm and head, which the reference counts once.
+    pub fn flops_split(&self) -> (i64, i64) {
+        let res = self.patches_resolution;
+        let s = &self.spec;
+        let mut shared = res * res * s.embed_dim * s.in_chans * s.patch_size * s.patch_size;
+        if s.patch_norm {
+            shared += res * res * s.embed_dim;
+        }
+        let mut per_expert = 0;
+        for stage in &self.stages {
+            match stage {
+                Stage::Shared(l) => shared += l.flops(),
+                Stage::Branched(ls) => per_expert += ls[0].flops(),
+            }
+        }
+        per_expert += self.num_features * res * res / (1i64 << s.depths.len());
+        per_expert += self.num_features * s.num_classes;
+        (shared, per_expert)
     }
 
     /// Multiply-accumulates per image for the whole model (all experts),
@@ -472,6 +578,58 @@ pub(crate) mod tests {
         assert_eq!(out.stacked().size(), vec![2, 3, 5]);
         let by_hand = (&out.experts[0] + &out.experts[1] + &out.experts[2]) / 3.0;
         assert!(out.mean().allclose(&by_hand, 1e-6, 1e-6, false));
+    }
+
+    #[test]
+    fn dynamic_routing_equals_routing_a_full_forward() {
+        use crate::model::router::{route_all, RouterSpec};
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = RideSwin::new(&vs.root(), &tiny_spec(3)).unwrap();
+        let spec = RouterSpec {
+            top_choices_num: 3,
+            hidden_dim: 16,
+            share_fc: true,
+            pos_weight: 20.0,
+            logit_scale: 30.0,
+        };
+        let r = Router::new(&vs.root(), m.num_features(), 3, &spec);
+        let x = Tensor::randn([16, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let (out, feats) = tch::no_grad(|| m.forward_with_features(&x, false));
+        let help = tch::no_grad(|| r.help_logits(&out.experts, &feats));
+        // Thresholds at the first step's quantiles, so that some images stop
+        // after one, two and three experts.
+        let probs: Vec<f32> = Vec::try_from(help.sigmoid().select(1, 0)).unwrap();
+        let mut sorted = probs.clone();
+        sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let mut mixed = false;
+        for q in [0.25, 0.5, 0.75] {
+            let t = f64::from(sorted[(q * 16.0) as usize]);
+            let want = route_all(&out.experts, &help, t);
+            let got = tch::no_grad(|| m.forward_routed(&r, &x, t));
+            assert_eq!(
+                Vec::<i64>::try_from(&got.experts_used).unwrap(),
+                Vec::<i64>::try_from(&want.experts_used).unwrap(),
+                "threshold {t}"
+            );
+            assert!(
+                got.outputs.allclose(&want.outputs, 1e-5, 1e-5, false),
+                "threshold {t}"
+            );
+            let used: Vec<i64> = Vec::try_from(&got.experts_used).unwrap();
+            mixed |= used.contains(&1) && used.iter().any(|&u| u > 1);
+        }
+        assert!(mixed, "no threshold split the batch");
+    }
+
+    #[test]
+    fn flops_split_adds_up_to_the_reference_count() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = RideSwin::new(&vs.root(), &tiny_spec(3)).unwrap();
+        let (shared, per_expert) = m.flops_split();
+        let norm_and_head = m.num_features() * 16 * 16 / 16 + m.num_features() * 5;
+        assert_eq!(shared + 3 * per_expert, m.flops() + 2 * norm_and_head);
+        assert!(shared > 0 && per_expert > norm_and_head);
     }
 
     #[test]
