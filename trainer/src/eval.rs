@@ -15,6 +15,83 @@ pub struct EvalAccumulator {
     expert_top1: Vec<u64>,
     loss_sum: f64,
     samples: u64,
+    #[serde(default)]
+    routing: Option<RoutingCounts>,
+}
+
+/// What one image costs, in multiply-accumulates, by the number of experts
+/// it runs (the model's `flops()` applied per part).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RoutingCost {
+    /// Stem and shared stages: run once per image.
+    pub shared: i64,
+    /// One expert's branched stages, norm and head.
+    pub per_expert: i64,
+    /// One routing step (the router runs before each extra expert and once
+    /// more to stop).
+    pub router_step: i64,
+}
+
+impl RoutingCost {
+    /// Multiply-accumulates of an image that used `k` of `experts` experts.
+    pub fn macs(&self, k: usize, experts: usize) -> i64 {
+        self.shared + k as i64 * self.per_expert + k.min(experts - 1) as i64 * self.router_step
+    }
+}
+
+/// Routing counts at every swept threshold.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RoutingCounts {
+    /// The configured threshold (its counts are the report's headline).
+    threshold: f64,
+    thresholds: Vec<f64>,
+    /// `[threshold][class]` top-1 hits of the routed prediction.
+    class_top1: Vec<Vec<u64>>,
+    /// `[threshold][k-1]` images that used `k` experts.
+    used: Vec<Vec<u64>>,
+    cost: RoutingCost,
+}
+
+/// The thresholds every routed evaluation sweeps (plus the configured one).
+pub const SWEPT_THRESHOLDS: [f64; 13] = [
+    0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0,
+];
+
+/// Routing results: experts used and compute at the configured threshold,
+/// and the accuracy–compute curve over thresholds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RoutingReport {
+    /// Go on to the next expert while sigmoid(router logit) exceeds this.
+    pub threshold: f64,
+    /// Mean experts run per image.
+    pub mean_experts: f64,
+    /// Percent of images that ran 1, 2, … experts.
+    pub experts_share: Vec<f64>,
+    /// Mean GFLOPs (10⁹ multiply-accumulates, as Swin's `flops()`) per image.
+    pub gflops: f64,
+    /// GFLOPs per image with every expert.
+    pub gflops_all_experts: f64,
+    /// One point per swept threshold, in increasing threshold.
+    pub sweep: Vec<SweepPoint>,
+}
+
+/// Accuracy and compute at one threshold.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SweepPoint {
+    /// The threshold.
+    pub threshold: f64,
+    /// Top-1 overall, percent.
+    pub top1: f64,
+    /// Many-shot top-1.
+    pub many: Option<f64>,
+    /// Medium-shot top-1.
+    pub medium: Option<f64>,
+    /// Few-shot top-1.
+    pub few: Option<f64>,
+    /// Mean experts per image.
+    pub mean_experts: f64,
+    /// Mean GFLOPs per image.
+    pub gflops: f64,
 }
 
 /// Final evaluation results.
@@ -40,6 +117,10 @@ pub struct EvalReport {
     pub per_class_top1: Vec<Option<f64>>,
     /// Training images per class, for the long-tail split and plots.
     pub train_class_counts: Vec<usize>,
+    /// With a router: experts used, compute and the threshold sweep (the
+    /// accuracies above are then those of the routed predictions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RoutingReport>,
 }
 
 impl EvalAccumulator {
@@ -52,6 +133,48 @@ impl EvalAccumulator {
             expert_top1: vec![0; num_experts],
             loss_sum: 0.0,
             samples: 0,
+            routing: None,
+        }
+    }
+
+    /// Also count routing: at `threshold` (the headline) and at every
+    /// threshold of [`SWEPT_THRESHOLDS`].
+    pub fn with_routing(mut self, threshold: f64, cost: RoutingCost) -> Self {
+        let mut thresholds = SWEPT_THRESHOLDS.to_vec();
+        if !thresholds.contains(&threshold) {
+            thresholds.push(threshold);
+            thresholds.sort_by(f64::total_cmp);
+        }
+        let (c, e) = (self.class_total.len(), self.expert_top1.len());
+        self.routing = Some(RoutingCounts {
+            threshold,
+            class_top1: vec![vec![0; c]; thresholds.len()],
+            used: vec![vec![0; e]; thresholds.len()],
+            thresholds,
+            cost,
+        });
+        self
+    }
+
+    /// Add a batch's routing at every threshold: the experts' outputs
+    /// (`[B, C]` each), the router's step logits `[B, E-1]`, labels `[B]`.
+    pub fn add_routing(&mut self, experts: &[Tensor], help: &Tensor, labels: &Tensor) {
+        let Some(r) = &mut self.routing else { return };
+        let labels: Vec<i64> =
+            Vec::try_from(&labels.to_device(tch::Device::Cpu)).unwrap_or_default();
+        for (t, &threshold) in r.thresholds.iter().enumerate() {
+            let routed = crate::model::router::route_all(experts, help, threshold);
+            let pred: Vec<i64> =
+                Vec::try_from(&routed.outputs.argmax(1, false).to_device(tch::Device::Cpu))
+                    .unwrap_or_default();
+            let used: Vec<i64> =
+                Vec::try_from(&routed.experts_used.to_device(tch::Device::Cpu)).unwrap_or_default();
+            for ((&y, &p), &k) in labels.iter().zip(&pred).zip(&used) {
+                if y == p {
+                    r.class_top1[t][y as usize] += 1;
+                }
+                r.used[t][(k - 1) as usize] += 1;
+            }
         }
     }
 
@@ -107,6 +230,14 @@ impl EvalAccumulator {
         self.top5 += other.top5;
         self.loss_sum += other.loss_sum;
         self.samples += other.samples;
+        if let (Some(a), Some(b)) = (&mut self.routing, &other.routing) {
+            for (x, y) in a.class_top1.iter_mut().zip(&b.class_top1) {
+                add_counts(x, y);
+            }
+            for (x, y) in a.used.iter_mut().zip(&b.used) {
+                add_counts(x, y);
+            }
+        }
     }
 
     /// Final report; `train_counts` decides each class's split.
@@ -118,16 +249,8 @@ impl EvalAccumulator {
                 100.0 * a as f64 / b as f64
             }
         };
-        // As the reference: the mean of per-class accuracies within the split.
-        let split_acc = |split: Split| {
-            let accs: Vec<f64> = train_counts
-                .iter()
-                .enumerate()
-                .filter(|&(i, &n)| Split::of(n) == split && self.class_total[i] > 0)
-                .map(|(i, _)| pct(self.class_top1[i], self.class_total[i]))
-                .collect();
-            (!accs.is_empty()).then(|| accs.iter().sum::<f64>() / accs.len() as f64)
-        };
+        let split_acc =
+            |split: Split| split_accuracy(train_counts, &self.class_total, &self.class_top1, split);
         EvalReport {
             samples: self.samples,
             top1: pct(self.class_top1.iter().sum(), self.samples),
@@ -152,8 +275,89 @@ impl EvalAccumulator {
                 .map(|(&t, &c)| (t > 0).then(|| pct(c, t)))
                 .collect(),
             train_class_counts: train_counts.to_vec(),
+            routing: self
+                .routing
+                .as_ref()
+                .map(|r| self.routing_report(r, train_counts)),
         }
     }
+
+    fn routing_report(&self, r: &RoutingCounts, train_counts: &[usize]) -> RoutingReport {
+        let experts = self.expert_top1.len();
+        let images = self.samples.max(1) as f64;
+        let mean_experts = |used: &[u64]| {
+            used.iter()
+                .enumerate()
+                .map(|(k, &n)| (k + 1) as f64 * n as f64)
+                .sum::<f64>()
+                / images
+        };
+        let gflops = |used: &[u64]| {
+            used.iter()
+                .enumerate()
+                .map(|(k, &n)| r.cost.macs(k + 1, experts) as f64 * n as f64)
+                .sum::<f64>()
+                / images
+                / 1e9
+        };
+        let sweep: Vec<SweepPoint> = r
+            .thresholds
+            .iter()
+            .enumerate()
+            .map(|(t, &threshold)| {
+                let hits = &r.class_top1[t];
+                let split = |s| split_accuracy(train_counts, &self.class_total, hits, s);
+                SweepPoint {
+                    threshold,
+                    top1: 100.0 * hits.iter().sum::<u64>() as f64 / images,
+                    many: split(Split::Many),
+                    medium: split(Split::Medium),
+                    few: split(Split::Few),
+                    mean_experts: mean_experts(&r.used[t]),
+                    gflops: gflops(&r.used[t]),
+                }
+            })
+            .collect();
+        let at = r
+            .thresholds
+            .iter()
+            .position(|&t| t == r.threshold)
+            .unwrap_or(0);
+        RoutingReport {
+            threshold: r.threshold,
+            mean_experts: sweep[at].mean_experts,
+            experts_share: r.used[at]
+                .iter()
+                .map(|&n| 100.0 * n as f64 / images)
+                .collect(),
+            gflops: sweep[at].gflops,
+            gflops_all_experts: r.cost.macs(experts, experts) as f64 / 1e9,
+            sweep,
+        }
+    }
+}
+
+fn add_counts(a: &mut [u64], b: &[u64]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+/// As the reference: the mean of per-class accuracies within the split;
+/// `None` when no class of the split has test images.
+fn split_accuracy(
+    train_counts: &[usize],
+    total: &[u64],
+    hits: &[u64],
+    split: Split,
+) -> Option<f64> {
+    let accs: Vec<f64> = train_counts
+        .iter()
+        .enumerate()
+        .filter(|&(i, &n)| Split::of(n) == split && total[i] > 0)
+        .map(|(i, _)| 100.0 * hits[i] as f64 / total[i] as f64)
+        .collect();
+    (!accs.is_empty()).then(|| accs.iter().sum::<f64>() / accs.len() as f64)
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
@@ -188,6 +392,55 @@ impl EvalReport {
         }
         let _ = writeln!(s, "+----------------+---------+");
         let _ = write!(s, "{} samples, loss {:.4}", self.samples, self.loss);
+        if let Some(r) = &self.routing {
+            let _ = write!(s, "\n{}", r.table());
+        }
+        s
+    }
+}
+
+impl RoutingReport {
+    /// Experts used and compute at the configured threshold, then the
+    /// accuracy–compute curve.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let shares: Vec<String> = self
+            .experts_share
+            .iter()
+            .enumerate()
+            .map(|(k, p)| format!("{}: {p:.1}%", k + 1))
+            .collect();
+        let _ = writeln!(
+            s,
+            "routing at threshold {:.2}: {:.2} experts per image ({}), {:.4} GFLOPs per image ({:.4} with every expert)",
+            self.threshold,
+            self.mean_experts,
+            shares.join(", "),
+            self.gflops,
+            self.gflops_all_experts
+        );
+        let _ = writeln!(
+            s,
+            "| threshold |  top-1 |   many | medium |    few | experts | GFLOPs |"
+        );
+        let _ = writeln!(
+            s,
+            "|-----------|--------|--------|--------|--------|---------|--------|"
+        );
+        for p in &self.sweep {
+            let _ = writeln!(
+                s,
+                "| {:>9.2} | {:>6.2} | {:>6} | {:>6} | {:>6} | {:>7.2} | {:>6.4} |",
+                p.threshold,
+                p.top1,
+                fmt_opt(p.many),
+                fmt_opt(p.medium),
+                fmt_opt(p.few),
+                p.mean_experts,
+                p.gflops
+            );
+        }
+        s.pop();
         s
     }
 }
@@ -223,6 +476,62 @@ mod tests {
         assert_eq!(r.per_expert_top1, vec![50.0, 25.0]);
         assert_eq!(r.per_class_top1, vec![Some(100.0), Some(50.0), Some(0.0)]);
         assert!(r.table().contains("top-1 overall  |   50.00"));
+    }
+
+    #[test]
+    fn routing_counts_experts_compute_and_the_sweep() {
+        // 2 experts, 2 classes; class 0 many-shot, class 1 few-shot.
+        let cost = RoutingCost {
+            shared: 1_000_000_000,
+            per_expert: 500_000_000,
+            router_step: 0,
+        };
+        let mut acc = EvalAccumulator::new(2, 2).with_routing(0.5, cost);
+        // Expert 0 is right on image 0 only; experts 0+1 are right on both.
+        let e0 = Tensor::from_slice(&[2f32, 0., 1., 0.]).view([2, 2]);
+        let e1 = Tensor::from_slice(&[0f32, 0., 0., 3.]).view([2, 2]);
+        let labels = Tensor::from_slice(&[0i64, 1]);
+        // Image 0 stops (sigmoid(-2) < 0.5), image 1 goes on (sigmoid(2) > 0.5).
+        let help = Tensor::from_slice(&[-2f32, 2.]).view([2, 1]);
+        let routed =
+            crate::model::router::route_all(&[e0.shallow_clone(), e1.shallow_clone()], &help, 0.5);
+        let stacked = Tensor::stack(&[e0.shallow_clone(), e1.shallow_clone()], 1);
+        acc.add(&routed.outputs, &stacked, &labels);
+        acc.add_routing(&[e0, e1], &help, &labels);
+        let r = acc.report(&[200, 5]);
+        assert_eq!(r.top1, 100.0);
+        let routing = r.routing.clone().unwrap();
+        assert_eq!(routing.mean_experts, 1.5);
+        assert_eq!(routing.experts_share, vec![50.0, 50.0]);
+        assert!((routing.gflops - 1.75).abs() < 1e-12);
+        assert!((routing.gflops_all_experts - 2.0).abs() < 1e-12);
+        let at = |t: f64| {
+            routing
+                .sweep
+                .iter()
+                .find(|p| p.threshold == t)
+                .unwrap()
+                .clone()
+        };
+        // Threshold 1: only expert 0 → image 1 wrong, few-shot 0%.
+        assert_eq!(
+            (at(1.0).top1, at(1.0).few, at(1.0).mean_experts),
+            (50.0, Some(0.0), 1.0)
+        );
+        assert_eq!((at(0.0).top1, at(0.0).mean_experts), (100.0, 2.0));
+        assert!(
+            r.table()
+                .contains("1.50 experts per image (1: 50.0%, 2: 50.0%)"),
+            "{}",
+            r.table()
+        );
+        // Merging doubles the counts and keeps the shares.
+        let mut twice = acc.clone();
+        twice.merge(&acc);
+        assert_eq!(
+            twice.report(&[200, 5]).routing.unwrap().experts_share,
+            vec![50.0, 50.0]
+        );
     }
 
     #[test]

@@ -120,6 +120,12 @@ struct TrainArgs {
     /// Measure forward throughput only.
     #[arg(long)]
     throughput: bool,
+    /// `experts` trains the model; `router` freezes its experts and trains
+    /// the expert assignment module, starting from the experts run's newest
+    /// checkpoint (same --cfg, --output, --tag) or from --resume; with
+    /// --eval it evaluates the router stage's newest checkpoint (TRAIN.STAGE).
+    #[arg(long)]
+    stage: Option<String>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -153,6 +159,10 @@ struct PredictArgs {
     /// Classes to report per image.
     #[arg(long, default_value_t = 5)]
     topk: i64,
+    /// `router`: the weights hold a router (a router-stage checkpoint);
+    /// route each image through only the experts it needs (TRAIN.STAGE).
+    #[arg(long)]
+    stage: Option<String>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -202,6 +212,7 @@ fn cmd_train(a: TrainArgs, log_format: ride_trainer::logging::LogFormat) -> Resu
         tag: a.tag.clone(),
         eval: a.eval,
         throughput: a.throughput,
+        stage: a.stage.clone(),
         ..Default::default()
     };
     let cfg = a.config.load(o)?;
@@ -251,6 +262,12 @@ fn cmd_train(a: TrainArgs, log_format: ride_trainer::logging::LogFormat) -> Resu
             "plot         {}",
             dir.join("per_class_accuracy.svg").display()
         );
+        if summary.eval.as_ref().is_some_and(|e| e.routing.is_some()) {
+            println!(
+                "routing plot {}",
+                dir.join(ride_trainer::train::ROUTING_CURVE_FILE).display()
+            );
+        }
     }
     Ok(())
 }
@@ -375,6 +392,7 @@ fn main() {
         Command::Predict(p) => ride_trainer::predict::run(
             &p.config.cfg,
             &p.config.opts,
+            p.stage.as_deref(),
             &p.weights,
             p.images.as_deref(),
             p.input_tensor.as_deref(),

@@ -1,7 +1,8 @@
-//! Per-class accuracy against training-class size, as an SVG scatter plot.
+//! Per-class accuracy against training-class size, as an SVG scatter plot;
+//! with a router, accuracy against compute over routing thresholds.
 
 use crate::data::longtail::Split;
-use crate::eval::EvalReport;
+use crate::eval::{EvalReport, RoutingReport};
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -56,6 +57,88 @@ pub fn per_class_accuracy_svg(report: &EvalReport, path: &Path, title: &str) -> 
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Accuracy (overall and per split) against mean GFLOPs per image, one
+/// point per routing threshold, the configured one ringed (SVG).
+pub fn routing_curve_svg(routing: &RoutingReport, path: &Path, title: &str) -> anyhow::Result<()> {
+    let e = |e: DrawingAreaErrorKind<std::io::Error>| anyhow::anyhow!("{e}");
+    let lo = routing
+        .sweep
+        .iter()
+        .map(|p| p.gflops)
+        .fold(f64::INFINITY, f64::min);
+    let hi = routing.sweep.iter().map(|p| p.gflops).fold(0.0, f64::max);
+    let pad = ((hi - lo) * 0.08).max(hi * 0.01).max(1e-6);
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d((lo - pad)..(hi + pad), 0f64..100f64)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("GFLOPs per image (mean over the test set)")
+        .y_desc("top-1 accuracy (%)")
+        .draw()
+        .map_err(e)?;
+    type Pick = fn(&crate::eval::SweepPoint) -> Option<f64>;
+    let curves: [(&str, RGBColor, Pick); 4] = [
+        ("overall", BLACK, |p| Some(p.top1)),
+        ("many", BLUE, |p| p.many),
+        ("medium", GREEN, |p| p.medium),
+        ("few", RED, |p| p.few),
+    ];
+    for (name, color, pick) in curves {
+        let pts: Vec<(f64, f64)> = routing
+            .sweep
+            .iter()
+            .filter_map(|p| pick(p).map(|a| (p.gflops, a)))
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(e)?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                pts.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+            )
+            .map_err(e)?;
+    }
+    if let Some(p) = routing
+        .sweep
+        .iter()
+        .find(|p| p.threshold == routing.threshold)
+    {
+        chart
+            .draw_series(std::iter::once(Circle::new(
+                (p.gflops, p.top1),
+                8,
+                BLACK.stroke_width(2),
+            )))
+            .map_err(e)?
+            .label(format!("threshold {:.2}", routing.threshold))
+            .legend(|(x, y)| Circle::new((x + 10, y), 6, BLACK.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)?;
     Ok(())
 }
 

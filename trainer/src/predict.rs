@@ -3,6 +3,7 @@
 
 use crate::config::{load_config, Overrides};
 use crate::data::RgbImage;
+use crate::model::router::Router;
 use crate::model::RideSwin;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
@@ -26,6 +27,7 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
 pub fn run(
     cfg_path: &Option<PathBuf>,
     opts: &[String],
+    stage: Option<&str>,
     weights: &Path,
     images: Option<&Path>,
     input_tensor: Option<&Path>,
@@ -37,14 +39,35 @@ pub fn run(
         cfg_path.as_deref(),
         &Overrides {
             opts: opts.to_vec(),
+            stage: stage.map(str::to_string),
             ..Default::default()
         },
     )?;
     let vs = nn::VarStore::new(device);
     let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
         .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
+    let router = cfg.router_spec().map(|spec| {
+        Router::new(
+            &vs.root(),
+            model.num_features(),
+            cfg.model.num_experts,
+            &spec,
+        )
+    });
     let w = crate::weights::read_weights(weights)?;
     crate::weights::apply_weights(&vs, &model.buffers(), &w)?;
+    let threshold = cfg.model.router.threshold;
+    // With a router: the routed mean and the experts each image used;
+    // without: the mean of all experts.
+    let infer = |x: &Tensor| -> (Tensor, Option<Tensor>) {
+        tch::no_grad(|| match &router {
+            Some(r) => {
+                let routed = model.forward_routed(r, x, threshold);
+                (routed.outputs, Some(routed.experts_used))
+            }
+            None => (model.forward(x, false).mean(), None),
+        })
+    };
     if let Some(input) = input_tensor {
         let tensors = Tensor::read_safetensors(input)
             .with_context(|| format!("reading {}", input.display()))?;
@@ -59,11 +82,19 @@ pub fn run(
         if x.dim() != 4 || x.size()[1] != 3 {
             bail!("input tensor must be [N,3,H,W], got {:?}", x.size());
         }
-        let out = tch::no_grad(|| model.forward(&x, false));
-        let logits = out.mean().to_device(Device::Cpu);
-        let per_expert = out.stacked().to_device(Device::Cpu);
+        let per_expert = tch::no_grad(|| model.forward(&x, false))
+            .stacked()
+            .to_device(Device::Cpu);
+        let (logits, used) = infer(&x);
+        let mut named = vec![
+            ("logits", logits.to_device(Device::Cpu)),
+            ("per_expert", per_expert),
+        ];
+        if let Some(u) = used {
+            named.push(("experts_used", u.to_device(Device::Cpu)));
+        }
         let dest = output.context("--output is required with --input-tensor")?;
-        Tensor::write_safetensors(&[("logits", logits), ("per_expert", per_expert)], dest)?;
+        Tensor::write_safetensors(&named, dest)?;
         tracing::info!("wrote {}", dest.display());
         return Ok(());
     }
@@ -98,16 +129,16 @@ pub fn run(
         let x = Tensor::from_slice(&buf)
             .view([1, 3, size, size])
             .to_device(device);
-        let out = tch::no_grad(|| model.forward(&x, false));
-        let probs = out.mean().softmax(-1, Kind::Float).to_device(Device::Cpu);
+        let (logits, used) = infer(&x);
+        let probs = logits.softmax(-1, Kind::Float).to_device(Device::Cpu);
         let (p, c) = probs.topk(topk.min(cfg.model.num_classes), -1, true, true);
         let classes: Vec<i64> = Vec::try_from(c.view([-1]))?;
         let scores: Vec<f32> = Vec::try_from(p.view([-1]))?;
-        writeln!(
-            sink,
-            "{}",
-            serde_json::json!({"path": line, "classes": classes, "scores": scores})
-        )?;
+        let mut row = serde_json::json!({"path": line, "classes": classes, "scores": scores});
+        if let Some(u) = used {
+            row["experts_used"] = serde_json::json!(u.int64_value(&[0]));
+        }
+        writeln!(sink, "{row}")?;
     }
     Ok(())
 }

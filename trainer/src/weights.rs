@@ -86,6 +86,19 @@ pub fn apply_weights(
     buffers: &[(String, Tensor)],
     weights: &BTreeMap<String, Tensor>,
 ) -> Result<usize, WeightsError> {
+    apply_weights_where(vs, buffers, weights, |_| false)
+}
+
+/// [`apply_weights`], except that parameters for which `may_be_missing`
+/// holds keep their values when the file lacks them (the router, when the
+/// router stage starts from an experts-only checkpoint). Returns how many
+/// parameters were copied.
+pub fn apply_weights_where(
+    vs: &nn::VarStore,
+    buffers: &[(String, Tensor)],
+    weights: &BTreeMap<String, Tensor>,
+    may_be_missing: impl Fn(&str) -> bool,
+) -> Result<usize, WeightsError> {
     let vars = vs.variables();
     let mut vars: Vec<(String, Tensor)> = vars.into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -94,6 +107,7 @@ pub fn apply_weights(
     let mut buffer_errors = Vec::new();
     for (name, var) in &vars {
         match weights.get(name) {
+            None if may_be_missing(name) => {}
             None => missing.push(name.clone()),
             Some(w) if w.size() != var.size() => shape_errors.push(format!(
                 "{name}: file {:?}, model {:?}",
@@ -147,14 +161,17 @@ pub fn apply_weights(
         msg.push_str("  (is the --cfg the one the checkpoint was trained with? MODEL.NUM_EXPERTS, USE_NORMED_LINEAR and NUM_CLASSES must match)");
         return Err(WeightsError::Mismatch(msg));
     }
+    let mut copied = 0;
     tch::no_grad(|| {
         for (name, var) in &vars {
-            let w = &weights[name.as_str()];
-            var.shallow_clone()
-                .copy_(&w.to_kind(var.kind()).to_device(var.device()));
+            if let Some(w) = weights.get(name.as_str()) {
+                var.shallow_clone()
+                    .copy_(&w.to_kind(var.kind()).to_device(var.device()));
+                copied += 1;
+            }
         }
     });
-    Ok(vars.len())
+    Ok(copied)
 }
 
 /// Save the model's parameters as safetensors (the tests' fixtures).

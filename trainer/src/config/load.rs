@@ -79,6 +79,8 @@ pub struct Overrides {
     pub eval: bool,
     /// `--throughput`.
     pub throughput: bool,
+    /// `--stage` (TRAIN.STAGE).
+    pub stage: Option<String>,
 }
 
 fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
@@ -232,6 +234,9 @@ pub fn load_config(path: Option<&Path>, overrides: &Overrides) -> Result<Config,
     }
     if let Some(t) = &o.tag {
         cfg.tag = t.clone();
+    }
+    if let Some(st) = &o.stage {
+        cfg.train.stage = st.clone();
     }
     cfg.eval_mode |= o.eval;
     cfg.throughput_mode |= o.throughput;

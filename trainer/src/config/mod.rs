@@ -149,6 +149,40 @@ pub struct ModelConfig {
     pub swin: SwinConfig,
     /// Swin-MLP hyper-parameters (accepted for compatibility; unused).
     pub swin_mlp: SwinMlpConfig,
+    /// The expert assignment module (extension; the authors' `_ea` models).
+    pub router: RouterConfig,
+}
+
+/// `MODEL.ROUTER.*` (extension): RIDE's expert assignment module, with the
+/// authors' `arch.args` names. It exists when `TRAIN.STAGE` is `router`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct RouterConfig {
+    /// Top running-mean logits the router reads (`top_choices_num`; the
+    /// authors use 30 on CIFAR-100-LT, 50 on ImageNet-LT); at most NUM_CLASSES
+    /// are used.
+    pub top_choices_num: i64,
+    /// Weight of "the next expert helps" in the loss (`pos_weight`).
+    pub pos_weight: f64,
+    /// Width of each step's hidden layer (16 in the authors' code).
+    pub hidden_dim: i64,
+    /// One output layer for every step (`share_expert_help_pred_fc`).
+    pub share_expert_help_pred_fc: bool,
+    /// Go on to the next expert while sigmoid(logit) exceeds this (the
+    /// authors hard-code 0.5); 0 always uses every expert, 1 only the first.
+    pub threshold: f64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            top_choices_num: 50,
+            pos_weight: 100.0,
+            hidden_dim: 16,
+            share_expert_help_pred_fc: true,
+            threshold: 0.5,
+        }
+    }
 }
 
 /// `MODEL.SWIN.*`.
@@ -239,6 +273,43 @@ pub struct TrainConfig {
     pub lr_scheduler: LrSchedulerConfig,
     /// Optimiser.
     pub optimizer: OptimizerConfig,
+    /// `experts` (train the model) or `router` (extension: freeze the
+    /// experts and train the expert assignment module, `TRAIN.ROUTER.*`).
+    pub stage: String,
+    /// The router stage's schedule (extension).
+    pub router: RouterTrainConfig,
+}
+
+/// `TRAIN.ROUTER.*` (extension): how the router stage trains, after the
+/// authors' `_ea` configs (5 epochs, cosine to 0, weight decay 5e-4,
+/// class-balanced sampling). They replace TRAIN.EPOCHS, BASE_LR,
+/// WARMUP_EPOCHS, MIN_LR and WEIGHT_DECAY in that stage; mixup is off.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct RouterTrainConfig {
+    /// Epochs of the router stage.
+    pub epochs: u64,
+    /// Peak AdamW LR for a global batch of 512.
+    pub base_lr: f64,
+    /// Warm-up epochs.
+    pub warmup_epochs: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Draw training images class-balanced (a uniform class, then an image
+    /// of it), as the authors' `balanced: true`.
+    pub balanced: bool,
+}
+
+impl Default for RouterTrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 5,
+            base_lr: 1e-3,
+            warmup_epochs: 0.0,
+            weight_decay: 5e-4,
+            balanced: true,
+        }
+    }
 }
 
 /// `TRAIN.LOSS.*` (RIDE loss).
@@ -394,6 +465,7 @@ impl Default for ModelConfig {
             force_original_feature_dim: false,
             swin: SwinConfig::default(),
             swin_mlp: SwinMlpConfig::default(),
+            router: RouterConfig::default(),
         }
     }
 }
@@ -451,6 +523,8 @@ impl Default for TrainConfig {
             use_checkpoint: false,
             lr_scheduler: LrSchedulerConfig::default(),
             optimizer: OptimizerConfig::default(),
+            stage: "experts".into(),
+            router: RouterTrainConfig::default(),
         }
     }
 }
@@ -541,6 +615,49 @@ impl Config {
             force_no_branches: self.model.force_no_branches,
             use_checkpoint: self.train.use_checkpoint,
         }
+    }
+
+    /// Whether this run trains (or evaluates) the router stage.
+    pub fn router_stage(&self) -> bool {
+        self.train.stage == "router"
+    }
+
+    /// The router's architecture, when this config has one.
+    pub fn router_spec(&self) -> Option<crate::model::router::RouterSpec> {
+        self.router_stage().then(|| {
+            let r = &self.model.router;
+            crate::model::router::RouterSpec {
+                top_choices_num: r.top_choices_num.min(self.model.num_classes),
+                hidden_dim: r.hidden_dim,
+                share_fc: r.share_expert_help_pred_fc,
+                pos_weight: r.pos_weight,
+                logit_scale: if self.model.use_normed_linear {
+                    self.train.loss.s
+                } else {
+                    1.0
+                },
+            }
+        })
+    }
+
+    /// The config the router stage actually trains with: `TRAIN.ROUTER.*`
+    /// in place of the experts' schedule, no mixup (the router's targets
+    /// are whether hard labels are predicted). Unchanged for `experts`.
+    pub fn for_stage(&self) -> Config {
+        let mut c = self.clone();
+        if self.router_stage() {
+            let r = &self.train.router;
+            c.train.epochs = r.epochs;
+            c.train.base_lr = r.base_lr;
+            c.train.warmup_lr = 0.0;
+            c.train.min_lr = 0.0;
+            c.train.warmup_epochs = r.warmup_epochs;
+            c.train.weight_decay = r.weight_decay;
+            c.train.start_epoch = 0;
+            c.aug.mixup = 0.0;
+            c.aug.cutmix = 0.0;
+        }
+        c
     }
 
     /// Semantic checks beyond types, each naming the offending key.
@@ -634,6 +751,39 @@ impl Config {
         }
         if self.data.zip_mode {
             return bad("DATA.ZIP_MODE", "zip datasets are not supported".into());
+        }
+        if !["experts", "router"].contains(&self.train.stage.as_str()) {
+            return bad(
+                "TRAIN.STAGE",
+                format!("'{}' is not experts or router", self.train.stage),
+            );
+        }
+        if self.router_stage() {
+            let r = &self.model.router;
+            if self.model.num_experts < 2 {
+                return bad(
+                    "TRAIN.STAGE",
+                    "the router stage needs MODEL.NUM_EXPERTS of 2 or more".into(),
+                );
+            }
+            if r.top_choices_num < 1 || r.hidden_dim < 1 {
+                return bad(
+                    "MODEL.ROUTER",
+                    "TOP_CHOICES_NUM and HIDDEN_DIM must be positive".into(),
+                );
+            }
+            if !(0.0..=1.0).contains(&r.threshold) {
+                return bad(
+                    "MODEL.ROUTER.THRESHOLD",
+                    format!("{} is not within 0..=1", r.threshold),
+                );
+            }
+            if r.pos_weight.is_nan() || r.pos_weight <= 0.0 {
+                return bad("MODEL.ROUTER.POS_WEIGHT", "must be positive".into());
+            }
+            if self.train.router.epochs == 0 {
+                return bad("TRAIN.ROUTER.EPOCHS", "must be positive".into());
+            }
         }
         self.swin_spec()
             .validate()

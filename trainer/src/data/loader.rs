@@ -7,6 +7,7 @@
 use super::transforms::Transform;
 use super::{mix_seed, Dataset};
 use rand::seq::SliceRandom;
+use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -45,12 +46,47 @@ pub fn epoch_order(
     shuffle: bool,
     consumed: usize,
 ) -> Vec<Sample> {
-    let world = world.max(1);
     let mut perm: Vec<usize> = (0..len).collect();
     if shuffle {
         let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[seed, 0x5A3F, epoch]));
         perm.shuffle(&mut rng);
     }
+    stride(perm, rank, world, consumed)
+}
+
+/// Like [`epoch_order`], but the epoch's `labels.len()` draws are
+/// class-balanced: each picks a class uniformly, then one of its samples
+/// uniformly (with replacement), as the authors' `BalancedSampler` for the
+/// router stage. Deterministic by `(seed, epoch)`, so resuming at `consumed`
+/// sees the same draws.
+pub fn balanced_epoch_order(
+    labels: &[usize],
+    seed: u64,
+    epoch: u64,
+    rank: usize,
+    world: usize,
+    consumed: usize,
+) -> Vec<Sample> {
+    let mut by_class: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &y) in labels.iter().enumerate() {
+        by_class.entry(y).or_default().push(i);
+    }
+    let classes: Vec<&Vec<usize>> = by_class.values().collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[seed, 0xBA1, epoch]));
+    let perm: Vec<usize> = (0..labels.len())
+        .map(|_| {
+            let members = classes[rng.random_range(0..classes.len())];
+            members[rng.random_range(0..members.len())]
+        })
+        .collect();
+    stride(perm, rank, world, consumed)
+}
+
+/// Skip `consumed` positions of the global order `perm`, pad the rest to a
+/// multiple of `world` by repeating its start, and take rank `rank`'s share.
+fn stride(perm: Vec<usize>, rank: usize, world: usize, consumed: usize) -> Vec<Sample> {
+    let world = world.max(1);
+    let len = perm.len();
     let start = consumed.min(len);
     let remaining = len - start;
     let total = remaining.div_ceil(world) * world;
@@ -329,6 +365,40 @@ mod tests {
 
     fn indices(v: &[Sample]) -> Vec<usize> {
         v.iter().map(|s| s.index).collect()
+    }
+
+    #[test]
+    fn balanced_order_draws_classes_evenly_and_resumes_in_place() {
+        // 900 of class 0, 90 of class 1, 10 of class 2.
+        let labels: Vec<usize> = (0..1000)
+            .map(|i| {
+                if i < 900 {
+                    0
+                } else if i < 990 {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
+        let order = balanced_epoch_order(&labels, 7, 3, 0, 1, 0);
+        assert_eq!(order.len(), 1000);
+        let mut per_class = [0usize; 3];
+        for s in &order {
+            per_class[labels[s.index]] += 1;
+        }
+        // Each class about a third (binomial sd ≈ 15).
+        assert!(
+            per_class.iter().all(|&n| (233..=433).contains(&n)),
+            "{per_class:?}"
+        );
+        assert_ne!(order, balanced_epoch_order(&labels, 7, 4, 0, 1, 0));
+        let resumed = balanced_epoch_order(&labels, 7, 3, 0, 1, 600);
+        assert_eq!(resumed[..], order[600..]);
+        let ranks: Vec<Vec<Sample>> = (0..2)
+            .map(|r| balanced_epoch_order(&labels, 7, 3, r, 2, 0))
+            .collect();
+        assert_eq!(ranks[1][0], order[1]);
     }
 
     #[test]

@@ -111,6 +111,11 @@ pub struct TrainForward<'a> {
 }
 
 impl TrainForward<'_> {
+    /// A forward pass whose loss backpropagates the plain way.
+    pub fn without_tape(output: ModelOutput) -> Self {
+        Self { output, tape: None }
+    }
+
     /// Backpropagate `loss` into the parameters' gradients.
     pub fn backward(self, loss: &Tensor) -> Result<(), AmpError> {
         match self.tape {

@@ -8,7 +8,8 @@ use crate::config::Config;
 use crate::data::loader::{eval_shard, BatchLoader, LoaderOptions};
 use crate::data::Dataset;
 use crate::dist::Collective;
-use crate::eval::{EvalAccumulator, EvalReport};
+use crate::eval::{EvalAccumulator, EvalReport, RoutingCost};
+use crate::model::router::{route_all, Router};
 use crate::model::RideSwin;
 use anyhow::Result;
 use std::sync::Arc;
@@ -17,9 +18,14 @@ use tch::{Device, Kind, Tensor};
 
 /// Evaluate `model` on `dataset` (no augmentation). Each rank evaluates
 /// every `world`-th image and the counts are merged, so every rank returns
-/// the report of the whole set.
+/// the report of the whole set. With a `router` the predictions are the
+/// routed ones at `MODEL.ROUTER.THRESHOLD`, and the report adds experts
+/// used, GFLOPs and the threshold sweep; every expert runs on every image so
+/// that the sweep costs one pass (the routed predictions equal those of
+/// running only the chosen experts, `RideSwin::forward_routed`).
 pub fn evaluate(
     model: &RideSwin,
+    router: Option<&Router>,
     dataset: &Arc<dyn Dataset>,
     cfg: &Config,
     train_counts: &[usize],
@@ -40,7 +46,25 @@ pub fn evaluate(
         cfg.model.num_classes as usize,
         cfg.model.num_experts as usize,
     );
-    let mut acc = EvalAccumulator::new(classes, experts);
+    let threshold = cfg.model.router.threshold;
+    let empty = || {
+        let acc = EvalAccumulator::new(classes, experts);
+        match router {
+            Some(r) => {
+                let (shared, per_expert) = model.flops_split();
+                acc.with_routing(
+                    threshold,
+                    RoutingCost {
+                        shared,
+                        per_expert,
+                        router_step: r.step_flops(),
+                    },
+                )
+            }
+            None => acc,
+        }
+    };
+    let mut acc = empty();
     tch::no_grad(|| {
         for batch in BatchLoader::new(dataset.clone(), transform, order, 0, opts) {
             if batch.is_empty() {
@@ -48,13 +72,24 @@ pub fn evaluate(
             }
             let x = batch.image_tensor().to_device(device);
             let y = batch.label_tensor().to_device(device);
-            let out = model.forward(&x, false);
-            acc.add(&out.mean(), &out.stacked(), &y);
+            match router {
+                Some(r) => {
+                    let (out, features) = model.forward_with_features(&x, false);
+                    let help = r.help_logits(&out.experts, &features);
+                    let routed = route_all(&out.experts, &help, threshold);
+                    acc.add(&routed.outputs, &out.stacked(), &y);
+                    acc.add_routing(&out.experts, &help, &y);
+                }
+                None => {
+                    let out = model.forward(&x, false);
+                    acc.add(&out.mean(), &out.stacked(), &y);
+                }
+            }
         }
     });
     if comm.world_size() > 1 {
         let parts = comm.all_gather_bytes(&serde_json::to_vec(&acc)?)?;
-        let mut merged = EvalAccumulator::new(classes, experts);
+        let mut merged = empty();
         for p in parts {
             merged.merge(&serde_json::from_slice(&p)?);
         }
@@ -90,6 +125,7 @@ impl Trainer<'_> {
     pub(super) fn evaluate_test_set(&self) -> Result<EvalReport> {
         let report = evaluate(
             &self.model,
+            self.router.as_ref(),
             &self.data.test,
             self.cfg,
             &self.train_counts,

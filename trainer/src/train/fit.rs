@@ -9,7 +9,7 @@ use super::step::At;
 use super::{Preempted, RunSummary};
 use crate::checkpoint::writer::Retention;
 use crate::checkpoint::{CheckpointMeta, CheckpointWriter, Snapshot};
-use crate::data::loader::{epoch_order, BatchLoader, LoaderOptions};
+use crate::data::loader::{balanced_epoch_order, epoch_order, BatchLoader, LoaderOptions};
 use crate::data::mix_seed;
 use crate::data::mixup::MixupOptions;
 use crate::data::transforms::Transform;
@@ -320,15 +320,26 @@ impl Trainer<'_> {
     fn epoch_loader(&self, epoch: u64, consumed: u64, plan: &Plan) -> BatchLoader {
         let cfg = self.cfg;
         let (rank, world_size) = (self.comm.rank(), self.comm.world_size());
-        let order = epoch_order(
-            self.data.train.len(),
-            cfg.seed,
-            epoch,
-            rank,
-            world_size,
-            true,
-            consumed as usize,
-        );
+        let order = if cfg.router_stage() && cfg.train.router.balanced {
+            balanced_epoch_order(
+                &self.train_labels(),
+                cfg.seed,
+                epoch,
+                rank,
+                world_size,
+                consumed as usize,
+            )
+        } else {
+            epoch_order(
+                self.data.train.len(),
+                cfg.seed,
+                epoch,
+                rank,
+                world_size,
+                true,
+                consumed as usize,
+            )
+        };
         let options = LoaderOptions {
             batch_size: cfg.data.batch_size,
             workers: cfg.data.num_workers.max(1),
@@ -344,6 +355,13 @@ impl Trainer<'_> {
             0,
             options,
         )
+    }
+
+    /// Every training sample's label (for class-balanced sampling).
+    fn train_labels(&self) -> Vec<usize> {
+        (0..self.data.train.len())
+            .map(|i| self.data.train.label(i))
+            .collect()
     }
 
     /// Metrics, the periodic log line and (at an optimiser step) the step

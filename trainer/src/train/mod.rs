@@ -24,7 +24,10 @@ use tch::Device;
 
 pub use crate::data::select::{build_datasets, Datasets};
 pub use evaluate::{evaluate, throughput};
-pub use report::{update_progress, write_eval_artifacts, write_termination_log, SharedProgress};
+pub use report::{
+    update_progress, write_eval_artifacts, write_termination_log, SharedProgress,
+    ROUTING_CURVE_FILE,
+};
 pub use ride_contract::PREEMPTED_EXIT_CODE;
 pub use setup::{build_criterion, output_location};
 
@@ -88,6 +91,9 @@ pub struct RunSummary {
 /// [`WorldInfo`]) this process trains its share of every batch and averages
 /// gradients with its peers.
 pub fn run(cfg: &Config, options: &RunOptions) -> Result<RunSummary> {
+    // The router stage trains on its own schedule (TRAIN.ROUTER.*).
+    let staged = cfg.for_stage();
+    let cfg = &staged;
     let trainer = setup::Trainer::new(cfg, options)?;
     if cfg.eval_mode {
         trainer.evaluate_only()

@@ -127,7 +127,11 @@ pub(super) fn progress_bar(len: u64, epoch: u64, epochs: u64, show: bool) -> Pro
     pb
 }
 
-/// Write `eval.json` and the per-class accuracy plot into `dir`.
+/// The accuracy–compute plot's file name, next to `eval.json` (router runs).
+pub const ROUTING_CURVE_FILE: &str = "routing_curve.svg";
+
+/// Write `eval.json`, the per-class accuracy plot and, with a router, the
+/// accuracy–compute curve into `dir`.
 pub fn write_eval_artifacts(report: &EvalReport, dir: &Path, name: &str) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("eval.json"), serde_json::to_string_pretty(report)?)?;
@@ -136,6 +140,13 @@ pub fn write_eval_artifacts(report: &EvalReport, dir: &Path, name: &str) -> Resu
         &dir.join("per_class_accuracy.svg"),
         &format!("{name}: per-class top-1 vs class size"),
     )?;
+    if let Some(r) = &report.routing {
+        crate::plot::routing_curve_svg(
+            r,
+            &dir.join(ROUTING_CURVE_FILE),
+            &format!("{name}: top-1 vs compute over routing thresholds"),
+        )?;
+    }
     Ok(())
 }
 

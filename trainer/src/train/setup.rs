@@ -12,7 +12,7 @@ use crate::dist::Collective;
 use crate::eval::EvalReport;
 use crate::loss::{Criterion, LdamDrwLoss, RideLoss, RideLossOptions};
 use crate::metrics::Metrics;
-use crate::model::ride_swin::parameter_count;
+use crate::model::router::{Router, ROUTER_PREFIX};
 use crate::model::RideSwin;
 use crate::optim::schedule::scale_lr;
 use crate::optim::AdamW;
@@ -65,6 +65,10 @@ pub(crate) struct Trainer<'a> {
     pub watchdog: Watchdog,
     pub vs: nn::VarStore,
     pub model: RideSwin,
+    /// The expert assignment module (router stage only); the experts are
+    /// frozen then and only the router trains.
+    pub router: Option<Router>,
+    /// Parameters this run trains.
     pub parameters: i64,
     pub metrics: Metrics,
     pub precision: Precision,
@@ -114,7 +118,28 @@ impl<'a> Trainer<'a> {
         let vs = nn::VarStore::new(device);
         let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
             .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
-        let parameters = parameter_count(&vs);
+        let router = cfg.router_spec().map(|spec| {
+            let r = Router::new(
+                &vs.root(),
+                model.num_features(),
+                cfg.model.num_experts,
+                &spec,
+            );
+            // The experts stay as trained: only the router gets gradients
+            // (and optimiser slots).
+            for (name, t) in vs.variables() {
+                if !name.starts_with(ROUTER_PREFIX) {
+                    let _ = t.set_requires_grad(false);
+                }
+            }
+            r
+        });
+        let parameters = vs
+            .variables()
+            .values()
+            .filter(|t| t.requires_grad())
+            .map(|t| t.numel() as i64)
+            .sum();
         let metrics = Metrics::with_progress(options.report.clone());
         metrics.world_size.set(world_size as i64);
         if let Device::Cuda(index) = device {
@@ -167,6 +192,7 @@ impl<'a> Trainer<'a> {
             watchdog,
             vs,
             model,
+            router,
             parameters,
             metrics,
             precision,
@@ -185,40 +211,55 @@ impl<'a> Trainer<'a> {
     }
 
     /// The newest valid checkpoint in the output (rank 0 picks it, all ranks
-    /// load the same one), else an explicit `MODEL.RESUME` weights file.
+    /// load the same one), else an explicit `MODEL.RESUME` weights file;
+    /// the router stage with neither starts from the experts run's newest
+    /// checkpoint.
     fn resume(&mut self) -> Result<()> {
         let cfg = self.cfg;
         if cfg.train.auto_resume {
-            if let Some(c) = self.newest_checkpoint()? {
+            if let Some(c) = newest_checkpoint(&self.store, self.comm.as_ref())? {
                 return self.resume_from(c);
             }
         }
+        // Weights from another run may lack the router; it then starts fresh.
+        let router_may_be_missing = |name: &str| name.starts_with(ROUTER_PREFIX);
         if !cfg.model.resume.is_empty() {
             let w = crate::weights::read_weights(std::path::Path::new(&cfg.model.resume))?;
-            crate::weights::apply_weights(&self.vs, &self.model.buffers(), &w)?;
+            crate::weights::apply_weights_where(
+                &self.vs,
+                &self.model.buffers(),
+                &w,
+                router_may_be_missing,
+            )?;
             if self.is_main() {
                 tracing::info!("loaded weights from {}", cfg.model.resume);
             }
-        }
-        Ok(())
-    }
-
-    fn newest_checkpoint(&self) -> Result<Option<LoadedCheckpoint>> {
-        let mut chosen = Vec::new();
-        let mut loaded = None;
-        if self.is_main() {
-            loaded = self.store.load_newest_valid(|dir, e| {
-                tracing::warn!("warning: skipping checkpoint {dir}: {e}");
-            })?;
-            if let Some(c) = &loaded {
-                chosen = c.dir.as_bytes().to_vec();
+        } else if self.router.is_some() {
+            let experts_output = experts_output_location(cfg);
+            let store = CheckpointStore::open(&experts_output)
+                .with_context(|| format!("opening the experts' output {experts_output}"))?;
+            let Some(c) = newest_checkpoint(&store, self.comm.as_ref())? else {
+                anyhow::bail!(
+                    "the router stage starts from trained experts, but {experts_output} holds no checkpoint: \
+                     train the experts first (the same command without --stage router), or give --resume WEIGHTS"
+                );
+            };
+            crate::weights::apply_weights_where(
+                &self.vs,
+                &self.model.buffers(),
+                &c.model.into_iter().collect(),
+                router_may_be_missing,
+            )
+            .with_context(|| format!("loading the experts from {experts_output}/{}", c.dir))?;
+            if self.is_main() {
+                tracing::info!(
+                    "router stage: experts from {experts_output}/{} (epoch {})",
+                    c.dir,
+                    c.meta.epoch
+                );
             }
         }
-        self.comm.broadcast_bytes(&mut chosen, 0)?;
-        if !self.is_main() && !chosen.is_empty() {
-            loaded = Some(self.store.load(&String::from_utf8_lossy(&chosen))?);
-        }
-        Ok(loaded)
+        Ok(())
     }
 
     fn resume_from(&mut self, c: LoadedCheckpoint) -> Result<()> {
@@ -293,8 +334,43 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// The resolved output location: `OUTPUT/MODEL.NAME/TAG` as in the reference.
+/// The newest valid checkpoint in `store`: rank 0 picks it, all ranks load
+/// the same one.
+fn newest_checkpoint(
+    store: &CheckpointStore,
+    comm: &dyn Collective,
+) -> Result<Option<LoadedCheckpoint>> {
+    let mut chosen = Vec::new();
+    let mut loaded = None;
+    if comm.rank() == 0 {
+        loaded = store.load_newest_valid(|dir, e| {
+            tracing::warn!("warning: skipping checkpoint {dir}: {e}");
+        })?;
+        if let Some(c) = &loaded {
+            chosen = c.dir.as_bytes().to_vec();
+        }
+    }
+    comm.broadcast_bytes(&mut chosen, 0)?;
+    if comm.rank() != 0 && !chosen.is_empty() {
+        loaded = Some(store.load(&String::from_utf8_lossy(&chosen))?);
+    }
+    Ok(loaded)
+}
+
+/// The resolved output location: `OUTPUT/MODEL.NAME/TAG` as in the
+/// reference, and its `router/` folder for the router stage (so that its
+/// checkpoints, which hold the router, never mix with the experts').
 pub fn output_location(cfg: &Config) -> String {
+    let experts = experts_output_location(cfg);
+    if cfg.router_stage() {
+        format!("{experts}/router")
+    } else {
+        experts
+    }
+}
+
+/// Where the experts' run writes: `OUTPUT/MODEL.NAME/TAG`.
+fn experts_output_location(cfg: &Config) -> String {
     let base = if cfg.output.is_empty() {
         "output"
     } else {

@@ -7,6 +7,8 @@ use super::setup::Trainer;
 use crate::data::loader::Batch;
 use crate::data::mix_seed;
 use crate::data::mixup::{mix, smooth_one_hot};
+use crate::model::router::router_loss;
+use crate::model::TrainForward;
 use anyhow::Result;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -90,12 +92,29 @@ impl Trainer<'_> {
         meter: &mut LossMeter,
     ) -> Result<StepOutcome> {
         let accum = plan.accumulation;
-        let forward = self
-            .precision
-            .autocast(|| self.model.forward_train(&mb.images))?;
-        let loss = plan
-            .criterion
-            .loss(&forward.output.experts, &mb.labels, &mb.targets, at.epoch);
+        let (forward, loss) = match &self.router {
+            // Router stage: the frozen experts run as at evaluation (no
+            // dropout, no stochastic depth, no graph); only the router learns.
+            Some(router) => {
+                let (output, features) = tch::no_grad(|| {
+                    self.precision
+                        .autocast(|| self.model.forward_with_features(&mb.images, false))
+                })?;
+                let help = router.help_logits(&output.experts, &features);
+                let loss =
+                    router_loss(&output.experts, &help, &mb.labels, router.spec().pos_weight);
+                (TrainForward::without_tape(output), loss)
+            }
+            None => {
+                let forward = self
+                    .precision
+                    .autocast(|| self.model.forward_train(&mb.images))?;
+                let loss =
+                    plan.criterion
+                        .loss(&forward.output.experts, &mb.labels, &mb.targets, at.epoch);
+                (forward, loss)
+            }
+        };
         meter.add_micro_batch(&loss);
         let scaled = self.precision.scale(&loss);
         let micro_loss = if accum > 1 {
