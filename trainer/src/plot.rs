@@ -159,6 +159,7 @@ mod tests {
             per_expert_top1: vec![50.0],
             per_class_top1: vec![Some(80.0), Some(50.0), Some(20.0)],
             train_class_counts: vec![300, 50, 5],
+            routing: None,
         };
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("plot.svg");
@@ -169,6 +170,54 @@ mod tests {
             svg.matches("<circle").count(),
             3 + 3,
             "3 points and 3 legend markers"
+        );
+    }
+
+    #[test]
+    fn routing_curve_has_a_point_per_threshold_and_split() {
+        use crate::eval::SweepPoint;
+        let point = |threshold: f64, gflops: f64, top1: f64| SweepPoint {
+            threshold,
+            top1,
+            many: Some(top1 + 10.0),
+            medium: Some(top1),
+            few: None,
+            mean_experts: 1.0 + 2.0 * (1.0 - threshold),
+            gflops,
+        };
+        let routing = RoutingReport {
+            threshold: 0.5,
+            mean_experts: 2.0,
+            experts_share: vec![50.0, 0.0, 50.0],
+            gflops: 2.0,
+            gflops_all_experts: 3.0,
+            sweep: vec![
+                point(0.0, 3.0, 60.0),
+                point(0.5, 2.0, 59.0),
+                point(1.0, 1.0, 50.0),
+            ],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("curve.svg");
+        routing_curve_svg(&routing, &p, "test").unwrap();
+        let svg = std::fs::read_to_string(&p).unwrap();
+        // overall, many, medium: 3 points each (few has none), the ringed
+        // threshold and its legend marker.
+        assert_eq!(svg.matches("<circle").count(), 3 * 3 + 2, "{svg}");
+        let thick_lines = svg
+            .split("<polyline")
+            .skip(1)
+            .filter(|l| {
+                l.split('>')
+                    .next()
+                    .unwrap_or("")
+                    .contains("stroke-width=\"2\"")
+            })
+            .count();
+        assert_eq!(
+            thick_lines,
+            3 + 3,
+            "3 curves and 3 legend lines (the grid is thin)"
         );
     }
 }

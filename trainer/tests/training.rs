@@ -362,3 +362,137 @@ fn bf16_autocast_trains_on_cpu_with_activation_checkpointing() {
     assert_eq!(o.status.code(), Some(78), "{}", text(&o));
     assert!(text(&o).contains("AMP_DTYPE"), "{}", text(&o));
 }
+
+#[test]
+fn the_router_stage_trains_on_frozen_experts_and_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 3, "RIDE");
+    let out_root = dir.path().join("out");
+    let router_args = [
+        "--metrics-addr",
+        "off",
+        "--stage",
+        "router",
+        "--json",
+        "--opts",
+        "TRAIN.ROUTER.EPOCHS",
+        "2",
+        "TRAIN.ROUTER.BASE_LR",
+        "0.05",
+    ];
+
+    // Without trained experts the stage says what to do.
+    let o = train_cpu(&cfg, &out_root, &router_args);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("holds no checkpoint") && t.contains("train the experts first"),
+        "{t}"
+    );
+
+    let o = train_cpu(&cfg, &out_root, &["--metrics-addr", "off"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let experts_dir = out_root.join("tiny/default");
+    let experts_eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(experts_dir.join("eval.json")).unwrap())
+            .unwrap();
+
+    let o = train_cpu(&cfg, &out_root, &router_args);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("router stage: experts from") && t.contains("ckpt_epoch_1"),
+        "{t}"
+    );
+    let router_dir = experts_dir.join("router");
+    for f in [
+        "ckpt_epoch_1/model.safetensors",
+        "eval.json",
+        "routing_curve.svg",
+    ] {
+        assert!(router_dir.join(f).exists(), "missing router/{f}\n{t}");
+    }
+    assert!(
+        t.contains("experts per image") && t.contains("| threshold |"),
+        "{t}"
+    );
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("{\"samples\""))
+        .expect("JSON eval line");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let routing = &v["routing"];
+    let mean = routing["mean_experts"].as_f64().unwrap();
+    assert!((1.0..=3.0).contains(&mean), "{routing}");
+    let sweep = routing["sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 13);
+    // Threshold 0 runs every expert: the experts run's own evaluation,
+    // which proves the stage left the experts as they were.
+    let all = &sweep[0];
+    assert_eq!(all["threshold"], 0.0);
+    assert_eq!(all["mean_experts"], 3.0);
+    assert_eq!(all["top1"], experts_eval["top1"], "{routing}");
+    let last = sweep.last().unwrap();
+    assert_eq!(last["mean_experts"], 1.0);
+    assert!(last["gflops"].as_f64().unwrap() < all["gflops"].as_f64().unwrap());
+
+    // The router checkpoint holds the experts unchanged plus the router.
+    let read = |p: std::path::PathBuf| -> std::collections::BTreeMap<String, tch::Tensor> {
+        tch::Tensor::read_safetensors(p)
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    let experts = read(experts_dir.join("ckpt_epoch_1/model.safetensors"));
+    let routed = read(router_dir.join("ckpt_epoch_1/model.safetensors"));
+    for (name, t) in &experts {
+        assert!(t.equal(&routed[name]), "{name} changed in the router stage");
+    }
+    let router_keys: Vec<&String> = routed
+        .keys()
+        .filter(|k| !experts.contains_key(*k))
+        .collect();
+    assert!(
+        !router_keys.is_empty()
+            && router_keys
+                .iter()
+                .all(|k| k.starts_with("expert_help_pred")),
+        "{router_keys:?}"
+    );
+
+    // predict routes: the experts each image used come back with the logits.
+    let x = tch::Tensor::randn([5, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let xin = dir.path().join("x.safetensors");
+    tch::Tensor::write_safetensors(&[("images", x)], &xin).unwrap();
+    let yout = dir.path().join("y.safetensors");
+    let tensor_args = [
+        "--stage",
+        "router",
+        "--input-tensor",
+        xin.to_str().unwrap(),
+        "--output",
+        yout.to_str().unwrap(),
+    ];
+    let o = predict_cpu(
+        &cfg,
+        &router_dir.join("ckpt_epoch_1/model.safetensors"),
+        &tensor_args,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ys = read(yout.clone());
+    assert_eq!(ys["logits"].size(), vec![5, 6]);
+    let used: Vec<i64> = Vec::try_from(&ys["experts_used"]).unwrap();
+    assert!(used.iter().all(|u| (1..=3).contains(u)), "{used:?}");
+
+    // Experts-only weights have no router to route with: named, not guessed.
+    let o = predict_cpu(
+        &cfg,
+        &experts_dir.join("ckpt_epoch_1/model.safetensors"),
+        &tensor_args,
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("missing keys") && t.contains("expert_help_pred"),
+        "{t}"
+    );
+}

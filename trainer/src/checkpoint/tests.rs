@@ -22,6 +22,7 @@ fn meta(epoch: u64, iterations_done: Option<u64>, top1: Option<f64>) -> Checkpoi
             per_expert_top1: vec![],
             per_class_top1: vec![],
             train_class_counts: vec![],
+            routing: None,
         }),
         config: String::new(),
         saved_at: String::new(),

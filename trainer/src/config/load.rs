@@ -339,5 +339,36 @@ mod tests {
         };
         let e = load_config(None, &o).unwrap_err().to_string();
         assert!(e.contains("TRAIN.LOSS_TYPE"), "{e}");
+        let stage = |stage: &str, opts: &[&str]| {
+            let o = Overrides {
+                opts: opts.iter().map(|s| s.to_string()).collect(),
+                stage: Some(stage.into()),
+                ..Default::default()
+            };
+            load_config(None, &o)
+        };
+        let e = stage("distill", &[]).unwrap_err().to_string();
+        assert!(e.contains("TRAIN.STAGE") && e.contains("distill"), "{e}");
+        let e = stage("router", &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("TRAIN.STAGE") && e.contains("NUM_EXPERTS"),
+            "{e}"
+        );
+        let e = stage(
+            "router",
+            &["MODEL.NUM_EXPERTS", "3", "MODEL.ROUTER.THRESHOLD", "1.5"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("MODEL.ROUTER.THRESHOLD"), "{e}");
+        // The router stage trains on its own schedule, without mixup.
+        let c = stage(
+            "router",
+            &["MODEL.NUM_EXPERTS", "3", "TRAIN.ROUTER.EPOCHS", "7"],
+        )
+        .unwrap()
+        .for_stage();
+        assert_eq!((c.train.epochs, c.aug.mixup, c.train.min_lr), (7, 0.0, 0.0));
+        assert_eq!(c.router_spec().unwrap().top_choices_num, 50);
     }
 }
