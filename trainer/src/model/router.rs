@@ -132,7 +132,8 @@ impl Router {
         let mut cols = Vec::with_capacity(self.steps());
         for step in 0..self.steps() {
             if step > 0 {
-                sum = sum + experts[step].to_kind(Kind::Float);
+                // Not `+=`: `sum` may share storage with the first expert's output.
+                sum = &sum + experts[step].to_kind(Kind::Float);
             }
             let mean = &sum / (step + 1) as f64;
             cols.push(self.help_logit(step, &features[step.min(features.len() - 1)], &mean));
@@ -167,7 +168,7 @@ pub fn router_loss(experts: &[Tensor], help: &Tensor, labels: &Tensor, pos_weigh
                 Some(pw),
                 tch::Reduction::Mean,
             );
-        loss = loss + l;
+        loss = &loss + l;
     }
     loss / (e - 1).max(1) as f64
 }
@@ -178,7 +179,7 @@ fn ensemble_correctness(experts: &[Tensor], labels: &Tensor) -> Tensor {
     let mut sum = experts[0].to_kind(Kind::Float);
     let mut cols = vec![sum.argmax(1, false).eq_tensor(labels)];
     for x in &experts[1..] {
-        sum = sum + x.to_kind(Kind::Float);
+        sum = &sum + x.to_kind(Kind::Float);
         cols.push(sum.argmax(1, false).eq_tensor(labels));
     }
     Tensor::stack(&cols, 1)
