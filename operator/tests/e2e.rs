@@ -303,6 +303,35 @@ async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds
         live_pod_names(c, NS, "ride-cpu").await.is_empty(),
         "finished pods are cleaned up"
     );
+
+    // The router stage of the same run: an override, the same checkpoint URI.
+    let router = cluster.dir.join("ride-cpu-router.yaml");
+    let text = std::fs::read_to_string(repo().join("examples/ride-cpu-router.yaml"))
+        .unwrap()
+        .replace(
+            "uri: file:///tmp/ride-cpu",
+            &format!("uri: file://{}", ex.ckpt.display()),
+        );
+    std::fs::write(&router, text).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", router.to_str().unwrap()]);
+    assert!(ok, "kubectl apply: {out}");
+    let st = wait_succeeded(c, NS, "ride-cpu-router", 600, ctx).await;
+    assert!(st["latestEval"]["overall"].as_f64().is_some(), "{st}");
+    let rank0: String = agents
+        .iter()
+        .map(|a| std::fs::read_to_string(a.log_path(NS, "ride-cpu-router-0-0")).unwrap_or_default())
+        .collect();
+    assert!(
+        rank0.contains("router stage: experts from") && rank0.contains("experts per image"),
+        "{rank0}"
+    );
+    assert!(
+        walk(&ex.ckpt)
+            .iter()
+            .any(|p| p.ends_with("router/ckpt_epoch_1")),
+        "router checkpoints under the same URI: {:?}",
+        walk(&ex.ckpt)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,74 @@ fn two_ranks_match_one_rank_at_the_same_global_batch() {
 }
 
 #[test]
+fn the_router_stage_under_the_launcher_matches_one_rank_at_the_same_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 3, "RIDE");
+    let one = dir.path().join("one");
+    let o = train_cpu(
+        &cfg,
+        &one,
+        &[
+            "--metrics-addr",
+            "off",
+            "--no-progress",
+            "--opts",
+            "TRAIN.EPOCHS",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let two = dir.path().join("two");
+    copy_dir(&one, &two);
+    // The override the operator and Slurm pass: TRAIN.STAGE router. The
+    // router's loss is a batch mean and the frozen experts run without
+    // randomness, so 2 ranks × 8 take the steps 1 rank × 16 takes.
+    let router = |batch: &'static str| {
+        [
+            "TRAIN.STAGE",
+            "router",
+            "TRAIN.ROUTER.EPOCHS",
+            "2",
+            "TRAIN.ROUTER.BASE_LR",
+            "0.05",
+            "DATA.BATCH_SIZE",
+            batch,
+        ]
+    };
+    let mut args = vec!["--metrics-addr", "off", "--no-progress", "--opts"];
+    args.extend_from_slice(&router("16"));
+    let o = train_cpu(&cfg, &one, &args);
+    let t1 = text(&o);
+    assert!(o.status.success(), "{t1}");
+    let (status, t2) = launch(2, &cfg, &two, &router("8"), &[]).finish();
+    assert!(status.success(), "{t2}");
+    assert!(
+        t2.contains("global batch 16") && t2.contains("router stage: experts from"),
+        "{t2}"
+    );
+    let w = "tiny/default/router/ckpt_epoch_1/model.safetensors";
+    let diff = max_abs_diff(&one.join(w), &two.join(w));
+    eprintln!("max |router parameter difference| after 2 epochs: {diff:e}");
+    assert!(diff < 1e-5, "parameters differ by {diff}");
+    let moved = max_abs_diff(
+        &one.join("tiny/default/router/ckpt_epoch_0/model.safetensors"),
+        &one.join(w),
+    );
+    assert!(moved > 1e-4, "the router did not train: {moved}");
+    let routing = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(dir.join("tiny/default/router/eval.json")).unwrap(),
+        )
+        .unwrap()["routing"]
+            .clone()
+    };
+    assert_eq!(
+        routing(&one)["experts_share"],
+        routing(&two)["experts_share"]
+    );
+}
+
+#[test]
 fn all_reduce_overlapped_with_backward_equals_averaging_after_it() {
     // Buckets of 10 KB make the overlapped run launch dozens of all-reduces
     // while backward still runs. With two ranks every element's sum is a+b

@@ -45,33 +45,41 @@ fn sbatch_template_runs_two_ranks_from_slurm_variables() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), 2, "RIDE");
     let out = dir.path().join("out");
-    let log = dir.path().join("job-%j.out");
-    let o = Command::new("sbatch")
-        .current_dir(repo_root())
-        .args([
-            "--wait",
-            "--ntasks-per-node=2",
-            "--gpus-per-task=0",
-            "--cpus-per-task=1",
-        ])
-        .arg(format!("--output={}", log.display()))
-        .arg("slurm/ride.sbatch")
-        .env("SLURM_CONF", &conf)
-        .env("RIDE_BIN", env!("CARGO_BIN_EXE_ride-trainer"))
-        .env("RIDE_CFG", &cfg)
-        .env("RIDE_OUTPUT", &out)
-        .env("RIDE_DEVICE", "cpu")
-        .env("RIDE_METRICS_ADDR", "off")
-        .env("RIDE_ARGS", "--opts TRAIN.EPOCHS 1")
-        .output()
-        .expect("sbatch runs");
-    let job_log: String = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("job-"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect();
-    assert!(o.status.success(), "{}\n{job_log}", text(&o));
+    let submit = |name: &str, ride_args: &str| {
+        let log = dir.path().join(format!("{name}-%j.out"));
+        let o = Command::new("sbatch")
+            .current_dir(repo_root())
+            .args([
+                "--wait",
+                "--ntasks-per-node=2",
+                "--gpus-per-task=0",
+                "--cpus-per-task=1",
+            ])
+            .arg(format!("--output={}", log.display()))
+            .arg("slurm/ride.sbatch")
+            .env("SLURM_CONF", &conf)
+            .env("RIDE_BIN", env!("CARGO_BIN_EXE_ride-trainer"))
+            .env("RIDE_CFG", &cfg)
+            .env("RIDE_OUTPUT", &out)
+            .env("RIDE_DEVICE", "cpu")
+            .env("RIDE_METRICS_ADDR", "off")
+            .env("RIDE_ARGS", ride_args)
+            .output()
+            .expect("sbatch runs");
+        let job_log: String = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}-"))
+            })
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
+        assert!(o.status.success(), "{}\n{job_log}", text(&o));
+        job_log
+    };
+    let job_log = submit("experts", "--opts TRAIN.EPOCHS 1");
     assert!(job_log.contains("rank 0/2 (local 0/2)"), "{job_log}");
     assert!(job_log.contains("rank 1/2 (local 1/2)"), "{job_log}");
     assert!(
@@ -86,6 +94,20 @@ fn sbatch_template_runs_two_ranks_from_slurm_variables() {
         job_log.matches("== run summary ==").count(),
         1,
         "only rank 0 reports"
+    );
+
+    // The router stage of that run, the same template with --stage router:
+    // two ranks average the router's gradients.
+    let job_log = submit("router", "--stage router --opts TRAIN.ROUTER.EPOCHS 1");
+    assert!(
+        job_log.contains("router stage: experts from") && job_log.contains("ckpt_epoch_0"),
+        "{job_log}"
+    );
+    assert!(job_log.contains("experts per image"), "{job_log}");
+    assert!(
+        out.join("tiny/default/router/ckpt_epoch_0/manifest.json")
+            .exists(),
+        "{job_log}"
     );
 }
 
