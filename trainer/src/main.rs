@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use ride_trainer::config::cli::{parse_device, ConfigArgs};
 use ride_trainer::config::Overrides;
 use ride_trainer::model::ride_swin::parameter_count;
-use ride_trainer::model::RideSwin;
+use ride_trainer::model::Network;
 use ride_trainer::train::{run, RunOptions, RunSummary};
 use std::path::PathBuf;
 use tch::{nn, Device};
@@ -313,13 +313,14 @@ fn stop_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
 fn cmd_summary(c: ConfigArgs) -> Result<()> {
     let cfg = c.load(Overrides::default())?;
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
-        .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
-    println!("model        {}", cfg.model.name);
+    let model =
+        Network::new(&vs.root(), &cfg).map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
+    let flops = model.flops(cfg.data.img_size);
+    println!("model        {} ({})", cfg.model.name, cfg.model.kind);
     println!("experts      {}", cfg.model.num_experts);
     println!("parameters   {}", parameter_count(&vs));
-    println!("flops        {}", model.flops());
-    println!("gflops       {:.3}", model.flops() as f64 / 1e9);
+    println!("flops        {flops}");
+    println!("gflops       {:.3}", flops as f64 / 1e9);
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use crate::config::{load_config, Overrides};
 use crate::data::RgbImage;
 use crate::model::router::Router;
-use crate::model::RideSwin;
+use crate::model::Network;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -44,8 +44,8 @@ pub fn run(
         },
     )?;
     let vs = nn::VarStore::new(device);
-    let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
-        .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
+    let model =
+        Network::new(&vs.root(), &cfg).map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
     let router = cfg.router_spec().map(|spec| {
         Router::new(
             &vs.root(),
@@ -54,7 +54,7 @@ pub fn run(
             &spec,
         )
     });
-    let w = crate::weights::read_weights(weights)?;
+    let w = model.from_reference_names(crate::weights::read_weights(weights)?);
     crate::weights::apply_weights(&vs, &model.buffers(), &w)?;
     let threshold = cfg.model.router.threshold;
     // With a router: the routed mean and the experts each image used;

@@ -120,7 +120,8 @@ pub struct SyntheticConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct ModelConfig {
-    /// `swin` (`swin_mlp` is not supported).
+    /// `swin`, or `resnet32` (the authors' CIFAR ResNet-32 with RIDE's
+    /// experts; extension). `swin_mlp` is not supported.
     #[serde(rename = "TYPE")]
     pub kind: String,
     /// Model name (part of the output path).
@@ -151,6 +152,30 @@ pub struct ModelConfig {
     pub swin_mlp: SwinMlpConfig,
     /// The expert assignment module (extension; the authors' `_ea` models).
     pub router: RouterConfig,
+    /// ResNet-32 settings (`MODEL.TYPE: resnet32`; extension).
+    pub resnet: ResNetConfig,
+}
+
+/// `MODEL.RESNET.*` (extension): the authors' `ResNet32Model` arguments.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct ResNetConfig {
+    /// Experts' stages at 24 and 48 channels instead of 32 and 64.
+    pub reduce_dimension: bool,
+    /// Width of the experts' second stage (0: from REDUCE_DIMENSION).
+    pub layer2_output_dim: i64,
+    /// Width of the experts' third stage (0: from REDUCE_DIMENSION).
+    pub layer3_output_dim: i64,
+}
+
+impl Default for ResNetConfig {
+    fn default() -> Self {
+        Self {
+            reduce_dimension: true,
+            layer2_output_dim: 0,
+            layer3_output_dim: 0,
+        }
+    }
 }
 
 /// `MODEL.ROUTER.*` (extension): RIDE's expert assignment module, with the
@@ -466,6 +491,7 @@ impl Default for ModelConfig {
             swin: SwinConfig::default(),
             swin_mlp: SwinMlpConfig::default(),
             router: RouterConfig::default(),
+            resnet: ResNetConfig::default(),
         }
     }
 }
@@ -617,6 +643,28 @@ impl Config {
         }
     }
 
+    /// The ResNet-32 this config describes (`MODEL.TYPE: resnet32`).
+    pub fn resnet_spec(&self) -> crate::model::resnet_cifar::ResNetSpec {
+        let r = &self.model.resnet;
+        let pick = |set: i64, reduced: i64, full: i64| {
+            if set > 0 {
+                set
+            } else if r.reduce_dimension {
+                reduced
+            } else {
+                full
+            }
+        };
+        crate::model::resnet_cifar::ResNetSpec {
+            num_classes: self.model.num_classes,
+            num_experts: self.model.num_experts,
+            num_blocks: [5, 5, 5],
+            layer2_dim: pick(r.layer2_output_dim, 24, 32),
+            layer3_dim: pick(r.layer3_output_dim, 48, 64),
+            use_norm: self.model.use_normed_linear,
+        }
+    }
+
     /// Whether this run trains (or evaluates) the router stage.
     pub fn router_stage(&self) -> bool {
         self.train.stage == "router"
@@ -680,10 +728,10 @@ impl Config {
                 format!("'{}' is not float16 or bfloat16", self.amp_dtype),
             );
         }
-        if self.model.kind != "swin" {
+        if !["swin", "resnet32"].contains(&self.model.kind.as_str()) {
             return bad(
                 "MODEL.TYPE",
-                format!("'{}' is not supported (only 'swin')", self.model.kind),
+                format!("'{}' is not supported (swin or resnet32)", self.model.kind),
             );
         }
         if !["RIDE", "LDAM", "CE"].contains(&self.train.loss_type.as_str()) {
@@ -784,6 +832,38 @@ impl Config {
             if self.train.router.epochs == 0 {
                 return bad("TRAIN.ROUTER.EPOCHS", "must be positive".into());
             }
+        }
+        if self.model.kind == "resnet32" {
+            if self.data.img_size % 4 != 0 {
+                return bad(
+                    "DATA.IMG_SIZE",
+                    format!(
+                        "{} is not a multiple of 4 (ResNet-32 halves it twice)",
+                        self.data.img_size
+                    ),
+                );
+            }
+            if self.train.use_checkpoint {
+                return bad(
+                    "TRAIN.USE_CHECKPOINT",
+                    "activation checkpointing is for MODEL.TYPE swin".into(),
+                );
+            }
+            let s = self.resnet_spec();
+            if s.layer2_dim < 16
+                || s.layer3_dim < s.layer2_dim
+                || (s.layer2_dim - 16) % 2 != 0
+                || (s.layer3_dim - s.layer2_dim) % 2 != 0
+            {
+                return bad(
+                    "MODEL.RESNET",
+                    format!(
+                        "stage widths 16 → {} → {} must not shrink and must grow by even steps (option-A shortcuts pad both sides)",
+                        s.layer2_dim, s.layer3_dim
+                    ),
+                );
+            }
+            return Ok(());
         }
         self.swin_spec()
             .validate()

@@ -9,9 +9,9 @@
 use super::layers::{
     linear, trunc_normal, BasicLayer, BlockOptions, Head, NormedLinear, PatchEmbed,
 };
-use super::router::{Routed, Router};
+use super::router::{route_dynamic, Routed, Router};
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Architecture hyper-parameters (the `MODEL.*` keys of the config).
 #[derive(Clone, Debug, PartialEq)]
@@ -389,39 +389,12 @@ impl RideSwin {
     /// [`super::router::route_all`] on a full forward, at the cost of the
     /// experts actually used.
     pub fn forward_routed(&self, router: &Router, images: &Tensor, threshold: f64) -> Routed {
-        let trunk = self.trunk(images);
-        let b = images.size()[0];
-        let device = images.device();
-        let (first, mut feats) = self.expert_from_trunk(0, &trunk);
-        let mut sum = first.to_kind(Kind::Float);
-        let mut used = Tensor::ones([b], (Kind::Int64, device));
-        // Indices (into the batch) of the images still going on.
-        let mut active = Tensor::arange(b, (Kind::Int64, device));
-        for step in 0..router.steps() {
-            let mean = sum.index_select(0, &active) / (step + 1) as f64;
-            let go = router
-                .help_logit(step, &feats, &mean)
-                .sigmoid()
-                .gt(threshold);
-            let keep = go.nonzero().view([-1]);
-            if keep.numel() == 0 {
-                break;
-            }
-            active = active.index_select(0, &keep);
-            let (out, f) = self.expert_from_trunk(step + 1, &trunk.index_select(0, &active));
-            sum = sum.index_add(0, &active, &out.to_kind(Kind::Float));
-            used = used.index_add(
-                0,
-                &active,
-                &Tensor::ones([active.size()[0]], (Kind::Int64, device)),
-            );
-            feats = f;
-        }
-        let outputs = sum / used.to_kind(Kind::Float).view([b, 1]);
-        Routed {
-            outputs,
-            experts_used: used,
-        }
+        route_dynamic(
+            router,
+            &self.trunk(images),
+            |e, x| self.expert_from_trunk(e, x),
+            threshold,
+        )
     }
 
     /// Buffers the reference keeps in its `state_dict`, by reference name:

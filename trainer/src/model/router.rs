@@ -224,6 +224,49 @@ pub fn route_all(experts: &[Tensor], help: &Tensor, threshold: f64) -> Routed {
     }
 }
 
+/// Evaluation with dynamic routing, for any backbone: `trunk` is the shared
+/// part's output for the batch; `expert(e, rows)` runs expert `e` on some
+/// rows of it and returns their outputs and pooled features. Expert `i + 1`
+/// runs only on the images whose step `i` says `sigmoid(logit) > threshold`,
+/// so the cost is that of the experts actually used; the result equals
+/// [`route_all`] on a full forward.
+pub fn route_dynamic(
+    router: &Router,
+    trunk: &Tensor,
+    expert: impl Fn(usize, &Tensor) -> (Tensor, Tensor),
+    threshold: f64,
+) -> Routed {
+    let b = trunk.size()[0];
+    let device = trunk.device();
+    let (first, mut feats) = expert(0, trunk);
+    let mut sum = first.to_kind(Kind::Float);
+    let mut used = Tensor::ones([b], (Kind::Int64, device));
+    // Indices (into the batch) of the images still going on.
+    let mut active = Tensor::arange(b, (Kind::Int64, device));
+    for step in 0..router.steps() {
+        let mean = sum.index_select(0, &active) / (step + 1) as f64;
+        let go = router
+            .help_logit(step, &feats, &mean)
+            .sigmoid()
+            .gt(threshold);
+        let keep = go.nonzero().view([-1]);
+        if keep.numel() == 0 {
+            break;
+        }
+        active = active.index_select(0, &keep);
+        let (out, f) = expert(step + 1, &trunk.index_select(0, &active));
+        sum = sum.index_add(0, &active, &out.to_kind(Kind::Float));
+        let ones = Tensor::ones([active.size()[0]], (Kind::Int64, device));
+        used = used.index_add(0, &active, &ones);
+        feats = f;
+    }
+    let outputs = sum / used.to_kind(Kind::Float).view([b, 1]);
+    Routed {
+        outputs,
+        experts_used: used,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

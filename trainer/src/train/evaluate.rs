@@ -10,7 +10,7 @@ use crate::data::Dataset;
 use crate::dist::Collective;
 use crate::eval::{EvalAccumulator, EvalReport, RoutingCost};
 use crate::model::router::{route_all, Router};
-use crate::model::RideSwin;
+use crate::model::Network;
 use anyhow::Result;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +24,7 @@ use tch::{Device, Kind, Tensor};
 /// that the sweep costs one pass (the routed predictions equal those of
 /// running only the chosen experts, `RideSwin::forward_routed`).
 pub fn evaluate(
-    model: &RideSwin,
+    model: &Network,
     router: Option<&Router>,
     dataset: &Arc<dyn Dataset>,
     cfg: &Config,
@@ -51,7 +51,7 @@ pub fn evaluate(
         let acc = EvalAccumulator::new(classes, experts);
         match router {
             Some(r) => {
-                let (shared, per_expert) = model.flops_split();
+                let (shared, per_expert) = model.flops_split(cfg.data.img_size);
                 acc.with_routing(
                     threshold,
                     RoutingCost {
@@ -99,7 +99,7 @@ pub fn evaluate(
 }
 
 /// Forward-only images/s on a random batch (the reference's `--throughput`).
-pub fn throughput(model: &RideSwin, cfg: &Config, device: Device) -> f64 {
+pub fn throughput(model: &Network, cfg: &Config, device: Device) -> f64 {
     let s = cfg.data.img_size;
     let bs = cfg.data.batch_size as i64;
     let x = Tensor::randn([bs, 3, s, s], (Kind::Float, device));

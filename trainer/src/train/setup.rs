@@ -13,7 +13,7 @@ use crate::eval::EvalReport;
 use crate::loss::{Criterion, LdamDrwLoss, RideLoss, RideLossOptions};
 use crate::metrics::Metrics;
 use crate::model::router::{Router, ROUTER_PREFIX};
-use crate::model::RideSwin;
+use crate::model::Network;
 use crate::optim::schedule::scale_lr;
 use crate::optim::AdamW;
 use crate::watchdog::{StallTimeout, Watchdog};
@@ -64,7 +64,7 @@ pub(crate) struct Trainer<'a> {
     /// Ends the process when training steps stop for too long.
     pub watchdog: Watchdog,
     pub vs: nn::VarStore,
-    pub model: RideSwin,
+    pub model: Network,
     /// The expert assignment module (router stage only); the experts are
     /// frozen then and only the router trains.
     pub router: Option<Router>,
@@ -116,7 +116,7 @@ impl<'a> Trainer<'a> {
         }
         tch::manual_seed(cfg.seed as i64);
         let vs = nn::VarStore::new(device);
-        let model = RideSwin::new(&vs.root(), &cfg.swin_spec())
+        let model = Network::new(&vs.root(), cfg)
             .map_err(|m| anyhow::anyhow!("invalid model config: {m}"))?;
         let router = cfg.router_spec().map(|spec| {
             let r = Router::new(
@@ -224,7 +224,11 @@ impl<'a> Trainer<'a> {
         // Weights from another run may lack the router; it then starts fresh.
         let router_may_be_missing = |name: &str| name.starts_with(ROUTER_PREFIX);
         if !cfg.model.resume.is_empty() {
-            let w = crate::weights::read_weights(std::path::Path::new(&cfg.model.resume))?;
+            let w = self
+                .model
+                .from_reference_names(crate::weights::read_weights(std::path::Path::new(
+                    &cfg.model.resume,
+                ))?);
             crate::weights::apply_weights_where(
                 &self.vs,
                 &self.model.buffers(),
