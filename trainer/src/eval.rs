@@ -15,6 +15,10 @@ pub struct EvalAccumulator {
     expert_top1: Vec<u64>,
     loss_sum: f64,
     samples: u64,
+    /// Images on which experts `i < j` predict different classes, pairs in
+    /// order (0,1), (0,2), …, (1,2), ….
+    #[serde(default)]
+    pair_disagree: Vec<u64>,
     #[serde(default)]
     routing: Option<RoutingCounts>,
 }
@@ -113,6 +117,10 @@ pub struct EvalReport {
     pub few: Option<f64>,
     /// Top-1 of each expert alone.
     pub per_expert_top1: Vec<f64>,
+    /// Percent of images on which two experts' top-1 classes differ, for
+    /// each pair `i < j` in order (0,1), (0,2), …, (1,2), …; empty with one expert.
+    #[serde(default)]
+    pub expert_disagreement: Vec<f64>,
     /// Per-class top-1 (percent; `None` for classes with no test samples).
     pub per_class_top1: Vec<Option<f64>>,
     /// Training images per class, for the long-tail split and plots.
@@ -133,6 +141,7 @@ impl EvalAccumulator {
             expert_top1: vec![0; num_experts],
             loss_sum: 0.0,
             samples: 0,
+            pair_disagree: vec![0; num_experts * num_experts.saturating_sub(1) / 2],
             routing: None,
         }
     }
@@ -203,6 +212,19 @@ impl EvalAccumulator {
             .to_kind(Kind::Float)
             .to_device(tch::Device::Cpu)
             .argmax(2, false);
+        let experts = self.expert_top1.len() as i64;
+        let mut pair = 0;
+        for i in 0..experts {
+            for j in i + 1..experts {
+                let differ = pe
+                    .select(1, i)
+                    .ne_tensor(&pe.select(1, j))
+                    .sum(Kind::Int64)
+                    .int64_value(&[]);
+                self.pair_disagree[pair] += differ as u64;
+                pair += 1;
+            }
+        }
         for e in 0..self.expert_top1.len() {
             let correct = pe
                 .select(1, e as i64)
@@ -227,6 +249,7 @@ impl EvalAccumulator {
         for (a, b) in self.expert_top1.iter_mut().zip(&other.expert_top1) {
             *a += b;
         }
+        add_counts(&mut self.pair_disagree, &other.pair_disagree);
         self.top5 += other.top5;
         self.loss_sum += other.loss_sum;
         self.samples += other.samples;
@@ -265,6 +288,11 @@ impl EvalAccumulator {
             few: split_acc(Split::Few),
             per_expert_top1: self
                 .expert_top1
+                .iter()
+                .map(|&c| pct(c, self.samples))
+                .collect(),
+            expert_disagreement: self
+                .pair_disagree
                 .iter()
                 .map(|&c| pct(c, self.samples))
                 .collect(),
@@ -390,6 +418,11 @@ impl EvalReport {
         for (e, a) in self.per_expert_top1.iter().enumerate() {
             let _ = writeln!(s, "| expert {e:<7} | {a:>7.2} |");
         }
+        if !self.expert_disagreement.is_empty() {
+            let mean = self.expert_disagreement.iter().sum::<f64>()
+                / self.expert_disagreement.len() as f64;
+            let _ = writeln!(s, "| disagreement   | {mean:>7.2} |");
+        }
         let _ = writeln!(s, "+----------------+---------+");
         let _ = write!(s, "{} samples, loss {:.4}", self.samples, self.loss);
         if let Some(r) = &self.routing {
@@ -474,6 +507,13 @@ mod tests {
         assert_eq!(r.medium, Some(50.0));
         assert_eq!(r.few, Some(0.0));
         assert_eq!(r.per_expert_top1, vec![50.0, 25.0]);
+        // Expert 0 predicts 0, 1, 0, 2; expert 1 always 0: they differ twice.
+        assert_eq!(r.expert_disagreement, vec![50.0]);
+        assert!(
+            r.table().contains("| disagreement   |   50.00 |"),
+            "{}",
+            r.table()
+        );
         assert_eq!(r.per_class_top1, vec![Some(100.0), Some(50.0), Some(0.0)]);
         assert!(r.table().contains("top-1 overall  |   50.00"));
     }

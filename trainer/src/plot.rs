@@ -157,6 +157,7 @@ mod tests {
             medium: Some(50.0),
             few: Some(20.0),
             per_expert_top1: vec![50.0],
+            expert_disagreement: vec![],
             per_class_top1: vec![Some(80.0), Some(50.0), Some(20.0)],
             train_class_counts: vec![300, 50, 5],
             routing: None,

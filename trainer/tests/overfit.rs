@@ -46,6 +46,7 @@ fn tiny_ride_model_memorises_a_batch() {
         additional_div_factor: -0.2,
         reweight_factor: 0.05,
         reweight_epoch: None,
+        hard_labels: false,
     };
     let crit = Criterion::Ride(RideLoss::new(&[2, 2, 2, 2], &o));
     let mut opt = AdamW::new(&vs, 0.0, 1e-8, (0.9, 0.999));

@@ -20,6 +20,7 @@ fn meta(epoch: u64, iterations_done: Option<u64>, top1: Option<f64>) -> Checkpoi
             medium: None,
             few: None,
             per_expert_top1: vec![],
+            expert_disagreement: vec![],
             per_class_top1: vec![],
             train_class_counts: vec![],
             routing: None,

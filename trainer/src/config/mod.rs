@@ -308,17 +308,18 @@ pub struct TrainConfig {
 /// `TRAIN.ROUTER.*` (extension): how the router stage trains, after the
 /// authors' `_ea` configs (5 epochs, cosine to 0, weight decay 5e-4,
 /// class-balanced sampling). They replace TRAIN.EPOCHS, BASE_LR,
-/// WARMUP_EPOCHS, MIN_LR and WEIGHT_DECAY in that stage; mixup is off.
+/// WARMUP_EPOCHS, MIN_LR and WEIGHT_DECAY in that stage, the schedule is
+/// cosine and mixup is off; the optimiser is TRAIN.OPTIMIZER's.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct RouterTrainConfig {
     /// Epochs of the router stage.
     pub epochs: u64,
-    /// Peak AdamW LR for a global batch of 512.
+    /// Peak LR for a global batch of 512 (scaled like TRAIN.BASE_LR).
     pub base_lr: f64,
     /// Warm-up epochs.
     pub warmup_epochs: f64,
-    /// AdamW weight decay.
+    /// Weight decay.
     pub weight_decay: f64,
     /// Draw training images class-balanced (a uniform class, then an image
     /// of it), as the authors' `balanced: true`.
@@ -361,19 +362,25 @@ pub struct LossConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct LrSchedulerConfig {
-    /// `cosine` (`linear` and `step` are accepted by the reference; only cosine is implemented).
+    /// `cosine` (per iteration, as the Swin reference), or `step`: the
+    /// authors' CIFAR `CustomLR`, per epoch, linear warm-up over
+    /// TRAIN.WARMUP_EPOCHS (`(1 + epoch) / warm-up` of BASE_LR), then
+    /// multiplied by DECAY_RATE at each of MILESTONES.
     pub name: String,
-    /// Step scheduler period.
+    /// Step scheduler period (reference key; `step` uses MILESTONES).
     pub decay_epochs: u64,
-    /// Step scheduler factor.
+    /// Step scheduler factor (`gamma`).
     pub decay_rate: f64,
+    /// Epochs (0-based) from which the LR is multiplied by DECAY_RATE once
+    /// more (extension; the authors' `step1`, `step2`).
+    pub milestones: Vec<u64>,
 }
 
 /// `TRAIN.OPTIMIZER.*`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct OptimizerConfig {
-    /// `adamw` (`sgd` not implemented).
+    /// `adamw`, or `sgd` (with MOMENTUM, NESTEROV and TRAIN.WEIGHT_DECAY).
     pub name: String,
     /// Adam epsilon.
     pub eps: f64,
@@ -381,6 +388,8 @@ pub struct OptimizerConfig {
     pub betas: Vec<f64>,
     /// SGD momentum.
     pub momentum: f64,
+    /// SGD with Nesterov momentum (extension; the authors' CIFAR recipe).
+    pub nesterov: bool,
 }
 
 /// `AUG.*`.
@@ -567,6 +576,7 @@ impl Default for LrSchedulerConfig {
             name: "cosine".into(),
             decay_epochs: 30,
             decay_rate: 0.1,
+            milestones: Vec::new(),
         }
     }
 }
@@ -578,6 +588,7 @@ impl Default for OptimizerConfig {
             eps: 1e-8,
             betas: vec![0.9, 0.999],
             momentum: 0.9,
+            nesterov: false,
         }
     }
 }
@@ -702,6 +713,8 @@ impl Config {
             c.train.warmup_epochs = r.warmup_epochs;
             c.train.weight_decay = r.weight_decay;
             c.train.start_epoch = 0;
+            // The authors' `_ea` configs anneal to 0 by cosine over the stage.
+            c.train.lr_scheduler.name = "cosine".into();
             c.aug.mixup = 0.0;
             c.aug.cutmix = 0.0;
         }
@@ -740,15 +753,6 @@ impl Config {
                 format!("'{}' is not one of RIDE, LDAM, CE", self.train.loss_type),
             );
         }
-        if self.train.loss_type != "CE" && self.aug.mixup <= 0.0 {
-            return bad(
-                "AUG.MIXUP",
-                format!(
-                    "LOSS_TYPE {} needs mixup soft targets (AUG.MIXUP > 0), as in the reference",
-                    self.train.loss_type
-                ),
-            );
-        }
         if self.model.force_no_branches && self.model.num_experts != 1 {
             return bad(
                 "MODEL.FORCE_NO_BRANCHES",
@@ -764,22 +768,16 @@ impl Config {
                 format!("needs two values, got {:?}", self.train.optimizer.betas),
             );
         }
-        if self.train.optimizer.name != "adamw" {
+        if !["adamw", "sgd"].contains(&self.train.optimizer.name.as_str()) {
             return bad(
                 "TRAIN.OPTIMIZER.NAME",
-                format!(
-                    "'{}' is not supported yet (only 'adamw')",
-                    self.train.optimizer.name
-                ),
+                format!("'{}' is not adamw or sgd", self.train.optimizer.name),
             );
         }
-        if self.train.lr_scheduler.name != "cosine" {
+        if !["cosine", "step"].contains(&self.train.lr_scheduler.name.as_str()) {
             return bad(
                 "TRAIN.LR_SCHEDULER.NAME",
-                format!(
-                    "'{}' is not supported yet (only 'cosine')",
-                    self.train.lr_scheduler.name
-                ),
+                format!("'{}' is not cosine or step", self.train.lr_scheduler.name),
             );
         }
         if self.aug.cutmix_minmax.is_some() {

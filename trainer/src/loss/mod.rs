@@ -26,6 +26,23 @@ pub fn soft_target_ce(
     }
 }
 
+/// `F.cross_entropy(logits, hard, weight=w)`: the mean of per-sample CE,
+/// weighted by `w[y_i]` and normalised by `Σ w[y_i]` (the authors' ResNet
+/// losses on hard labels); the plain mean without `w`.
+pub fn weighted_ce(logits: &Tensor, hard: &Tensor, weight: Option<&Tensor>) -> Tensor {
+    let nll = -logits
+        .log_softmax(-1, Kind::Float)
+        .gather(1, &hard.view([-1, 1]), false)
+        .squeeze_dim(1);
+    match weight {
+        Some(w) => {
+            let wy = w.index_select(0, hard);
+            (nll * &wy).sum(Kind::Float) / wy.sum(Kind::Float)
+        }
+        None => nll.mean(Kind::Float),
+    }
+}
+
 /// timm `LabelSmoothingCrossEntropy`: `(1−ε)·NLL + ε·mean_c(−log_softmax)`.
 pub fn label_smoothing_ce(logits: &Tensor, hard: &Tensor, smoothing: f64) -> Tensor {
     let logp = logits.log_softmax(-1, Kind::Float);
@@ -54,6 +71,7 @@ pub struct RideLoss {
     base_loss_factor: f64,
     additional_div_factor: f64,
     reweight_epoch: Option<u64>,
+    hard_labels: bool,
 }
 
 /// Settings of [`RideLoss`] (`TRAIN.LOSS.*`).
@@ -73,6 +91,11 @@ pub struct RideLossOptions {
     pub reweight_factor: f64,
     /// Re-weight after this epoch (`None`: never).
     pub reweight_epoch: Option<u64>,
+    /// The authors' ResNet `RIDELoss` on hard labels (no mixup): each
+    /// expert's CE is `F.cross_entropy` with the DRW weights (normalised by
+    /// the batch's weights) and the diversity term is not divided by the
+    /// number of experts. Off: the Swin reference's soft-target form.
+    pub hard_labels: bool,
 }
 
 impl RideLoss {
@@ -88,6 +111,7 @@ impl RideLoss {
             base_loss_factor: o.base_loss_factor,
             additional_div_factor: o.additional_div_factor,
             reweight_epoch: o.reweight_epoch,
+            hard_labels: o.hard_labels,
         }
     }
 
@@ -129,10 +153,16 @@ impl RideLoss {
                 mean_scaled.shallow_clone()
             };
             let xm = apply_margin(&x, hard, &margins, self.s);
-            loss += soft_target_ce(&xm, soft, hard, weight.as_ref()) * self.base_loss_factor;
+            let ce = if self.hard_labels {
+                weighted_ce(&xm, hard, weight.as_ref())
+            } else {
+                soft_target_ce(&xm, soft, hard, weight.as_ref())
+            };
+            loss += ce * self.base_loss_factor;
             let logq = (&z / &temp).log_softmax(1, Kind::Float);
             let kl = logq.kl_div(&target_dist, tch::Reduction::Sum, false) / z.size()[0] as f64;
-            loss += kl * (self.additional_div_factor * temp_mean * temp_mean / e_count);
+            let per_expert = if self.hard_labels { 1.0 } else { e_count };
+            loss += kl * (self.additional_div_factor * temp_mean * temp_mean / per_expert);
         }
         loss
     }
@@ -146,6 +176,7 @@ pub struct LdamDrwLoss {
     drw: Tensor,
     s: f64,
     reweight_epoch: u64,
+    hard_labels: bool,
 }
 
 impl LdamDrwLoss {
@@ -156,7 +187,15 @@ impl LdamDrwLoss {
             drw: Tensor::from_slice(&drw_weights(counts, 0.9999)).to_kind(Kind::Float),
             s,
             reweight_epoch,
+            hard_labels: false,
         }
+    }
+
+    /// The authors' ResNet `LDAMLoss` on hard labels: `F.cross_entropy`
+    /// with the DRW weights, normalised by the batch's weights.
+    pub fn with_hard_labels(mut self) -> Self {
+        self.hard_labels = true;
+        self
     }
 
     /// DRW from `epoch >= REWEIGHT_EPOCH` (note: ≥, unlike RIDE's >).
@@ -170,7 +209,11 @@ impl LdamDrwLoss {
         let scaled = logits.to_kind(Kind::Float) * self.s;
         let x = apply_margin(&scaled, hard, &self.margins.to_device(dev), self.s);
         let w = self.reweighting(epoch).then(|| self.drw.to_device(dev));
-        soft_target_ce(&x, soft, hard, w.as_ref())
+        if self.hard_labels {
+            weighted_ce(&x, hard, w.as_ref())
+        } else {
+            soft_target_ce(&x, soft, hard, w.as_ref())
+        }
     }
 }
 
@@ -236,6 +279,18 @@ mod tests {
     }
 
     #[test]
+    fn weighted_ce_is_torch_cross_entropy_with_weight() {
+        let logits = Tensor::from_slice(&[2f32, 0., 0., 1.]).view([2, 2]);
+        let y = Tensor::from_slice(&[0i64, 1]);
+        let w = Tensor::from_slice(&[1f32, 3.]);
+        let (n0, n1) = ((1.0 + (-2f64).exp()).ln(), (1.0 + (-1f64).exp()).ln());
+        let got = weighted_ce(&logits, &y, Some(&w)).double_value(&[]);
+        assert!((got - (n0 + 3.0 * n1) / 4.0).abs() < 1e-6, "{got}");
+        let got = weighted_ce(&logits, &y, None).double_value(&[]);
+        assert!((got - (n0 + n1) / 2.0).abs() < 1e-6, "{got}");
+    }
+
+    #[test]
     fn label_smoothing_by_hand() {
         // logp = [ln 1/4, ln 3/4]; y = 1, eps = 0.1:
         // 0.9 * 0.287682 + 0.1 * (1.386294 + 0.287682)/2 = 0.258914 + 0.083699 = 0.342613
@@ -276,6 +331,7 @@ mod tests {
             additional_div_factor: -0.2,
             reweight_factor: 0.05,
             reweight_epoch: Some(5),
+            hard_labels: false,
         };
         let l = RideLoss::new(&[10, 10], &o);
         let experts = [t(&[0.0, 3f32.ln()], &[1, 2]), t(&[3f32.ln(), 0.0], &[1, 2])];
@@ -302,6 +358,7 @@ mod tests {
             additional_div_factor: -0.2,
             reweight_factor: 0.5,
             reweight_epoch: Some(0),
+            hard_labels: false,
         };
         let l = RideLoss::new(&[3, 1], &o);
         let experts = [t(&[0.5, 0.0], &[1, 2])];
@@ -331,6 +388,7 @@ mod tests {
                 additional_div_factor: adf,
                 reweight_factor: 0.5,
                 reweight_epoch: Some(0),
+                hard_labels: false,
             };
             RideLoss::new(&[3, 1], &o)
         };

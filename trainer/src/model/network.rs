@@ -110,19 +110,34 @@ impl Network {
     }
 
     /// A weights file in the authors' names, in ours: the ResNet's
-    /// `backbone.` prefix goes and `num_batches_tracked` counters (which
-    /// nothing here reads) are dropped; Swin names are already ours.
+    /// `backbone.` prefix goes, `num_batches_tracked` counters (which
+    /// nothing here reads) are dropped, and a single-expert model's stages
+    /// become expert 0's; Swin names are already ours.
     pub fn from_reference_names(
         &self,
         weights: BTreeMap<String, Tensor>,
     ) -> BTreeMap<String, Tensor> {
         match self {
             Network::Swin(_) => weights,
-            Network::ResNet(_) => weights
-                .into_iter()
-                .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
-                .map(|(k, v)| (k.strip_prefix("backbone.").unwrap_or(&k).to_string(), v))
-                .collect(),
+            Network::ResNet(m) => {
+                // Their single-expert models are LDAM-DRW's plain ResNet-s:
+                // `layer2`, `layer3`, `linear` for our expert 0.
+                let single = m.spec().num_experts == 1;
+                weights
+                    .into_iter()
+                    .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+                    .map(|(k, v)| {
+                        let k = k.strip_prefix("backbone.").unwrap_or(&k).to_string();
+                        let k = match (single, k.split_once('.')) {
+                            (true, Some(("layer2", rest))) => format!("layer2s.0.{rest}"),
+                            (true, Some(("layer3", rest))) => format!("layer3s.0.{rest}"),
+                            (true, Some(("linear", rest))) => format!("linears.0.{rest}"),
+                            _ => k,
+                        };
+                        (k, v)
+                    })
+                    .collect()
+            }
         }
     }
 }

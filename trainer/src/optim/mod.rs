@@ -1,7 +1,8 @@
-//! Optimisation: AdamW with the reference's no-decay groups, the per-iteration
-//! warm-up + cosine schedule and gradient clipping.
+//! Optimisation: AdamW with the reference's no-decay groups, SGD for the
+//! authors' CIFAR recipe, the learning-rate schedules and gradient clipping.
 
 pub mod schedule;
+pub mod sgd;
 
 use crate::amp::AmpError;
 use tch::nn;
@@ -219,6 +220,67 @@ impl AdamW {
             .map(|t| t.int64_value(&[]) as u64)
             .ok_or("optimizer state lacks step")?;
         Ok(())
+    }
+}
+
+/// The configured optimiser (`TRAIN.OPTIMIZER.NAME`).
+pub enum Optimizer {
+    /// `adamw`.
+    AdamW(AdamW),
+    /// `sgd`.
+    Sgd(sgd::Sgd),
+}
+
+impl Optimizer {
+    /// Parameters in a fixed (name) order.
+    pub fn params(&self) -> Vec<Tensor> {
+        match self {
+            Optimizer::AdamW(o) => o.params(),
+            Optimizer::Sgd(o) => o.params(),
+        }
+    }
+
+    /// Optimiser steps taken.
+    pub fn steps(&self) -> u64 {
+        match self {
+            Optimizer::AdamW(o) => o.steps(),
+            Optimizer::Sgd(o) => o.steps(),
+        }
+    }
+
+    /// Clear all gradients.
+    pub fn zero_grad(&mut self) {
+        match self {
+            Optimizer::AdamW(o) => o.zero_grad(),
+            Optimizer::Sgd(o) => o.zero_grad(),
+        }
+    }
+
+    /// One update at learning rate `lr`.
+    pub fn step(&mut self, lr: f64) -> Result<(), AmpError> {
+        match self {
+            Optimizer::AdamW(o) => o.step(lr),
+            Optimizer::Sgd(o) => {
+                o.step(lr);
+                Ok(())
+            }
+        }
+    }
+
+    /// Named state tensors for checkpoints.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Optimizer::AdamW(o) => o.state(),
+            Optimizer::Sgd(o) => o.state(),
+        }
+    }
+
+    /// Restore state saved by [`Optimizer::state`].
+    pub fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), String> {
+        match self {
+            Optimizer::AdamW(o) => o.load_state(state),
+            Optimizer::Sgd(o) => o.load_state(state),
+        }
     }
 }
 

@@ -1,6 +1,68 @@
-//! The reference's learning-rate schedule, stepped per iteration: linear
+//! Learning-rate schedules. The reference's, stepped per iteration: linear
 //! warm-up from `warmup_lr` to `base_lr`, then cosine decay to `min_lr`
 //! over the whole run (timm `CosineLRScheduler` with `t_in_epochs=False`).
+//! The authors' CIFAR `CustomLR`, stepped per epoch: warm-up, then steps.
+
+/// The configured schedule (`TRAIN.LR_SCHEDULER.NAME`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Schedule {
+    /// `cosine`.
+    Cosine(CosineSchedule),
+    /// `step`.
+    Step(StepSchedule),
+}
+
+impl Schedule {
+    /// Learning rate at iteration `t` of the run.
+    pub fn lr(&self, t: u64) -> f64 {
+        match self {
+            Schedule::Cosine(c) => c.lr(t),
+            Schedule::Step(s) => s.lr(t),
+        }
+    }
+
+    /// The LR of the optimiser step after the one at iteration `t`. The
+    /// reference's per-iteration scheduler is stepped after each update with
+    /// the update's own index (timm's `step_update(num_updates)`), so step
+    /// `t + 1` runs at `lr(t)`; a per-epoch `LambdaLR` gives every iteration
+    /// of epoch `e` the LR of `e`, so step `t + 1` runs at `lr(t + 1)`.
+    pub fn lr_after(&self, t: u64) -> f64 {
+        match self {
+            Schedule::Cosine(c) => c.lr(t),
+            Schedule::Step(s) => s.lr(t + 1),
+        }
+    }
+}
+
+/// The authors' CIFAR `CustomLR` (a `LambdaLR` stepped once per epoch):
+/// in epoch `e` (0-based) the LR is `base_lr · gamma^k`, `k` the milestones
+/// `≤ e`, times `(1 + e) / warmup_epochs` while `e < warmup_epochs`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepSchedule {
+    /// Learning rate after warm-up, before the first milestone.
+    pub base_lr: f64,
+    /// Iterations per epoch.
+    pub per_epoch: u64,
+    /// Warm-up epochs.
+    pub warmup_epochs: u64,
+    /// Epochs from which the LR is multiplied by `gamma` once more.
+    pub milestones: Vec<u64>,
+    /// Factor per milestone.
+    pub gamma: f64,
+}
+
+impl StepSchedule {
+    /// Learning rate at iteration `t`.
+    pub fn lr(&self, t: u64) -> f64 {
+        let e = t / self.per_epoch.max(1);
+        let passed = self.milestones.iter().filter(|&&m| m <= e).count();
+        let mut lr = self.base_lr * self.gamma.powi(passed as i32);
+        if e < self.warmup_epochs {
+            lr *= (1 + e) as f64 / self.warmup_epochs as f64;
+        }
+        lr
+    }
+}
 
 /// A per-iteration warm-up + cosine schedule.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +117,26 @@ mod tests {
             warmup_steps: 10,
             total_steps: 100,
         }
+    }
+
+    #[test]
+    fn step_schedule_is_the_authors_custom_lr() {
+        // config_imbalance_cifar100_ride.json: lr 0.1, step1 160, step2 180,
+        // gamma 0.01, warmup_epoch 5; 10 iterations per epoch.
+        let s = StepSchedule {
+            base_lr: 0.1,
+            per_epoch: 10,
+            warmup_epochs: 5,
+            milestones: vec![160, 180],
+            gamma: 0.01,
+        };
+        let at_epoch = |e: u64| s.lr(e * 10 + 3);
+        assert!((at_epoch(0) - 0.1 / 5.0).abs() < 1e-15);
+        assert!((at_epoch(4) - 0.1).abs() < 1e-15);
+        assert_eq!(at_epoch(5), 0.1);
+        assert_eq!(at_epoch(159), 0.1);
+        assert!((at_epoch(160) - 1e-3).abs() < 1e-15);
+        assert!((at_epoch(199) - 1e-5).abs() < 1e-15);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::dist::ddp::{GradAverager, BUCKET_BYTES};
 use crate::dist::overlap::{OverlappedAverager, ENV_DDP_BUCKET_MB, ENV_DDP_OVERLAP};
 use crate::eval::EvalReport;
 use crate::loss::Criterion;
-use crate::optim::schedule::CosineSchedule;
+use crate::optim::schedule::{CosineSchedule, Schedule, StepSchedule};
 use anyhow::{bail, Result};
 use ride_contract::unix_now;
 use ride_contract::RunState;
@@ -37,7 +37,7 @@ pub(super) struct Plan {
     pub global_batch: u64,
     /// Optimiser steps the whole run takes.
     pub total_steps: u64,
-    pub schedule: CosineSchedule,
+    pub schedule: Schedule,
     /// Gradient averaging after backward (the NCCL backend, or overlap off).
     pub averager: GradAverager,
     /// Gradient averaging during backward (host backends, several ranks).
@@ -116,12 +116,22 @@ impl Trainer<'_> {
             per_epoch,
             global_batch: (bs * world_size) as u64,
             total_steps: cfg.train.epochs * per_epoch / accumulation as u64,
-            schedule: CosineSchedule {
-                base_lr: self.lrs.base,
-                warmup_lr: self.lrs.warmup,
-                min_lr: self.lrs.min,
-                warmup_steps: (cfg.train.warmup_epochs * per_epoch as f64) as u64,
-                total_steps: cfg.train.epochs * per_epoch,
+            schedule: if cfg.train.lr_scheduler.name == "step" {
+                Schedule::Step(StepSchedule {
+                    base_lr: self.lrs.base,
+                    per_epoch,
+                    warmup_epochs: cfg.train.warmup_epochs.ceil() as u64,
+                    milestones: cfg.train.lr_scheduler.milestones.clone(),
+                    gamma: cfg.train.lr_scheduler.decay_rate,
+                })
+            } else {
+                Schedule::Cosine(CosineSchedule {
+                    base_lr: self.lrs.base,
+                    warmup_lr: self.lrs.warmup,
+                    min_lr: self.lrs.min,
+                    warmup_steps: (cfg.train.warmup_epochs * per_epoch as f64) as u64,
+                    total_steps: cfg.train.epochs * per_epoch,
+                })
             },
             averager: GradAverager::new(&self.params, bucket_bytes()?),
             overlap: self.overlapped_averaging()?,
@@ -147,6 +157,10 @@ impl Trainer<'_> {
     pub fn fit(mut self) -> Result<RunSummary> {
         let plan = self.plan()?;
         let cfg = self.cfg;
+        if self.state.micro_step == 0 {
+            // A fresh run's first step (a resumed one carries its own).
+            self.state.next_lr = plan.schedule.lr(0);
+        }
         if self.is_main() {
             tracing::info!(
                 "training {} ({} parameters, {} experts) on {:?} x{}: {} images, {} classes, {} iterations/epoch, global batch {}, epochs {}..{}",
@@ -264,7 +278,7 @@ impl Trainer<'_> {
             let lr = self.state.next_lr;
             let out = self.train_step(&mb, at, lr, plan, &mut counters.meter)?;
             if at.boundary {
-                self.state.next_lr = plan.schedule.lr(epoch * plan.per_epoch + idx as u64);
+                self.state.next_lr = plan.schedule.lr_after(epoch * plan.per_epoch + idx as u64);
             }
             self.state.micro_step += 1;
             iterations += 1;

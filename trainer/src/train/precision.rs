@@ -4,7 +4,7 @@
 
 use crate::amp::{AmpDtype, AmpError, GradScaler};
 use crate::config::Config;
-use crate::optim::{clip_grad_norm, AdamW};
+use crate::optim::{clip_grad_norm, Optimizer};
 use tch::{Device, Tensor};
 
 /// How forward passes run and how gradients reach the optimiser.
@@ -96,7 +96,7 @@ impl Precision {
     /// to skip the step); fp32 and bf16 leave the GPU queue untouched.
     pub fn clip_and_step(
         &mut self,
-        opt: &mut AdamW,
+        opt: &mut Optimizer,
         params: &[Tensor],
         boundary: bool,
         multi_rank: bool,

@@ -15,7 +15,8 @@ use crate::metrics::Metrics;
 use crate::model::router::{Router, ROUTER_PREFIX};
 use crate::model::Network;
 use crate::optim::schedule::scale_lr;
-use crate::optim::AdamW;
+use crate::optim::sgd::Sgd;
+use crate::optim::{AdamW, Optimizer};
 use crate::watchdog::{StallTimeout, Watchdog};
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -72,7 +73,7 @@ pub(crate) struct Trainer<'a> {
     pub parameters: i64,
     pub metrics: Metrics,
     pub precision: Precision,
-    pub opt: AdamW,
+    pub opt: Optimizer,
     /// The optimiser's parameters, in its order (gradient buckets follow it).
     pub params: Vec<Tensor>,
     pub lrs: ScaledLrs,
@@ -172,8 +173,19 @@ impl<'a> Trainer<'a> {
         let betas = (cfg.train.optimizer.betas[0], cfg.train.optimizer.betas[1]);
         // On GPUs one fused kernel per step instead of a dozen small ones per
         // parameter; CPU runs keep the op-by-op update the parity tests pin.
-        let opt = AdamW::new(&vs, cfg.train.weight_decay, cfg.train.optimizer.eps, betas)
-            .with_fused(device.is_cuda());
+        let o = &cfg.train.optimizer;
+        let opt = if o.name == "sgd" {
+            Optimizer::Sgd(Sgd::new(
+                &vs,
+                o.momentum,
+                cfg.train.weight_decay,
+                o.nesterov,
+            ))
+        } else {
+            Optimizer::AdamW(
+                AdamW::new(&vs, cfg.train.weight_decay, o.eps, betas).with_fused(device.is_cuda()),
+            )
+        };
         let params = opt.params();
         let state = TrainState {
             start_epoch: cfg.train.start_epoch,
@@ -388,39 +400,39 @@ fn experts_output_location(cfg: &Config) -> String {
     )
 }
 
-/// Build the criterion the reference would build for this config.
+/// Build the criterion the reference would build for this config: with
+/// mixup the Swin reference's soft-target losses; without it, RIDE and LDAM
+/// as the authors' ResNet code computes them on hard labels.
 pub fn build_criterion(cfg: &Config, train_counts: &[usize]) -> Criterion {
     let t = &cfg.train;
-    if cfg.aug.mixup > 0.0 {
-        match t.loss_type.as_str() {
-            "RIDE" => {
-                let l = &t.loss;
-                Criterion::Ride(RideLoss::new(
-                    train_counts,
-                    &RideLossOptions {
-                        max_m: l.max_m,
-                        s: l.s,
-                        base_div_temp: l.base_div_temp,
-                        base_loss_factor: l.base_loss_factor,
-                        additional_div_factor: l.additional_div_factor,
-                        reweight_factor: l.reweight_factor,
-                        reweight_epoch: (l.reweight && t.reweight_epoch >= 0)
-                            .then_some(t.reweight_epoch as u64),
-                    },
-                ))
-            }
-            // The reference hard-codes max_m = 0.5 and s = 30 for LDAM.
-            "LDAM" => Criterion::LdamDrw(LdamDrwLoss::new(
+    let mixup = cfg.aug.mixup > 0.0;
+    match t.loss_type.as_str() {
+        "RIDE" => {
+            let l = &t.loss;
+            Criterion::Ride(RideLoss::new(
                 train_counts,
-                0.5,
-                30.0,
-                t.reweight_epoch.max(0) as u64,
-            )),
-            _ => Criterion::SoftTarget,
+                &RideLossOptions {
+                    max_m: l.max_m,
+                    s: l.s,
+                    base_div_temp: l.base_div_temp,
+                    base_loss_factor: l.base_loss_factor,
+                    additional_div_factor: l.additional_div_factor,
+                    reweight_factor: l.reweight_factor,
+                    reweight_epoch: (l.reweight && t.reweight_epoch >= 0)
+                        .then_some(t.reweight_epoch as u64),
+                    hard_labels: !mixup,
+                },
+            ))
         }
-    } else if cfg.model.label_smoothing > 0.0 {
-        Criterion::LabelSmoothing(cfg.model.label_smoothing)
-    } else {
-        Criterion::CrossEntropy
+        // The reference hard-codes max_m = 0.5 and s = 30 for LDAM.
+        "LDAM" => {
+            let l = LdamDrwLoss::new(train_counts, 0.5, 30.0, t.reweight_epoch.max(0) as u64);
+            Criterion::LdamDrw(if mixup { l } else { l.with_hard_labels() })
+        }
+        _ if mixup => Criterion::SoftTarget,
+        _ if cfg.model.label_smoothing > 0.0 => {
+            Criterion::LabelSmoothing(cfg.model.label_smoothing)
+        }
+        _ => Criterion::CrossEntropy,
     }
 }

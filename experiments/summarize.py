@@ -1,0 +1,56 @@
+"""Mean ± sd over seeds of the runs experiments/digits.sh wrote.
+
+Usage: python experiments/summarize.py OUT_DIR
+Reads OUT_DIR/<model name>/seed<N>/eval.json (and router/eval.json).
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROWS = [
+    ("CE", "digits_lt_resnet32_ce", False),
+    ("LDAM-DRW", "digits_lt_resnet32_ldam_drw", False),
+    ("RIDE, 2 experts", "digits_lt_resnet32_ride_2e", False),
+    ("RIDE, 3 experts", "digits_lt_resnet32_ride_3e", False),
+    ("RIDE, 3 experts + router", "digits_lt_resnet32_ride_3e", True),
+]
+
+
+def fmt(values):
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    print("| method | seeds | overall | many | medium | few | expert disagreement | experts / image | GFLOPs / image |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, name, router in ROWS:
+        reports = []
+        for seed_dir in sorted((out / name).glob("seed*")):
+            f = seed_dir / ("router/eval.json" if router else "eval.json")
+            if f.exists():
+                reports.append(json.loads(f.read_text()))
+        if not reports:
+            continue
+        col = lambda key: [r[key] for r in reports if r.get(key) is not None]
+        disagreement = [sum(r["expert_disagreement"]) / len(r["expert_disagreement"])
+                        for r in reports if r.get("expert_disagreement")]
+        if router:
+            experts = [r["routing"]["mean_experts"] for r in reports]
+            gflops = [r["routing"]["gflops"] for r in reports]
+        else:
+            experts = [float(len(r["per_expert_top1"])) for r in reports]
+            gflops = []
+        print(f"| {label} | {len(reports)} | {fmt(col('top1'))} | {fmt(col('many'))} | "
+              f"{fmt(col('medium'))} | {fmt(col('few'))} | {fmt(disagreement)} | "
+              f"{fmt(experts)} | {fmt(gflops) if gflops else '-'} |")
+
+
+if __name__ == "__main__":
+    main()
