@@ -47,22 +47,9 @@ fn sbatch_template_runs_two_ranks_from_slurm_variables() {
     let out = dir.path().join("out");
     let submit = |name: &str, ride_args: &str| {
         let log = dir.path().join(format!("{name}-%j.out"));
-        let o = Command::new("sbatch")
-            .current_dir(repo_root())
-            .args([
-                "--wait",
-                "--ntasks-per-node=2",
-                "--gpus-per-task=0",
-                "--cpus-per-task=1",
-            ])
-            .arg(format!("--output={}", log.display()))
-            .arg("slurm/ride.sbatch")
-            .env("SLURM_CONF", &conf)
-            .env("RIDE_BIN", env!("CARGO_BIN_EXE_ride-trainer"))
+        let o = ride_sbatch(&conf, &["--wait", "--ntasks-per-node=2"], &log)
             .env("RIDE_CFG", &cfg)
             .env("RIDE_OUTPUT", &out)
-            .env("RIDE_DEVICE", "cpu")
-            .env("RIDE_METRICS_ADDR", "off")
             .env("RIDE_ARGS", ride_args)
             .output()
             .expect("sbatch runs");
@@ -111,6 +98,23 @@ fn sbatch_template_runs_two_ranks_from_slurm_variables() {
     );
 }
 
+/// `sbatch ARGS --output=LOG slurm/ride.sbatch` on `conf`'s cluster with
+/// this build's trainer on CPU, one CPU and no GPU per task, no metrics
+/// endpoint; the caller adds the run's RIDE_* variables.
+fn ride_sbatch(conf: &str, args: &[&str], log: &Path) -> Command {
+    let mut cmd = Command::new("sbatch");
+    cmd.current_dir(repo_root())
+        .args(args)
+        .args(["--gpus-per-task=0", "--cpus-per-task=1"])
+        .arg(format!("--output={}", log.display()))
+        .arg("slurm/ride.sbatch")
+        .env("SLURM_CONF", conf)
+        .env("RIDE_BIN", env!("CARGO_BIN_EXE_ride-trainer"))
+        .env("RIDE_DEVICE", "cpu")
+        .env("RIDE_METRICS_ADDR", "off");
+    cmd
+}
+
 /// `scontrol show job ID` as key → value.
 fn job_info(conf: &str, id: &str) -> HashMap<String, String> {
     let o = Command::new("scontrol")
@@ -127,21 +131,9 @@ fn job_info(conf: &str, id: &str) -> HashMap<String, String> {
 
 /// Submit `slurm/ride.sbatch` with 2 tasks; returns the job id.
 fn submit(conf: &str, log: &Path, env: &[(&str, &str)], extra: &[&str]) -> String {
-    let mut cmd = Command::new("sbatch");
-    cmd.current_dir(repo_root())
-        .args([
-            "--parsable",
-            "--ntasks-per-node=2",
-            "--gpus-per-task=0",
-            "--cpus-per-task=1",
-        ])
-        .arg(format!("--output={}", log.display()))
-        .args(extra)
-        .arg("slurm/ride.sbatch")
-        .env("SLURM_CONF", conf)
-        .env("RIDE_BIN", env!("CARGO_BIN_EXE_ride-trainer"))
-        .env("RIDE_DEVICE", "cpu")
-        .env("RIDE_METRICS_ADDR", "off");
+    let mut args = vec!["--parsable", "--ntasks-per-node=2"];
+    args.extend_from_slice(extra);
+    let mut cmd = ride_sbatch(conf, &args, log);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -371,22 +363,12 @@ fn a_two_node_job_survives_losing_a_node() {
     let log = dir.path().join("two.log");
     let env = synthetic_job(&out, 30);
     let started = std::time::Instant::now();
-    let mut cmd = Command::new("sbatch");
-    cmd.current_dir(repo_root())
-        .args([
-            "--parsable",
-            "--nodes=2",
-            "--ntasks-per-node=1",
-            "--gpus-per-task=0",
-            "--cpus-per-task=1",
-        ])
-        .arg(format!("--output={}", log.display()))
-        .arg("slurm/ride.sbatch")
-        .env("SLURM_CONF", &conf)
-        .env("RIDE_BIN", env!("CARGO_BIN_EXE_ride-trainer"))
-        .env("RIDE_DEVICE", "cpu")
-        .env("RIDE_METRICS_ADDR", "off")
-        .envs(env);
+    let mut cmd = ride_sbatch(
+        &conf,
+        &["--parsable", "--nodes=2", "--ntasks-per-node=1"],
+        &log,
+    );
+    cmd.envs(env);
     let o = cmd.output().expect("sbatch runs");
     assert!(o.status.success(), "{}", text(&o));
     let id = String::from_utf8_lossy(&o.stdout).trim().to_string();

@@ -18,6 +18,55 @@ pub fn is_no_decay(name: &str, shape: &[i64]) -> bool {
         || name == "absolute_pos_embed"
 }
 
+/// The trainable variables of `vs` (those that require gradients), in name
+/// order: the order both optimisers keep, which gradient buckets follow.
+fn trainable_by_name(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+/// Zero every parameter's gradient that exists.
+fn zero_grads<'a>(params: impl Iterator<Item = &'a Tensor>) {
+    for p in params {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+}
+
+/// Copy the saved state tensor `key` into `buf` (same shape required).
+fn restore_buffer(state: &[(String, Tensor)], key: &str, buf: &mut Tensor) -> Result<(), String> {
+    let t = state
+        .iter()
+        .find(|(n, _)| n == key)
+        .map(|(_, t)| t)
+        .ok_or_else(|| format!("optimizer state lacks {key}"))?;
+    if t.size() != buf.size() {
+        return Err(format!(
+            "optimizer state {key} has shape {:?}, expected {:?}",
+            t.size(),
+            buf.size()
+        ));
+    }
+    tch::no_grad(|| buf.copy_(t));
+    Ok(())
+}
+
+/// The step count saved as `step`.
+fn restore_step(state: &[(String, Tensor)]) -> Result<u64, String> {
+    state
+        .iter()
+        .find(|(n, _)| n == "step")
+        .map(|(_, t)| t.int64_value(&[]) as u64)
+        .ok_or_else(|| "optimizer state lacks step".to_string())
+}
+
 struct Slot {
     name: String,
     param: Tensor,
@@ -45,13 +94,7 @@ pub struct AdamW {
 impl AdamW {
     /// Optimise every trainable variable of `vs`.
     pub fn new(vs: &nn::VarStore, weight_decay: f64, eps: f64, betas: (f64, f64)) -> Self {
-        let mut named: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let slots = named
+        let slots = trainable_by_name(vs)
             .into_iter()
             .map(|(name, param)| Slot {
                 decay: !is_no_decay(&name, &param.size()),
@@ -103,12 +146,7 @@ impl AdamW {
 
     /// Clear all gradients.
     pub fn zero_grad(&mut self) {
-        for s in &mut self.slots {
-            let mut g = s.param.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+        zero_grads(self.slots.iter().map(|s| &s.param));
     }
 
     /// One AdamW update at learning rate `lr`.
@@ -195,30 +233,11 @@ impl AdamW {
 
     /// Restore state saved by [`AdamW::state`]; every buffer must be present.
     pub fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), String> {
-        let find = |k: &str| state.iter().find(|(n, _)| n == k).map(|(_, t)| t);
-        tch::no_grad(|| {
-            for s in &mut self.slots {
-                for (prefix, buf) in [
-                    ("exp_avg", &mut s.exp_avg),
-                    ("exp_avg_sq", &mut s.exp_avg_sq),
-                ] {
-                    let key = format!("{prefix}.{}", s.name);
-                    let t = find(&key).ok_or_else(|| format!("optimizer state lacks {key}"))?;
-                    if t.size() != buf.size() {
-                        return Err(format!(
-                            "optimizer state {key} has shape {:?}, expected {:?}",
-                            t.size(),
-                            buf.size()
-                        ));
-                    }
-                    buf.copy_(t);
-                }
-            }
-            Ok(())
-        })?;
-        self.step = find("step")
-            .map(|t| t.int64_value(&[]) as u64)
-            .ok_or("optimizer state lacks step")?;
+        for s in &mut self.slots {
+            restore_buffer(state, &format!("exp_avg.{}", s.name), &mut s.exp_avg)?;
+            restore_buffer(state, &format!("exp_avg_sq.{}", s.name), &mut s.exp_avg_sq)?;
+        }
+        self.step = restore_step(state)?;
         Ok(())
     }
 }

@@ -23,14 +23,8 @@ pub struct Sgd {
 impl Sgd {
     /// Optimise every trainable variable of `vs`.
     pub fn new(vs: &nn::VarStore, momentum: f64, weight_decay: f64, nesterov: bool) -> Self {
-        let mut named: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
         Self {
-            slots: named
+            slots: super::trainable_by_name(vs)
                 .into_iter()
                 .map(|(name, param)| Slot {
                     momentum_buffer: param.zeros_like(),
@@ -57,12 +51,7 @@ impl Sgd {
 
     /// Clear all gradients.
     pub fn zero_grad(&mut self) {
-        for s in &mut self.slots {
-            let mut g = s.param.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+        super::zero_grads(self.slots.iter().map(|s| &s.param));
     }
 
     /// One update at learning rate `lr`: `g += wd·p`; `b = μ·b + g` (the
@@ -110,25 +99,11 @@ impl Sgd {
 
     /// Restore state saved by [`Sgd::state`]; every buffer must be present.
     pub fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), String> {
-        let find = |k: &str| state.iter().find(|(n, _)| n == k).map(|(_, t)| t);
-        tch::no_grad(|| {
-            for s in &mut self.slots {
-                let key = format!("momentum_buffer.{}", s.name);
-                let t = find(&key).ok_or_else(|| format!("optimizer state lacks {key}"))?;
-                if t.size() != s.momentum_buffer.size() {
-                    return Err(format!(
-                        "optimizer state {key} has shape {:?}, expected {:?}",
-                        t.size(),
-                        s.momentum_buffer.size()
-                    ));
-                }
-                s.momentum_buffer.copy_(t);
-            }
-            Ok(())
-        })?;
-        self.step = find("step")
-            .map(|t| t.int64_value(&[]) as u64)
-            .ok_or("optimizer state lacks step")?;
+        for s in &mut self.slots {
+            let key = format!("momentum_buffer.{}", s.name);
+            super::restore_buffer(state, &key, &mut s.momentum_buffer)?;
+        }
+        self.step = super::restore_step(state)?;
         Ok(())
     }
 }
