@@ -18,18 +18,19 @@ ROWS = [
 ]
 
 
-def fmt(values):
+def fmt(values, digits=1):
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main() -> None:
     out = Path(sys.argv[1])
-    print("| method | seeds | overall | many | medium | few | expert disagreement | experts / image | GFLOPs / image |")
+    print("| method | seeds | overall | many | medium | few | expert disagreement (%) | experts / image | MFLOPs / image |")
     print("|---|---|---|---|---|---|---|---|---|")
+    per_seed, sweeps = [], []
     for label, name, router in ROWS:
         reports = []
         for seed_dir in sorted((out / name).glob("seed*")):
@@ -43,13 +44,32 @@ def main() -> None:
                         for r in reports if r.get("expert_disagreement")]
         if router:
             experts = [r["routing"]["mean_experts"] for r in reports]
-            gflops = [r["routing"]["gflops"] for r in reports]
+            gflops = [1e3 * r["routing"]["gflops"] for r in reports]
         else:
             experts = [float(len(r["per_expert_top1"])) for r in reports]
             gflops = []
         print(f"| {label} | {len(reports)} | {fmt(col('top1'))} | {fmt(col('many'))} | "
               f"{fmt(col('medium'))} | {fmt(col('few'))} | {fmt(disagreement)} | "
-              f"{fmt(experts)} | {fmt(gflops) if gflops else '-'} |")
+              f"{fmt(experts, 2)} | {fmt(gflops) if gflops else '-'} |")
+        per_seed.append((label, [(r["top1"], r.get("few")) for r in reports]))
+        if router:
+            sweeps.append(reports)
+    print()
+    print("Per seed (overall / few):")
+    for label, values in per_seed:
+        print(f"- {label}: " + ", ".join(f"{o:.1f} / {f:.1f}" for o, f in values))
+    for reports in sweeps:
+        print()
+        print("Router threshold sweep, mean over seeds (the all-experts point is threshold 0):")
+        print()
+        print("| threshold | overall | many | medium | few | experts / image | MFLOPs / image |")
+        print("|---|---|---|---|---|---|---|")
+        for i, point in enumerate(reports[0]["routing"]["sweep"]):
+            col = lambda key: [r["routing"]["sweep"][i][key] for r in reports
+                               if r["routing"]["sweep"][i].get(key) is not None]
+            print(f"| {point['threshold']:.2f} | {fmt(col('top1'))} | {fmt(col('many'))} | "
+                  f"{fmt(col('medium'))} | {fmt(col('few'))} | {fmt(col('mean_experts'), 2)} | "
+                  f"{fmt([1e3 * g for g in col('gflops')])} |")
 
 
 if __name__ == "__main__":
