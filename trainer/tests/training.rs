@@ -389,6 +389,14 @@ fn the_router_stage_trains_on_frozen_experts_and_routes() {
         t.contains("holds no checkpoint") && t.contains("train the experts first"),
         "{t}"
     );
+    // Nor does it evaluate a router that was never trained.
+    let eval_args = ["--metrics-addr", "off", "--stage", "router", "--eval"];
+    let o = train_cpu(&cfg, &out_root, &eval_args);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("evaluates a trained router"),
+        "{t}"
+    );
 
     let o = train_cpu(&cfg, &out_root, &["--metrics-addr", "off"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -435,6 +443,14 @@ fn the_router_stage_trains_on_frozen_experts_and_routes() {
     let last = sweep.last().unwrap();
     assert_eq!(last["mean_experts"], 1.0);
     assert!(last["gflops"].as_f64().unwrap() < all["gflops"].as_f64().unwrap());
+
+    // --eval --stage router evaluates the stage's newest checkpoint.
+    let o = train_cpu(&cfg, &out_root, &eval_args);
+    let t = text(&o);
+    assert!(
+        o.status.success() && t.contains("router/ckpt_epoch_1") && t.contains("experts per image"),
+        "{t}"
+    );
 
     // The router checkpoint holds the experts unchanged plus the router.
     let read = |p: std::path::PathBuf| -> std::collections::BTreeMap<String, tch::Tensor> {

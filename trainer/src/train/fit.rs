@@ -63,8 +63,9 @@ fn bucket_bytes() -> Result<usize> {
 /// What one epoch of steps produced.
 #[derive(Clone, Copy)]
 struct EpochDone {
-    /// Mean loss over the epoch's optimiser steps and ranks.
-    mean_loss: f64,
+    /// Mean loss over the epoch's optimiser steps and ranks (`None` when
+    /// the epoch had no step left to run: resumed at its last step).
+    mean_loss: Option<f64>,
     seconds: f64,
     /// Mean seconds per iteration the loop waited for the data loader.
     data_wait_per_iteration: f64,
@@ -306,9 +307,13 @@ impl Trainer<'_> {
                 self.state.overflow_steps
             );
         }
-        let mean_loss = counters.meter.finish_epoch().unwrap_or(f64::NAN);
-        self.check_loss(mean_loss, epoch, None)?;
-        self.metrics.loss.set(mean_loss);
+        // No step at all: a run resumed from a checkpoint taken at the last
+        // step of this epoch. There is no mean to check or report then.
+        let mean_loss = counters.meter.finish_epoch();
+        if let Some(loss) = mean_loss {
+            self.check_loss(loss, epoch, None)?;
+            self.metrics.loss.set(loss);
+        }
         Ok(EpochDone {
             mean_loss,
             seconds: epoch_start.elapsed().as_secs_f64(),
@@ -473,8 +478,9 @@ impl Trainer<'_> {
             seconds,
             data_wait_per_iteration,
         } = *done;
+        let loss = mean_loss.map_or("-".to_string(), |l| format!("{l:.4}"));
         let mut line = format!(
-            "epoch {}/{} loss {mean_loss:.4} lr {:.3e} {seconds:.1}s data wait {:.1} ms/it",
+            "epoch {}/{} loss {loss} lr {:.3e} {seconds:.1}s data wait {:.1} ms/it",
             epoch + 1,
             cfg.train.epochs,
             self.state.next_lr,

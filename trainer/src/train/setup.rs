@@ -233,8 +233,9 @@ impl<'a> Trainer<'a> {
                 return self.resume_from(c);
             }
         }
-        // Weights from another run may lack the router; it then starts fresh.
-        let router_may_be_missing = |name: &str| name.starts_with(ROUTER_PREFIX);
+        // Weights from another run may lack the router, which then starts
+        // fresh; evaluating needs a trained one.
+        let router_may_be_missing = |name: &str| !cfg.eval_mode && name.starts_with(ROUTER_PREFIX);
         if !cfg.model.resume.is_empty() {
             let w = self
                 .model
@@ -251,6 +252,13 @@ impl<'a> Trainer<'a> {
                 tracing::info!("loaded weights from {}", cfg.model.resume);
             }
         } else if self.router.is_some() {
+            if cfg.eval_mode {
+                anyhow::bail!(
+                    "--eval --stage router evaluates a trained router, but {} holds no checkpoint: \
+                     train it first (the same command without --eval), or give --resume ROUTER_WEIGHTS",
+                    self.output
+                );
+            }
             let experts_output = experts_output_location(cfg);
             let store = CheckpointStore::open(&experts_output)
                 .with_context(|| format!("opening the experts' output {experts_output}"))?;
