@@ -512,3 +512,63 @@ fn the_router_stage_trains_on_frozen_experts_and_routes() {
         "{t}"
     );
 }
+
+#[test]
+fn a_run_resumed_at_the_last_step_of_an_epoch_goes_on_to_the_next() {
+    // A stop request can land on an epoch's last step: the checkpoint then
+    // says every iteration of the epoch is done, and the resumed run has no
+    // step left in it. Made here from a real checkpoint, as the trainer
+    // would have written it at that step.
+    use ride_trainer::checkpoint::CheckpointStore;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 2, "RIDE");
+    let out_root = dir.path().join("out");
+    let o = train_cpu(
+        &cfg,
+        &out_root,
+        &[
+            "--metrics-addr",
+            "off",
+            "--no-progress",
+            "--opts",
+            "TRAIN.EPOCHS",
+            "1",
+        ],
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let per_epoch: u64 = t
+        .split(" iterations/epoch")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("iterations per epoch in the log");
+    let run = out_root.join("tiny/default");
+    let store = CheckpointStore::open(run.to_str().unwrap()).unwrap();
+    let c = store.load("ckpt_epoch_0").unwrap();
+    let mut meta = c.meta;
+    meta.epoch = 1;
+    meta.iterations_done = Some(per_epoch);
+    meta.samples_done = per_epoch * 16;
+    meta.eval = None;
+    store.save(&c.model, &c.optimizer, &meta).unwrap();
+
+    let o = train_cpu(
+        &cfg,
+        &out_root,
+        &[
+            "--metrics-addr",
+            "off",
+            "--no-progress",
+            "--opts",
+            "TRAIN.EPOCHS",
+            "2",
+        ],
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains(&format!("ckpt_epoch_1_iter_{per_epoch}")), "{t}");
+    // The epoch without steps has no mean loss; it is not NaN.
+    assert!(t.contains("epoch 2/2 loss - "), "{t}");
+    assert!(t.contains("| top-1 overall"), "{t}");
+}
