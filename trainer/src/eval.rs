@@ -168,18 +168,20 @@ impl EvalAccumulator {
     /// Add a batch's routing at every threshold: the experts' outputs
     /// (`[B, C]` each), the router's step logits `[B, E-1]`, labels `[B]`.
     pub fn add_routing(&mut self, experts: &[Tensor], help: &Tensor, labels: &Tensor) {
+        use crate::model::router::{cumulative_sums, experts_used};
         let Some(r) = &mut self.routing else { return };
-        let labels: Vec<i64> =
-            Vec::try_from(&labels.to_device(tch::Device::Cpu)).unwrap_or_default();
+        let host = |t: &Tensor| -> Vec<i64> {
+            Vec::try_from(&t.to_device(tch::Device::Cpu)).unwrap_or_default()
+        };
+        let labels = host(labels);
+        // The prediction with k experts, for every k, once; each threshold
+        // then only picks k per image.
+        let e = experts.len();
+        let by_count = host(&cumulative_sums(experts).argmax(2, false).view([-1]));
         for (t, &threshold) in r.thresholds.iter().enumerate() {
-            let routed = crate::model::router::route_all(experts, help, threshold);
-            let pred: Vec<i64> =
-                Vec::try_from(&routed.outputs.argmax(1, false).to_device(tch::Device::Cpu))
-                    .unwrap_or_default();
-            let used: Vec<i64> =
-                Vec::try_from(&routed.experts_used.to_device(tch::Device::Cpu)).unwrap_or_default();
-            for ((&y, &p), &k) in labels.iter().zip(&pred).zip(&used) {
-                if y == p {
+            let used = host(&experts_used(help, threshold));
+            for (i, (&y, &k)) in labels.iter().zip(&used).enumerate() {
+                if by_count[i * e + (k - 1) as usize] == y {
                     r.class_top1[t][y as usize] += 1;
                 }
                 r.used[t][(k - 1) as usize] += 1;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{text, tiny_config, train_cpu, trainer};
+use common::{text, tiny_config, train_cpu, train_epochs, trainer};
 use std::path::Path;
 
 fn rgb_jpeg(path: &Path, w: u16, h: u16, seed: u8) {
@@ -98,18 +98,7 @@ fn list_dataset_trains_with_grayscale_cmyk_and_a_corrupt_jpeg() {
     make_list_dataset(&root);
     let cfg = list_config(dir.path(), &root);
     let out = dir.path().join("out");
-    let o = train_cpu(
-        &cfg,
-        &out,
-        &[
-            "--metrics-addr",
-            "off",
-            "--no-progress",
-            "--opts",
-            "TRAIN.EPOCHS",
-            "2",
-        ],
-    );
+    let o = train_epochs(&cfg, &out, 2);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     // The corrupt file: skipped every epoch, logged once, counted in the summary.

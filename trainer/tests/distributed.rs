@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{bitwise_equal, max_abs_diff, text, tiny_config, train_cpu, wait_for_file, Watched};
+use common::{
+    bitwise_equal, max_abs_diff, text, tiny_config, train_cpu, train_epochs, wait_for_file, Watched,
+};
 use std::path::Path;
 
 /// `ride-trainer launch --nproc-per-node N -- train args`.
@@ -110,18 +112,7 @@ fn the_router_stage_under_the_launcher_matches_one_rank_at_the_same_global_batch
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), 3, "RIDE");
     let one = dir.path().join("one");
-    let o = train_cpu(
-        &cfg,
-        &one,
-        &[
-            "--metrics-addr",
-            "off",
-            "--no-progress",
-            "--opts",
-            "TRAIN.EPOCHS",
-            "1",
-        ],
-    );
+    let o = train_epochs(&cfg, &one, 1);
     assert!(o.status.success(), "{}", text(&o));
     let two = dir.path().join("two");
     copy_dir(&one, &two);

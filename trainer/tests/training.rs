@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{predict_cpu, text, tiny_config, train_cpu, trainer};
+use common::{predict_cpu, read_tensors, text, tiny_config, train_cpu, train_epochs, trainer};
 
 #[test]
 fn trains_checkpoints_evaluates_and_reports() {
@@ -77,27 +77,15 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), 2, "RIDE");
     let straight = dir.path().join("straight");
-    let o = train_cpu(
-        &cfg,
-        &straight,
-        &["--metrics-addr", "off", "--opts", "TRAIN.EPOCHS", "3"],
-    );
+    let o = train_epochs(&cfg, &straight, 3);
     assert!(o.status.success(), "{}", text(&o));
     // The same run, crashed during its last epoch: remove the final checkpoint
     // so the newest complete one is epoch index 1, then run again.
     let split = dir.path().join("split");
-    let o = train_cpu(
-        &cfg,
-        &split,
-        &["--metrics-addr", "off", "--opts", "TRAIN.EPOCHS", "3"],
-    );
+    let o = train_epochs(&cfg, &split, 3);
     assert!(o.status.success());
     std::fs::remove_dir_all(split.join("tiny/default/ckpt_epoch_2")).unwrap();
-    let o = train_cpu(
-        &cfg,
-        &split,
-        &["--metrics-addr", "off", "--opts", "TRAIN.EPOCHS", "3"],
-    );
+    let o = train_epochs(&cfg, &split, 3);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(
@@ -174,11 +162,7 @@ fn predict_on_image_files_writes_json_lines() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), 2, "RIDE");
     let out_root = dir.path().join("out");
-    let o = train_cpu(
-        &cfg,
-        &out_root,
-        &["--metrics-addr", "off", "--opts", "TRAIN.EPOCHS", "1"],
-    );
+    let o = train_epochs(&cfg, &out_root, 1);
     assert!(o.status.success(), "{}", text(&o));
     // A colour PNG of another size, a grayscale PNG, and a missing file.
     let rgb = image::RgbImage::from_fn(40, 30, |x, y| {
@@ -398,7 +382,7 @@ fn the_router_stage_trains_on_frozen_experts_and_routes() {
         "{t}"
     );
 
-    let o = train_cpu(&cfg, &out_root, &["--metrics-addr", "off"]);
+    let o = train_epochs(&cfg, &out_root, 2);
     assert!(o.status.success(), "{}", text(&o));
     let experts_dir = out_root.join("tiny/default");
     let experts_eval: serde_json::Value =
@@ -453,14 +437,8 @@ fn the_router_stage_trains_on_frozen_experts_and_routes() {
     );
 
     // The router checkpoint holds the experts unchanged plus the router.
-    let read = |p: std::path::PathBuf| -> std::collections::BTreeMap<String, tch::Tensor> {
-        tch::Tensor::read_safetensors(p)
-            .unwrap()
-            .into_iter()
-            .collect()
-    };
-    let experts = read(experts_dir.join("ckpt_epoch_1/model.safetensors"));
-    let routed = read(router_dir.join("ckpt_epoch_1/model.safetensors"));
+    let experts = read_tensors(&experts_dir.join("ckpt_epoch_1/model.safetensors"));
+    let routed = read_tensors(&router_dir.join("ckpt_epoch_1/model.safetensors"));
     for (name, t) in &experts {
         assert!(t.equal(&routed[name]), "{name} changed in the router stage");
     }
@@ -495,7 +473,7 @@ fn the_router_stage_trains_on_frozen_experts_and_routes() {
         &tensor_args,
     );
     assert!(o.status.success(), "{}", text(&o));
-    let ys = read(yout.clone());
+    let ys = read_tensors(&yout);
     assert_eq!(ys["logits"].size(), vec![5, 6]);
     let used: Vec<i64> = Vec::try_from(&ys["experts_used"]).unwrap();
     assert!(used.iter().all(|u| (1..=3).contains(u)), "{used:?}");
@@ -523,18 +501,7 @@ fn a_run_resumed_at_the_last_step_of_an_epoch_goes_on_to_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), 2, "RIDE");
     let out_root = dir.path().join("out");
-    let o = train_cpu(
-        &cfg,
-        &out_root,
-        &[
-            "--metrics-addr",
-            "off",
-            "--no-progress",
-            "--opts",
-            "TRAIN.EPOCHS",
-            "1",
-        ],
-    );
+    let o = train_epochs(&cfg, &out_root, 1);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     let per_epoch: u64 = t
@@ -553,18 +520,7 @@ fn a_run_resumed_at_the_last_step_of_an_epoch_goes_on_to_the_next() {
     meta.eval = None;
     store.save(&c.model, &c.optimizer, &meta).unwrap();
 
-    let o = train_cpu(
-        &cfg,
-        &out_root,
-        &[
-            "--metrics-addr",
-            "off",
-            "--no-progress",
-            "--opts",
-            "TRAIN.EPOCHS",
-            "2",
-        ],
-    );
+    let o = train_epochs(&cfg, &out_root, 2);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains(&format!("ckpt_epoch_1_iter_{per_epoch}")), "{t}");

@@ -847,21 +847,13 @@ impl Config {
                     "activation checkpointing is for MODEL.TYPE swin".into(),
                 );
             }
-            let s = self.resnet_spec();
-            if s.layer2_dim < 16
-                || s.layer3_dim < s.layer2_dim
-                || (s.layer2_dim - 16) % 2 != 0
-                || (s.layer3_dim - s.layer2_dim) % 2 != 0
-            {
-                return bad(
-                    "MODEL.RESNET",
-                    format!(
-                        "stage widths 16 → {} → {} must not shrink and must grow by even steps (option-A shortcuts pad both sides)",
-                        s.layer2_dim, s.layer3_dim
-                    ),
-                );
-            }
-            return Ok(());
+            return self
+                .resnet_spec()
+                .validate()
+                .map_err(|m| ConfigError::Invalid {
+                    key: "MODEL.RESNET".into(),
+                    message: m,
+                });
         }
         self.swin_spec()
             .validate()

@@ -30,6 +30,23 @@ pub struct ResNetSpec {
     pub use_norm: bool,
 }
 
+impl ResNetSpec {
+    /// Checks that the architecture is buildable, naming the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_experts < 1 {
+            return Err("MODEL.NUM_EXPERTS must be at least 1".into());
+        }
+        let (l2, l3) = (self.layer2_dim, self.layer3_dim);
+        // Option-A shortcuts zero-pad the channels equally on both sides.
+        if l2 < 16 || l3 < l2 || (l2 - 16) % 2 != 0 || (l3 - l2) % 2 != 0 {
+            return Err(format!(
+                "expert stage widths (MODEL.RESNET) 16 → {l2} → {l3} must not shrink and must grow by even steps (option-A shortcuts pad both sides)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A basic block: two 3×3 convolutions with batch norm; the shortcut is the
 /// identity, or (option A) the input subsampled by 2 and zero-padded on both
 /// sides of the channels.
@@ -167,15 +184,7 @@ pub struct RideResNet {
 impl RideResNet {
     /// Build the parameters under `root`, initialised as the authors'.
     pub fn new(root: &nn::Path, spec: &ResNetSpec) -> Result<Self, String> {
-        if spec.num_experts < 1 {
-            return Err("MODEL.NUM_EXPERTS must be at least 1".into());
-        }
-        if spec.layer2_dim < 16 || spec.layer3_dim < spec.layer2_dim {
-            return Err(format!(
-                "expert widths {} and {} must grow from layer1's 16 (option-A shortcuts only pad)",
-                spec.layer2_dim, spec.layer3_dim
-            ));
-        }
+        spec.validate()?;
         let [b1, b2, b3] = spec.num_blocks;
         let experts = 0..spec.num_experts;
         let linears = experts

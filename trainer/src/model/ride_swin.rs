@@ -475,10 +475,13 @@ impl RideSwin {
     }
 }
 
-/// Trainable parameter count of a var store.
+/// Trainable parameter count of a var store: the variables that require
+/// gradients (so frozen ones, like the experts of the router stage, and
+/// batch-norm statistics do not count).
 pub fn parameter_count(vs: &nn::VarStore) -> i64 {
-    vs.trainable_variables()
-        .iter()
+    vs.variables()
+        .values()
+        .filter(|t| t.requires_grad())
         .map(|t| t.numel() as i64)
         .sum()
 }

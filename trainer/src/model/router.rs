@@ -200,28 +200,36 @@ pub struct Routed {
 /// running only the chosen experts (each image's outputs do not depend on
 /// the others' in evaluation).
 pub fn route_all(experts: &[Tensor], help: &Tensor, threshold: f64) -> Routed {
-    let stacked = Tensor::stack(
-        &experts
-            .iter()
-            .map(|x| x.to_kind(Kind::Float))
-            .collect::<Vec<_>>(),
-        1,
-    ); // [B, E, C]
-    let (b, e) = (stacked.size()[0], stacked.size()[1]);
-    let go_on = help.sigmoid().gt(threshold).to_kind(Kind::Int64); // [B, E-1]
-    let reached = go_on.cumprod(1, Kind::Int64);
-    let experts_used = reached.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64) + 1;
-    let cumulative = stacked.cumsum(1, Kind::Float); // [B, E, C]
+    let cumulative = cumulative_sums(experts); // [B, E, C]
+    let b = cumulative.size()[0];
+    let experts_used = experts_used(help, threshold);
     let idx = (&experts_used - 1)
         .view([b, 1, 1])
         .expand([b, 1, cumulative.size()[2]], false);
     let outputs = cumulative.gather(1, &idx, false).squeeze_dim(1)
         / experts_used.to_kind(Kind::Float).view([b, 1]);
-    debug_assert!(e >= 1);
     Routed {
         outputs,
         experts_used,
     }
+}
+
+/// The routing rule alone: experts each image uses, `[B]` (int64, 1..=E),
+/// from the step logits `[B, E-1]`: one, plus one per leading step with
+/// `sigmoid(logit) > threshold`.
+pub fn experts_used(help: &Tensor, threshold: f64) -> Tensor {
+    let go_on = help.sigmoid().gt(threshold).to_kind(Kind::Int64);
+    go_on
+        .cumprod(1, Kind::Int64)
+        .sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)
+        + 1
+}
+
+/// `[B, E, C]`: the sums of the outputs of experts `0..=k` for every `k`
+/// (their argmax is the prediction of an image that used `k + 1` experts).
+pub fn cumulative_sums(experts: &[Tensor]) -> Tensor {
+    let stacked: Vec<Tensor> = experts.iter().map(|x| x.to_kind(Kind::Float)).collect();
+    Tensor::stack(&stacked, 1).cumsum(1, Kind::Float)
 }
 
 /// Evaluation with dynamic routing, for any backbone: `trunk` is the shared

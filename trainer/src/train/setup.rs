@@ -12,6 +12,7 @@ use crate::dist::Collective;
 use crate::eval::EvalReport;
 use crate::loss::{Criterion, LdamDrwLoss, RideLoss, RideLossOptions};
 use crate::metrics::Metrics;
+use crate::model::ride_swin::parameter_count;
 use crate::model::router::{Router, ROUTER_PREFIX};
 use crate::model::Network;
 use crate::optim::schedule::scale_lr;
@@ -135,12 +136,7 @@ impl<'a> Trainer<'a> {
             }
             r
         });
-        let parameters = vs
-            .variables()
-            .values()
-            .filter(|t| t.requires_grad())
-            .map(|t| t.numel() as i64)
-            .sum();
+        let parameters = parameter_count(&vs);
         let metrics = Metrics::with_progress(options.report.clone());
         metrics.world_size.set(world_size as i64);
         if let Device::Cuda(index) = device {

@@ -36,6 +36,24 @@ pub fn train_cpu(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
     trainer(&args)
 }
 
+/// `train_cpu` for `epochs` epochs (TRAIN.EPOCHS), without the metrics
+/// endpoint or progress bars.
+pub fn train_epochs(cfg: &Path, out: &Path, epochs: u32) -> Output {
+    let epochs = epochs.to_string();
+    train_cpu(
+        cfg,
+        out,
+        &[
+            "--metrics-addr",
+            "off",
+            "--no-progress",
+            "--opts",
+            "TRAIN.EPOCHS",
+            &epochs,
+        ],
+    )
+}
+
 /// `ride-trainer predict --cfg CFG --weights W --device cpu EXTRA...`.
 pub fn predict_cpu(cfg: &Path, weights: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
