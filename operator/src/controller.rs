@@ -26,6 +26,8 @@ use crate::pods::{
     headless_service, pod_group, service_name, worker_pod, LABEL_ATTEMPT, LABEL_RANK,
     LABEL_TRAINING, METRICS_PORT,
 };
+use crate::report::{ReportClock, ReportError};
+use futures::FutureExt;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{
@@ -53,32 +55,49 @@ pub enum ReconcileError {
     /// The object has no namespace or name.
     #[error("RideTraining without {0}")]
     Incomplete(&'static str),
+    /// The reconcile panicked: a bug, confined to this training.
+    #[error("the operator hit a bug reconciling this training (it panicked: {0}); other trainings are not affected, and this one is retried with backoff")]
+    Panicked(String),
 }
 
 /// How long a progress request to a trainer may take.
 pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The latest report fetched from a training's rank 0.
+/// The latest report fetched from a training's rank 0: accepted by
+/// [`crate::report::validate`], or why it was refused.
 #[derive(Clone)]
 struct PolledProgress {
     attempt: i32,
-    report: Progress,
+    report: Result<Progress, ReportError>,
 }
 
-/// What the reconciler shares between calls.
+/// The condition saying the operator hit a bug on this training (a
+/// reconcile panicked); False again after the next reconcile that succeeds.
+pub const OPERATOR_ERROR_CONDITION: &str = "OperatorError";
+
+/// What the reconciler shares between calls. Everything kept per training
+/// is keyed by its uid, never its name: a training deleted and created
+/// again under the same name starts with nothing of its predecessor's, and
+/// entries of trainings gone from the watch cache are swept
+/// ([`Context::sweep`]).
 pub struct Context {
     client: Client,
     recorder: Recorder,
     metrics: Arc<OperatorMetrics>,
     progress_interval: Duration,
     last_progress_read: Mutex<HashMap<String, Instant>>,
-    /// Reports by `namespace/name`, filled by background polls.
+    /// Reports by training uid, filled by background polls.
     progress: Arc<Mutex<HashMap<String, PolledProgress>>>,
-    /// Trainings whose poll is in flight.
+    /// Trainings (uids) whose poll is in flight.
     polling: Arc<Mutex<HashSet<String>>>,
-    /// Consecutive failed reconciles by `namespace/name` (retry backoff).
+    /// Refused polled reports not yet told in an Event, by training uid.
+    refused_polls: Arc<Mutex<HashMap<String, ReportError>>>,
+    /// Pods (uids) whose refused termination message was already counted
+    /// and told, by training uid.
+    refused_final: Mutex<HashMap<String, HashSet<String>>>,
+    /// Consecutive failed reconciles by training uid (retry backoff).
     failures: Mutex<HashMap<String, u32>>,
-    /// Why the last pod creation failed, by `namespace/name`, shown in
+    /// Why the last pod creation failed, by training uid, shown in
     /// status until a creation succeeds.
     create_failures: Mutex<HashMap<String, String>>,
     /// Reconciles in flight by `namespace/name`, and since when (health).
@@ -111,6 +130,8 @@ impl Context {
             last_progress_read: Mutex::new(HashMap::new()),
             progress: Arc::new(Mutex::new(HashMap::new())),
             polling: Arc::new(Mutex::new(HashSet::new())),
+            refused_polls: Arc::new(Mutex::new(HashMap::new())),
+            refused_final: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             create_failures: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
@@ -147,18 +168,42 @@ impl Context {
         Ok(())
     }
 
-    /// Fetch rank 0's report in the background unless a fetch is in flight.
-    fn poll_progress(&self, key: String, attempt: i32, ip: std::net::IpAddr) {
+    /// Fetch rank 0's report in the background unless a fetch is in flight;
+    /// it is judged as it arrives, against the training's creation time
+    /// `created` (Unix seconds).
+    fn poll_progress(
+        &self,
+        key: String,
+        training: String,
+        attempt: i32,
+        ip: std::net::IpAddr,
+        created: f64,
+    ) {
         if !lock(&self.polling).insert(key.clone()) {
             return;
         }
         let (cache, polling) = (Arc::clone(&self.progress), Arc::clone(&self.polling));
+        let refused = Arc::clone(&self.refused_polls);
+        let metrics = Arc::clone(&self.metrics);
         tokio::spawn(async move {
             match crate::progress::fetch(ip, METRICS_PORT as u16, PROGRESS_TIMEOUT).await {
-                Ok(report) => {
+                Ok(raw) => {
+                    let clock = ReportClock {
+                        now: ride_contract::unix_now(),
+                        created,
+                    };
+                    let report = crate::report::validate(raw, clock);
+                    if let Err(e) = &report {
+                        metrics
+                            .reports_refused
+                            .with_label_values(&["progress"])
+                            .inc();
+                        tracing::warn!(%training, error = %e, "refused rank 0's progress report");
+                        lock(&refused).insert(key.clone(), e.clone());
+                    }
                     lock(&cache).insert(key.clone(), PolledProgress { attempt, report });
                 }
-                Err(e) => tracing::debug!(training = %key, error = %e, "no progress report"),
+                Err(e) => tracing::debug!(%training, error = %e, "no progress report"),
             }
             lock(&polling).remove(&key);
         });
@@ -169,12 +214,48 @@ impl Context {
         lock(&self.progress).get(key).cloned()
     }
 
-    /// Forget a training that is gone or finished.
+    /// Forget a training (by uid) that is gone or finished.
     fn forget(&self, key: &str) {
         lock(&self.progress).remove(key);
         lock(&self.last_progress_read).remove(key);
         lock(&self.create_failures).remove(key);
         lock(&self.failures).remove(key);
+        lock(&self.refused_polls).remove(key);
+        lock(&self.refused_final).remove(key);
+    }
+
+    /// Drop what is kept for trainings not among `live` (the uids in the
+    /// watch cache): kube-runtime runs no reconcile for an object that left
+    /// its cache, so without this entries would pile up with churn.
+    pub fn sweep(&self, live: &HashSet<String>) {
+        lock(&self.progress).retain(|k, _| live.contains(k));
+        lock(&self.last_progress_read).retain(|k, _| live.contains(k));
+        lock(&self.create_failures).retain(|k, _| live.contains(k));
+        lock(&self.failures).retain(|k, _| live.contains(k));
+        lock(&self.refused_polls).retain(|k, _| live.contains(k));
+        lock(&self.refused_final).retain(|k, _| live.contains(k));
+    }
+
+    /// How many trainings some per-training state is kept for (a test's
+    /// window on [`Context::sweep`]).
+    pub fn tracked(&self) -> usize {
+        let mut all: HashSet<String> = HashSet::new();
+        all.extend(lock(&self.progress).keys().cloned());
+        all.extend(lock(&self.last_progress_read).keys().cloned());
+        all.extend(lock(&self.create_failures).keys().cloned());
+        all.extend(lock(&self.failures).keys().cloned());
+        all.extend(lock(&self.refused_polls).keys().cloned());
+        all.extend(lock(&self.refused_final).keys().cloned());
+        all.len()
+    }
+
+    /// Whether the refusal of pod `pod`'s termination message is new (and
+    /// remember it, so each refused message is counted and told once).
+    fn first_refusal(&self, key: &str, pod: &str) -> bool {
+        lock(&self.refused_final)
+            .entry(key.to_string())
+            .or_default()
+            .insert(pod.to_string())
     }
 
     /// Whether progress is due for `key` (and mark it read if so).
@@ -234,7 +315,11 @@ pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_js
     }
 }
 
-/// Reconcile one RideTraining.
+/// Reconcile one RideTraining. A panic anywhere in it (a bug, whatever
+/// input caused it) becomes an error of this training alone: it is
+/// counted, the training gets the [`OPERATOR_ERROR_CONDITION`] and an
+/// Event, and is retried with backoff, while kube-runtime never sees the
+/// panic (it would re-raise it and end the operator for every namespace).
 pub async fn reconcile(
     cached: Arc<RideTraining>,
     ctx: Arc<Context>,
@@ -246,10 +331,67 @@ pub async fn reconcile(
         cached.name_any()
     );
     lock(&ctx.in_flight).insert(key.clone(), Instant::now());
-    let result = reconcile_inner(&cached, &ctx).await;
+    let result = match contained(reconcile_inner(&cached, &ctx)).await {
+        Ok(result) => result,
+        Err(why) => {
+            ctx.metrics.reconcile_panics.inc();
+            tracing::error!(training = %key, panic = %why, "reconcile panicked; only this training is affected");
+            let error = ReconcileError::Panicked(why);
+            report_operator_error(&ctx, &cached, &error.to_string()).await;
+            Err(error)
+        }
+    };
     lock(&ctx.in_flight).remove(&key);
     timer.observe_duration();
     result
+}
+
+/// Run `work`, turning a panic in it into an error saying what it said.
+/// Nothing `work` borrows is used after a panic but to report it, so the
+/// unwind-safety assertion holds.
+pub async fn contained<F: std::future::Future>(work: F) -> Result<F::Output, String> {
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|panic| panic_message(panic.as_ref()))
+}
+
+/// What a panic said (its `&str` or `String` payload), shortened.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    crate::report::shorten(&text, 512)
+}
+
+/// Say on the training itself that the operator failed on it: an Event
+/// and the [`OPERATOR_ERROR_CONDITION`]. Best effort: this runs after a
+/// panic, and whatever fails here is only logged.
+async fn report_operator_error(ctx: &Context, cached: &RideTraining, message: &str) {
+    let reference = cached.object_ref(&());
+    publish(ctx, &reference, "OperatorError", message, true).await;
+    let Some(ns) = cached.namespace() else { return };
+    let rts: Api<RideTraining> = Api::namespaced(ctx.client.clone(), &ns);
+    let written = async {
+        let now = rts.get(&cached.name_any()).await?;
+        let old = now.status.clone().unwrap_or_default();
+        let mut marked = old.clone();
+        crate::lifecycle::set_side_condition(
+            &mut marked.conditions,
+            OPERATOR_ERROR_CONDITION,
+            true,
+            "ReconcilePanicked",
+            message,
+            unix_now(),
+            now.metadata.generation,
+        );
+        write_status(&rts, &now, &old, &marked).await
+    };
+    if let Err(e) = written.await {
+        tracing::warn!(error = %e, "cannot record the operator error in status");
+    }
 }
 
 async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue, ReconcileError> {
@@ -262,7 +404,8 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         .clone()
         .ok_or(ReconcileError::Incomplete("a name"))?;
     let rts: Api<RideTraining> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = format!("{ns}/{name}");
+    // Per-training state is keyed by uid (see `Context`).
+    let key = cached.metadata.uid.clone().unwrap_or_default();
     let rt = match rts.get(&name).await {
         Ok(rt) => rt,
         Err(e) if is_not_found(&e) => {
@@ -271,6 +414,12 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         }
         Err(e) => return Err(e.into()),
     };
+    if rt.metadata.uid.as_deref() != Some(key.as_str()) {
+        // Deleted and created again since the event: the new object's own
+        // event reconciles it.
+        ctx.forget(&key);
+        return Ok(Requeue::await_change());
+    }
     if rt.metadata.deletion_timestamp.is_some() {
         // Owner references take the pods and the Service with it: nothing
         // to decide, observe or write.
@@ -279,7 +428,6 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     }
     let old_status = rt.status.clone().unwrap_or_default();
     let now = unix_now();
-    let reference = rt.object_ref(&());
     // What the API server's schema cannot check (cross-field rules, this
     // operator's policy); `decide` fails the training on it.
     let invalid_spec = rt
@@ -313,6 +461,22 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     };
     let decision = decide(&rt.spec, &old_status, &observed);
     let mut status = decision.status;
+    // This reconcile got this far: a bug reported by an earlier one is over.
+    if status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == OPERATOR_ERROR_CONDITION && c.status == "True")
+    {
+        crate::lifecycle::set_side_condition(
+            &mut status.conditions,
+            OPERATOR_ERROR_CONDITION,
+            false,
+            "Reconciled",
+            "the last reconcile succeeded",
+            now,
+            rt.metadata.generation,
+        );
+    }
     let finished = matches!(status.phase, Some(Phase::Succeeded | Phase::Failed));
     let mut requeue: Option<i64> = (!finished).then_some(ctx.progress_interval.as_secs() as i64);
 
@@ -326,21 +490,59 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         .filter(|p| label(p, LABEL_RANK) == Some(0))
         .collect();
     rank0.sort_by_key(|p| label(p, LABEL_ATTEMPT));
+    let created = rt
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, |t| t.0.as_second()) as f64;
+    let reference = rt.object_ref(&());
+    let mut refusals: Vec<String> = Vec::new();
     if observed.invalid_spec.is_none() {
-        if let Some(p) = ctx.polled(&key) {
-            if p.attempt <= status.attempt {
-                apply_progress(&mut status, &p.report);
-                if p.attempt == status.attempt {
-                    crate::observe::update_run_progress(&mut status, &p.report, now);
+        if let Some(e) = lock(&ctx.refused_polls).remove(&key) {
+            refusals.push(format!(
+                "rank 0's progress report was refused and not used: {e}"
+            ));
+        }
+        if let Some(PolledProgress {
+            attempt,
+            report: Ok(report),
+        }) = ctx.polled(&key)
+        {
+            if attempt <= status.attempt {
+                apply_progress(&mut status, &report);
+                if attempt == status.attempt {
+                    crate::observe::update_run_progress(&mut status, &report, now);
                 }
             }
         }
+        let clock = ReportClock {
+            now: ride_contract::unix_now(),
+            created,
+        };
         for p in &rank0 {
-            let report = match crate::observe::final_report(p) {
+            let raw = match crate::observe::final_report(p) {
                 Ok(Some(report)) => report,
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!(pod = %p.name_any(), error = %e, "rank 0's final report does not parse as the contract's Progress: are the operator and trainer versions apart? Ignoring it");
+                    continue;
+                }
+            };
+            let report = match crate::report::validate(raw, clock) {
+                Ok(report) => report,
+                Err(e) => {
+                    let pod_uid = p.metadata.uid.clone().unwrap_or_else(|| p.name_any());
+                    if ctx.first_refusal(&key, &pod_uid) {
+                        ctx.metrics
+                            .reports_refused
+                            .with_label_values(&["termination"])
+                            .inc();
+                        tracing::warn!(pod = %p.name_any(), error = %e, "refused rank 0's final report");
+                        refusals.push(format!(
+                            "the final report in {}'s termination message was refused and not used: {e}",
+                            p.name_any()
+                        ));
+                    }
                     continue;
                 }
             };
@@ -357,7 +559,13 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     });
     if let (false, Some(ip)) = (finished, live_rank0.and_then(|p| pod_ip(p))) {
         if ctx.progress_due(&key, false) {
-            ctx.poll_progress(key.clone(), status.attempt, ip);
+            ctx.poll_progress(
+                key.clone(),
+                format!("{ns}/{name}"),
+                status.attempt,
+                ip,
+                created,
+            );
             // Pick the answer up soon rather than a whole interval later.
             requeue = Some(requeue.map_or(2, |r| r.min(2)));
         }
@@ -392,7 +600,10 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
 
     // Record the decision before acting on it.
     write_status(&rts, &rt, &old_status, &status).await?;
-    record_transitions(&ctx.metrics, &rt, &old_status, &status);
+    record_transitions(&ctx.metrics, &rt, &old_status, &status, now);
+    for note in refusals {
+        publish(ctx, &reference, "ReportRefused", &note, true).await;
+    }
 
     // Events first: a failing pod call below must not lose the record of
     // a transition whose status is already written.
@@ -490,15 +701,32 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     })
 }
 
-/// Restart counters and time-to-running histograms from a status change.
+/// The most one reconcile can add to `ride_operator_lost_work_total`, by
+/// unit (steps, seconds, GPU-seconds): one restart of the gang that ran
+/// since `old.runningSince`, for its wall time and its devices.
+fn lost_work_caps(rt: &RideTraining, old: &RideTrainingStatus, now: i64) -> [f64; 3] {
+    let wall = old
+        .running_since
+        .map_or(0, |t| now.saturating_sub(t).max(0)) as f64;
+    let devices =
+        f64::from(old.world_size.max(0)) * f64::from(rt.spec.workers.gpus_per_worker.max(1));
+    [crate::report::MAX_STEPS as f64, wall, wall * devices]
+}
+
+/// Restart counters and time-to-running histograms from a status change
+/// decided at `now`.
 fn record_transitions(
     metrics: &OperatorMetrics,
     rt: &RideTraining,
     old: &RideTrainingStatus,
     new: &RideTrainingStatus,
+    now: i64,
 ) {
-    let budget = (new.restarts - old.restarts).max(0) as u64;
-    let exempt = (new.exempt_restarts - old.exempt_restarts).max(0) as u64;
+    let budget = new.restarts.saturating_sub(old.restarts).max(0) as u64;
+    let exempt = new
+        .exempt_restarts
+        .saturating_sub(old.exempt_restarts)
+        .max(0) as u64;
     if budget > 0 {
         metrics
             .restarts
@@ -512,7 +740,11 @@ fn record_transitions(
             .inc_by(exempt);
     }
     for cause in crate::crd::RestartCause::ALL {
-        let n = (new.restarts_by_cause.get(cause) - old.restarts_by_cause.get(cause)).max(0);
+        let n = new
+            .restarts_by_cause
+            .get(cause)
+            .saturating_sub(old.restarts_by_cause.get(cause))
+            .max(0);
         if n > 0 {
             metrics
                 .restarts_by_cause
@@ -527,13 +759,23 @@ fn record_transitions(
             continue;
         };
         let deltas = [
-            (after.steps - before.steps) as f64,
+            after.steps.saturating_sub(before.steps) as f64,
             after.seconds - before.seconds,
             after.gpu_seconds - before.gpu_seconds,
         ];
-        for (unit, d) in crate::metrics::LOST_WORK_UNITS.iter().zip(deltas) {
-            if d > 0.0 {
-                metrics.lost_work.with_label_values(&[key, unit]).inc_by(d);
+        for ((unit, d), cap) in crate::metrics::LOST_WORK_UNITS
+            .iter()
+            .zip(deltas)
+            .zip(lost_work_caps(rt, old, now))
+        {
+            // The counter is cluster-wide: one training's status (which
+            // its tenant may be able to write) must not move it further
+            // than one restart of its gang can lose.
+            if d.is_finite() && d > 0.0 {
+                metrics
+                    .lost_work
+                    .with_label_values(&[key, unit])
+                    .inc_by(d.min(cap));
             }
         }
     }
@@ -546,10 +788,14 @@ fn record_transitions(
                 .map(|t| t.0.as_second())
                 .or(new.start_time);
             if let Some(c) = created {
-                metrics.time_to_running.observe((running - c).max(0) as f64);
+                metrics
+                    .time_to_running
+                    .observe(running.saturating_sub(c).max(0) as f64);
             }
         } else if let Some(r) = new.restart_time {
-            metrics.time_to_restart.observe((running - r).max(0) as f64);
+            metrics
+                .time_to_restart
+                .observe(running.saturating_sub(r).max(0) as f64);
         }
     }
 }
@@ -660,7 +906,7 @@ async fn report_create_failure(
 /// Retry a failed reconcile, backing off per training: 5 s, doubling up to 5 minutes.
 pub fn error_policy(rt: Arc<RideTraining>, error: &ReconcileError, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.reconcile_errors.inc();
-    let key = format!("{}/{}", rt.namespace().unwrap_or_default(), rt.name_any());
+    let key = rt.metadata.uid.clone().unwrap_or_default();
     let n = {
         let mut f = lock(&ctx.failures);
         let n = f.entry(key).or_insert(0);
@@ -756,12 +1002,26 @@ pub async fn run(
     let watchdog = Arc::clone(&ctx);
     let gauges = tokio::spawn(async move {
         loop {
-            update_phase_gauges(&metrics, &store);
-            crate::training_gauges::update(
-                &metrics.training,
-                &store.state(),
-                jiff::Timestamp::now().as_second(),
-            );
+            let trainings = store.state();
+            // A bug here must not end the loop: its heartbeat is /healthz.
+            let refreshed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                update_phase_gauges(&metrics, &store);
+                crate::training_gauges::update(
+                    &metrics.training,
+                    &trainings,
+                    jiff::Timestamp::now().as_second(),
+                );
+            }));
+            if let Err(panic) = refreshed {
+                tracing::error!(panic = %panic_message(panic.as_ref()), "refreshing the per-training gauges panicked");
+            }
+            if metrics.is_ready() {
+                let live: HashSet<String> = trainings
+                    .iter()
+                    .filter_map(|rt| rt.metadata.uid.clone())
+                    .collect();
+                watchdog.sweep(&live);
+            }
             // Check in for /healthz, saying so if a reconcile hangs.
             let stuck = lock(&watchdog.in_flight)
                 .iter()
@@ -793,6 +1053,19 @@ pub async fn run(
 mod tests {
     use super::merge_patch;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_panic_is_contained_and_says_what_it_said() {
+        let fine = super::contained(async { 7 }).await;
+        assert_eq!(fine, Ok(7));
+        let total: u64 = std::hint::black_box(0);
+        let boom = super::contained(async move { 100 / total }).await;
+        assert!(boom.unwrap_err().contains("divide by zero"));
+        let said = super::contained(async { panic!("training {} broke it", "a/b") }).await;
+        assert_eq!(said, Err::<(), _>("training a/b broke it".into()));
+        // The runtime is still fine afterwards.
+        assert_eq!(super::contained(async { 1 }).await, Ok(1));
+    }
 
     #[test]
     fn failing_reconciles_back_off_to_five_minutes() {

@@ -535,7 +535,7 @@ impl RestartsByCause {
             RestartCause::Stall => &mut self.stall,
             RestartCause::User => &mut self.user,
         };
-        *n += 1;
+        *n = n.saturating_add(1);
     }
 }
 
@@ -557,7 +557,7 @@ pub struct LostWorkStatus {
 impl LostWorkStatus {
     /// Add another restart's loss.
     pub fn add(&mut self, other: &LostWorkStatus) {
-        self.steps += other.steps;
+        self.steps = self.steps.saturating_add(other.steps);
         self.seconds += other.seconds;
         self.gpu_seconds += other.gpu_seconds;
     }
@@ -765,8 +765,92 @@ impl RideTrainingSpec {
                 message,
             })
         };
-        if self.workers.replicas < 1 {
-            return err("workers.replicas", "must be at least 1".into());
+        // The CRD's ranges, again: objects stored before a rule existed, or
+        // written past the schema, must not feed huge numbers to decisions.
+        let ranges: [(&str, i64, i64, i64); 13] = [
+            ("workers.replicas", self.workers.replicas.into(), 1, 4096),
+            (
+                "workers.minReplicas",
+                self.workers.min_replicas.unwrap_or(1).into(),
+                1,
+                4096,
+            ),
+            (
+                "workers.elasticTimeoutSeconds",
+                self.workers.elastic_timeout_seconds,
+                10,
+                86_400,
+            ),
+            (
+                "workers.terminationGracePeriodSeconds",
+                self.workers.termination_grace_period_seconds,
+                0,
+                86_400,
+            ),
+            (
+                "workers.maxResizes",
+                self.workers.max_resizes.into(),
+                0,
+                1000,
+            ),
+            (
+                "restartPolicy.budget",
+                self.restart_policy.budget.into(),
+                0,
+                1000,
+            ),
+            (
+                "restartPolicy.stallBudget",
+                self.restart_policy.stall_budget.into(),
+                0,
+                1000,
+            ),
+            (
+                "restartPolicy.backoffSeconds",
+                self.restart_policy.backoff_seconds.into(),
+                0,
+                3600,
+            ),
+            (
+                "restartPolicy.forceDeleteAfterSeconds",
+                self.restart_policy.force_delete_after_seconds,
+                0,
+                86_400,
+            ),
+            (
+                "restartPolicy.maxExemptRestarts",
+                self.restart_policy.max_exempt_restarts.into(),
+                0,
+                100_000,
+            ),
+            (
+                "restartPolicy.stallTimeoutSeconds",
+                self.restart_policy.stall_timeout_seconds.unwrap_or(0),
+                0,
+                86_400,
+            ),
+            (
+                "runPolicy.ttlSecondsAfterFinished",
+                self.run_policy.ttl_seconds_after_finished.unwrap_or(0),
+                0,
+                i64::MAX,
+            ),
+            (
+                "runPolicy.activeDeadlineSeconds",
+                self.run_policy.active_deadline_seconds.unwrap_or(1),
+                1,
+                i64::MAX,
+            ),
+        ];
+        for (field, value, lo, hi) in ranges {
+            if !(lo..=hi).contains(&value) {
+                let range = if hi == i64::MAX {
+                    format!("at least {lo}")
+                } else {
+                    format!("between {lo} and {hi}")
+                };
+                return err(field, format!("must be {range}, not {value}"));
+            }
         }
         if let Some(m) = self.workers.min_replicas {
             if m < 1 || m > self.workers.replicas {
@@ -796,22 +880,6 @@ impl RideTrainingSpec {
                 )
             }
             Ok(_) => {}
-        }
-        if self.restart_policy.budget < 0 {
-            return err("restartPolicy.budget", "must not be negative".into());
-        }
-        if self.restart_policy.stall_budget < 0 {
-            return err("restartPolicy.stallBudget", "must not be negative".into());
-        }
-        if self
-            .restart_policy
-            .stall_timeout_seconds
-            .is_some_and(|s| s < 0)
-        {
-            return err(
-                "restartPolicy.stallTimeoutSeconds",
-                "must not be negative (0 turns the watchdog off)".into(),
-            );
         }
         for key in self.trainer.overrides.keys() {
             if key.is_empty() || key.contains(char::is_whitespace) {

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod observe;
 pub mod pods;
 pub mod progress;
+pub mod report;
 pub mod slurm;
 pub mod timestamps;
 pub mod training_gauges;

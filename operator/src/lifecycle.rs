@@ -232,7 +232,7 @@ impl Ctx<'_> {
     /// period ended: its kubelet is not finishing it (e.g. its node is gone).
     fn stuck(&self, p: &ObservedPod) -> bool {
         p.deletion_deadline.is_some_and(|t| {
-            self.obs.now - t >= self.spec.restart_policy.force_delete_after_seconds
+            self.obs.now.saturating_sub(t) >= self.spec.restart_policy.force_delete_after_seconds
         })
     }
 
@@ -306,23 +306,23 @@ impl Ctx<'_> {
         self.delete_pods(false);
         let counts = cause == RestartCause::Application;
         match cause {
-            RestartCause::Application => self.st.restarts += 1,
+            RestartCause::Application => self.st.restarts = self.st.restarts.saturating_add(1),
             RestartCause::Stall => {}
-            _ => self.st.exempt_restarts += 1,
+            _ => self.st.exempt_restarts = self.st.exempt_restarts.saturating_add(1),
         }
         self.st.restarts_by_cause.bump(cause);
-        self.st.attempt += 1;
+        self.st.attempt = self.st.attempt.saturating_add(1);
         self.st.world_size = world;
         self.st.running_since = None;
         self.st.restart_time = Some(self.obs.now);
         self.st.attempt_start_time = None;
         let backoff = if counts {
             let base = i64::from(self.spec.restart_policy.backoff_seconds);
-            (base << (self.st.restarts - 1).clamp(0, 20)).min(MAX_BACKOFF_SECONDS)
+            (base << self.st.restarts.saturating_sub(1).clamp(0, 20)).min(MAX_BACKOFF_SECONDS)
         } else {
             i64::from(self.spec.restart_policy.backoff_seconds).min(MAX_BACKOFF_SECONDS)
         };
-        self.st.restart_after = Some(self.obs.now + backoff);
+        self.st.restart_after = Some(self.obs.now.saturating_add(backoff));
         self.set_phase(
             Phase::Restarting,
             reason,
@@ -368,13 +368,42 @@ pub fn lost_work(
     };
     let workers = u32::try_from(st.world_size.max(0)).unwrap_or(0);
     let gpus = u32::try_from(gpus_per_worker.max(1)).unwrap_or(1);
+    // What one restart may add, whatever the report said: no more training
+    // than the gang's wall time since it started, no more device time than
+    // that times its devices (`max` first: it also turns NaN into 0).
+    let wall = now.saturating_sub(running).max(0) as f64;
+    let devices = f64::from(workers) * f64::from(gpus);
     ride_contract::LostWork::from_report(&progress, now as f64, workers, gpus).map(|l| {
         LostWorkStatus {
-            steps: l.steps as i64,
-            seconds: l.seconds,
-            gpu_seconds: l.device_seconds,
+            steps: i64::try_from(l.steps.min(crate::report::MAX_STEPS)).unwrap_or(0),
+            seconds: l.seconds.max(0.0).min(wall),
+            gpu_seconds: l.device_seconds.max(0.0).min(wall * devices),
         }
     })
+}
+
+/// Bring counters an older operator, a bug or a hand edit may have left
+/// out of range back into it, so every decision below works on sane
+/// numbers: status is the operator's own record, but anyone with write
+/// access to `ridetrainings/status` can put anything there.
+fn sanitize(st: &mut RideTrainingStatus, spec: &RideTrainingSpec) {
+    let min = spec
+        .workers
+        .min_replicas
+        .unwrap_or(spec.workers.replicas)
+        .max(1);
+    let max = spec.workers.replicas.max(1);
+    if st.phase.is_some() && !(min.min(max)..=max).contains(&st.world_size) {
+        st.world_size = max;
+    }
+    for n in [
+        &mut st.attempt,
+        &mut st.restarts,
+        &mut st.exempt_restarts,
+        &mut st.resizes,
+    ] {
+        *n = (*n).max(0);
+    }
 }
 
 /// The condition saying the gang stalled; it stays True until a new gang runs.
@@ -386,7 +415,7 @@ pub const PREFLIGHT_CONDITION: &str = "PreflightFailed";
 
 /// Set a condition that is not a phase (`Stalled`), keeping its
 /// transition time unless its status flips.
-fn set_side_condition(
+pub fn set_side_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
     status: bool,
@@ -518,9 +547,9 @@ pub fn progress_stall(
             .filter(|r| *r > 0.0)
             .map_or(300, |r| ((20.0 / r).ceil() as i64).max(300)),
     };
-    let limit = 2 * watchdog + 60;
+    let limit = watchdog.saturating_mul(2).saturating_add(60);
     let since = p.last_step_time?.max(st.running_since?);
-    let idle = now - since;
+    let idle = now.saturating_sub(since);
     (idle > limit).then(|| {
         format!(
             "rank 0 reported no optimiser step for {idle}s (the operator's limit: twice the watchdogs' {watchdog}s plus a minute) and no worker's watchdog reported a stall"
@@ -539,10 +568,10 @@ fn decide_stall(c: &mut Ctx<'_>, current: &[&ObservedPod], first_at: i64, what: 
         .map(|p| p.rank)
         .collect();
     let settle = stall_settle_seconds(c.spec);
-    let waited = now - first_at;
+    let waited = now.saturating_sub(first_at);
     if !silent.is_empty() && waited < settle {
         c.actions
-            .push(Action::RequeueAfter((settle - waited).max(1)));
+            .push(Action::RequeueAfter(settle.saturating_sub(waited).max(1)));
         let phase = c.st.phase.unwrap_or(Phase::Running);
         let reason = c.st.reason.clone().unwrap_or_else(|| "Running".into());
         c.note(
@@ -621,6 +650,7 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         };
     }
     let now = obs.now;
+    sanitize(&mut c.st, spec);
     c.st.observed_generation = obs.generation;
     if c.st.phase.is_none() {
         c.st.world_size = spec.workers.replicas;
@@ -640,10 +670,12 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             spec.run_policy.ttl_seconds_after_finished,
             c.st.completion_time,
         ) {
-            if now >= done + ttl {
+            let due = done.saturating_add(ttl);
+            if now >= due {
                 c.actions.push(Action::DeleteSelf);
             } else {
-                c.actions.push(Action::RequeueAfter(done + ttl - now));
+                c.actions
+                    .push(Action::RequeueAfter(due.saturating_sub(now)));
             }
         }
         return Decision {
@@ -673,7 +705,7 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         };
     }
     if let (Some(limit), Some(start)) = (spec.run_policy.active_deadline_seconds, c.st.start_time) {
-        if now - start >= limit {
+        if now.saturating_sub(start) >= limit {
             c.delete_pods(false);
             c.finish(
                 Phase::Failed,
@@ -688,7 +720,7 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
     }
     if c.st.phase == Some(Phase::Suspended) {
         // Resuming is a fresh attempt from the latest checkpoint, outside the budget.
-        c.st.attempt += 1;
+        c.st.attempt = c.st.attempt.saturating_add(1);
         c.st.world_size = spec.workers.replicas;
         c.st.attempt_start_time = None;
         c.st.start_time = Some(now);
@@ -725,7 +757,8 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
     }
     if let Some(after) = c.st.restart_after {
         if now < after {
-            c.actions.push(Action::RequeueAfter(after - now));
+            c.actions
+                .push(Action::RequeueAfter(after.saturating_sub(now)));
             return Decision {
                 actions: c.actions,
                 status: c.st,
@@ -889,12 +922,12 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
     let min = spec.workers.min_replicas.unwrap_or(spec.workers.replicas);
     let stuck = current
         .iter()
-        .filter(|p| matches!(p.state, PodState::Pending { unschedulable_since: Some(t) } if now - t >= timeout))
+        .filter(|p| matches!(p.state, PodState::Pending { unschedulable_since: Some(t) } if now.saturating_sub(t) >= timeout))
         .count() as i32;
     if stuck > 0 {
-        let placed = world - stuck;
+        let placed = world.saturating_sub(stuck);
         if placed >= min && placed < world {
-            c.st.resizes += 1;
+            c.st.resizes = c.st.resizes.saturating_add(1);
             c.restart(
                 placed,
                 RestartCause::Infrastructure,
@@ -912,9 +945,11 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
     let may_grow = c.st.resizes < spec.workers.max_resizes;
     if may_grow
         && world < spec.workers.replicas
-        && c.st.running_since.is_some_and(|t| now - t >= timeout)
+        && c.st
+            .running_since
+            .is_some_and(|t| now.saturating_sub(t) >= timeout)
     {
-        c.st.resizes += 1;
+        c.st.resizes = c.st.resizes.saturating_add(1);
         let full = spec.workers.replicas;
         c.restart(
             full,

@@ -39,6 +39,9 @@ pub fn judge_health(heartbeat_age: Option<Duration>, problem: Option<&str>) -> R
 /// The `unit` label values of `ride_operator_lost_work_total`.
 pub const LOST_WORK_UNITS: [&str; 3] = ["steps", "seconds", "gpu_seconds"];
 
+/// The `source` label values of `ride_operator_reports_refused_total`.
+pub const REPORT_SOURCES: [&str; 2] = ["progress", "termination"];
+
 /// Every metric the operator exports (names prefixed `ride_operator_`).
 pub struct OperatorMetrics {
     registry: Registry,
@@ -46,6 +49,11 @@ pub struct OperatorMetrics {
     pub reconcile_duration: Histogram,
     /// Reconciles that returned an error.
     pub reconcile_errors: IntCounter,
+    /// Reconciles that panicked (a bug, made an error of that training alone).
+    pub reconcile_panics: IntCounter,
+    /// Trainer reports refused as unbelievable, by `source` (`progress`:
+    /// rank 0's endpoint, `termination`: its termination message).
+    pub reports_refused: IntCounterVec,
     /// Gang restarts started, by kind (`budget` or `exempt`).
     pub restarts: IntCounterVec,
     /// Gang restarts (and suspensions) by cause (`application`,
@@ -184,6 +192,19 @@ impl OperatorMetrics {
                 "Reconciles that failed (retried with backoff)",
             )
             .expect("static counter options are valid"),
+            reconcile_panics: IntCounter::new(
+                "ride_operator_reconcile_panics_total",
+                "Reconciles that panicked; the training gets an OperatorError condition and an Event, every other training goes on",
+            )
+            .expect("static counter options are valid"),
+            reports_refused: IntCounterVec::new(
+                Opts::new(
+                    "ride_operator_reports_refused_total",
+                    "Trainer progress reports refused (out-of-range, inconsistent or non-finite fields), by source: progress (rank 0's endpoint) or termination (its termination message)",
+                ),
+                &["source"],
+            )
+            .expect("static counter options are valid"),
             restarts: IntCounterVec::new(
                 Opts::new(
                     "ride_operator_restarts_total",
@@ -236,6 +257,8 @@ impl OperatorMetrics {
         for c in [
             Box::new(m.reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.reconcile_errors.clone()),
+            Box::new(m.reconcile_panics.clone()),
+            Box::new(m.reports_refused.clone()),
             Box::new(m.restarts.clone()),
             Box::new(m.restarts_by_cause.clone()),
             Box::new(m.lost_work.clone()),
@@ -258,6 +281,9 @@ impl OperatorMetrics {
         // Every series exists from the start, so rates and dashboards see zeros.
         for kind in ["budget", "exempt"] {
             m.restarts.with_label_values(&[kind]);
+        }
+        for source in REPORT_SOURCES {
+            m.reports_refused.with_label_values(&[source]);
         }
         for cause in crate::crd::RestartCause::ALL.map(crate::crd::RestartCause::as_str) {
             m.restarts_by_cause.with_label_values(&[cause]);

@@ -122,7 +122,13 @@ pub fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
         deletion_deadline: pod.metadata.deletion_timestamp.as_ref().map(unix),
         ended_at: ended_at(pod, terminated),
         start_problem: start_problem(pod),
-        exit_message: final_report(pod).ok().flatten().and_then(|p| p.message),
+        // The trainer's words (tenant input): bounded before they reach
+        // status and Events.
+        exit_message: final_report(pod)
+            .ok()
+            .flatten()
+            .and_then(|p| p.message)
+            .map(|m| crate::report::shorten(&m, crate::report::MAX_MESSAGE_BYTES)),
     })
 }
 
@@ -166,18 +172,23 @@ const RATE_SMOOTHING: f64 = 0.3;
 /// a report of the current attempt's rank 0 received at `now`. The rate is
 /// taken between reports by the trainer's own step times, so poll delays do
 /// not distort it; a report from before a restart (fewer steps) starts over.
+/// The report is one [`crate::report::validate`] accepted; the old status
+/// may hold anything, so every step against it saturates.
 pub fn update_run_progress(status: &mut RideTrainingStatus, p: &Progress, now: i64) {
     if p.total_steps == 0 {
         return;
     }
-    let step = p.step as i64;
-    let total = p.total_steps as i64;
+    let step = i64::try_from(p.step).unwrap_or(i64::MAX);
+    let total = i64::try_from(p.total_steps).unwrap_or(i64::MAX);
     let last_step_time = p.last_step_unix.map(|t| t as i64);
     let old = status.progress.take();
-    let mut rate = old.as_ref().and_then(|o| o.steps_per_second);
+    let mut rate = old
+        .as_ref()
+        .and_then(|o| o.steps_per_second)
+        .filter(|r| r.is_finite() && *r > 0.0);
     if let (Some(o), Some(t_new)) = (&old, p.last_step_unix) {
         if let Some(t_old) = o.last_step_time {
-            let (ds, dt) = ((step - o.step) as f64, t_new - t_old as f64);
+            let (ds, dt) = (step.saturating_sub(o.step) as f64, t_new - t_old as f64);
             if ds > 0.0 && dt >= 1.0 {
                 let r = ds / dt;
                 rate = Some(rate.map_or(r, |old| old + RATE_SMOOTHING * (r - old)));
@@ -186,18 +197,20 @@ pub fn update_run_progress(status: &mut RideTrainingStatus, p: &Progress, now: i
             }
         }
     }
-    let remaining = (total - step).max(0);
+    let remaining = total.saturating_sub(step).max(0);
     let eta = match rate {
         _ if remaining == 0 => Some(now),
-        Some(r) if r > 0.0 => Some(now + (remaining as f64 / r).round() as i64),
+        // `as` saturates: a tiny rate gives the far future, not a wrap.
+        Some(r) if r > 0.0 => Some(now.saturating_add((remaining as f64 / r).round() as i64)),
         _ => None,
     };
+    let done = (u128::from(p.step) * 100 / u128::from(p.total_steps)).min(100);
     status.progress = Some(ProgressStatus {
-        epoch: (p.epoch as i64 + 1).min(p.epochs.max(1) as i64),
-        epochs: p.epochs as i64,
+        epoch: i64::try_from(p.epoch.saturating_add(1).min(p.epochs.max(1))).unwrap_or(i64::MAX),
+        epochs: i64::try_from(p.epochs).unwrap_or(i64::MAX),
         step,
         total_steps: total,
-        percent: format!("{}%", (step * 100 / total).clamp(0, 100)),
+        percent: format!("{done}%"),
         steps_per_second: rate.map(|r| (r * 1000.0).round() / 1000.0),
         training: Some(p.state == ride_contract::RunState::Training),
         last_step_time,
@@ -212,12 +225,12 @@ pub fn apply_progress(status: &mut RideTrainingStatus, p: &Progress) {
         let newer = status
             .last_checkpoint
             .as_ref()
-            .is_none_or(|old| c.step as i64 >= old.step);
+            .is_none_or(|old| i128::from(c.step) >= i128::from(old.step));
         if newer {
             status.last_checkpoint = Some(CheckpointStatus {
                 uri: c.uri.clone(),
-                epoch: c.epoch as i64,
-                step: c.step as i64,
+                epoch: i64::try_from(c.epoch).unwrap_or(i64::MAX),
+                step: i64::try_from(c.step).unwrap_or(i64::MAX),
                 time: c.saved_at.clone(),
             });
         }

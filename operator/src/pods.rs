@@ -313,8 +313,8 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
     // With several ranks per pod, `launch` sets each one's own values; these
     // describe the pod's first rank.
     let mut env_vars = vec![
-        env(ENV_RANK, (rank * g).to_string()),
-        env(ENV_WORLD_SIZE, (world_size * g).to_string()),
+        env(ENV_RANK, rank.saturating_mul(g).to_string()),
+        env(ENV_WORLD_SIZE, world_size.saturating_mul(g).to_string()),
         env(ENV_LOCAL_RANK, "0"),
         env(ENV_LOCAL_WORLD_SIZE, g.to_string()),
         env(ENV_MASTER_ADDR, master_addr.clone()),

@@ -46,7 +46,7 @@ pub fn sample(rt: &RideTraining, now: i64) -> TrainingSample {
             .map(|p| (p.step as f64 / p.total_steps as f64).clamp(0.0, 1.0)),
         eta_seconds: progress
             .and_then(|p| p.eta)
-            .map(|eta| (eta - now).max(0) as f64),
+            .map(|eta| eta.saturating_sub(now).max(0) as f64),
         last_step: progress.and_then(|p| p.last_step_time).map(|t| t as f64),
         last_checkpoint: st
             .last_checkpoint
