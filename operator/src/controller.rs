@@ -496,11 +496,14 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         .as_ref()
         .map_or(now, |t| t.0.as_second()) as f64;
     let reference = rt.object_ref(&());
-    let mut refusals: Vec<String> = Vec::new();
+    // (reason, note): separate reasons, since the event recorder folds
+    // events of one reason into a series that keeps the first note.
+    let mut refusals: Vec<(&str, String)> = Vec::new();
     if observed.invalid_spec.is_none() {
         if let Some(e) = lock(&ctx.refused_polls).remove(&key) {
-            refusals.push(format!(
-                "rank 0's progress report was refused and not used: {e}"
+            refusals.push((
+                "ProgressReportRefused",
+                format!("rank 0's progress report was refused and not used: {e}"),
             ));
         }
         if let Some(PolledProgress {
@@ -538,9 +541,12 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
                             .with_label_values(&["termination"])
                             .inc();
                         tracing::warn!(pod = %p.name_any(), error = %e, "refused rank 0's final report");
-                        refusals.push(format!(
-                            "the final report in {}'s termination message was refused and not used: {e}",
-                            p.name_any()
+                        refusals.push((
+                            "FinalReportRefused",
+                            format!(
+                                "the final report in {}'s termination message was refused and not used: {e}",
+                                p.name_any()
+                            ),
                         ));
                     }
                     continue;
@@ -601,8 +607,8 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     // Record the decision before acting on it.
     write_status(&rts, &rt, &old_status, &status).await?;
     record_transitions(&ctx.metrics, &rt, &old_status, &status, now);
-    for note in refusals {
-        publish(ctx, &reference, "ReportRefused", &note, true).await;
+    for (reason, note) in refusals {
+        publish(ctx, &reference, reason, &note, true).await;
     }
 
     // Events first: a failing pod call below must not lose the record of
@@ -1022,6 +1028,7 @@ pub async fn run(
                     .collect();
                 watchdog.sweep(&live);
             }
+            metrics.tracked_trainings.set(watchdog.tracked() as i64);
             // Check in for /healthz, saying so if a reconcile hangs.
             let stuck = lock(&watchdog.in_flight)
                 .iter()

@@ -70,6 +70,8 @@ pub struct OperatorMetrics {
     pub time_to_restart: Histogram,
     /// Whether this replica holds the leader Lease.
     pub leader: prometheus::IntGauge,
+    /// Trainings the operator keeps per-training state for.
+    pub tracked_trainings: prometheus::IntGauge,
     /// Per-training series (`namespace`, `name` labels), one set per live
     /// RideTraining; see [`crate::training_gauges`].
     pub training: TrainingGauges,
@@ -249,6 +251,11 @@ impl OperatorMetrics {
                 "1 while this replica holds the leader Lease",
             )
             .expect("static gauge options are valid"),
+            tracked_trainings: prometheus::IntGauge::new(
+                "ride_operator_tracked_trainings",
+                "Trainings the operator keeps state for in memory (progress reports, retry backoff, create failures); swept to the live trainings every 5 s",
+            )
+            .expect("static gauge options are valid"),
             training: TrainingGauges::new(),
             registry,
             ready: AtomicBool::new(false),
@@ -266,6 +273,7 @@ impl OperatorMetrics {
             Box::new(m.time_to_running.clone()),
             Box::new(m.time_to_restart.clone()),
             Box::new(m.leader.clone()),
+            Box::new(m.tracked_trainings.clone()),
         ]
         .into_iter()
         .chain(m.training.collectors())

@@ -8,92 +8,16 @@
 mod common;
 
 use common::cluster::Cluster;
-use common::node_agent::{NodeAgent, NodeSpec};
+use common::node_agent::NodeSpec;
 use common::{
-    eventually, live_pod_names, names, pods_of, repo, stand_in_image, status, training, Operator,
+    describe, eventually, example_with_checkpoint, live_pod_names, names, pods_of, repo, setup,
+    signal, stand_in_image, status, training, wait_for_event, Operator,
 };
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::Api;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
 
-const NS: &str = "default";
-
-fn example_with_checkpoint(dir: &Path, name: &str) -> PathBuf {
-    let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
-        .expect("examples/ride-cpu.yaml")
-        .replace("name: ride-cpu", &format!("name: {name}"))
-        .replace(
-            "uri: file:///tmp/ride-cpu",
-            &format!("uri: file://{}/ckpt", dir.display()),
-        );
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).expect("write manifest");
-    path
-}
-
-/// A cluster with the CRD and `nodes` stand-in nodes.
-/// Wait up to `secs` for an Event in `ns` with `reason` and a note that
-/// `matches`; returns the note.
-async fn wait_for_event(
-    client: &kube::Client,
-    ns: &str,
-    reason: &str,
-    matches: impl Fn(&str) -> bool,
-    secs: u64,
-    context: impl Fn() -> String,
-) -> String {
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
-    let (events, matches) = (&events, &matches);
-    let what = format!("a {reason} event");
-    eventually(
-        secs,
-        &what,
-        || async move {
-            events
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .filter(|e| e.reason.as_deref() == Some(reason))
-                .find_map(|e| e.note.filter(|n| matches(n)))
-        },
-        context,
-    )
-    .await
-}
-
-async fn setup(nodes: &[&str]) -> (Cluster, kube::Client, Vec<NodeAgent>) {
-    let cluster = Cluster::start();
-    cluster.install_crd();
-    let client = cluster.client().await;
-    let mut agents = Vec::new();
-    for n in nodes {
-        let spec = NodeSpec::new(n, vec![stand_in_image(&cluster.dir)]);
-        agents.push(cluster.node(spec).await);
-    }
-    (cluster, client, agents)
-}
-
-/// What a timed-out wait shows: the training, its pods, the operator's log.
-fn describe(cluster: &Cluster, op: &Operator, rt: &str) -> String {
-    let (_, t) = cluster.kubectl(&["get", "rt", rt, "-o", "yaml"]);
-    let (_, p) = cluster.kubectl(&["get", "pods", "-o", "wide", "--show-labels"]);
-    let (_, e) = cluster.kubectl(&["get", "events", "--sort-by=.lastTimestamp"]);
-    format!(
-        "training:\n{t}\npods:\n{p}\nevents:\n{e}\noperator log:\n{}",
-        op.log_text()
-    )
-}
-
-/// Signal the process of pod `name`, wherever it runs.
-fn signal(agents: &[NodeAgent], name: &str, sig: &str) {
-    assert!(
-        agents.iter().any(|a| a.signal_pod(NS, name, sig)),
-        "no process runs pod {name}"
-    );
-}
+use common::NS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_worker_restarts_the_gang_and_status_follows_to_success() {
@@ -169,7 +93,7 @@ async fn a_failed_worker_restarts_the_gang_and_status_follows_to_success() {
     // One step a second, as a trainer would report them.
     let started = std::time::Instant::now();
     let served = common::serve_progress(&ip, move || {
-        let step = 3 + started.elapsed().as_secs().min(8);
+        let step = 7 + started.elapsed().as_secs().min(6);
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

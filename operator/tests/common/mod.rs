@@ -373,3 +373,93 @@ pub fn serve_progress(
     });
     served
 }
+
+/// The namespace the stand-in tests use unless they make their own.
+pub const NS: &str = "default";
+
+/// `examples/ride-cpu.yaml` as training `name`, checkpointing under `dir`;
+/// returns the manifest's path.
+pub fn example_with_checkpoint(dir: &Path, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
+        .expect("examples/ride-cpu.yaml")
+        .replace("name: ride-cpu", &format!("name: {name}"))
+        .replace(
+            "uri: file:///tmp/ride-cpu",
+            &format!("uri: file://{}/ckpt", dir.display()),
+        );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).expect("write manifest");
+    path
+}
+
+/// Wait up to `secs` for an Event in `ns` with `reason` and a note that
+/// `matches`; returns the note.
+pub async fn wait_for_event(
+    client: &kube::Client,
+    ns: &str,
+    reason: &str,
+    matches: impl Fn(&str) -> bool,
+    secs: u64,
+    context: impl Fn() -> String,
+) -> String {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    let (events, matches) = (&events, &matches);
+    let what = format!("a {reason} event");
+    eventually(
+        secs,
+        &what,
+        || async move {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .find_map(|e| e.note.filter(|n| matches(n)))
+        },
+        context,
+    )
+    .await
+}
+
+/// A cluster with the CRD and `nodes` stand-in nodes.
+pub async fn setup(nodes: &[&str]) -> (cluster::Cluster, kube::Client, Vec<node_agent::NodeAgent>) {
+    let cluster = cluster::Cluster::start();
+    cluster.install_crd();
+    let client = cluster.client().await;
+    let mut agents = Vec::new();
+    for n in nodes {
+        let spec = node_agent::NodeSpec::new(n, vec![stand_in_image(&cluster.dir)]);
+        agents.push(cluster.node(spec).await);
+    }
+    (cluster, client, agents)
+}
+
+/// What a timed-out wait shows: the training, its pods, the operator's log.
+pub fn describe(cluster: &cluster::Cluster, op: &Operator, rt: &str) -> String {
+    let (_, t) = cluster.kubectl(&["get", "rt", rt, "-o", "yaml"]);
+    let (_, p) = cluster.kubectl(&["get", "pods", "-o", "wide", "--show-labels"]);
+    let (_, e) = cluster.kubectl(&["get", "events", "--sort-by=.lastTimestamp"]);
+    format!(
+        "training:\n{t}\npods:\n{p}\nevents:\n{e}\noperator log:\n{}",
+        op.log_text()
+    )
+}
+
+/// Signal the process of pod `name` (in [`NS`]), wherever it runs.
+pub fn signal(agents: &[node_agent::NodeAgent], name: &str, sig: &str) {
+    assert!(
+        agents.iter().any(|a| a.signal_pod(NS, name, sig)),
+        "no process runs pod {name}"
+    );
+}
+
+/// The value of an unlabelled series (or the first matching line's) in a
+/// Prometheus text exposition, `None` when absent.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
