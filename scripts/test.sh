@@ -44,8 +44,12 @@ cleanup() {
 }
 trap cleanup EXIT
 "$here/prometheus.sh" install
-# The container images, from the binaries set-up built (skipped when they
-# did not change); operator/tests/images.rs checks and runs them.
+# `cargo test` unifies dev-dependency features, so it links ride-trainer
+# differently from set-up's `cargo build --bins`; build the test binaries
+# first so the images hold the very binaries operator/tests/images.rs hashes.
+cargo test --release --workspace --no-run
+# The container images, from those binaries (skipped when they did not
+# change); operator/tests/images.rs checks and runs them.
 "$here/images.sh" build
 "$here/s3-server.sh" start
 "$here/slurm-cluster.sh" start
