@@ -22,6 +22,7 @@ use crate::crd::{phase_labels, Phase, RideTraining, RideTrainingStatus, PENDING_
 use crate::lifecycle::{decide, Action, Observed};
 use crate::metrics::OperatorMetrics;
 use crate::observe::{apply_progress, observe_pod, pod_ip};
+use crate::pod_policy::PodPolicy;
 use crate::pods::{
     headless_service, pod_group, service_name, worker_pod, LABEL_ATTEMPT, LABEL_RANK,
     LABEL_TRAINING, METRICS_PORT,
@@ -102,21 +103,21 @@ pub struct Context {
     create_failures: Mutex<HashMap<String, String>>,
     /// Reconciles in flight by `namespace/name`, and since when (health).
     in_flight: Mutex<HashMap<String, Instant>>,
-    /// Whether datasets may be `hostPath` volumes (an operator setting,
-    /// never a tenant's: a host path reads the node's files).
-    allow_host_path_datasets: bool,
+    /// What the pods made for a tenant may carry (an administrator's
+    /// setting, never a tenant's).
+    pod_policy: PodPolicy,
 }
 
 impl Context {
     /// A context whose events name `instance` as the reporting instance and
-    /// which polls progress at most every `progress_interval`;
-    /// `allow_host_path_datasets` lets datasets be `hostPath` volumes.
+    /// which polls progress at most every `progress_interval` and holds
+    /// tenants' pods to `pod_policy`.
     pub fn new(
         client: Client,
         metrics: Arc<OperatorMetrics>,
         instance: &str,
         progress_interval: Duration,
-        allow_host_path_datasets: bool,
+        pod_policy: PodPolicy,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -135,37 +136,8 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             create_failures: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
-            allow_host_path_datasets,
+            pod_policy,
         })
-    }
-
-    /// This operator's own rules on top of the spec's validity.
-    fn check_policy(
-        &self,
-        spec: &crate::crd::RideTrainingSpec,
-    ) -> Result<(), crate::crd::SpecError> {
-        if self.allow_host_path_datasets {
-            return Ok(());
-        }
-        let refuse = |field: String| {
-            Err(crate::crd::SpecError {
-                field,
-                message: "hostPath volumes are not allowed by this operator (its administrator can start it with --allow-host-path-datasets); use a PersistentVolumeClaim".into(),
-            })
-        };
-        let dataset = spec.dataset.as_ref().and_then(|d| d.volume.as_ref());
-        if dataset.is_some_and(|v| v.host_path.is_some()) {
-            return refuse("dataset.volume.hostPath".into());
-        }
-        let template = spec.workers.template.as_ref();
-        let extra = template
-            .map(|t| t.volume_list())
-            .transpose()?
-            .unwrap_or_default();
-        if let Some(i) = extra.iter().position(|v| v.host_path.is_some()) {
-            return refuse(format!("workers.template.volumes[{i}].hostPath"));
-        }
-        Ok(())
     }
 
     /// Fetch rank 0's report in the background unless a fetch is in flight;
@@ -433,7 +405,7 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     let invalid_spec = rt
         .spec
         .validate()
-        .and_then(|()| ctx.check_policy(&rt.spec))
+        .and_then(|()| ctx.pod_policy.check(&rt.spec))
         .err()
         .map(|e| e.to_string());
 

@@ -12,6 +12,7 @@ pub mod local;
 pub mod manifest;
 pub mod metrics;
 pub mod observe;
+pub mod pod_policy;
 pub mod pods;
 pub mod progress;
 pub mod report;

@@ -4,11 +4,13 @@
 //! patterns; unknown fields are errors as under `kubectl apply`'s default
 //! strict field validation), its CEL rules (`x-kubernetes-validations`,
 //! evaluated with `kube-cel`), the object name rules, and then the
-//! controller's own cross-field checks. `ride check` prints the verdicts; a
+//! controller's own cross-field checks and, given one, its pod policy.
+//! `ride check` prints the verdicts; a
 //! test compares them with the real API server's on every manifest it
 //! applies.
 
 use crate::crd::RideTraining;
+use crate::pod_policy::PodPolicy;
 use serde_json::Value;
 
 /// What `ride check` says about one document.
@@ -53,8 +55,12 @@ pub enum ManifestError {
     Schema(String),
 }
 
-/// Check every document of `text` (empty documents are skipped, as kubectl does).
-pub fn check_documents(text: &str) -> Result<Vec<Verdict>, ManifestError> {
+/// Check every document of `text` (empty documents are skipped, as kubectl does),
+/// and with `policy` also the operator's pod policy, as the operator would.
+pub fn check_documents(
+    text: &str,
+    policy: Option<&PodPolicy>,
+) -> Result<Vec<Verdict>, ManifestError> {
     use serde::Deserialize;
     let schema = crd_schema()?;
     let mut verdicts = Vec::new();
@@ -66,7 +72,7 @@ pub fn check_documents(text: &str) -> Result<Vec<Verdict>, ManifestError> {
         if value.is_null() {
             continue;
         }
-        verdicts.push(check_value(&value, &schema));
+        verdicts.push(check_value(&value, &schema, policy));
     }
     Ok(verdicts)
 }
@@ -84,7 +90,7 @@ fn crd_schema() -> Result<Value, ManifestError> {
 }
 
 /// One document against the schema.
-fn check_value(value: &Value, schema: &Value) -> Verdict {
+fn check_value(value: &Value, schema: &Value, policy: Option<&PodPolicy>) -> Verdict {
     let api_version = value["apiVersion"].as_str().unwrap_or_default();
     let kind = value["kind"].as_str().unwrap_or_default();
     if api_version != "ride.dev/v1alpha1" || kind != "RideTraining" {
@@ -134,11 +140,21 @@ fn check_value(value: &Value, schema: &Value) -> Verdict {
                 name,
                 errors: vec![e.to_string()],
             },
-            Ok(()) => Verdict::Valid {
-                name,
-                workers: rt.spec.workers.replicas,
-                config: rt.spec.trainer.config,
-            },
+            Ok(()) => {
+                let refused = policy.map(|p| p.violations(&rt.spec)).unwrap_or_default();
+                if refused.is_empty() {
+                    Verdict::Valid {
+                        name,
+                        workers: rt.spec.workers.replicas,
+                        config: rt.spec.trainer.config,
+                    }
+                } else {
+                    Verdict::Invalid {
+                        name,
+                        errors: refused.iter().map(|e| e.to_string()).collect(),
+                    }
+                }
+            }
         },
     }
 }
@@ -350,7 +366,7 @@ mod tests {
     }
 
     fn errors_of(text: &str) -> Vec<String> {
-        match check_documents(text).unwrap().pop().unwrap() {
+        match check_documents(text, None).unwrap().pop().unwrap() {
             Verdict::Invalid { errors, .. } => errors,
             v => panic!("expected invalid, got {v:?}"),
         }
@@ -358,7 +374,7 @@ mod tests {
 
     #[test]
     fn the_example_is_valid() {
-        let v = check_documents(&example()).unwrap();
+        let v = check_documents(&example(), None).unwrap();
         assert_eq!(
             v,
             [Verdict::Valid {
@@ -416,7 +432,7 @@ mod tests {
             example(),
             second.replace("replicas: 2", "replicas: 0")
         );
-        let v = check_documents(&text).unwrap();
+        let v = check_documents(&text, None).unwrap();
         assert_eq!(v.len(), 3, "{v:?}");
         assert!(matches!(&v[0], Verdict::Valid { name, .. } if name == "ride-cpu"));
         assert_eq!(

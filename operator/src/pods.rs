@@ -112,7 +112,7 @@ fn restricted_container_context(read_only_root: bool) -> SecurityContext {
 }
 
 /// Fill the fields a sidecar left unset with the restricted defaults.
-fn harden_sidecar(mut c: Container) -> Container {
+pub(crate) fn harden_sidecar(mut c: Container) -> Container {
     let defaults = restricted_container_context(false);
     let sc = c.security_context.get_or_insert_with(Default::default);
     sc.allow_privilege_escalation = sc

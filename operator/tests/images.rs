@@ -177,10 +177,22 @@ async fn images_hold_this_build_run_as_non_root_and_train_on_the_control_plane()
     let cluster = Cluster::start();
     open_up(&cluster.dir);
     cluster.install_crd();
+    let ckpt = tempfile::Builder::new()
+        .prefix("ride-image-ckpt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        ckpt.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    // A writable host path is an administrator's exception: this one
+    // directory, under the privileged profile.
+    let host_path = format!("--allow-host-path-datasets={}", ckpt.path().display());
     let op = Operator::start(
         &cluster.kubeconfig,
         "op-images",
-        &["--allow-host-path-datasets"],
+        &["--pod-security=privileged", &host_path],
     );
     let image = Image {
         matches: "ride-trainer".into(),
@@ -196,15 +208,6 @@ async fn images_hold_this_build_run_as_non_root_and_train_on_the_control_plane()
     for name in ["node-a", "node-b"] {
         agents.push(cluster.node(NodeSpec::new(name, vec![image.clone()])).await);
     }
-    let ckpt = tempfile::Builder::new()
-        .prefix("ride-image-ckpt")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(
-        ckpt.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
     let text = std::fs::read_to_string(repo().join("examples/ride-cpu.yaml"))
         .unwrap()
         .replace("uri: file:///tmp/ride-cpu", "uri: file:///mnt/ckpt")

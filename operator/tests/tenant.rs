@@ -1,7 +1,10 @@
 //! What a tenant controls — a RideTraining and everything its trainer
 //! image says — against the unmodified operator on a real control plane:
 //! hostile reports neither end the operator nor reach status, a training
-//! re-created under an old name inherits nothing of its predecessor's.
+//! re-created under an old name inherits nothing of its predecessor's, and
+//! the pods it gets are no broader than the Pod Security Standard the
+//! administrator chose (the operator, `ride check` and the chart's
+//! ValidatingAdmissionPolicy refuse the same fields).
 
 mod common;
 
@@ -256,4 +259,182 @@ async fn a_training_created_again_under_its_old_name_inherits_nothing() {
         || op.http_get("/metrics").unwrap_or_default(),
     )
     .await;
+}
+
+/// Hostile additions to `examples/ride-cpu.yaml`, by name: what goes under
+/// `workers:` (before `replicas`) or, for `spec:`-level ones, the whole
+/// block; the field the operator names in refusing it; and how the chart's
+/// admission policy names it (list items as `[*]`).
+const HOSTILE: [(&str, &str, &str, &str); 10] = [
+    ("privileged", "    template:\n      sidecars: [{name: s, image: busybox, securityContext: {privileged: true}}]\n", "spec.workers.template.sidecars[0].securityContext.privileged", "spec.workers.template.sidecars[*].securityContext.privileged"),
+    ("root", "    template:\n      sidecars: [{name: s, image: busybox, securityContext: {runAsUser: 0}}]\n", "spec.workers.template.sidecars[0].securityContext.runAsUser", "spec.workers.template.sidecars[*].securityContext: runAsNonRoot false or runAsUser 0"),
+    ("escalation", "    template:\n      sidecars: [{name: s, image: busybox, securityContext: {allowPrivilegeEscalation: true}}]\n", "spec.workers.template.sidecars[0].securityContext.allowPrivilegeEscalation", "spec.workers.template.sidecars[*].securityContext.allowPrivilegeEscalation"),
+    ("net-admin", "    template:\n      sidecars: [{name: s, image: busybox, securityContext: {capabilities: {add: [NET_ADMIN], drop: [ALL]}}}]\n", "spec.workers.template.sidecars[0].securityContext.capabilities.add[0]", "spec.workers.template.sidecars[*].securityContext.capabilities"),
+    ("unconfined", "    template:\n      sidecars: [{name: s, image: busybox, securityContext: {seccompProfile: {type: Unconfined}}}]\n", "spec.workers.template.sidecars[0].securityContext.seccompProfile.type", "spec.workers.template.sidecars[*].securityContext: seccompProfile"),
+    ("host-port", "    template:\n      sidecars: [{name: s, image: busybox, ports: [{containerPort: 80, hostPort: 80}]}]\n", "spec.workers.template.sidecars[0].ports[0].hostPort", "spec.workers.template.sidecars[*].ports[*].hostPort"),
+    ("nfs", "    template:\n      volumes: [{name: n, nfs: {server: nfs.example.com, path: /x}}]\n", "spec.workers.template.volumes[0].nfs", "spec.workers.template.volumes[*]: a volume type"),
+    ("host-path", "    template:\n      volumes: [{name: h, hostPath: {path: /etc}}]\n", "spec.workers.template.volumes[0].hostPath.path", "spec.workers.template.volumes[*].hostPath.path"),
+    ("priority", "SPEC  scheduling: {priorityClassName: system-node-critical}\n", "spec.scheduling.priorityClassName", "spec.scheduling.priorityClassName"),
+    ("control-plane", "SPEC  scheduling: {tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]}\n", "spec.scheduling.tolerations[0]", "spec.scheduling.tolerations[*]"),
+];
+
+/// `examples/ride-cpu.yaml` as training `name` with `addition` (see HOSTILE).
+fn with_addition(dir: &std::path::Path, name: &str, addition: &str) -> std::path::PathBuf {
+    let base = example_with_checkpoint(dir, name);
+    let text = std::fs::read_to_string(&base).unwrap();
+    let text = match addition.strip_prefix("SPEC") {
+        Some(spec) => text.replace("  workers:\n", &format!("{spec}  workers:\n")),
+        None => text.replace("  workers:\n", &format!("  workers:\n{addition}")),
+    };
+    assert!(text.contains(addition.trim_start_matches("SPEC")), "{text}");
+    std::fs::write(&base, text).unwrap();
+    base
+}
+
+/// `ride check` on `file` with operator flags `flags`: whether it passed,
+/// and what it said.
+fn ride_check(file: &std::path::Path, flags: &[&str]) -> (bool, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ride"))
+        .arg("check")
+        .args(flags)
+        .arg(file)
+        .output()
+        .expect("ride check runs");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_no_broader_than_the_restricted_standard_unless_the_admin_allows_more() {
+    let (cluster, client, _agents) = setup(&["node-a"]).await;
+    let c = &client;
+    let op = Operator::start(&cluster.kubeconfig, "op-policy", &["--no-leader-election"]);
+
+    // The operator refuses each, naming the field, and makes no pod;
+    // `ride check` with the operator's flags says the same words.
+    for (name, addition, field, _) in HOSTILE {
+        let file = with_addition(&cluster.dir, name, addition);
+        let (ok, said) = ride_check(&file, &[]);
+        assert!(!ok && said.contains(field), "ride check on {name}: {said}");
+        let (ok, out) = cluster.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(ok, "kubectl apply {name}: {out}");
+        let st = eventually(
+            30,
+            &format!("InvalidSpec for {name}"),
+            || async move {
+                let st = status(c, NS, name).await;
+                (st["reason"] == "InvalidSpec").then_some(st)
+            },
+            || describe(&cluster, &op, name),
+        )
+        .await;
+        let message = st["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{name}: {st}");
+        // The operator's words, as `ride check` printed them.
+        assert!(said.contains(message), "{name}: {said}\nvs {message}");
+        assert!(pods_of(c, NS, name).await.is_empty(), "{name} got pods");
+    }
+
+    // What the admin allows, `ride check` allows with the same flags.
+    let root = with_addition(&cluster.dir, "root-ok", HOSTILE[1].1);
+    assert!(ride_check(&root, &["--pod-security=baseline"]).0);
+    let prio = with_addition(&cluster.dir, "prio-ok", HOSTILE[8].1);
+    assert!(ride_check(&prio, &["--allowed-priority-classes=system-node-critical"]).0);
+    let host = with_addition(
+        &cluster.dir,
+        "host-ok",
+        "    template:\n      volumes: [{name: h, hostPath: {path: /data/imagenet}}]\n      volumeMounts: [{name: h, mountPath: /h, readOnly: true}]\n",
+    );
+    assert!(ride_check(&host, &["--allow-host-path-datasets=/data"]).0);
+    assert!(!ride_check(&host, &["--allow-host-path-datasets=/database"]).0);
+
+    // An operator started with --pod-security=baseline creates the pods of
+    // a training whose sidecar runs as root.
+    drop(op);
+    let _baseline = Operator::start(
+        &cluster.kubeconfig,
+        "op-baseline",
+        &["--no-leader-election", "--pod-security=baseline"],
+    );
+    let (ok, out) = cluster.kubectl(&["apply", "-f", root.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let pods = eventually(
+        60,
+        "root-ok's pods",
+        || async move {
+            let pods = pods_of(c, NS, "root-ok").await;
+            (pods.len() == 2).then_some(pods)
+        },
+        || cluster.kubectl(&["get", "rt,pods", "-A", "-o", "wide"]).1,
+    )
+    .await;
+    let sidecar = &pods[0].spec.as_ref().unwrap().containers[1];
+    assert_eq!(
+        sidecar
+            .security_context
+            .as_ref()
+            .and_then(|s| s.run_as_user),
+        Some(0)
+    );
+
+    // The chart's ValidatingAdmissionPolicy: with default values, the API
+    // server itself refuses every one of them at `kubectl apply`.
+    let helm = cluster.bin.join("helm");
+    let policy = std::process::Command::new(&helm)
+        .args(["template", "ride"])
+        .arg(common::repo().join("charts/ride-operator"))
+        .args(["--show-only", "templates/admission-policy.yaml"])
+        .output()
+        .expect("helm template");
+    assert!(
+        policy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&policy.stderr)
+    );
+    let policy_file = cluster.dir.join("admission-policy.yaml");
+    std::fs::write(&policy_file, &policy.stdout).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", policy_file.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    // The policy takes effect once the API server has loaded it: wait for
+    // the first refusal, then every case is refused.
+    let (first, addition, _, _) = HOSTILE[0];
+    let probe = with_addition(&cluster.dir, &format!("{first}-vap"), addition);
+    eventually(
+        30,
+        "the admission policy in force",
+        || async {
+            let (ok, out) = cluster.kubectl(&["apply", "-f", probe.to_str().unwrap()]);
+            (!ok && out.contains("ValidatingAdmissionPolicy")).then_some(())
+        },
+        || {
+            cluster
+                .kubectl(&["get", "validatingadmissionpolicies", "-o", "yaml"])
+                .1
+        },
+    )
+    .await;
+    for (name, addition, _, field) in HOSTILE {
+        let file = with_addition(&cluster.dir, &format!("{name}-vap"), addition);
+        let (ok, out) = cluster.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(!ok, "the API server accepted {name}: {out}");
+        assert!(
+            out.contains("ValidatingAdmissionPolicy") && out.contains(field),
+            "{name}: {out} (wanted {field})"
+        );
+    }
+    // A training within the standard still goes in.
+    let fine = with_addition(
+        &cluster.dir,
+        "fine-vap",
+        "    template:\n      sidecars: [{name: s, image: busybox}]\n      volumes: [{name: c, emptyDir: {}}]\n      volumeMounts: [{name: c, mountPath: /c}]\n",
+    );
+    assert!(ride_check(&fine, &[]).0);
+    let (ok, out) = cluster.kubectl(&["apply", "-f", fine.to_str().unwrap()]);
+    assert!(ok, "{out}");
 }

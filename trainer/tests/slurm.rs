@@ -219,7 +219,6 @@ const QUEUED_JOB_SECONDS: u64 = 900;
 fn usr1_saves_requeues_and_the_next_allocation_ends_with_the_same_weights() {
     let conf = slurm_conf();
     let dir = tempfile::tempdir().unwrap();
-    // Enough steps per epoch that the signal lands mid-run.
     let cfg = tiny_config(dir.path(), 2, "RIDE");
     let text_cfg = std::fs::read_to_string(&cfg)
         .unwrap()
@@ -245,13 +244,18 @@ fn usr1_saves_requeues_and_the_next_allocation_ends_with_the_same_weights() {
     let started = std::time::Instant::now();
     // After the first epoch's checkpoint, SIGUSR1 to the tasks, as Slurm's
     // --signal sends it before the time limit.
+    // The ranks wait, stopped, until Slurm has signalled them, so the
+    // signal lands mid-run however fast this machine trains.
     wait_for_first_checkpoint(&log, started);
+    let ranks = Stopped::ranks(&id);
     let o = Command::new("scancel")
         .args(["--signal=USR1", &id])
         .env("SLURM_CONF", &conf)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
+    ranks.wait_signalled(libc::SIGUSR1, &log);
+    drop(ranks);
     let info = wait_done(&conf, &id, REQUEUED_JOB_SECONDS + QUEUED_JOB_SECONDS, &log);
     let t = std::fs::read_to_string(&log).unwrap();
     eprintln!(
@@ -283,17 +287,35 @@ fn usr1_saves_requeues_and_the_next_allocation_ends_with_the_same_weights() {
 
 #[test]
 fn the_time_limit_warning_requeues_until_the_run_is_done() {
-    // The real path: --time and --signal=USR1@60, no scancel. Slurm sends
-    // the warning up to a minute early; the run takes longer than that, so
-    // it cannot finish in the first allocation without a checkpoint and a
-    // requeue, and the rest fits in the next one.
+    // The real path: --time and --signal=USR1@60, no scancel. After the
+    // first checkpoint the ranks are stopped and the time limit brought
+    // near, so Slurm's warning reaches a run that cannot have finished,
+    // however fast this machine trains; once the signal is pending the
+    // limit goes back up, so the rest fits in the next allocation however
+    // slow this machine is.
     let conf = slurm_conf();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let log = dir.path().join("limit.log");
-    let env = synthetic_job(&out, 60);
+    let mut env = synthetic_job(&out, 60);
+    // The ranks stand still for up to two minutes; that is not a stall.
+    env.push(("RIDE_STALL_TIMEOUT".into(), "0".into()));
     let started = std::time::Instant::now();
-    let id = submit(&conf, &log, &pairs(&env), &["--time=2", "--signal=USR1@60"]);
+    let id = submit(
+        &conf,
+        &log,
+        &pairs(&env),
+        &["--time=30", "--signal=USR1@60"],
+    );
+    wait_for_first_checkpoint(&log, started);
+    let ranks = Stopped::ranks(&id);
+    // Slurm warns when at most 60 s (+ its 30 s check period) remain: a
+    // limit 1-2 minutes past the time run so far.
+    let ran = run_seconds(&job_info(&conf, &id)["RunTime"]);
+    set_time_limit(&conf, &id, ran / 60 + 2);
+    ranks.wait_signalled(libc::SIGUSR1, &log);
+    set_time_limit(&conf, &id, 30);
+    drop(ranks);
     let info = wait_done(&conf, &id, REQUEUED_JOB_SECONDS + QUEUED_JOB_SECONDS, &log);
     let t = std::fs::read_to_string(&log).unwrap();
     eprintln!(
@@ -306,6 +328,103 @@ fn the_time_limit_warning_requeues_until_the_run_is_done() {
     assert!(t.contains("preempted: checkpoint saved to"), "{t}");
     assert!(t.contains("resumed from"), "{t}");
     assert!(t.contains("| top-1 overall"), "{t}");
+}
+
+/// `scontrol update JobId=ID TimeLimit=MINUTES`.
+fn set_time_limit(conf: &str, id: &str, minutes: u64) {
+    let o = Command::new("scontrol")
+        .args([
+            "update",
+            &format!("JobId={id}"),
+            &format!("TimeLimit={minutes}"),
+        ])
+        .env("SLURM_CONF", conf)
+        .output()
+        .expect("scontrol runs");
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// Seconds in Slurm's `[D-]HH:MM:SS` (or `MM:SS`) run time.
+fn run_seconds(s: &str) -> u64 {
+    let (days, hms) = s.split_once('-').unwrap_or(("0", s));
+    let days: u64 = days.parse().expect("days");
+    let hms = hms
+        .split(':')
+        .map(|p| p.parse::<u64>().expect("a number"))
+        .fold(0, |acc, p| acc * 60 + p);
+    days * 86_400 + hms
+}
+
+/// Both ranks of a job, stopped (SIGSTOP) until dropped (SIGCONT), so a
+/// signal Slurm sends them meanwhile arrives before the run can go on.
+struct Stopped(Vec<i32>);
+
+impl Stopped {
+    fn ranks(id: &str) -> Self {
+        let pids: Vec<i32> = ["0", "1"]
+            .iter()
+            .map(|r| task_pid(id, r).unwrap_or_else(|| panic!("rank {r}'s process")))
+            .collect();
+        for &pid in &pids {
+            // SAFETY: kill(2) on a process this test found by its job and rank.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        }
+        Stopped(pids)
+    }
+
+    /// Wait until Slurm has signalled every rank: `sig` pending, or the
+    /// rank no longer stopped (slurmstepd may send SIGCONT with a signal,
+    /// so the rank can act on it; nothing else continues it).
+    fn wait_signalled(&self, sig: i32, log: &Path) {
+        let started = std::time::Instant::now();
+        while !self
+            .0
+            .iter()
+            .all(|&pid| signal_pending(pid, sig) || !stopped(pid))
+        {
+            assert!(
+                started.elapsed().as_secs() < 300,
+                "signal {sig} never reached ranks {:?}:\n{}",
+                self.0,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: as in `ranks`.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+    }
+}
+
+/// Whether process `pid` is stopped (state `T`); a process gone is not.
+fn stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The state follows the command name in parentheses.
+            let after = &s[s.rfind(')')? + 1..];
+            after.split_whitespace().next().map(|st| st == "T")
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `sig` is pending for process `pid` (its own or a thread's set).
+fn signal_pending(pid: i32, sig: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let bit = 1u64 << (sig - 1);
+    status.lines().any(|l| {
+        ["SigPnd:", "ShdPnd:"].iter().any(|k| {
+            l.strip_prefix(k)
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                .is_some_and(|m| m & bit != 0)
+        })
+    })
 }
 
 #[test]
@@ -426,8 +545,12 @@ fn signal_rank_1_after_first_checkpoint(id: &str, log: &Path, sig: i32) {
 fn task_pid(id: &str, rank: &str) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        // The trainer itself, not the `srun` that started it (whose
+        // arguments name it and whose environment has the batch step's
+        // SLURM_PROCID=0).
         let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-        if !String::from_utf8_lossy(&cmd).contains("ride-trainer") {
+        let argv0 = cmd.split(|&b| b == 0).next()?;
+        if !String::from_utf8_lossy(argv0).ends_with("ride-trainer") {
             return None;
         }
         let env = std::fs::read(e.path().join("environ")).ok()?;

@@ -57,10 +57,8 @@ struct Args {
     /// Log format: `json` (structured, one object per line) or `text`.
     #[arg(long, default_value = "json")]
     log_format: String,
-    /// Let RideTrainings mount a `hostPath` dataset (off: such trainings fail
-    /// with InvalidSpec, since a host path exposes the node's files).
-    #[arg(long)]
-    allow_host_path_datasets: bool,
+    #[command(flatten)]
+    pod_policy: ride_operator::pod_policy::PodPolicyArgs,
 }
 
 fn init_logs(format: &str) -> anyhow::Result<()> {
@@ -179,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         &identity,
         Duration::from_secs(args.progress_interval_seconds.max(1)),
-        args.allow_host_path_datasets,
+        args.pod_policy.clone().into(),
     );
     let run = controller::run(
         ctx,

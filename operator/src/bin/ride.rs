@@ -20,12 +20,16 @@ enum Command {
     Crd,
     /// Check RideTraining manifests as the API server will: the CRD's schema
     /// (types, ranges, patterns, unknown fields), its CEL rules, object names
-    /// and cross-field rules. Files may hold several documents; other kinds
+    /// and cross-field rules, then the operator's pod policy (give it the
+    /// operator's own flags). Files may hold several documents; other kinds
     /// are listed and skipped. Exits 1 when any RideTraining is invalid.
     Check {
         /// Manifest files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The operator's pod policy, with the flags it runs with.
+        #[command(flatten)]
+        policy: ride_operator::pod_policy::PodPolicyArgs,
     },
     /// Run a RideTraining manifest on this machine with `ride-trainer launch`.
     RunLocal {
@@ -69,7 +73,7 @@ fn read_manifest(file: &Path) -> Result<RideTraining> {
     use ride_operator::manifest::{check_documents, Verdict};
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let verdicts = check_documents(&text).with_context(|| format!("{}", file.display()))?;
+    let verdicts = check_documents(&text, None).with_context(|| format!("{}", file.display()))?;
     let trainings: Vec<&Verdict> = verdicts
         .iter()
         .filter(|v| !matches!(v, Verdict::Other { .. }))
@@ -100,13 +104,14 @@ fn read_manifest(file: &Path) -> Result<RideTraining> {
 }
 
 /// Print a verdict per document of each file; false when any RideTraining is invalid.
-fn check(files: &[PathBuf]) -> Result<bool> {
+fn check(files: &[PathBuf], policy: &ride_operator::pod_policy::PodPolicy) -> Result<bool> {
     use ride_operator::manifest::{check_documents, Verdict};
     let mut all_valid = true;
     for file in files {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let verdicts = check_documents(&text).with_context(|| format!("{}", file.display()))?;
+        let verdicts =
+            check_documents(&text, Some(policy)).with_context(|| format!("{}", file.display()))?;
         if verdicts.is_empty() {
             println!("{}: no objects", file.display());
         }
@@ -154,8 +159,8 @@ fn main() -> Result<()> {
             // A closed pipe (`ride crd | head`) is not an error worth a panic.
             let _ = std::io::stdout().write_all(ride_operator::crd_yaml()?.as_bytes());
         }
-        Command::Check { files } => {
-            if !check(&files)? {
+        Command::Check { files, policy } => {
+            if !check(&files, &policy.into())? {
                 std::process::exit(1);
             }
         }
