@@ -454,3 +454,56 @@ fn the_crate_version_is_the_image_tag_everywhere() {
     let tags = String::from_utf8_lossy(&out.stdout);
     assert_eq!(tags.split_whitespace().next(), Some(version), "{tags}");
 }
+
+#[test]
+fn the_pod_policy_values_reach_the_operator_and_its_admission_policy() {
+    let r = render("{}");
+    let a = args(&r);
+    assert!(
+        a.contains(&"--pod-security=restricted".to_string()),
+        "{a:?}"
+    );
+    assert!(
+        !a.iter().any(|x| x.starts_with("--allow-host-path")),
+        "{a:?}"
+    );
+    let policy = find(&r, "ValidatingAdmissionPolicy");
+    let binding = find(&r, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"][0], "Deny");
+    let rules = policy["spec"]["validations"].to_string();
+    assert!(rules.contains("allowPrivilegeEscalation"), "{rules}");
+
+    let loose = render(
+        r#"{"podSecurity": "baseline", "watchNamespace": "team-a",
+            "podPolicy": {"hostPathPrefixes": ["/data"], "priorityClasses": ["high"], "tolerationKeys": ["*"]}}"#,
+    );
+    let a = args(&loose);
+    for flag in [
+        "--pod-security=baseline",
+        "--allow-host-path-datasets=/data",
+        "--allowed-priority-classes=high",
+        "--allowed-toleration-keys=*",
+    ] {
+        assert!(a.contains(&flag.to_string()), "{flag} in {a:?}");
+    }
+    let policy = find(&loose, "ValidatingAdmissionPolicy");
+    let rules = policy["spec"]["validations"].to_string();
+    // Baseline lets a container escalate and run as root; the lists are in.
+    assert!(!rules.contains("allowPrivilegeEscalation"), "{rules}");
+    assert!(rules.contains("privileged"), "{rules}");
+    assert!(rules.contains(r#"[\"high\"]"#), "{rules}");
+    assert!(
+        policy["spec"]["variables"].to_string().contains("/data"),
+        "{policy}"
+    );
+    let binding = find(&loose, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]
+            ["kubernetes.io/metadata.name"],
+        "team-a"
+    );
+
+    let off = render(r#"{"podPolicy": {"admission": false}}"#);
+    assert!(!kinds(&off).contains(&"ValidatingAdmissionPolicy".to_string()));
+}

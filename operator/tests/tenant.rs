@@ -272,7 +272,7 @@ const HOSTILE: [(&str, &str, &str, &str); 10] = [
     ("net-admin", "    template:\n      sidecars: [{name: s, image: busybox, securityContext: {capabilities: {add: [NET_ADMIN], drop: [ALL]}}}]\n", "spec.workers.template.sidecars[0].securityContext.capabilities.add[0]", "spec.workers.template.sidecars[*].securityContext.capabilities"),
     ("unconfined", "    template:\n      sidecars: [{name: s, image: busybox, securityContext: {seccompProfile: {type: Unconfined}}}]\n", "spec.workers.template.sidecars[0].securityContext.seccompProfile.type", "spec.workers.template.sidecars[*].securityContext: seccompProfile"),
     ("host-port", "    template:\n      sidecars: [{name: s, image: busybox, ports: [{containerPort: 80, hostPort: 80}]}]\n", "spec.workers.template.sidecars[0].ports[0].hostPort", "spec.workers.template.sidecars[*].ports[*].hostPort"),
-    ("nfs", "    template:\n      volumes: [{name: n, nfs: {server: nfs.example.com, path: /x}}]\n", "spec.workers.template.volumes[0].nfs", "spec.workers.template.volumes[*]: a volume type"),
+    ("nfs", "    template:\n      volumes: [{name: share, nfs: {server: nfs.example.com, path: /x}}]\n", "spec.workers.template.volumes[0].nfs", "spec.workers.template.volumes[*]: a volume type"),
     ("host-path", "    template:\n      volumes: [{name: h, hostPath: {path: /etc}}]\n", "spec.workers.template.volumes[0].hostPath.path", "spec.workers.template.volumes[*].hostPath.path"),
     ("priority", "SPEC  scheduling: {priorityClassName: system-node-critical}\n", "spec.scheduling.priorityClassName", "spec.scheduling.priorityClassName"),
     ("control-plane", "SPEC  scheduling: {tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]}\n", "spec.scheduling.tolerations[0]", "spec.scheduling.tolerations[*]"),
@@ -409,7 +409,12 @@ async fn pods_are_no_broader_than_the_restricted_standard_unless_the_admin_allow
         30,
         "the admission policy in force",
         || async {
-            let (ok, out) = cluster.kubectl(&["apply", "-f", probe.to_str().unwrap()]);
+            let file = probe.to_str().unwrap();
+            let (ok, out) = cluster.kubectl(&["apply", "-f", file]);
+            if ok {
+                // In before the policy: out again, so the next try is a create.
+                cluster.kubectl(&["delete", "--wait", "-f", file]);
+            }
             (!ok && out.contains("ValidatingAdmissionPolicy")).then_some(())
         },
         || {
