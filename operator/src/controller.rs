@@ -59,6 +59,30 @@ pub enum ReconcileError {
     /// The reconcile panicked: a bug, confined to this training.
     #[error("the operator hit a bug reconciling this training (it panicked: {0}); other trainings are not affected, and this one is retried with backoff")]
     Panicked(String),
+    /// An object the training needs exists under its name but belongs to
+    /// something else; the operator does not take it over.
+    #[error("{0}")]
+    NotOurs(String),
+}
+
+/// Whether `obj` is controlled by the object with `uid`.
+fn controlled_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// The refusal for `kind` `name` that exists but is not this training's.
+fn not_ours(kind: &str, name: &str, meta: &kube::api::ObjectMeta) -> String {
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| format!("controlled by {} {}", o.kind, o.name))
+        .unwrap_or_else(|| "not controlled by this training".into());
+    format!("{kind} {name} already exists and is {owner}; the operator does not take it over: delete it or rename the training")
 }
 
 /// How long a progress request to a trainer may take.
@@ -423,7 +447,12 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
         .collect();
     let observed_pods = owned.iter().filter_map(|p| observe_pod(p)).collect();
-    let service_exists = svc_api.get_opt(&service_name(&rt)).await?.is_some();
+    let service = svc_api.get_opt(&service_name(&rt)).await?;
+    // A same-named Service that is not this training's counts as missing,
+    // so the attempt to ensure ours says whose it is.
+    let service_exists = service
+        .as_ref()
+        .is_some_and(|s| controlled_by(&s.metadata, &uid));
     let observed = Observed {
         now,
         pods: observed_pods,
@@ -594,6 +623,15 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     for action in events.into_iter().chain(actions) {
         match action {
             Action::EnsureService => {
+                if let Some(foreign) = service
+                    .as_ref()
+                    .filter(|s| !controlled_by(&s.metadata, &uid))
+                {
+                    let message = not_ours("Service", &service_name(&rt), &foreign.metadata);
+                    report_create_failure(ctx, &rts, &name, &key, &reference, message.clone())
+                        .await?;
+                    return Err(ReconcileError::NotOurs(message));
+                }
                 let svc = headless_service(&rt);
                 svc_api
                     .patch(&service_name(&rt), &apply, &Patch::Apply(&svc))
@@ -609,6 +647,20 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
                 if let (false, Some(group)) = (group_applied, pod_group(&rt, world_size)) {
                     let api: Api<DynamicObject> =
                         Api::namespaced_with(ctx.client.clone(), &ns, &pod_group_resource());
+                    // Only our own: a same-named PodGroup applied over would
+                    // be taken over and then collected with the training.
+                    let existing = match api.get_opt(&name).await {
+                        Ok(e) => e,
+                        // No CRD: the apply below says so.
+                        Err(kube::Error::Api(s)) if s.code == 404 => None,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if let Some(foreign) = existing.filter(|g| !controlled_by(&g.metadata, &uid)) {
+                        let message = not_ours("PodGroup", &name, &foreign.metadata);
+                        report_create_failure(ctx, &rts, &name, &key, &reference, message.clone())
+                            .await?;
+                        return Err(ReconcileError::NotOurs(message));
+                    }
                     if let Err(e) = api.patch(&name, &apply, &Patch::Apply(&group)).await {
                         let hint = if matches!(&e, kube::Error::Api(s) if s.code == 404) {
                             " (is the scheduler-plugins PodGroup CRD installed?)"

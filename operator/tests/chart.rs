@@ -117,6 +117,7 @@ const NEEDED: &[(&str, &str, &str)] = &[
     ("", "services", "create"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
+    ("scheduling.x-k8s.io", "podgroups", "get"),
     ("scheduling.x-k8s.io", "podgroups", "create"),
     ("scheduling.x-k8s.io", "podgroups", "patch"),
 ];

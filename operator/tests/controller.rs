@@ -1435,6 +1435,70 @@ async fn a_gang_gets_a_pod_group_and_a_missing_pod_group_crd_is_reported() {
         ctx,
     )
     .await;
+
+    // A Service and a PodGroup under a new training's names that are not
+    // its own: left alone, named in status, no pods until they are gone.
+    let foreign = cluster.dir.join("foreign.yaml");
+    std::fs::write(
+        &foreign,
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: taken-workers, namespace: {NS}}}\nspec: {{ports: [{{port: 80}}]}}\n---\n\
+             apiVersion: scheduling.x-k8s.io/v1alpha1\nkind: PodGroup\nmetadata: {{name: taken, namespace: {NS}}}\nspec: {{minMember: 5}}\n"
+        ),
+    )
+    .unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", foreign.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let taken = example_with_checkpoint(&cluster.dir, "taken");
+    let text = std::fs::read_to_string(&taken).unwrap().replace(
+        "  checkpoint:",
+        "  scheduling: {gang: Coscheduling}\n  checkpoint:",
+    );
+    std::fs::write(&taken, text).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", taken.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let ctx = || describe(&cluster, &op, "taken");
+    for (kind, name) in [("service", "taken-workers"), ("podgroup", "taken")] {
+        let wanted = format!("{name} already exists and is not controlled by this training");
+        let wanted = &wanted;
+        eventually(
+            60,
+            &format!("the foreign {kind} in status"),
+            || async move {
+                let st = status(c, NS, "taken").await;
+                st["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(wanted.as_str()))
+                    .then_some(())
+            },
+            ctx,
+        )
+        .await;
+        assert!(pods_of(c, NS, "taken").await.is_empty());
+        let (ok, out) = cluster.kubectl(&["get", kind, name, "-o", "json"]);
+        assert!(ok, "{out}");
+        let obj: Value = serde_json::from_str(&out).unwrap();
+        assert!(
+            obj["metadata"]["ownerReferences"].is_null(),
+            "taken over: {obj}"
+        );
+        if kind == "podgroup" {
+            assert_eq!(obj["spec"]["minMember"], 5, "{obj}");
+        }
+        let (ok, out) = cluster.kubectl(&["delete", kind, name, "--wait"]);
+        assert!(ok, "{out}");
+    }
+    // Retried with backoff (the foreign objects are not watched); any
+    // change to the training retries at once.
+    let (ok, out) = cluster.kubectl(&["annotate", "rt", "taken", "example.com/retry=1"]);
+    assert!(ok, "{out}");
+    eventually(
+        60,
+        "taken's workers once the names are free",
+        || async move { (pods_of(c, NS, "taken").await.len() == 2).then_some(()) },
+        ctx,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
