@@ -59,6 +59,10 @@ pub enum ReconcileError {
     /// The reconcile panicked: a bug, confined to this training.
     #[error("the operator hit a bug reconciling this training (it panicked: {0}); other trainings are not affected, and this one is retried with backoff")]
     Panicked(String),
+    /// The reconcile ran past its deadline (an API server that stopped
+    /// answering); it is retried.
+    #[error("the reconcile did not finish within {0:?} (is the API server answering?)")]
+    Deadline(Duration),
     /// An object the training needs exists under its name but belongs to
     /// something else; the operator does not take it over.
     #[error("{0}")]
@@ -327,8 +331,13 @@ pub async fn reconcile(
         cached.name_any()
     );
     lock(&ctx.in_flight).insert(key.clone(), Instant::now());
-    let result = match contained(reconcile_inner(&cached, &ctx)).await {
-        Ok(result) => result,
+    let bounded = tokio::time::timeout(RECONCILE_DEADLINE, reconcile_inner(&cached, &ctx));
+    let result = match contained(bounded).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => {
+            tracing::warn!(training = %key, deadline = ?RECONCILE_DEADLINE, "reconcile ran past its deadline; retrying");
+            Err(ReconcileError::Deadline(RECONCILE_DEADLINE))
+        }
         Err(why) => {
             ctx.metrics.reconcile_panics.inc();
             tracing::error!(training = %key, panic = %why, "reconcile panicked; only this training is affected");
@@ -953,9 +962,38 @@ pub fn retry_delay(n: u32) -> Duration {
     Duration::from_secs((5u64 << n.saturating_sub(1).min(6)).min(300))
 }
 
+/// The most one reconcile may take; each API request has a shorter
+/// limit of its own ([`request_client_config`]).
+pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The client settings for the reconciler's and the Lease's requests: a
+/// connection, a request and each response must come within these, so a
+/// half-open connection fails the request instead of hanging the reconcile.
+/// (Watches use a client without the read limit: an idle watch is normal.)
+pub fn request_client_config(mut config: kube::Config) -> kube::Config {
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(Duration::from_secs(30));
+    config.write_timeout = Some(Duration::from_secs(30));
+    // The limit counts from the request, not from when a pooled
+    // connection went idle.
+    config.reset_reader_on_write = true;
+    config
+}
+
 /// A reconcile running this long is stuck (each API call has its own
 /// timeout well below it); `/healthz` then fails so the kubelet restarts us.
 pub const STUCK_RECONCILE: Duration = Duration::from_secs(300);
+
+/// Tasks that end with the owner.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
 
 /// Count RideTrainings by phase from the watch cache.
 pub fn update_phase_gauges(metrics: &OperatorMetrics, store: &Store<RideTraining>) {
@@ -978,11 +1016,12 @@ pub fn update_phase_gauges(metrics: &OperatorMetrics, store: &Store<RideTraining
 /// once (0: unbounded); one object is never reconciled twice at once.
 pub async fn run(
     ctx: Arc<Context>,
+    watch_client: Client,
     namespace: Option<String>,
     concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
+    let client = watch_client;
     let (rts, pods, svcs): (Api<RideTraining>, Api<Pod>, Api<Service>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -1068,6 +1107,9 @@ pub async fn run(
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });
+    // Aborted however this future ends, dropped included (a replica that
+    // lost the Lease drops it): a stale loop must not keep checking in.
+    let _helpers = AbortOnDrop(vec![gauges, ready]);
     controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -1076,8 +1118,6 @@ pub async fn run(
             }
         })
         .await;
-    gauges.abort();
-    ready.abort();
 }
 
 #[cfg(test)]

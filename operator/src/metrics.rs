@@ -70,6 +70,8 @@ pub struct OperatorMetrics {
     pub time_to_restart: Histogram,
     /// Whether this replica holds the leader Lease.
     pub leader: prometheus::IntGauge,
+    /// Times this replica lost the Lease and went back to stand-by.
+    pub leadership_lost: prometheus::IntCounter,
     /// Trainings the operator keeps per-training state for.
     pub tracked_trainings: prometheus::IntGauge,
     /// Per-training series (`namespace`, `name` labels), one set per live
@@ -251,6 +253,11 @@ impl OperatorMetrics {
                 "1 while this replica holds the leader Lease",
             )
             .expect("static gauge options are valid"),
+            leadership_lost: prometheus::IntCounter::new(
+                "ride_operator_leadership_lost_total",
+                "Times this replica lost the leader Lease, stopped acting and stood by to campaign again",
+            )
+            .expect("static counter options are valid"),
             tracked_trainings: prometheus::IntGauge::new(
                 "ride_operator_tracked_trainings",
                 "Trainings the operator keeps state for in memory (progress reports, retry backoff, create failures); swept to the live trainings every 5 s",
@@ -273,6 +280,7 @@ impl OperatorMetrics {
             Box::new(m.time_to_running.clone()),
             Box::new(m.time_to_restart.clone()),
             Box::new(m.leader.clone()),
+            Box::new(m.leadership_lost.clone()),
             Box::new(m.tracked_trainings.clone()),
         ]
         .into_iter()
@@ -343,6 +351,18 @@ impl OperatorMetrics {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         h.heartbeat = Some(Instant::now());
         h.problem = problem;
+    }
+
+    /// Back to stand-by (the leader Lease was lost): no reconcile loop to
+    /// check in, so `/healthz` judges none, and ready as a stand-by is.
+    pub fn stand_by(&self) {
+        {
+            let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            h.heartbeat = None;
+            h.problem = None;
+        }
+        self.leader.set(0);
+        self.set_ready(true);
     }
 
     /// The `/healthz` verdict now.

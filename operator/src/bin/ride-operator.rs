@@ -98,6 +98,48 @@ async fn lease_try(elector: &LeaderElector, limit: Duration) -> Result<bool, Str
     }
 }
 
+/// Campaign until this replica leads (true) or the operator is told to stop
+/// (false).
+async fn campaign(
+    elector: &LeaderElector,
+    timing: &LeaseTiming,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let mut stop = stop.clone();
+    loop {
+        if *stop.borrow() {
+            return false;
+        }
+        match lease_try(elector, timing.retry_period).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "lease"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(timing.retry_period) => {}
+            _ = stop.wait_for(|s| *s) => return false,
+        }
+    }
+}
+
+/// Renew the Lease until that fails: another replica took it, or it could
+/// not be renewed within the renew deadline (shorter than the Lease, so this
+/// replica stops before anyone may take over). Returns why.
+async fn keep_renewing(elector: &LeaderElector, timing: &LeaseTiming) -> &'static str {
+    let mut last_ok = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(timing.retry_period).await;
+        match lease_try(elector, timing.retry_period).await {
+            Ok(true) => last_ok = std::time::Instant::now(),
+            Ok(false) => return "another replica holds the lease",
+            Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+        }
+        if last_ok.elapsed() >= timing.renew_deadline {
+            return "the lease could not be renewed within the renew deadline";
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -105,9 +147,18 @@ async fn main() -> anyhow::Result<()> {
     let metrics = OperatorMetrics::new();
     let bound = metrics.serve(&args.metrics_addr)?;
     tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
-    let client = Client::try_default().await.context(
+    let config = kube::Config::infer().await.context(
         "no Kubernetes configuration: set KUBECONFIG or run in a pod with a service account",
     )?;
+    // Requests (reconciles, the Lease) with deadlines; watches without the
+    // read limit, since a quiet watch is not a dead one.
+    let client = Client::try_from(controller::request_client_config(config.clone()))
+        .context("building the Kubernetes client")?;
+    let watch_client = {
+        let mut c = config;
+        c.connect_timeout = Some(Duration::from_secs(10));
+        Client::try_from(c).context("building the Kubernetes watch client")?
+    };
     let version = client
         .apiserver_version()
         .await
@@ -151,71 +202,54 @@ async fn main() -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::msg)?;
         let elector = LeaderElector::new(api, &args.lease_name, &identity, timing.duration);
-
-        tracing::info!(lease = %args.lease_name, namespace = %ns, %identity, "waiting for the leader lease");
-        loop {
-            if *stop_rx.borrow() {
-                return Ok(());
-            }
-            match lease_try(&elector, timing.retry_period).await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "lease"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(timing.retry_period) => {}
-                _ = stopped() => return Ok(()),
-            }
-        }
-        tracing::info!(%identity, "leading");
-        metrics.leader.set(1);
+        tracing::info!(lease = %args.lease_name, namespace = %ns, %identity, "leader election");
         Some((elector, timing))
     };
 
-    let ctx = Context::new(
-        client.clone(),
-        metrics.clone(),
-        &identity,
-        Duration::from_secs(args.progress_interval_seconds.max(1)),
-        args.pod_policy.clone().into(),
-    );
-    let run = controller::run(
-        ctx,
-        args.namespace.clone(),
-        args.max_concurrent_reconciles,
-        stopped(),
-    );
-    match &elector {
-        None => run.await,
-        Some((elector, timing)) => {
-            // Keep renewing; not renewed within the renew deadline (shorter
-            // than the Lease) means another replica may soon lead, so this
-            // one stops first.
-            let renew = async {
-                let mut last_ok = std::time::Instant::now();
-                loop {
-                    tokio::time::sleep(timing.retry_period).await;
-                    match lease_try(elector, timing.retry_period).await {
-                        Ok(true) => last_ok = std::time::Instant::now(),
-                        Ok(false) => return "another replica holds the lease",
-                        Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
-                    }
-                    if last_ok.elapsed() >= timing.renew_deadline {
-                        return "the lease could not be renewed within the renew deadline";
-                    }
-                }
-            };
-            tokio::select! {
-                _ = run => {}
-                why = renew => {
-                    metrics.leader.set(0);
-                    tracing::error!(reason = why, "lost leadership; exiting");
-                    std::process::exit(1);
-                }
+    // Lead, and on a lost Lease stop acting and stand by in this same
+    // process: an API-server outage longer than the renew deadline costs a
+    // new campaign, not a crash loop and the kubelet's restart backoff.
+    loop {
+        if let Some((elector, timing)) = &elector {
+            tracing::info!(%identity, "waiting for the leader lease");
+            if !campaign(elector, timing, &stop_rx).await {
+                break;
             }
-            metrics.leader.set(0);
-            if let Err(e) = elector.release().await {
-                tracing::warn!(error = %e, "cannot release the lease");
+            tracing::info!(%identity, "leading");
+            metrics.leader.set(1);
+        }
+        let ctx = Context::new(
+            client.clone(),
+            metrics.clone(),
+            &identity,
+            Duration::from_secs(args.progress_interval_seconds.max(1)),
+            args.pod_policy.clone().into(),
+        );
+        let run = controller::run(
+            ctx,
+            watch_client.clone(),
+            args.namespace.clone(),
+            args.max_concurrent_reconciles,
+            stopped(),
+        );
+        let Some((elector, timing)) = &elector else {
+            run.await;
+            break;
+        };
+        tokio::select! {
+            _ = run => {
+                metrics.leader.set(0);
+                if let Err(e) = elector.release().await {
+                    tracing::warn!(error = %e, "cannot release the lease");
+                }
+                break;
+            }
+            why = keep_renewing(elector, timing) => {
+                // Dropping `run` stops the controller: no reconcile acts
+                // after this line, before another replica may lead.
+                metrics.stand_by();
+                metrics.leadership_lost.inc();
+                tracing::error!(reason = why, "lost leadership; stopped acting, standing by to campaign again");
             }
         }
     }
