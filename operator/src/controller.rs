@@ -103,6 +103,9 @@ struct PolledProgress {
 /// The condition saying the operator hit a bug on this training (a
 /// reconcile panicked); False again after the next reconcile that succeeds.
 pub const OPERATOR_ERROR_CONDITION: &str = "OperatorError";
+/// The condition (and Event reason) of an edit the operator refused while
+/// the gang runs on the last accepted spec.
+pub const SPEC_REJECTED_CONDITION: &str = "SpecRejected";
 
 /// What the reconciler shares between calls. Everything kept per training
 /// is keyed by its uid, never its name: a training deleted and created
@@ -441,6 +444,21 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         .and_then(|()| ctx.pod_policy.check(&rt.spec))
         .err()
         .map(|e| e.to_string());
+    // An edit refused after a spec was accepted leaves the gang on the
+    // accepted one (decisions and pods alike), supervised, with a
+    // condition saying why; only a spec never accepted fails the training.
+    let mut rt = rt;
+    let rejected = match (invalid_spec, &old_status.accepted_spec) {
+        (Some(why), Some(accepted)) => {
+            rt.spec = accepted.clone();
+            Ok(why)
+        }
+        (invalid, _) => Err(invalid),
+    };
+    let (rejected, invalid_spec) = match rejected {
+        Ok(why) => (Some(why), None),
+        Err(invalid) => (None, invalid),
+    };
 
     let uid = rt.metadata.uid.clone().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -509,6 +527,45 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     // (reason, note): separate reasons, since the event recorder folds
     // events of one reason into a series that keeps the first note.
     let mut refusals: Vec<(&str, String)> = Vec::new();
+    let was_rejected = old_status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == SPEC_REJECTED_CONDITION && c.status == "True");
+    match &rejected {
+        Some(why) => {
+            let message = format!(
+                "the edit (generation {}) was refused; the gang runs on the last accepted spec until the spec is fixed: {why}",
+                rt.metadata.generation.unwrap_or_default()
+            );
+            if was_rejected.is_none_or(|c| c.message != message) {
+                refusals.push((SPEC_REJECTED_CONDITION, message.clone()));
+            }
+            crate::lifecycle::set_side_condition(
+                &mut status.conditions,
+                SPEC_REJECTED_CONDITION,
+                true,
+                "InvalidEdit",
+                &message,
+                now,
+                rt.metadata.generation,
+            );
+        }
+        None if observed.invalid_spec.is_none() => {
+            status.accepted_spec = Some(rt.spec.clone());
+            if was_rejected.is_some() {
+                crate::lifecycle::set_side_condition(
+                    &mut status.conditions,
+                    SPEC_REJECTED_CONDITION,
+                    false,
+                    "Accepted",
+                    "the current spec is accepted",
+                    now,
+                    rt.metadata.generation,
+                );
+            }
+        }
+        None => {}
+    }
     if observed.invalid_spec.is_none() {
         if let Some(e) = lock(&ctx.refused_polls).remove(&key) {
             refusals.push((

@@ -744,6 +744,21 @@ pub struct RideTrainingStatus {
     /// Human-readable detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The last spec the operator accepted, which the gang runs under: an
+    /// edit it refuses (condition `SpecRejected`) leaves the gang on this
+    /// one instead of unsupervised. Free-form in the schema (it is the
+    /// spec's own shape), so the CRD does not carry the spec's schema twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub accepted_spec: Option<RideTrainingSpec>,
+}
+
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// A spec problem, naming the field.

@@ -443,3 +443,120 @@ async fn pods_are_no_broader_than_the_restricted_standard_unless_the_admin_allow
     let (ok, out) = cluster.kubectl(&["apply", "-f", fine.to_str().unwrap()]);
     assert!(ok, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_edit_keeps_the_gang_on_the_last_accepted_spec() {
+    let (cluster, client, _agents) = setup(&["node-a"]).await;
+    let c = &client;
+    let op = Operator::start(&cluster.kubeconfig, "op-edit", &["--no-leader-election"]);
+    let before = running(&cluster, c, &op, "edited").await;
+    let names = |pods: &[Pod]| -> Vec<String> {
+        let mut n: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        n.sort();
+        n
+    };
+
+    // An edit the operator refuses (a privileged sidecar) while it runs.
+    let bad = r#"{"spec":{"workers":{"template":{"sidecars":[{"name":"s","image":"busybox","securityContext":{"privileged":true}}]}}}}"#;
+    let (ok, out) = cluster.kubectl(&["patch", "rt", "edited", "--type", "merge", "-p", bad]);
+    assert!(ok, "{out}");
+    let st = eventually(
+        30,
+        "SpecRejected",
+        || async move {
+            let st = status(c, NS, "edited").await;
+            st["conditions"]
+                .as_array()?
+                .iter()
+                .any(|k| k["type"] == "SpecRejected" && k["status"] == "True")
+                .then_some(st)
+        },
+        || describe(&cluster, &op, "edited"),
+    )
+    .await;
+    assert_eq!(st["phase"], "Running", "{st}");
+    let rejected = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["type"] == "SpecRejected")
+        .unwrap()
+        .clone();
+    assert!(
+        rejected["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.workers.template.sidecars[0].securityContext.privileged"),
+        "{rejected}"
+    );
+    let note = wait_for_event(
+        c,
+        NS,
+        "SpecRejected",
+        |n| n.contains("last accepted spec"),
+        30,
+        || describe(&cluster, &op, "edited"),
+    )
+    .await;
+    assert!(note.contains("privileged"), "{note}");
+    assert_eq!(names(&pods_of(c, NS, "edited").await), names(&before));
+
+    // Still supervised: a lost worker restarts the gang, on the accepted
+    // spec (no sidecar).
+    let (ok, out) = cluster.kubectl(&["delete", "pod", "edited-0-1", "--wait=false"]);
+    assert!(ok, "{out}");
+    let restarted = eventually(
+        90,
+        "the gang restarted on the accepted spec",
+        || async move {
+            let pods: Vec<Pod> = pods_of(c, NS, "edited")
+                .await
+                .into_iter()
+                .filter(|p| {
+                    p.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("edited-1-"))
+                })
+                .collect();
+            (pods.len() == 2).then_some(pods)
+        },
+        || describe(&cluster, &op, "edited"),
+    )
+    .await;
+    for p in &restarted {
+        let containers: Vec<&str> = p
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .map(|k| k.name.as_str())
+            .collect();
+        assert_eq!(containers, ["trainer"], "the refused sidecar reached a pod");
+    }
+
+    // The edit undone: accepted again, the condition clears, not Failed.
+    let fix = r#"{"spec":{"workers":{"template":null}}}"#;
+    let (ok, out) = cluster.kubectl(&["patch", "rt", "edited", "--type", "merge", "-p", fix]);
+    assert!(ok, "{out}");
+    let st = eventually(
+        30,
+        "SpecRejected cleared",
+        || async move {
+            let st = status(c, NS, "edited").await;
+            st["conditions"]
+                .as_array()?
+                .iter()
+                .any(|k| k["type"] == "SpecRejected" && k["status"] == "False")
+                .then_some(st)
+        },
+        || describe(&cluster, &op, "edited"),
+    )
+    .await;
+    assert_ne!(st["phase"], "Failed", "{st}");
+    assert!(st["acceptedSpec"]["workers"]["template"].is_null(), "{st}");
+}
