@@ -275,6 +275,9 @@ async fn start(system: System, cluster: &Cluster) -> OperatorProcess {
                 "--metrics-addr",
                 &format!("127.0.0.1:{health}"),
                 "--no-leader-election",
+                "--insecure-metrics",
+                "--secure-metrics-addr",
+                "off",
                 "--log-format",
                 "json",
             ])

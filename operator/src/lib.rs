@@ -16,6 +16,7 @@ pub mod pod_policy;
 pub mod pods;
 pub mod progress;
 pub mod report;
+pub mod secure_metrics;
 pub mod slurm;
 pub mod timestamps;
 pub mod training_gauges;

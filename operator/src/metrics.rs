@@ -376,9 +376,15 @@ impl OperatorMetrics {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Serve `/metrics`, `/healthz` and `/readyz` on `addr` from a background
-    /// thread; returns the bound address (port 0 picks a free one).
-    pub fn serve(self: &Arc<Self>, addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    /// Serve `/healthz` and `/readyz` (and, with `plain_metrics`, `/metrics`)
+    /// on `addr` from a background thread; returns the bound address (port 0
+    /// picks a free one). Without `plain_metrics`, `/metrics` is only on the
+    /// authenticated TLS endpoint (`secure_metrics`).
+    pub fn serve(
+        self: &Arc<Self>,
+        addr: &str,
+        plain_metrics: bool,
+    ) -> anyhow::Result<std::net::SocketAddr> {
         let server = tiny_http::Server::http(addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e}"))?;
         let bound = server
@@ -391,7 +397,11 @@ impl OperatorMetrics {
             .spawn(move || {
                 for req in server.incoming_requests() {
                     let (code, body) = match req.url() {
-                        "/metrics" => (200, me.render()),
+                        "/metrics" if plain_metrics => (200, me.render()),
+                        "/metrics" => (
+                            404,
+                            "/metrics is served over TLS to authorised callers (--secure-metrics-addr); start with --insecure-metrics to serve it here too\n".into(),
+                        ),
                         "/healthz" => match me.health() {
                             Ok(()) => (200, "ok\n".to_string()),
                             Err(why) => (503, format!("unhealthy: {why}\n")),
@@ -420,7 +430,7 @@ mod tests {
         let m = OperatorMetrics::new();
         m.reconcile_errors.inc();
         m.restarts.with_label_values(&["budget"]).inc();
-        let addr = m.serve("127.0.0.1:0").unwrap();
+        let addr = m.serve("127.0.0.1:0", true).unwrap();
         let get = |path: &str| {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect(addr).unwrap();

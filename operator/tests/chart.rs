@@ -88,6 +88,20 @@ fn find<'a>(r: &'a Rendered, kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} in {:?}", kinds(r)))
 }
 
+/// The operator's own ClusterRole (not the metrics ones).
+fn operator_cluster_role(r: &Rendered) -> &Value {
+    r.objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ClusterRole"
+                && !o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("-metrics-")
+        })
+        .unwrap_or_else(|| panic!("no operator ClusterRole in {:?}", kinds(r)))
+}
+
 fn args(r: &Rendered) -> Vec<String> {
     find(r, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
@@ -162,7 +176,7 @@ fn default_install_is_lint_clean_with_crd_rbac_and_leader_election() {
         "charts/ride-operator/crds/ is out of date: cp crds/ridetrainings.ride.dev.yaml charts/ride-operator/crds/"
     );
 
-    let role = find(&r, "ClusterRole");
+    let role = operator_cluster_role(&r);
     let have = granted(role);
     for (g, res, verb) in NEEDED {
         assert!(
@@ -208,8 +222,18 @@ fn default_install_is_lint_clean_with_crd_rbac_and_leader_election() {
 #[test]
 fn one_namespace_without_leader_election_gets_a_role_and_one_replica() {
     let r = render(r#"{"watchNamespace": "team-a", "leaderElection": {"enabled": false}}"#);
+    // Only the metrics endpoint's reviews are cluster-wide (they are
+    // cluster-scoped APIs).
+    let cluster_roles: Vec<&Value> = r
+        .objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole")
+        .collect();
     assert!(
-        !kinds(&r).contains(&"ClusterRole".to_string()),
+        cluster_roles.iter().all(|o| o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("-metrics-")),
         "{:?}",
         kinds(&r)
     );
@@ -329,7 +353,7 @@ fn several_replicas_get_a_disruption_budget_spread_and_a_seccomp_profile() {
     );
     // Cluster-scoped names carry the namespace (two releases named alike).
     assert_eq!(
-        find(&r, "ClusterRole")["metadata"]["name"],
+        operator_cluster_role(&r)["metadata"]["name"],
         "ride-system-ride"
     );
     let one = render(r#"{"replicas": 1}"#);
@@ -507,4 +531,77 @@ fn the_pod_policy_values_reach_the_operator_and_its_admission_policy() {
 
     let off = render(r#"{"podPolicy": {"admission": false}}"#);
     assert!(!kinds(&off).contains(&"ValidatingAdmissionPolicy".to_string()));
+}
+
+#[test]
+fn metrics_are_served_over_tls_to_the_metrics_reader_role() {
+    let r = render(
+        r#"{"metrics": {"serviceMonitor": {"enabled": true, "readerServiceAccount": {"name": "prometheus", "namespace": "monitoring"}}}}"#,
+    );
+    let a = args(&r);
+    assert!(
+        a.contains(&"--secure-metrics-addr=0.0.0.0:8443".to_string()),
+        "{a:?}"
+    );
+    assert!(!a.contains(&"--insecure-metrics".to_string()), "{a:?}");
+    let auth = r
+        .objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ClusterRole"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .ends_with("-metrics-auth")
+        })
+        .expect("the metrics-auth ClusterRole");
+    let have = granted(auth);
+    assert!(have.contains(&(
+        "authentication.k8s.io".into(),
+        "tokenreviews".into(),
+        "create".into()
+    )));
+    assert!(have.contains(&(
+        "authorization.k8s.io".into(),
+        "subjectaccessreviews".into(),
+        "create".into()
+    )));
+    let reader = r
+        .objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ClusterRole"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .ends_with("-metrics-reader")
+        })
+        .expect("the metrics-reader ClusterRole");
+    assert_eq!(reader["rules"][0]["nonResourceURLs"][0], "/metrics");
+    let bound = r
+        .objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ClusterRoleBinding" && o["roleRef"]["name"] == reader["metadata"]["name"]
+        })
+        .expect("Prometheus bound to metrics-reader");
+    assert_eq!(bound["subjects"][0]["name"], "prometheus");
+    let monitor = find(&r, "ServiceMonitor");
+    let ep = &monitor["spec"]["endpoints"][0];
+    assert_eq!(ep["port"], "https-metrics");
+    assert_eq!(ep["scheme"], "https");
+    let svc = r
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Service")
+        .expect("the metrics Service");
+    let ports: Vec<&str> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ports, ["https-metrics"]);
+    let insecure = render(r#"{"metrics": {"insecure": true}}"#);
+    assert!(args(&insecure).contains(&"--insecure-metrics".to_string()));
 }

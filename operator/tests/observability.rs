@@ -122,8 +122,9 @@ fn percent_encode(s: &str) -> String {
 /// relabelled as the Prometheus Operator does for the chart's PodMonitor
 /// (drop finished pods, keep the `metrics` port, namespace/pod/container
 /// labels, then the PodMonitor's relabelings to `training` and `rank`);
-/// the operator scraped with `honor_labels` as its ServiceMonitor says.
-fn scrape_config(pods_file: &Path, operator: &str) -> String {
+/// the operator scraped with `honor_labels` as its ServiceMonitor says:
+/// over TLS with a ServiceAccount token allowed to get /metrics.
+fn scrape_config(pods_file: &Path, operator: &str, token_file: &Path) -> String {
     format!(
         r#"global:
   scrape_interval: 1s
@@ -144,10 +145,14 @@ scrape_configs:
       - {{source_labels: [__meta_kubernetes_pod_label_ride_dev_rank], target_label: rank}}
   - job_name: ride-operator
     honor_labels: true
+    scheme: https
+    authorization: {{credentials_file: "{token_file}"}}
+    tls_config: {{insecure_skip_verify: true}}
     static_configs:
       - targets: ["{operator}"]
 "#,
-        pods_file = pods_file.display()
+        pods_file = pods_file.display(),
+        token_file = token_file.display()
     )
 }
 
@@ -294,13 +299,24 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let op = Operator::start(&cluster.kubeconfig, "op-obs", &[]);
     let client = cluster.client().await;
     let agents = cluster.nodes(&["node-a", "node-b"]).await;
-    let operator_addr = format!("127.0.0.1:{}", op.metrics_port);
+    // Prometheus scrapes the operator's TLS endpoint as the chart's
+    // ServiceMonitor does, with a token bound to metrics-reader.
+    let operator_addr = format!("127.0.0.1:{}", op.secure_metrics_port);
+    // The same registry, read directly (the test's operator also serves it
+    // on its plain port).
+    let plain_operator = format!("127.0.0.1:{}", op.metrics_port);
+    let token_file = cluster.dir.join("prometheus-token");
+    std::fs::write(
+        &token_file,
+        common::service_account_token(&cluster, "prometheus", true),
+    )
+    .unwrap();
     let pods_file = cluster.dir.join("pods.json");
     std::fs::write(&pods_file, "[]").unwrap();
     let discovery = discover_pods(client.clone(), NS, pods_file.clone());
     let prom = Prometheus::start(
         &cluster.dir.join("prometheus"),
-        &scrape_config(&pods_file, &operator_addr),
+        &scrape_config(&pods_file, &operator_addr, &token_file),
     );
     println!("prometheus: {}", prom.url);
 
@@ -424,7 +440,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         .expect("rank 0's pod IP");
     for (what, addr) in [
         ("trainer rank 0", format!("{pod_ip}:9400")),
-        ("operator", operator_addr.clone()),
+        ("operator", plain_operator.clone()),
     ] {
         let text = http_get(&addr, "/metrics").unwrap_or_else(|| panic!("{what} /metrics"));
         let (ok, report) = promtool_check_metrics(&text);
@@ -470,7 +486,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         60,
         "the deleted training's series gone from the operator",
         || async {
-            let text = http_get(&operator_addr, "/metrics")?;
+            let text = http_get(&plain_operator, "/metrics")?;
             (!text.contains(&format!("name=\"{TRAINING}\""))).then_some(())
         },
         ctx,

@@ -10,6 +10,7 @@ use kube::{Api, Client};
 use ride_operator::controller::{self, Context};
 use ride_operator::leader::{LeaderElector, LeaseTiming};
 use ride_operator::metrics::OperatorMetrics;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -59,6 +60,23 @@ struct Args {
     log_format: String,
     #[command(flatten)]
     pod_policy: ride_operator::pod_policy::PodPolicyArgs,
+    /// Where `/metrics` is served over TLS to callers whose bearer token a
+    /// TokenReview authenticates and a SubjectAccessReview allows to get the
+    /// non-resource URL /metrics (`off`: not served).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    secure_metrics_addr: String,
+    /// PEM certificate chain for the TLS endpoint (default: a self-signed
+    /// certificate made at start; scrapers then skip verification).
+    #[arg(long, requires = "metrics_key_file")]
+    metrics_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key for --metrics-cert-file.
+    #[arg(long, requires = "metrics_cert_file")]
+    metrics_key_file: Option<std::path::PathBuf>,
+    /// Also serve `/metrics` without authentication on --metrics-addr (local
+    /// runs, scrapers without tokens); off by default, when that port has
+    /// only /healthz and /readyz.
+    #[arg(long)]
+    insecure_metrics: bool,
 }
 
 fn init_logs(format: &str) -> anyhow::Result<()> {
@@ -145,8 +163,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logs(&args.log_format)?;
     let metrics = OperatorMetrics::new();
-    let bound = metrics.serve(&args.metrics_addr)?;
-    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+    let bound = metrics.serve(&args.metrics_addr, args.insecure_metrics)?;
+    if args.insecure_metrics {
+        tracing::info!(addr = %bound, "serving /metrics (unauthenticated), /healthz, /readyz");
+    } else {
+        tracing::info!(addr = %bound, "serving /healthz, /readyz");
+    }
     let config = kube::Config::infer().await.context(
         "no Kubernetes configuration: set KUBECONFIG or run in a pod with a service account",
     )?;
@@ -164,6 +186,22 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("cannot reach the Kubernetes API server")?;
     tracing::info!(server = %version.git_version, "connected to the API server");
+    if args.secure_metrics_addr != "off" {
+        let certs = args
+            .metrics_cert_file
+            .as_deref()
+            .zip(args.metrics_key_file.as_deref());
+        let tls = ride_operator::secure_metrics::tls_config(certs)?;
+        let reviewer = Arc::new(ride_operator::secure_metrics::Reviewer::new(client.clone()));
+        let secure = ride_operator::secure_metrics::serve(
+            &args.secure_metrics_addr,
+            tls,
+            metrics.clone(),
+            reviewer,
+        )
+        .await?;
+        tracing::info!(addr = %secure, "serving /metrics over TLS to authorised callers");
+    }
     metrics.set_ready(true);
     let identity = args
         .identity

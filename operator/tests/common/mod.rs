@@ -142,7 +142,10 @@ pub fn free_port() -> u16 {
 /// A running `ride-operator` process; killed on drop.
 pub struct Operator {
     pub child: Child,
+    /// The plain port: /healthz, /readyz and (--insecure-metrics) /metrics.
     pub metrics_port: u16,
+    /// The TLS /metrics port (authenticated).
+    pub secure_metrics_port: u16,
     pub log: PathBuf,
 }
 
@@ -150,12 +153,18 @@ impl Operator {
     /// Start the unmodified operator binary against `kubeconfig`.
     pub fn start(kubeconfig: &Path, identity: &str, extra: &[&str]) -> Self {
         let metrics_port = free_port();
+        let secure_metrics_port = free_port();
         let log = kubeconfig.with_file_name(format!("operator-{identity}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_ride-operator"))
             .args([
                 "--metrics-addr",
                 &format!("127.0.0.1:{metrics_port}"),
+                // The tests read /metrics on the plain port; the secure
+                // endpoint has its own test.
+                "--insecure-metrics",
+                "--secure-metrics-addr",
+                &format!("127.0.0.1:{secure_metrics_port}"),
                 "--identity",
                 identity,
                 "--lease-seconds",
@@ -179,6 +188,7 @@ impl Operator {
         Self {
             child,
             metrics_port,
+            secure_metrics_port,
             log,
         }
     }
@@ -462,4 +472,50 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
         let (name, value) = l.rsplit_once(' ')?;
         (name == series).then(|| value.parse().ok())?
     })
+}
+
+/// A token of ServiceAccount `sa` (created in `default`), bound to a
+/// `metrics-reader` ClusterRole (get on the non-resource URL /metrics, as
+/// the chart's) when `reader`.
+pub fn service_account_token(cluster: &cluster::Cluster, sa: &str, reader: bool) -> String {
+    let (ok, out) = cluster.kubectl(&["create", "serviceaccount", sa, "-n", NS]);
+    assert!(ok || out.contains("AlreadyExists"), "{out}");
+    if reader {
+        let (ok, out) = cluster.kubectl(&[
+            "create",
+            "clusterrole",
+            "metrics-reader",
+            "--verb=get",
+            "--non-resource-url=/metrics",
+        ]);
+        assert!(ok || out.contains("AlreadyExists"), "{out}");
+        let (ok, out) = cluster.kubectl(&[
+            "create",
+            "clusterrolebinding",
+            &format!("metrics-reader-{sa}"),
+            "--clusterrole=metrics-reader",
+            &format!("--serviceaccount={NS}:{sa}"),
+        ]);
+        assert!(ok || out.contains("AlreadyExists"), "{out}");
+    }
+    let (ok, out) = cluster.kubectl(&["create", "token", sa, "-n", NS, "--duration=2h"]);
+    assert!(ok, "{out}");
+    out.trim().to_string()
+}
+
+/// `curl` of `https://127.0.0.1:PORT/metrics` (self-signed, so unverified)
+/// with `token` as a bearer token: (HTTP status, body).
+pub fn get_secure_metrics(port: u16, token: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "--max-time", "20", "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    let out = cmd
+        .arg(format!("https://127.0.0.1:{port}/metrics"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
