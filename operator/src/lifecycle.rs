@@ -585,9 +585,12 @@ fn decide_stall(c: &mut Ctx<'_>, current: &[&ObservedPod], first_at: i64, what: 
         "every worker's watchdog gave up (the one whose log says it stopped outside a collective stopped first)".to_string()
     } else {
         let names: Vec<String> = silent.iter().map(i32::to_string).collect();
+        let (who, were) = match names.as_slice() {
+            [one] => (format!("worker {one}"), "it was"),
+            _ => (format!("workers {}", names.join(", ")), "they were"),
+        };
         format!(
-            "worker(s) {} stopped first (still running, silent, when the others' watchdogs gave up)",
-            names.join(", ")
+            "{who} stopped first: {were} still running but silent when the others' watchdogs gave up"
         )
     };
     let message = format!("the gang stopped making progress: {what} (no optimiser step for the stall timeout); {first}");

@@ -365,7 +365,10 @@ async fn a_frozen_worker_is_a_stall_that_names_it_restarts_on_its_own_budget_and
         .unwrap_or_default();
     assert_eq!(stalled["status"], "True", "{st}");
     let message = stalled["message"].as_str().unwrap_or_default().to_string();
-    assert!(message.contains("worker(s) 1 stopped first"), "{st}");
+    assert!(
+        message.contains("worker 1 stopped first: it was still running but silent"),
+        "{st}"
+    );
     assert_eq!(st["restarts"], 0, "the failure budget is untouched: {st}");
     assert!(
         st["lostWork"]["gpuSeconds"].as_f64().unwrap_or(0.0) > 0.0,

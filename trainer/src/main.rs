@@ -108,7 +108,7 @@ struct TrainArgs {
     /// Mixed precision level: O0 (off), O1, O2 (AMP_OPT_LEVEL).
     #[arg(long)]
     amp_opt_level: Option<String>,
-    /// Output root: path or file:// URI (OUTPUT); runs go to OUTPUT/MODEL.NAME/TAG.
+    /// Output root: a path, or a file://, s3://, gs:// or az:// URI (OUTPUT); runs go to OUTPUT/MODEL.NAME/TAG.
     #[arg(long)]
     output: Option<String>,
     /// Run tag (TAG).

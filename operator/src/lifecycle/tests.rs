@@ -779,7 +779,9 @@ fn a_stall_waits_for_the_other_watchdogs_names_the_silent_worker_and_uses_its_ow
     let stalled = condition(&d.status, STALLED_CONDITION).unwrap();
     assert_eq!(stalled.status, "True");
     assert!(
-        stalled.message.contains("worker(s) 1 stopped first"),
+        stalled
+            .message
+            .contains("worker 1 stopped first: it was still running but silent"),
         "{}",
         stalled.message
     );

@@ -194,10 +194,20 @@ pub fn rank_device(
     Err(DistError::Env {
         var: ENV_LOCAL_WORLD_SIZE.into(),
         message: format!(
-            "{} ranks on this machine but {visible_gpus} GPUs visible: start one rank per GPU (--nproc-per-node, gpusPerWorker, --gpus-per-task) or make every GPU visible",
-            world.local_world_size
+            "{} on this machine but {} visible: start one rank per GPU (--nproc-per-node, gpusPerWorker, --gpus-per-task) or make every GPU visible",
+            count(world.local_world_size, "rank"),
+            count(visible_gpus, "GPU")
         ),
     })
+}
+
+/// `n thing`, or `n things` for any n but one ("1 GPU", "2 GPUs").
+pub fn count(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
 }
 
 #[cfg(test)]
@@ -313,5 +323,7 @@ mod tests {
         // Too few GPUs for the ranks: an error naming the numbers.
         let e = rank_device(cuda, &world(1, 4), 2).unwrap_err().to_string();
         assert!(e.contains("4 ranks") && e.contains("2 GPUs"), "{e}");
+        assert_eq!(count(1, "GPU"), "1 GPU");
+        assert_eq!(count(0, "GPU"), "0 GPUs");
     }
 }

@@ -91,7 +91,7 @@ impl Nccl {
         // up NCCL's own state.
         let lib = unsafe { Library::new(NCCL_LIBRARY) }.map_err(|e| {
             nccl_error(format!(
-                "cannot load {NCCL_LIBRARY} ({e}): install the CUDA build of the PyTorch wheel (it ships NCCL) or train with --device cpu"
+                "cannot load {NCCL_LIBRARY} ({e}): install the CUDA build of the PyTorch wheel (it ships NCCL), or unset RIDE_DIST_BACKEND for the TCP backend, which trains on GPUs too"
             ))
         })?;
         // SAFETY: each symbol is resolved with the signature of NCCL's
@@ -158,8 +158,9 @@ impl NcclCollective {
         let gpus = tch::Cuda::device_count().max(0) as usize;
         if device >= gpus {
             return Err(nccl_error(format!(
-                "NCCL {} is loaded but this process sees {gpus} CUDA device(s), not cuda:{device}: train with --device cpu (the TCP backend), or run where a GPU is visible",
-                nccl.version_string()
+                "NCCL {} is loaded but this process sees {}, so not cuda:{device}: run where that GPU is visible (CUDA_VISIBLE_DEVICES), or train with --device cpu",
+                nccl.version_string(),
+                crate::dist::env::count(gpus, "CUDA device")
             )));
         }
         let mut id = UniqueId { internal: [0; 128] };
@@ -286,11 +287,11 @@ mod tests {
             .expect("no GPU, no communicator")
             .to_string();
         // Either NCCL is missing (then we say how to get it) or it loaded and
-        // the missing device is named; both point at --device cpu.
+        // the missing device is named; each says what to do instead.
         assert!(e.starts_with("nccl backend: "), "{e}");
-        assert!(e.contains("--device cpu"), "{e}");
         assert!(
-            e.contains("libnccl.so.2") || e.contains("0 CUDA device(s), not cuda:0"),
+            (e.contains("libnccl.so.2") && e.contains("unset RIDE_DIST_BACKEND"))
+                || (e.contains("0 CUDA devices, so not cuda:0") && e.contains("--device cpu")),
             "{e}"
         );
     }
