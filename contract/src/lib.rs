@@ -9,7 +9,9 @@
 use serde::{Deserialize, Serialize};
 
 mod checkpoint_uri;
+mod duration;
 pub use checkpoint_uri::{CheckpointUri, CheckpointUriError, CredentialVar, Scheme};
+pub use duration::{parse_duration, DEFAULT_CHECKPOINT_EVERY, ENV_CHECKPOINT_EVERY};
 
 /// Exit code for "stopped on request (SIGTERM/SIGUSR1), checkpoint saved,
 /// start me again" (EX_TEMPFAIL).

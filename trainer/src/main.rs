@@ -111,6 +111,13 @@ struct TrainArgs {
     /// Output root: a path, or a file://, s3://, gs:// or az:// URI (OUTPUT); runs go to OUTPUT/MODEL.NAME/TAG.
     #[arg(long)]
     output: Option<String>,
+    /// Also save a mid-epoch checkpoint whenever this long has passed since
+    /// the last save (90s, 30m, 1h30m; 0: off): every rank agrees at the next
+    /// optimiser step and rank 0 saves in the background. Retention keeps the
+    /// newest KEEP_LAST of these beside the epoch checkpoints; evaluation
+    /// stays on the epoch rules.
+    #[arg(long, env = ride_contract::ENV_CHECKPOINT_EVERY, default_value = ride_contract::DEFAULT_CHECKPOINT_EVERY, value_parser = checkpoint_every)]
+    checkpoint_every: Every,
     /// Run tag (TAG).
     #[arg(long)]
     tag: Option<String>,
@@ -233,6 +240,7 @@ fn cmd_train(a: TrainArgs, log_format: ride_trainer::logging::LogFormat) -> Resu
             metrics_addr,
             progress,
             stop: Some(stop_flag()?),
+            checkpoint_every: a.checkpoint_every.0,
             world,
             report: report.clone(),
         },
@@ -302,6 +310,14 @@ fn write_termination_message(
 }
 
 /// SIGTERM and SIGUSR1 ask training to checkpoint and exit at the next step.
+/// A `--checkpoint-every` value (`None`: off).
+#[derive(Clone, Copy, Debug)]
+struct Every(Option<std::time::Duration>);
+
+fn checkpoint_every(s: &str) -> Result<Every, String> {
+    ride_contract::parse_duration(s).map(Every)
+}
+
 fn stop_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {

@@ -305,6 +305,123 @@ fn sigterm_saves_a_mid_epoch_checkpoint_and_resume_is_bitwise_exact() {
     }
 }
 
+/// The checkpoint directories of a run under `out` (tiny/default).
+fn checkpoint_dirs(out: &std::path::Path) -> Vec<String> {
+    let mut d: Vec<String> = std::fs::read_dir(out.join("tiny/default"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ckpt_epoch_"))
+        .collect();
+    d.sort();
+    d
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn checkpoints_on_the_clock_keep_beside_the_epoch_ones_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 2, "RIDE");
+    let run = |name: &str, every: &str, keep: &str| {
+        let out = dir.path().join(name);
+        let o = train_cpu(
+            &cfg,
+            &out,
+            &[
+                "--metrics-addr",
+                "off",
+                "--no-progress",
+                "--checkpoint-every",
+                every,
+                "--opts",
+                "TRAIN.EPOCHS",
+                "3",
+                "CHECKPOINT.KEEP_LAST",
+                keep,
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        (out, text(&o))
+    };
+    let weights = |out: &std::path::Path| -> std::collections::BTreeMap<String, tch::Tensor> {
+        tch::Tensor::read_safetensors(out.join("tiny/default/ckpt_epoch_2/model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    let same = |a: &std::path::Path, b: &std::path::Path, what: &str| {
+        let (a, b) = (weights(a), weights(b));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (name, ta) in &a {
+            assert!(ta.equal(&b[name]), "{name} differs: {what}");
+        }
+    };
+    let (straight, _) = run("straight", "0", "0");
+    assert!(
+        checkpoint_dirs(&straight)
+            .iter()
+            .all(|d| !d.contains("_iter_")),
+        "no clock, no mid-epoch saves: {:?}",
+        checkpoint_dirs(&straight)
+    );
+
+    // A 1 ms interval is due at every optimiser step after the first.
+    let (clock, log) = run("clock", "1ms", "2");
+    assert!(log.contains("checkpoint on the clock"), "{log}");
+    let dirs = checkpoint_dirs(&clock);
+    let mid: Vec<&String> = dirs.iter().filter(|d| d.contains("_iter_")).collect();
+    assert_eq!(mid.len(), 2, "the newest two time-based ones: {dirs:?}");
+    assert!(
+        mid.iter().all(|d| d.starts_with("ckpt_epoch_2_iter_")),
+        "{dirs:?}"
+    );
+    for epoch_end in ["ckpt_epoch_1", "ckpt_epoch_2"] {
+        assert!(
+            dirs.contains(&epoch_end.to_string()),
+            "{epoch_end} kept: {dirs:?}"
+        );
+    }
+    same(
+        &straight,
+        &clock,
+        "saving on the clock changed the training",
+    );
+
+    // Resume from a time-based checkpoint in the middle of epoch 1: the end
+    // is bitwise the uninterrupted run's.
+    let (all, _) = run("all", "1ms", "0");
+    let source = "ckpt_epoch_1_iter_2";
+    assert!(
+        checkpoint_dirs(&all).contains(&source.to_string()),
+        "{:?}",
+        checkpoint_dirs(&all)
+    );
+    let resumed = dir.path().join("resumed");
+    copy_dir(
+        &all.join("tiny/default").join(source),
+        &resumed.join("tiny/default").join(source),
+    );
+    let (_, log) = run("resumed", "0", "0");
+    assert!(
+        log.contains(&format!(
+            "resumed from {}/tiny/default/{source}",
+            resumed.display()
+        )),
+        "{log}"
+    );
+    same(&straight, &resumed, "a resume from a time-based checkpoint");
+}
+
 #[test]
 fn bf16_autocast_trains_on_cpu_with_activation_checkpointing() {
     // AMP_DTYPE bfloat16 works on CPU (fp16 stays CUDA-only): the forward

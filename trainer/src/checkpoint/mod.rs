@@ -463,7 +463,10 @@ impl CheckpointStore {
     }
 
     /// Delete checkpoints older than `current` beyond the newest `keep_last`
-    /// complete ones, sparing the best end-of-epoch checkpoint when `keep_best`.
+    /// complete ones of each kind — end-of-epoch and mid-epoch (the clock's
+    /// and preemption saves), so frequent time-based saves never push out
+    /// the epoch checkpoints — sparing the best end-of-epoch checkpoint
+    /// when `keep_best`.
     /// Incomplete directories older than `current` go too. `keep_last == 0`
     /// keeps everything. Returns the deleted directory names.
     pub fn apply_retention(
@@ -500,7 +503,8 @@ impl CheckpointStore {
         } else {
             None
         };
-        let mut kept_complete = 0usize;
+        // Complete checkpoints kept so far: [end of epoch, mid-epoch].
+        let mut kept_complete = [0usize; 2];
         let mut deleted = Vec::new();
         for (d, complete) in dirs {
             let Some(key) = parse_checkpoint_dir_name(&d) else {
@@ -509,8 +513,9 @@ impl CheckpointStore {
             if key > current_key {
                 continue; // newer than what we just wrote: not ours to judge
             }
-            if complete && kept_complete < keep_last {
-                kept_complete += 1;
+            let kind = usize::from(key.1 != u64::MAX);
+            if complete && kept_complete[kind] < keep_last {
+                kept_complete[kind] += 1;
                 continue;
             }
             if best.as_deref() == Some(d.as_str()) || d == current {

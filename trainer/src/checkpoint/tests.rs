@@ -165,6 +165,34 @@ fn retention_keeps_the_newest_and_the_best() {
 }
 
 #[test]
+fn frequent_mid_epoch_saves_do_not_push_out_the_epoch_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    for e in 0..3 {
+        s.save(&weights(e as f32), &[], &meta(e, None, None))
+            .unwrap();
+    }
+    for i in 1..=4 {
+        s.save(&weights(i as f32), &[], &meta(3, Some(i), None))
+            .unwrap();
+    }
+    let deleted = s.apply_retention("ckpt_epoch_3_iter_4", 2, false).unwrap();
+    assert_eq!(
+        deleted,
+        vec!["ckpt_epoch_3_iter_2", "ckpt_epoch_3_iter_1", "ckpt_epoch_0"]
+    );
+    assert_eq!(
+        s.list().unwrap(),
+        vec![
+            "ckpt_epoch_3_iter_4",
+            "ckpt_epoch_3_iter_3",
+            "ckpt_epoch_2",
+            "ckpt_epoch_1"
+        ]
+    );
+}
+
+#[test]
 fn file_uris_and_the_background_writer() {
     let dir = tempfile::tempdir().unwrap();
     let uri = format!("file://{}/run", dir.path().display());

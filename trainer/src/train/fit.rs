@@ -188,6 +188,8 @@ impl Trainer<'_> {
                 self.metrics.clone(),
             )
         });
+        // The time-based checkpoints count from the start of training.
+        self.state.last_save = Some(Instant::now());
         let mut counters = Counters {
             started: Instant::now(),
             images_seen: 0,
@@ -290,6 +292,12 @@ impl Trainer<'_> {
                 counters.shown_loss
             ));
             pb.inc(1);
+            if at.boundary && out.checkpoint && !out.stop {
+                // On the clock: a mid-epoch checkpoint, as the preemption
+                // save writes it, in the background; training goes on.
+                let samples_done = consumed + (k as u64 + 1) * plan.global_batch;
+                self.save_on_the_clock(epoch, idx as u64 + 1, samples_done, plan, writer);
+            }
             if at.boundary && out.stop {
                 self.watchdog.pause();
                 pb.finish_and_clear();
@@ -504,6 +512,7 @@ impl Trainer<'_> {
                 let meta = self.checkpoint_meta(epoch, None, Some(report.clone()), plan);
                 self.submit_checkpoint(w, meta);
             }
+            self.state.last_save = Some(Instant::now());
             self.state.last_checkpoint = Some(format!(
                 "{}/{}",
                 self.output,
@@ -527,6 +536,34 @@ impl Trainer<'_> {
             );
         }
         Ok(())
+    }
+
+    /// The time-based save: a mid-epoch checkpoint written in the background
+    /// (rank 0), the clock restarted on every rank.
+    fn save_on_the_clock(
+        &mut self,
+        epoch: u64,
+        iterations_done: u64,
+        samples_done: u64,
+        plan: &Plan,
+        writer: &mut Option<CheckpointWriter>,
+    ) {
+        if let Some(w) = writer.as_mut() {
+            let eval = self.state.last_eval.clone();
+            let meta =
+                self.checkpoint_meta(epoch, Some((iterations_done, samples_done)), eval, plan);
+            self.submit_checkpoint(w, meta);
+            tracing::info!(
+                "checkpoint on the clock (--checkpoint-every): {}",
+                crate::checkpoint::checkpoint_dir_name(epoch, Some(iterations_done))
+            );
+        }
+        self.state.last_checkpoint = Some(format!(
+            "{}/{}",
+            self.output,
+            crate::checkpoint::checkpoint_dir_name(epoch, Some(iterations_done))
+        ));
+        self.state.last_save = Some(Instant::now());
     }
 
     /// Save a mid-epoch checkpoint and wait until it is durable; the

@@ -51,6 +51,10 @@ pub struct RunOptions {
     pub progress: bool,
     /// Set (e.g. by a signal handler) to stop at the next optimiser step with a checkpoint.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Save a mid-epoch checkpoint when this long has passed since the last
+    /// save (rank 0's clock; all ranks agree at the next optimiser step);
+    /// `None`: only the epoch rules (`SAVE_FREQ`) save.
+    pub checkpoint_every: Option<std::time::Duration>,
     /// This process's place in the job (a single process by default).
     pub world: WorldInfo,
     /// The progress report this run keeps current (served at `/progress`

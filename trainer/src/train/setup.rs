@@ -43,6 +43,9 @@ pub(super) struct TrainState {
     pub last_checkpoint: Option<String>,
     /// Latest evaluation.
     pub last_eval: Option<EvalReport>,
+    /// When the last checkpoint was saved (or training started): the
+    /// clock `RunOptions::checkpoint_every` runs from.
+    pub last_save: Option<std::time::Instant>,
 }
 
 /// LRs after scaling by the global batch, as the reference does.

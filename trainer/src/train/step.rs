@@ -43,6 +43,9 @@ pub(super) struct StepOutcome {
     pub grad_norm: Option<Tensor>,
     /// Some rank was asked to stop (known to all ranks at a boundary).
     pub stop: bool,
+    /// Rank 0's clock says a time-based checkpoint is due (known to all
+    /// ranks at a boundary).
+    pub checkpoint: bool,
 }
 
 impl Trainer<'_> {
@@ -164,12 +167,15 @@ impl Trainer<'_> {
             forward.backward(&micro_loss)?;
         }
         let mut stop = self.stop_requested();
+        // Only rank 0's clock counts, so every rank agrees on the step.
+        let mut checkpoint = at.boundary && self.is_main() && self.checkpoint_due();
         if at.boundary && world_size > 1 {
-            // A stop request is a host flag: it goes round the host ring so
-            // that learning it never waits for the GPU.
-            let mut flag = [f32::from(u8::from(stop))];
-            self.comm.all_reduce_sum_f32(&mut flag)?;
-            stop = flag[0] > 0.0;
+            // Host flags: they go round the host ring so that learning them
+            // never waits for the GPU.
+            let mut flags = [f32::from(u8::from(stop)), f32::from(u8::from(checkpoint))];
+            self.comm.all_reduce_sum_f32(&mut flags)?;
+            stop = flags[0] > 0.0;
+            checkpoint = flags[1] > 0.0;
         }
         if let Some((sum, n)) = pending {
             meter.commit(&sum, n * world_size as u64);
@@ -186,7 +192,19 @@ impl Trainer<'_> {
         if at.boundary && accum > 1 {
             self.opt.zero_grad();
         }
-        Ok(StepOutcome { grad_norm, stop })
+        Ok(StepOutcome {
+            grad_norm,
+            stop,
+            checkpoint,
+        })
+    }
+
+    /// Whether `checkpoint_every` has passed since the last save.
+    fn checkpoint_due(&self) -> bool {
+        match (self.options.checkpoint_every, self.state.last_save) {
+            (Some(every), Some(at)) => at.elapsed() >= every,
+            _ => false,
+        }
     }
 
     fn stop_requested(&self) -> bool {
