@@ -240,6 +240,22 @@ pub struct CheckpointSpec {
     /// Secret whose keys become the worker's environment (`AWS_ACCESS_KEY_ID`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// Also checkpoint mid-epoch whenever this long has passed since the last
+    /// save (`90s`, `30m`, `1h30m`; `0` turns it off), beside the config's
+    /// epoch rules (`SAVE_FREQ`): a failure then loses at most about this
+    /// much work. The trainer's `--checkpoint-every`; default 30m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h))+)$"))]
+    pub every: Option<String>,
+}
+
+impl CheckpointSpec {
+    /// The `--checkpoint-every` value: the spec's, else the default.
+    pub fn every_or_default(&self) -> &str {
+        self.every
+            .as_deref()
+            .unwrap_or(ride_contract::DEFAULT_CHECKPOINT_EVERY)
+    }
 }
 
 /// The CRD's pattern for `checkpoint.uri`: one of the schemes the trainer
@@ -896,6 +912,9 @@ impl RideTrainingSpec {
             }
             Ok(_) => {}
         }
+        if let Err(e) = ride_contract::parse_duration(self.checkpoint.every_or_default()) {
+            return err("checkpoint.every", e);
+        }
         for key in self.trainer.overrides.keys() {
             if key.is_empty() || key.contains(char::is_whitespace) {
                 return err("trainer.overrides", format!("'{key}' is not a config key"));
@@ -1026,5 +1045,25 @@ mod tests {
         let e = spec_with_uri("s3:///run").validate().unwrap_err();
         assert_eq!(e.field, "checkpoint.uri");
         assert!(e.message.contains("names no bucket"), "{e}");
+    }
+
+    #[test]
+    fn checkpoint_intervals_are_durations_or_zero_and_default_to_30m() {
+        let mut spec = spec_with_uri("s3://b/run");
+        assert_eq!(spec.checkpoint.every_or_default(), "30m");
+        let pods = crate::pods::trainer_args(&RideTraining::new("x", spec.clone()));
+        let at = pods.iter().position(|a| a == "--checkpoint-every").unwrap();
+        assert_eq!(pods[at + 1], "30m");
+        let pattern = regex::Regex::new(r"^(0|([0-9]+(ms|s|m|h))+)$").unwrap();
+        for ok in ["0", "45s", "1h30m", "500ms"] {
+            assert!(pattern.is_match(ok), "{ok}");
+            spec.checkpoint.every = Some(ok.into());
+            assert_eq!(spec.validate(), Ok(()), "{ok}");
+        }
+        for bad in ["30", "1.5h", "1d", "99999999999999999999h"] {
+            spec.checkpoint.every = Some(bad.into());
+            let e = spec.validate().unwrap_err();
+            assert_eq!(e.field, "checkpoint.every", "{bad}");
+        }
     }
 }

@@ -42,6 +42,8 @@ pub fn launcher_args(rt: &RideTraining, configs_dir: &Path, output: Option<&str>
         output,
         "--metrics-addr".into(),
         ride_contract::METRICS_OFF.into(),
+        "--checkpoint-every".into(),
+        spec.checkpoint.every_or_default().into(),
     ];
     args.extend(crate::pods::data_and_override_args(spec));
     args
@@ -64,7 +66,7 @@ spec:
     config: synthetic_ride_2e_cpu.yaml
     overrides: {TRAIN.EPOCHS: "2", DATA.BATCH_SIZE: "32"}
   workers: {replicas: 2}
-  checkpoint: {uri: "s3://bucket/demo"}
+  checkpoint: {uri: "s3://bucket/demo", every: 10m}
   restartPolicy: {budget: 5, backoffSeconds: 1, preemptionExempt: true}
 "#,
         )
@@ -74,7 +76,8 @@ spec:
         assert_eq!(
             args,
             "launch --nproc-per-node 2 --max-restarts 5 -- --cfg configs/synthetic_ride_2e_cpu.yaml \
-             --device cpu --output output/demo --metrics-addr off --opts DATA.BATCH_SIZE 32 TRAIN.EPOCHS 2"
+             --device cpu --output output/demo --metrics-addr off --checkpoint-every 10m \
+             --opts DATA.BATCH_SIZE 32 TRAIN.EPOCHS 2"
         );
         // A local location is used as it is; an explicit output wins.
         let mut local = rt.clone();

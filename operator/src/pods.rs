@@ -232,6 +232,8 @@ pub fn trainer_args(rt: &RideTraining) -> Vec<String> {
         "--no-progress".into(),
         "--metrics-addr".into(),
         ride_contract::DEFAULT_METRICS_ADDR.into(),
+        "--checkpoint-every".into(),
+        spec.checkpoint.every_or_default().into(),
     ];
     args.extend(data_and_override_args(spec));
     args

@@ -129,6 +129,11 @@ pub fn render(rt: &RideTraining, configs: &Path, trainer: &str) -> String {
     if let Some(secs) = spec.restart_policy.stall_timeout_seconds {
         export(ride_contract::ENV_STALL_TIMEOUT, &secs.to_string());
     }
+    // The ranks read it from the environment srun passes on.
+    export(
+        ride_contract::ENV_CHECKPOINT_EVERY,
+        spec.checkpoint.every_or_default(),
+    );
     // An array, not RIDE_ARGS: override values may hold spaces or quotes.
     let args: Vec<String> = crate::pods::data_and_override_args(spec)
         .iter()
@@ -197,6 +202,7 @@ mod tests {
             "export RIDE_MAX_REQUEUES='7'",
             "export RIDE_MAX_STALL_REQUEUES='2'",
             "export RIDE_STALL_TIMEOUT='900'",
+            "export RIDE_CHECKPOINT_EVERY='30m'",
             ": \"${AWS_SECRET_ACCESS_KEY:?set AWS_SECRET_ACCESS_KEY for s3://b/run (sbatch passes your environment)}\"",
         ] {
             assert!(s.lines().any(|l| l == line), "{line} in\n{s}");
