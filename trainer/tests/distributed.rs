@@ -333,7 +333,31 @@ fn preempted_gang_resumes_bitwise_and_elastically() {
         t.contains("elastic resume: checkpoint written by 2 ranks, continuing with 1"),
         "{t}"
     );
+    assert!(
+        t.contains("elastic resume keeps the global batch")
+            && t.contains("TRAIN.ACCUMULATION_STEPS is now 2"),
+        "{t}"
+    );
     assert!(elastic.join(w).exists(), "{t}");
+    // The same recipe: as many optimiser steps as the unresized run, ending
+    // at the same LR (one rank accumulates two micro-batches per step).
+    let meta = |root: &Path| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(root.join("tiny/default/ckpt_epoch_2/meta.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (meta(&straight), meta(&elastic));
+    assert_eq!(a["step"], b["step"], "{a}\n{b}");
+    let (la, lb) = (
+        a["next_lr"].as_f64().unwrap(),
+        b["next_lr"].as_f64().unwrap(),
+    );
+    assert!(
+        (la - lb).abs() <= 1e-12 * la.abs().max(1e-30),
+        "{la} vs {lb}"
+    );
+    assert_eq!(b["accumulation"], 2, "{b}");
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -56,6 +56,10 @@ pub struct CheckpointMeta {
     /// World size that wrote the checkpoint.
     #[serde(default = "one")]
     pub world_size: u64,
+    /// Gradient accumulation steps it trained with (`None`: the config's,
+    /// in checkpoints from before resizes kept the global batch).
+    #[serde(default)]
+    pub accumulation: Option<u64>,
     /// Optimiser steps taken.
     pub step: u64,
     /// Micro-batches processed since the start of training.

@@ -6,6 +6,7 @@ fn meta(epoch: u64, iterations_done: Option<u64>, top1: Option<f64>) -> Checkpoi
         iterations_done,
         samples_done: 0,
         world_size: 1,
+        accumulation: None,
         step: 3,
         micro_step: 3,
         next_lr: 0.1,

@@ -88,11 +88,25 @@ struct Counters {
     data_wait: f64,
 }
 
+impl Plan {
+    /// The LR after the micro-batch at iteration `t` of the run: the cosine
+    /// schedule counts optimiser steps (`t / accumulation`, as the
+    /// reference's `step_update((epoch * num_steps + idx) // ACCUMULATION_STEPS)`),
+    /// the epoch-wise step schedule iterations.
+    fn lr_after(&self, t: u64) -> f64 {
+        match &self.schedule {
+            Schedule::Cosine(_) => self.schedule.lr_after(t / self.accumulation.max(1) as u64),
+            Schedule::Step(_) => self.schedule.lr_after(t),
+        }
+    }
+}
+
 impl Trainer<'_> {
     fn plan(&self) -> Result<Plan> {
         let cfg = self.cfg;
         let (bs, world_size) = (cfg.data.batch_size, self.comm.world_size());
-        let accumulation = cfg.train.accumulation_steps.max(1);
+        // The config's, or what keeps the global batch after a resize.
+        let accumulation = self.state.accumulation.max(1);
         // DistributedSampler: every rank gets ceil(N / world) samples per epoch.
         let per_rank = self.data.train.len().div_ceil(world_size);
         let per_epoch = (per_rank / bs) as u64;
@@ -126,12 +140,18 @@ impl Trainer<'_> {
                     gamma: cfg.train.lr_scheduler.decay_rate,
                 })
             } else {
+                // In optimiser steps, as the reference's timm scheduler
+                // (`n_iter_per_epoch = len(loader) // ACCUMULATION_STEPS`):
+                // a resize that changes the accumulation to keep the global
+                // batch then keeps the LR sequence too.
                 Schedule::Cosine(CosineSchedule {
                     base_lr: self.lrs.base,
                     warmup_lr: self.lrs.warmup,
                     min_lr: self.lrs.min,
-                    warmup_steps: (cfg.train.warmup_epochs * per_epoch as f64) as u64,
-                    total_steps: cfg.train.epochs * per_epoch,
+                    warmup_steps: (cfg.train.warmup_epochs
+                        * (per_epoch / accumulation as u64) as f64)
+                        as u64,
+                    total_steps: cfg.train.epochs * (per_epoch / accumulation as u64),
                 })
             },
             averager: GradAverager::new(&self.params, bucket_bytes()?),
@@ -281,7 +301,7 @@ impl Trainer<'_> {
             let lr = self.state.next_lr;
             let out = self.train_step(&mb, at, lr, plan, &mut counters.meter)?;
             if at.boundary {
-                self.state.next_lr = plan.schedule.lr_after(epoch * plan.per_epoch + idx as u64);
+                self.state.next_lr = plan.lr_after(epoch * plan.per_epoch + idx as u64);
             }
             self.state.micro_step += 1;
             iterations += 1;
@@ -605,6 +625,7 @@ impl Trainer<'_> {
             iterations_done: position.map(|(i, _)| i),
             samples_done: position.map_or(0, |(_, s)| s),
             world_size: self.comm.world_size() as u64,
+            accumulation: Some(self.state.accumulation as u64),
             step: self.opt.steps(),
             micro_step: self.state.micro_step,
             next_lr: self.state.next_lr,

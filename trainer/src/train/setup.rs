@@ -43,6 +43,9 @@ pub(super) struct TrainState {
     pub last_checkpoint: Option<String>,
     /// Latest evaluation.
     pub last_eval: Option<EvalReport>,
+    /// Gradient accumulation steps: `TRAIN.ACCUMULATION_STEPS`, changed by
+    /// an elastic resume to keep the global batch.
+    pub accumulation: usize,
     /// When the last checkpoint was saved (or training started): the
     /// clock `RunOptions::checkpoint_every` runs from.
     pub last_save: Option<std::time::Instant>,
@@ -189,6 +192,7 @@ impl<'a> Trainer<'a> {
         let state = TrainState {
             start_epoch: cfg.train.start_epoch,
             next_lr: lrs.warmup,
+            accumulation: cfg.train.accumulation_steps.max(1),
             ..Default::default()
         };
         let mut trainer = Trainer {
@@ -306,6 +310,11 @@ impl<'a> Trainer<'a> {
             s.next_lr = meta.next_lr;
             s.max_accuracy = meta.max_accuracy;
             self.precision.load_scaler_state(meta.scaler);
+            let cfg_accumulation = self.cfg.train.accumulation_steps.max(1) as u64;
+            let saved = meta.accumulation.unwrap_or(cfg_accumulation);
+            // The LRs were scaled for this world at the config's accumulation;
+            // by this factor they become the saved run's.
+            let mut lr_factor = 1.0;
             if meta.world_size as usize != world_size {
                 if meta.iterations_done.is_some() {
                     tracing::info!(
@@ -313,9 +322,44 @@ impl<'a> Trainer<'a> {
                         meta.world_size, meta.samples_done, meta.epoch
                     );
                 }
-                // The reference scales the LR by the global batch; follow the new world.
-                s.next_lr *= world_size as f64 / meta.world_size.max(1) as f64;
+                match keep_global_batch(meta.world_size, saved, world_size as u64) {
+                    Some(accumulation) => {
+                        // Same samples per optimiser step: the recipe's LR
+                        // and schedule stand.
+                        s.accumulation = accumulation as usize;
+                        lr_factor = (meta.world_size * saved) as f64
+                            / (world_size as u64 * cfg_accumulation) as f64;
+                        if self.comm.rank() == 0 {
+                            tracing::info!(
+                                "elastic resume keeps the global batch ({} x {} ranks x {saved} accumulation = {} x {world_size} ranks x {accumulation}): TRAIN.ACCUMULATION_STEPS is now {accumulation}",
+                                self.cfg.data.batch_size, meta.world_size, self.cfg.data.batch_size
+                            );
+                        }
+                    }
+                    None => {
+                        // The config's accumulation on the new world; the
+                        // reference scales the LR by the global batch, so
+                        // the LR follows, and the log says so.
+                        let scale = (world_size as u64 * cfg_accumulation) as f64
+                            / (meta.world_size * saved).max(1) as f64;
+                        s.next_lr *= scale;
+                        s.accumulation = cfg_accumulation as usize;
+                        if self.comm.rank() == 0 {
+                            tracing::warn!(
+                                "elastic resume cannot keep the global batch: {} ranks x {saved} accumulation is not a multiple of {world_size} ranks; the global batch and the LR scale by {scale:.3}",
+                                meta.world_size
+                            );
+                        }
+                    }
+                }
+            } else if saved != cfg_accumulation {
+                // Resized before at this world size: keep that recipe.
+                s.accumulation = saved as usize;
+                lr_factor = saved as f64 / cfg_accumulation as f64;
             }
+            self.lrs.base *= lr_factor;
+            self.lrs.warmup *= lr_factor;
+            self.lrs.min *= lr_factor;
         }
         self.state.last_eval = meta.eval.clone();
         let uri = format!("{}/{}", self.output, c.dir);
@@ -441,5 +485,31 @@ pub fn build_criterion(cfg: &Config, train_counts: &[usize]) -> Criterion {
             Criterion::LabelSmoothing(cfg.model.label_smoothing)
         }
         _ => Criterion::CrossEntropy,
+    }
+}
+/// The accumulation steps that keep `old_world x old_accumulation` ranks'
+/// worth of micro-batches per optimiser step on `new_world` ranks (the
+/// per-rank batch stays the config's), if a whole number does.
+pub(crate) fn keep_global_batch(
+    old_world: u64,
+    old_accumulation: u64,
+    new_world: u64,
+) -> Option<u64> {
+    let total = old_world.checked_mul(old_accumulation.max(1))?;
+    (new_world > 0 && total % new_world == 0).then(|| total / new_world)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_global_batch;
+
+    #[test]
+    fn a_resize_keeps_the_global_batch_where_a_whole_accumulation_does() {
+        assert_eq!(keep_global_batch(2, 1, 1), Some(2));
+        assert_eq!(keep_global_batch(8, 2, 4), Some(4));
+        assert_eq!(keep_global_batch(4, 1, 8), None, "half a step per rank");
+        assert_eq!(keep_global_batch(8, 1, 3), None);
+        assert_eq!(keep_global_batch(4, 3, 6), Some(2));
+        assert_eq!(keep_global_batch(1, 1, 0), None);
     }
 }

@@ -116,6 +116,7 @@ pub fn checkpoint_throughput(
             iterations_done: None,
             samples_done: 0,
             world_size: 1,
+            accumulation: None,
             step: 0,
             micro_step: 0,
             next_lr: 0.0,
