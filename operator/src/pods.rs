@@ -305,6 +305,21 @@ pub fn worker_args(
     args
 }
 
+/// The metrics ports of a pod running `ranks` ranks: each local rank serves
+/// on the metrics port plus its local rank (`metrics`, `metrics-1`, ...),
+/// so the PodMonitor scrapes every one.
+pub fn metrics_ports(ranks: i32) -> impl Iterator<Item = ContainerPort> {
+    (0..ranks.max(1)).map(|r| ContainerPort {
+        name: Some(if r == 0 {
+            "metrics".to_string()
+        } else {
+            format!("metrics-{r}")
+        }),
+        container_port: METRICS_PORT + r,
+        ..Default::default()
+    })
+}
+
 /// The pod of `rank` in `attempt`, for a world of `world_size` workers.
 pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -> Pod {
     let spec = &rt.spec;
@@ -471,18 +486,15 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
                 env: Some(env_vars),
                 resources: Some(ResourceRequirements { ..resources }),
                 volume_mounts: Some(mounts),
-                ports: Some(vec![
-                    ContainerPort {
+                ports: Some(
+                    std::iter::once(ContainerPort {
                         name: Some("rendezvous".into()),
                         container_port: MASTER_PORT,
                         ..Default::default()
-                    },
-                    ContainerPort {
-                        name: Some("metrics".into()),
-                        container_port: METRICS_PORT,
-                        ..Default::default()
-                    },
-                ]),
+                    })
+                    .chain(metrics_ports(g))
+                    .collect(),
+                ),
                 ..Default::default()
             })
             .chain(sidecars.into_iter().map(harden_sidecar))
@@ -835,6 +847,30 @@ sidecars: [{name: shipper, image: "fluent-bit:3"}]
         assert_eq!(
             pod.metadata.labels.unwrap()[POD_GROUP_LABEL],
             "ride-tiny-2e"
+        );
+    }
+
+    #[test]
+    fn every_local_rank_has_a_named_metrics_port() {
+        let mut rt = rt();
+        rt.spec.workers.gpus_per_worker = 4;
+        let p = worker_pod(&rt, 0, 0, 2);
+        let ports: Vec<(String, i32)> = p.spec.unwrap().containers[0]
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("rendezvous".to_string(), MASTER_PORT),
+                ("metrics".to_string(), METRICS_PORT),
+                ("metrics-1".to_string(), METRICS_PORT + 1),
+                ("metrics-2".to_string(), METRICS_PORT + 2),
+                ("metrics-3".to_string(), METRICS_PORT + 3),
+            ]
         );
     }
 }

@@ -319,6 +319,22 @@ fn monitoring_objects_and_dashboard_use_exported_metrics() {
             "{relabel}"
         );
     }
+    // Every rank's port, not only the first (pods with several GPUs).
+    let keep = relabel
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "keep")
+        .expect("a keep on the port name");
+    let re = regex::Regex::new(&format!("^(?:{})$", keep["regex"].as_str().unwrap())).unwrap();
+    for port in ride_operator::pods::metrics_ports(4) {
+        assert!(re.is_match(port.name.as_deref().unwrap()), "{port:?}");
+    }
+    assert!(!re.is_match("rendezvous"));
+    assert!(
+        pm["spec"]["podMetricsEndpoints"][0]["port"].is_null(),
+        "{pm}"
+    );
     assert_eq!(
         find(&r, "ServiceMonitor")["spec"]["endpoints"][0]["honorLabels"],
         true

@@ -137,7 +137,7 @@ scrape_configs:
     relabel_configs:
       - {{action: drop, source_labels: [__meta_kubernetes_pod_phase], regex: (Failed|Succeeded)}}
       - {{action: keep, source_labels: [__meta_kubernetes_pod_labelpresent_ride_dev_training], regex: "true"}}
-      - {{action: keep, source_labels: [__meta_kubernetes_pod_container_port_name], regex: metrics}}
+      - {{action: keep, source_labels: [__meta_kubernetes_pod_container_port_name], regex: "metrics(-[0-9]+)?"}}
       - {{source_labels: [__meta_kubernetes_namespace], target_label: namespace}}
       - {{source_labels: [__meta_kubernetes_pod_name], target_label: pod}}
       - {{source_labels: [__meta_kubernetes_pod_container_name], target_label: container}}
