@@ -88,17 +88,18 @@ fn find<'a>(r: &'a Rendered, kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} in {:?}", kinds(r)))
 }
 
-/// The operator's own ClusterRole (not the metrics ones).
+/// ClusterRoles that are not the operator's own: the metrics endpoint's
+/// and the tenants' aggregated ones.
+fn helper_role(o: &Value) -> bool {
+    let name = o["metadata"]["name"].as_str().unwrap_or_default();
+    name.contains("-metrics-") || name.contains("-ridetrainings-")
+}
+
+/// The operator's own ClusterRole (not the metrics or tenant ones).
 fn operator_cluster_role(r: &Rendered) -> &Value {
     r.objects
         .iter()
-        .find(|o| {
-            o["kind"] == "ClusterRole"
-                && !o["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("-metrics-")
-        })
+        .find(|o| o["kind"] == "ClusterRole" && !helper_role(o))
         .unwrap_or_else(|| panic!("no operator ClusterRole in {:?}", kinds(r)))
 }
 
@@ -230,10 +231,7 @@ fn one_namespace_without_leader_election_gets_a_role_and_one_replica() {
         .filter(|o| o["kind"] == "ClusterRole")
         .collect();
     assert!(
-        cluster_roles.iter().all(|o| o["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("-metrics-")),
+        cluster_roles.iter().all(|o| helper_role(o)),
         "{:?}",
         kinds(&r)
     );
@@ -620,4 +618,47 @@ fn metrics_are_served_over_tls_to_the_metrics_reader_role() {
     assert_eq!(ports, ["https-metrics"]);
     let insecure = render(r#"{"metrics": {"insecure": true}}"#);
     assert!(args(&insecure).contains(&"--insecure-metrics".to_string()));
+}
+
+#[test]
+fn tenants_get_ridetrainings_through_the_built_in_edit_and_view_roles() {
+    let r = render("{}");
+    let role = |suffix: &str| -> &Value {
+        r.objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "ClusterRole"
+                    && o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .ends_with(suffix)
+            })
+            .unwrap_or_else(|| panic!("no {suffix} ClusterRole"))
+    };
+    let edit = role("-ridetrainings-edit");
+    let labels = &edit["metadata"]["labels"];
+    assert_eq!(
+        labels["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    assert_eq!(
+        labels["rbac.authorization.k8s.io/aggregate-to-admin"],
+        "true"
+    );
+    assert!(granted(edit).contains(&("ride.dev".into(), "ridetrainings".into(), "create".into())));
+    let view = role("-ridetrainings-view");
+    assert_eq!(
+        view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    let verbs: BTreeSet<String> = granted(view).into_iter().map(|(_, _, v)| v).collect();
+    assert_eq!(
+        verbs,
+        BTreeSet::from(["get".into(), "list".into(), "watch".into()])
+    );
+    let off = render(r#"{"tenantRoles": {"enabled": false}}"#);
+    assert!(!off.objects.iter().any(|o| o["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("-ridetrainings-")));
 }

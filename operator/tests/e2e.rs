@@ -489,6 +489,51 @@ async fn a_verb_missing_from_the_chart_rbac_fails_visibly_and_helm_upgrade_and_u
     let client = cluster.client().await;
     let c = &client;
 
+    // Tenants get RideTrainings through the built-in roles the chart's
+    // ClusterRoles aggregate into (kube-controller-manager aggregates them).
+    for (sa, role) in [("alice", "edit"), ("bob", "view")] {
+        let (ok, out) = cluster.kubectl(&["create", "serviceaccount", sa, "-n", NS]);
+        assert!(ok, "{out}");
+        let (ok, out) = cluster.kubectl(&[
+            "create",
+            "rolebinding",
+            &format!("{sa}-{role}"),
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={NS}:{sa}"),
+            "-n",
+            NS,
+        ]);
+        assert!(ok, "{out}");
+    }
+    let can = |sa: &str, verb: &str| {
+        cluster
+            .kubectl(&[
+                "auth",
+                "can-i",
+                verb,
+                "ridetrainings.ride.dev",
+                "-n",
+                NS,
+                &format!("--as=system:serviceaccount:{NS}:{sa}"),
+            ])
+            .1
+            .trim()
+            == "yes"
+    };
+    let can = &can;
+    eventually(
+        30,
+        "RideTraining rights aggregated into edit and view",
+        || async move { (can("alice", "create") && can("bob", "list")).then_some(()) },
+        || {
+            cluster
+                .kubectl(&["get", "clusterrole", "edit", "view", "-o", "yaml"])
+                .1
+        },
+    )
+    .await;
+    assert!(!can("bob", "create"), "view may not create trainings");
+
     // Take "create" on pods out of the chart's ClusterRole.
     let (ok, role) = cluster.kubectl(&["get", "clusterrole", "ride-system-ride", "-o", "json"]);
     assert!(ok, "{role}");
