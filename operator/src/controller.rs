@@ -438,7 +438,7 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     let now = unix_now();
     // What the API server's schema cannot check (cross-field rules, this
     // operator's policy); `decide` fails the training on it.
-    let invalid_spec = rt
+    let mut invalid_spec = rt
         .spec
         .validate()
         .and_then(|()| ctx.pod_policy.check(&rt.spec))
@@ -448,16 +448,12 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     // accepted one (decisions and pods alike), supervised, with a
     // condition saying why; only a spec never accepted fails the training.
     let mut rt = rt;
-    let rejected = match (invalid_spec, &old_status.accepted_spec) {
-        (Some(why), Some(accepted)) => {
+    let rejected = match &old_status.accepted_spec {
+        Some(accepted) if invalid_spec.is_some() => {
             rt.spec = accepted.clone();
-            Ok(why)
+            invalid_spec.take()
         }
-        (invalid, _) => Err(invalid),
-    };
-    let (rejected, invalid_spec) = match rejected {
-        Ok(why) => (Some(why), None),
-        Err(invalid) => (None, invalid),
+        _ => None,
     };
 
     let uid = rt.metadata.uid.clone().unwrap_or_default();
@@ -1028,7 +1024,7 @@ pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(120);
 /// half-open connection fails the request instead of hanging the reconcile.
 /// (Watches use a client without the read limit: an idle watch is normal.)
 pub fn request_client_config(mut config: kube::Config) -> kube::Config {
-    config.connect_timeout = Some(Duration::from_secs(10));
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.read_timeout = Some(Duration::from_secs(30));
     config.write_timeout = Some(Duration::from_secs(30));
     // The limit counts from the request, not from when a pooled
@@ -1036,6 +1032,17 @@ pub fn request_client_config(mut config: kube::Config) -> kube::Config {
     config.reset_reader_on_write = true;
     config
 }
+
+/// The client settings for watches: the same connect limit, no response
+/// limit (a quiet watch is not a dead one; kube-runtime's watcher has its
+/// own idle handling).
+pub fn watch_client_config(mut config: kube::Config) -> kube::Config {
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config
+}
+
+/// How long opening a connection to the API server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A reconcile running this long is stuck (each API call has its own
 /// timeout well below it); `/healthz` then fails so the kubelet restarts us.

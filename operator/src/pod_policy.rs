@@ -12,7 +12,7 @@
 //! call it.
 
 use crate::crd::{RideTrainingSpec, SpecError};
-use k8s_openapi::api::core::v1::{Container, Toleration, Volume};
+use k8s_openapi::api::core::v1::{Container, Toleration, Volume, VolumeMount};
 use std::collections::BTreeSet;
 
 /// The Pod Security Standard the operator holds tenant additions to.
@@ -89,31 +89,15 @@ pub const PROTECTED_TAINT_KEYS: [&str; 5] = [
     "node.kubernetes.io/network-unavailable",
 ];
 
-/// The administrator's pod policy (operator flags, chart values).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The administrator's pod policy: the operator's flags (and chart values),
+/// shared by `ride-operator` and `ride check` so both give the same verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
 pub struct PodPolicy {
-    /// The standard tenant additions are held to.
-    pub profile: Profile,
-    /// Host path prefixes a dataset or template volume may use (none: no
-    /// host paths). Mounted read-only unless the profile is `privileged`.
-    pub host_path_prefixes: Vec<String>,
-    /// PriorityClasses a training may name (none: it may not name one and
-    /// gets the cluster's default).
-    pub priority_classes: Vec<String>,
-    /// Protected taint keys a training may tolerate; `*` also allows a
-    /// toleration without a key (which tolerates every taint).
-    pub toleration_keys: Vec<String>,
-}
-
-/// The administrator's pod policy as command-line flags, shared by
-/// `ride-operator` and `ride check` so both give the same verdict.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct PodPolicyArgs {
     /// The Pod Security Standard every container and volume a training adds
     /// is held to; a training that asks for more fails with InvalidSpec,
     /// naming the field.
-    #[arg(long, value_enum, default_value_t = Profile::Restricted)]
-    pub pod_security: Profile,
+    #[arg(long = "pod-security", value_enum, default_value_t = Profile::Restricted)]
+    pub profile: Profile,
     /// Host path prefixes datasets and template volumes may use (comma
     /// separated or repeated; none by default: a host path reads the node's
     /// files). Mounted read-only unless --pod-security=privileged.
@@ -123,7 +107,8 @@ pub struct PodPolicyArgs {
         value_delimiter = ','
     )]
     pub host_path_prefixes: Vec<String>,
-    /// PriorityClasses trainings may name (none by default).
+    /// PriorityClasses trainings may name (none by default: they get the
+    /// cluster's default).
     #[arg(
         long = "allowed-priority-classes",
         value_name = "NAME",
@@ -131,24 +116,14 @@ pub struct PodPolicyArgs {
     )]
     pub priority_classes: Vec<String>,
     /// Control-plane, cordon and set-up taint keys trainings may tolerate
-    /// (`*`: also tolerations without a key); none by default.
+    /// (`*`: also tolerations without a key, which tolerate every taint);
+    /// none by default.
     #[arg(
         long = "allowed-toleration-keys",
         value_name = "KEY",
         value_delimiter = ','
     )]
     pub toleration_keys: Vec<String>,
-}
-
-impl From<PodPolicyArgs> for PodPolicy {
-    fn from(a: PodPolicyArgs) -> Self {
-        PodPolicy {
-            profile: a.pod_security,
-            host_path_prefixes: a.host_path_prefixes,
-            priority_classes: a.priority_classes,
-            toleration_keys: a.toleration_keys,
-        }
-    }
 }
 
 impl PodPolicy {
@@ -174,18 +149,21 @@ impl PodPolicy {
             .filter(|v| v.host_path.is_some())
             .map(|v| v.name.as_str())
             .collect();
-        let writable_host_path = self.profile == Profile::Privileged;
-        for (i, m) in template.volume_mounts.iter().enumerate() {
-            if !writable_host_path
-                && host_volumes.contains(m.name.as_str())
-                && m.read_only != Some(true)
-            {
-                out.push(self.refuse(
-                    format!("workers.template.volumeMounts[{i}].readOnly"),
-                    format!("a host path volume ({}) is mounted read-only", m.name),
-                ));
+        // Host paths are read-only unless the profile is privileged.
+        let check_mounts = |field: &str, mounts: &[VolumeMount], out: &mut Vec<SpecError>| {
+            if self.profile == Profile::Privileged {
+                return;
             }
-        }
+            for (i, m) in mounts.iter().enumerate() {
+                if host_volumes.contains(m.name.as_str()) && m.read_only != Some(true) {
+                    out.push(self.refuse(
+                        format!("{field}.volumeMounts[{i}].readOnly"),
+                        format!("a host path volume ({}) is mounted read-only", m.name),
+                    ));
+                }
+            }
+        };
+        check_mounts("workers.template", &template.volume_mounts, &mut out);
         for (i, c) in template
             .sidecar_containers()
             .unwrap_or_default()
@@ -193,17 +171,11 @@ impl PodPolicy {
             .enumerate()
         {
             let field = format!("workers.template.sidecars[{i}]");
-            for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
-                if !writable_host_path
-                    && host_volumes.contains(m.name.as_str())
-                    && m.read_only != Some(true)
-                {
-                    out.push(self.refuse(
-                        format!("{field}.volumeMounts[{j}].readOnly"),
-                        format!("a host path volume ({}) is mounted read-only", m.name),
-                    ));
-                }
-            }
+            check_mounts(
+                &field,
+                c.volume_mounts.as_deref().unwrap_or_default(),
+                &mut out,
+            );
             // What the pod will carry: the operator's defaults filled in.
             self.check_container(&field, &crate::pods::harden_sidecar(c), &mut out);
         }

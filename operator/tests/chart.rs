@@ -95,6 +95,20 @@ fn helper_role(o: &Value) -> bool {
     name.contains("-metrics-") || name.contains("-ridetrainings-")
 }
 
+/// The ClusterRole whose name ends with `suffix`.
+fn cluster_role_ending<'a>(r: &'a Rendered, suffix: &str) -> &'a Value {
+    r.objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ClusterRole"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .ends_with(suffix)
+        })
+        .unwrap_or_else(|| panic!("no ClusterRole ending in {suffix} in {:?}", kinds(r)))
+}
+
 /// The operator's own ClusterRole (not the metrics or tenant ones).
 fn operator_cluster_role(r: &Rendered) -> &Value {
     r.objects
@@ -558,17 +572,7 @@ fn metrics_are_served_over_tls_to_the_metrics_reader_role() {
         "{a:?}"
     );
     assert!(!a.contains(&"--insecure-metrics".to_string()), "{a:?}");
-    let auth = r
-        .objects
-        .iter()
-        .find(|o| {
-            o["kind"] == "ClusterRole"
-                && o["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .ends_with("-metrics-auth")
-        })
-        .expect("the metrics-auth ClusterRole");
+    let auth = cluster_role_ending(&r, "-metrics-auth");
     let have = granted(auth);
     assert!(have.contains(&(
         "authentication.k8s.io".into(),
@@ -580,17 +584,7 @@ fn metrics_are_served_over_tls_to_the_metrics_reader_role() {
         "subjectaccessreviews".into(),
         "create".into()
     )));
-    let reader = r
-        .objects
-        .iter()
-        .find(|o| {
-            o["kind"] == "ClusterRole"
-                && o["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .ends_with("-metrics-reader")
-        })
-        .expect("the metrics-reader ClusterRole");
+    let reader = cluster_role_ending(&r, "-metrics-reader");
     assert_eq!(reader["rules"][0]["nonResourceURLs"][0], "/metrics");
     let bound = r
         .objects
@@ -623,18 +617,7 @@ fn metrics_are_served_over_tls_to_the_metrics_reader_role() {
 #[test]
 fn tenants_get_ridetrainings_through_the_built_in_edit_and_view_roles() {
     let r = render("{}");
-    let role = |suffix: &str| -> &Value {
-        r.objects
-            .iter()
-            .find(|o| {
-                o["kind"] == "ClusterRole"
-                    && o["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .ends_with(suffix)
-            })
-            .unwrap_or_else(|| panic!("no {suffix} ClusterRole"))
-    };
+    let role = |suffix: &str| cluster_role_ending(&r, suffix);
     let edit = role("-ridetrainings-edit");
     let labels = &edit["metadata"]["labels"];
     assert_eq!(

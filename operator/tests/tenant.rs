@@ -444,6 +444,29 @@ async fn pods_are_no_broader_than_the_restricted_standard_unless_the_admin_allow
     assert!(ok, "{out}");
 }
 
+/// Training `edited`'s status once its SpecRejected condition is `want`.
+async fn spec_rejected(
+    cluster: &common::cluster::Cluster,
+    c: &kube::Client,
+    op: &Operator,
+    want: &str,
+) -> serde_json::Value {
+    eventually(
+        30,
+        &format!("SpecRejected {want}"),
+        || async move {
+            let st = status(c, NS, "edited").await;
+            st["conditions"]
+                .as_array()?
+                .iter()
+                .any(|k| k["type"] == "SpecRejected" && k["status"] == want)
+                .then_some(st)
+        },
+        || describe(cluster, op, "edited"),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_edit_keeps_the_gang_on_the_last_accepted_spec() {
     let (cluster, client, _agents) = setup(&["node-a"]).await;
@@ -463,20 +486,7 @@ async fn a_refused_edit_keeps_the_gang_on_the_last_accepted_spec() {
     let bad = r#"{"spec":{"workers":{"template":{"sidecars":[{"name":"s","image":"busybox","securityContext":{"privileged":true}}]}}}}"#;
     let (ok, out) = cluster.kubectl(&["patch", "rt", "edited", "--type", "merge", "-p", bad]);
     assert!(ok, "{out}");
-    let st = eventually(
-        30,
-        "SpecRejected",
-        || async move {
-            let st = status(c, NS, "edited").await;
-            st["conditions"]
-                .as_array()?
-                .iter()
-                .any(|k| k["type"] == "SpecRejected" && k["status"] == "True")
-                .then_some(st)
-        },
-        || describe(&cluster, &op, "edited"),
-    )
-    .await;
+    let st = spec_rejected(&cluster, c, &op, "True").await;
     assert_eq!(st["phase"], "Running", "{st}");
     let rejected = st["conditions"]
         .as_array()
@@ -543,20 +553,7 @@ async fn a_refused_edit_keeps_the_gang_on_the_last_accepted_spec() {
     let fix = r#"{"spec":{"workers":{"template":null}}}"#;
     let (ok, out) = cluster.kubectl(&["patch", "rt", "edited", "--type", "merge", "-p", fix]);
     assert!(ok, "{out}");
-    let st = eventually(
-        30,
-        "SpecRejected cleared",
-        || async move {
-            let st = status(c, NS, "edited").await;
-            st["conditions"]
-                .as_array()?
-                .iter()
-                .any(|k| k["type"] == "SpecRejected" && k["status"] == "False")
-                .then_some(st)
-        },
-        || describe(&cluster, &op, "edited"),
-    )
-    .await;
+    let st = spec_rejected(&cluster, c, &op, "False").await;
     assert_ne!(st["phase"], "Failed", "{st}");
     assert!(st["acceptedSpec"]["workers"]["template"].is_null(), "{st}");
 }

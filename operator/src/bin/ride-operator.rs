@@ -59,7 +59,7 @@ struct Args {
     #[arg(long, default_value = "json")]
     log_format: String,
     #[command(flatten)]
-    pod_policy: ride_operator::pod_policy::PodPolicyArgs,
+    pod_policy: ride_operator::pod_policy::PodPolicy,
     /// Where `/metrics` is served over TLS to callers whose bearer token a
     /// TokenReview authenticates and a SubjectAccessReview allows to get the
     /// non-resource URL /metrics (`off`: not served).
@@ -176,11 +176,8 @@ async fn main() -> anyhow::Result<()> {
     // read limit, since a quiet watch is not a dead one.
     let client = Client::try_from(controller::request_client_config(config.clone()))
         .context("building the Kubernetes client")?;
-    let watch_client = {
-        let mut c = config;
-        c.connect_timeout = Some(Duration::from_secs(10));
-        Client::try_from(c).context("building the Kubernetes watch client")?
-    };
+    let watch_client = Client::try_from(controller::watch_client_config(config))
+        .context("building the Kubernetes watch client")?;
     let version = client
         .apiserver_version()
         .await
@@ -261,7 +258,7 @@ async fn main() -> anyhow::Result<()> {
             metrics.clone(),
             &identity,
             Duration::from_secs(args.progress_interval_seconds.max(1)),
-            args.pod_policy.clone().into(),
+            args.pod_policy.clone(),
         );
         let run = controller::run(
             ctx,

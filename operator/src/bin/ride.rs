@@ -29,7 +29,7 @@ enum Command {
         files: Vec<PathBuf>,
         /// The operator's pod policy, with the flags it runs with.
         #[command(flatten)]
-        policy: ride_operator::pod_policy::PodPolicyArgs,
+        policy: ride_operator::pod_policy::PodPolicy,
     },
     /// Run a RideTraining manifest on this machine with `ride-trainer launch`.
     RunLocal {
@@ -160,7 +160,7 @@ fn main() -> Result<()> {
             let _ = std::io::stdout().write_all(ride_operator::crd_yaml()?.as_bytes());
         }
         Command::Check { files, policy } => {
-            if !check(&files, &policy.into())? {
+            if !check(&files, &policy)? {
                 std::process::exit(1);
             }
         }

@@ -568,21 +568,12 @@ impl Trainer<'_> {
         plan: &Plan,
         writer: &mut Option<CheckpointWriter>,
     ) {
+        let dir = crate::checkpoint::checkpoint_dir_name(epoch, Some(iterations_done));
         if let Some(w) = writer.as_mut() {
-            let eval = self.state.last_eval.clone();
-            let meta =
-                self.checkpoint_meta(epoch, Some((iterations_done, samples_done)), eval, plan);
-            self.submit_checkpoint(w, meta);
-            tracing::info!(
-                "checkpoint on the clock (--checkpoint-every): {}",
-                crate::checkpoint::checkpoint_dir_name(epoch, Some(iterations_done))
-            );
+            self.submit_mid_epoch(w, epoch, iterations_done, samples_done, plan);
+            tracing::info!("checkpoint on the clock (--checkpoint-every): {dir}");
         }
-        self.state.last_checkpoint = Some(format!(
-            "{}/{}",
-            self.output,
-            crate::checkpoint::checkpoint_dir_name(epoch, Some(iterations_done))
-        ));
+        self.state.last_checkpoint = Some(format!("{}/{dir}", self.output));
         self.state.last_save = Some(Instant::now());
     }
 
@@ -598,16 +589,28 @@ impl Trainer<'_> {
     ) -> Result<Preempted> {
         let mut checkpoint = format!("{}/(saved by rank 0)", self.output);
         if let Some(w) = writer.as_mut() {
-            let eval = self.state.last_eval.clone();
-            let meta =
-                self.checkpoint_meta(epoch, Some((iterations_done, samples_done)), eval, plan);
-            self.submit_checkpoint(w, meta);
+            self.submit_mid_epoch(w, epoch, iterations_done, samples_done, plan);
             checkpoint = w
                 .wait()?
                 .ok_or_else(|| anyhow::anyhow!("no checkpoint was saved"))?;
         }
         self.comm.barrier()?;
         Ok(Preempted { checkpoint })
+    }
+
+    /// Hand a mid-epoch checkpoint of the current state (with the latest
+    /// evaluation) to the background writer.
+    fn submit_mid_epoch(
+        &self,
+        w: &mut CheckpointWriter,
+        epoch: u64,
+        iterations_done: u64,
+        samples_done: u64,
+        plan: &Plan,
+    ) {
+        let eval = self.state.last_eval.clone();
+        let meta = self.checkpoint_meta(epoch, Some((iterations_done, samples_done)), eval, plan);
+        self.submit_checkpoint(w, meta);
     }
 
     /// The checkpoint record of the current state: `position` is
