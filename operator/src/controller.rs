@@ -448,8 +448,15 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     // accepted one (decisions and pods alike), supervised, with a
     // condition saying why; only a spec never accepted fails the training.
     let mut rt = rt;
+    // Status is not the tenant's to write, but whoever can write it must not
+    // get past the checks either: the accepted spec is checked again.
+    let still_valid = |spec: &crate::crd::RideTrainingSpec| {
+        spec.validate()
+            .and_then(|()| ctx.pod_policy.check(spec))
+            .is_ok()
+    };
     let rejected = match &old_status.accepted_spec {
-        Some(accepted) if invalid_spec.is_some() => {
+        Some(accepted) if invalid_spec.is_some() && still_valid(accepted) => {
             rt.spec = accepted.clone();
             invalid_spec.take()
         }

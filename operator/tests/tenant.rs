@@ -556,4 +556,49 @@ async fn a_refused_edit_keeps_the_gang_on_the_last_accepted_spec() {
     let st = spec_rejected(&cluster, c, &op, "False").await;
     assert_ne!(st["phase"], "Failed", "{st}");
     assert!(st["acceptedSpec"]["workers"]["template"].is_null(), "{st}");
+
+    // An accepted spec written into status by someone else (status is not
+    // a tenant's to write, but still) is checked again, not trusted: with a
+    // privileged sidecar in it, a refused edit fails the training instead
+    // of running that sidecar. (With the operator running it would write
+    // the real accepted spec back first; stopped, the forgery and the edit
+    // are what it finds when it starts.)
+    drop(op);
+    let mut forged = st["acceptedSpec"].clone();
+    forged["workers"]["template"] = serde_json::json!({"sidecars": [
+        {"name": "s", "image": "busybox", "securityContext": {"privileged": true}}
+    ]});
+    let patch = serde_json::json!({"status": {"acceptedSpec": forged}}).to_string();
+    let (ok, out) = cluster.kubectl(&[
+        "patch",
+        "rt",
+        "edited",
+        "--subresource=status",
+        "--type",
+        "merge",
+        "-p",
+        &patch,
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = cluster.kubectl(&["patch", "rt", "edited", "--type", "merge", "-p", bad]);
+    assert!(ok, "{out}");
+    let op = Operator::start(&cluster.kubeconfig, "op-edit-2", &["--no-leader-election"]);
+    let st = eventually(
+        30,
+        "InvalidSpec despite the forged accepted spec",
+        || async move {
+            let st = status(c, NS, "edited").await;
+            (st["reason"] == "InvalidSpec").then_some(st)
+        },
+        || describe(&cluster, &op, "edited"),
+    )
+    .await;
+    assert_eq!(st["phase"], "Failed", "{st}");
+    for p in pods_of(c, NS, "edited").await {
+        assert_eq!(
+            p.spec.unwrap().containers.len(),
+            1,
+            "a forged sidecar reached a pod"
+        );
+    }
 }
