@@ -36,6 +36,22 @@ enum Command {
     Launch(LaunchArgs),
     /// Class counts and the many/medium/few split of the training set (labels only), with a plot.
     DataStats(DataStatsArgs),
+    /// Write trained weights in the authors' layout: a `.pth` holding
+    /// `{'model': state_dict}` (what their `main.py --eval --resume` loads)
+    /// or the same state dict as `.safetensors`.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Trained weights: a checkpoint directory, its model.safetensors, or a .pth/.pt.
+    #[arg(long)]
+    weights: PathBuf,
+    /// The file to write: OUT.pth or OUT.safetensors.
+    #[arg(long)]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -372,6 +388,29 @@ fn cmd_launch(a: LaunchArgs, log_format: ride_trainer::logging::LogFormat) -> Re
     std::process::exit(code);
 }
 
+fn cmd_export(a: ExportArgs) -> Result<()> {
+    let s = ride_trainer::export::run(
+        a.config.cfg.as_deref(),
+        &a.config.opts,
+        &a.weights,
+        &a.output,
+    )
+    .context("export")?;
+    if s.router_tensors_dropped > 0 {
+        println!(
+            "left out {} router tensors (the authors' Swin code has no router; `predict --stage router` uses them)",
+            s.router_tensors_dropped
+        );
+    }
+    println!(
+        "wrote {} ({} tensors, {} parameters)",
+        s.output.display(),
+        s.tensors,
+        s.parameters
+    );
+    Ok(())
+}
+
 fn cmd_data_stats(a: DataStatsArgs) -> Result<()> {
     let cfg = a.config.load(Overrides {
         data_path: a.data_path.clone(),
@@ -406,6 +445,7 @@ fn main() {
         Command::Summary(c) => cmd_summary(c),
         Command::Launch(a) => cmd_launch(a, cli.log_format),
         Command::DataStats(a) => cmd_data_stats(a),
+        Command::Export(a) => cmd_export(a),
         Command::Predict(p) => ride_trainer::predict::run(
             &p.config.cfg,
             &p.config.opts,

@@ -2,6 +2,7 @@
 //! files holding a `state_dict`, or the reference's `{'model': state_dict}`)
 //! and safetensors, loaded into the model by reference parameter name.
 
+use crate::pth::read::{TensorRef, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{nn, Kind, Tensor};
@@ -30,42 +31,45 @@ fn read_err(path: &Path, e: impl std::fmt::Display) -> WeightsError {
     }
 }
 
-fn candle_to_tch(t: &candle_core::Tensor) -> Result<Tensor, candle_core::Error> {
-    let shape: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
-    let flat = t.flatten_all()?;
-    Ok(match t.dtype() {
-        candle_core::DType::I64 | candle_core::DType::U32 | candle_core::DType::U8 => {
-            Tensor::from_slice(&flat.to_dtype(candle_core::DType::I64)?.to_vec1::<i64>()?)
-                .view(shape.as_slice())
-        }
-        _ => Tensor::from_slice(&flat.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
-            .view(shape.as_slice()),
-    })
-}
-
-/// Read a PyTorch `.pth`/`.pt` file: a plain state dict, or one nested under `model`.
+/// Read a PyTorch `.pth`/`.pt` file: a plain state dict, or one nested
+/// under `model` or `state_dict` (the authors' checkpoints; other entries,
+/// pickled configs and optimiser state among them, are not read).
 pub fn read_pth(path: &Path) -> Result<BTreeMap<String, Tensor>, WeightsError> {
-    let mut last_err = String::from("no tensors found at the top level or under 'model'");
-    for key in [None, Some("model"), Some("state_dict")] {
-        match candle_core::pickle::PthTensors::new(path, key) {
-            Ok(pth) if !pth.tensor_infos().is_empty() => {
-                let mut out = BTreeMap::new();
-                let names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
-                for name in names {
-                    let t = pth.get(&name).map_err(|e| read_err(path, e))?;
-                    if let Some(t) = t {
-                        // DDP checkpoints prefix every key with `module.`.
-                        let clean = name.strip_prefix("module.").unwrap_or(&name).to_string();
-                        out.insert(clean, candle_to_tch(&t).map_err(|e| read_err(path, e))?);
-                    }
-                }
-                return Ok(out);
-            }
-            Ok(_) => {}
-            Err(e) => last_err = e.to_string(),
+    let mut archive = crate::pth::read::Archive::open(path).map_err(|e| read_err(path, e))?;
+    let root = archive.root.clone();
+    let tensors_in = |v: &Value| -> Vec<(String, TensorRef)> {
+        match v {
+            Value::Dict(items) | Value::Object { items, .. } => items
+                .iter()
+                .filter_map(|(k, v)| match (k, v) {
+                    (Value::Str(k), Value::Tensor(t)) => Some((k.clone(), t.clone())),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
         }
+    };
+    let found = [Some(&root), root.get("model"), root.get("state_dict")]
+        .into_iter()
+        .flatten()
+        .map(tensors_in)
+        .find(|t| !t.is_empty())
+        .ok_or_else(|| {
+            read_err(
+                path,
+                "no tensors found at the top level or under 'model' or 'state_dict'",
+            )
+        })?;
+    let mut out = BTreeMap::new();
+    for (name, t) in found {
+        let tensor = archive
+            .tensor(&t)
+            .map_err(|e| read_err(path, format!("{name}: {e}")))?;
+        // DDP checkpoints prefix every key with `module.`.
+        let clean = name.strip_prefix("module.").unwrap_or(&name).to_string();
+        out.insert(clean, tensor);
     }
-    Err(read_err(path, last_err))
+    Ok(out)
 }
 
 /// Read weights by file type: `.safetensors`, else a PyTorch pickle.
