@@ -49,6 +49,16 @@ pub enum ExitClass {
     Retryable,
 }
 
+/// The accumulation steps that keep `old_world x old_accumulation` ranks'
+/// worth of micro-batches per optimiser step on `new_world` ranks (the
+/// per-rank batch stays the config's), if a whole number does. The trainer
+/// applies it on an elastic resume; the operator says in advance what a
+/// resize will do with it.
+pub fn keep_global_batch(old_world: u64, old_accumulation: u64, new_world: u64) -> Option<u64> {
+    let total = old_world.checked_mul(old_accumulation.max(1))?;
+    (new_world > 0 && total % new_world == 0).then(|| total / new_world)
+}
+
 /// Classify a trainer exit code. Unlike Kubeflow's ExitCode policy, which
 /// calls every code 1–127 permanent, only the codes the trainer uses for
 /// bad inputs are: its runtime errors (a lost rank, a storage hiccup) exit

@@ -703,6 +703,10 @@ pub struct RideTrainingStatus {
     /// Elastic resizes so far (shrinks and grow-backs), limited by `workers.maxResizes`.
     #[serde(default)]
     pub resizes: i32,
+    /// The global batch of the current gang against the recipe's, set at
+    /// each resize (see `docs/distributed.md`, "Elastic resume").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_batch: Option<GlobalBatchStatus>,
     /// Hash of the pod-shaping part of the spec the current attempt runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_hash: Option<String>,
@@ -1066,4 +1070,25 @@ mod tests {
             assert_eq!(e.field, "checkpoint.every", "{bad}");
         }
     }
+}
+
+/// Per-rank batch x ranks x accumulation steps of a resized gang.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalBatchStatus {
+    /// Ranks (workers x GPUs per worker).
+    pub ranks: i64,
+    /// Gradient accumulation steps the trainer runs with.
+    pub accumulation_steps: i64,
+    /// Whether the recipe's global batch (and so its LR) is kept.
+    pub kept: bool,
+    /// `DATA.BATCH_SIZE` when the overrides set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_rank_batch: Option<i64>,
+    /// Images per optimiser step now (when the per-rank batch is known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<i64>,
+    /// Images per optimiser step in the recipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe_images: Option<i64>,
 }

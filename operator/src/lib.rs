@@ -6,6 +6,7 @@
 
 pub mod controller;
 pub mod crd;
+pub mod global_batch;
 pub mod leader;
 pub mod lifecycle;
 pub mod local;

@@ -312,6 +312,12 @@ impl Ctx<'_> {
         }
         self.st.restarts_by_cause.bump(cause);
         self.st.attempt = self.st.attempt.saturating_add(1);
+        if world != self.st.world_size {
+            let g = crate::global_batch::at_world(self.spec, world);
+            let (why, what, warning) = crate::global_batch::resize_event(self.spec, &g);
+            self.event(why, what, warning);
+            self.st.global_batch = Some(g);
+        }
         self.st.world_size = world;
         self.st.running_since = None;
         self.st.restart_time = Some(self.obs.now);

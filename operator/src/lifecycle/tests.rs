@@ -481,6 +481,10 @@ fn elastic_shrink_when_unschedulable_and_grow_back_later() {
         (1, 3, 0)
     );
     assert!(has_event(&d2, "Shrinking"));
+    // 4 ranks x 1 accumulation step cannot be 3 ranks x a whole number.
+    assert!(has_event(&d2, "GlobalBatchChanged"));
+    let g = d2.status.global_batch.clone().unwrap();
+    assert_eq!((g.ranks, g.accumulation_steps, g.kept), (3, 1, false));
     let d3 = decide(&s, &d2.status, &obs(81, vec![]));
     assert_eq!(creates(&d3), vec![(0, 1, 3), (1, 1, 3), (2, 1, 3)]);
     let d4 = decide(&s, &d3.status, &obs(90, gang(1, 3, PodState::Running)));
@@ -489,6 +493,8 @@ fn elastic_shrink_when_unschedulable_and_grow_back_later() {
     let d5 = decide(&s, &d4.status, &obs(150, gang(1, 3, PodState::Running)));
     assert_eq!((d5.status.attempt, d5.status.world_size), (2, 4));
     assert!(has_event(&d5, "Growing"));
+    assert!(has_event(&d5, "GlobalBatchKept"));
+    assert_eq!(d5.status.global_batch.as_ref().map(|g| g.kept), Some(true));
     // Never below minReplicas: with 3 of 4 unschedulable nothing shrinks.
     let mut pods = gang(
         0,

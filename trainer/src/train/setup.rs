@@ -322,7 +322,7 @@ impl<'a> Trainer<'a> {
                         meta.world_size, meta.samples_done, meta.epoch
                     );
                 }
-                match keep_global_batch(meta.world_size, saved, world_size as u64) {
+                match ride_contract::keep_global_batch(meta.world_size, saved, world_size as u64) {
                     Some(accumulation) => {
                         // Same samples per optimiser step: the recipe's LR
                         // and schedule stand.
@@ -487,21 +487,9 @@ pub fn build_criterion(cfg: &Config, train_counts: &[usize]) -> Criterion {
         _ => Criterion::CrossEntropy,
     }
 }
-/// The accumulation steps that keep `old_world x old_accumulation` ranks'
-/// worth of micro-batches per optimiser step on `new_world` ranks (the
-/// per-rank batch stays the config's), if a whole number does.
-pub(crate) fn keep_global_batch(
-    old_world: u64,
-    old_accumulation: u64,
-    new_world: u64,
-) -> Option<u64> {
-    let total = old_world.checked_mul(old_accumulation.max(1))?;
-    (new_world > 0 && total % new_world == 0).then(|| total / new_world)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::keep_global_batch;
+    use ride_contract::keep_global_batch;
 
     #[test]
     fn a_resize_keeps_the_global_batch_where_a_whole_accumulation_does() {
