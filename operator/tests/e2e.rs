@@ -157,6 +157,16 @@ struct CpuExample {
 
 impl CpuExample {
     async fn apply(identity: &str, name: &str, restart_policy: &[&str]) -> Self {
+        Self::apply_checkpointing_every(identity, name, restart_policy, None).await
+    }
+
+    /// [`CpuExample::apply`] with `checkpoint.every` set.
+    async fn apply_checkpointing_every(
+        identity: &str,
+        name: &str,
+        restart_policy: &[&str],
+        every: Option<&str>,
+    ) -> Self {
         let cluster = Cluster::start();
         helm_install(&cluster);
         let op = operator_as_service_account(&cluster, identity);
@@ -172,9 +182,22 @@ impl CpuExample {
             .unwrap()
             .replace(
                 "uri: file:///tmp/ride-cpu",
-                &format!("uri: file://{}", ckpt.display()),
+                &match every {
+                    Some(every) => format!("uri: file://{}\n    every: {every}", ckpt.display()),
+                    None => format!("uri: file://{}", ckpt.display()),
+                },
             )
             .replace("name: ride-cpu", &format!("name: {name}"))
+            // A clock checkpoint needs an epoch longer than its interval:
+            // about 80 steps per epoch instead of 8.
+            .replace(
+                "DATA.SYNTHETIC.MAX_PER_CLASS: \"100\"",
+                if every.is_some() {
+                    "DATA.SYNTHETIC.MAX_PER_CLASS: \"1000\""
+                } else {
+                    "DATA.SYNTHETIC.MAX_PER_CLASS: \"100\""
+                },
+            )
             .replace("TRAIN.EPOCHS: \"1\"", "TRAIN.EPOCHS: \"2\"")
             .replace(
                 "preemptionExempt: true",
@@ -232,20 +255,60 @@ impl CpuExample {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds() {
-    let ex = CpuExample::apply("op-e2e", "ride-cpu", &[]).await;
+    // Checkpoints on a clock as well as at epoch ends: a worker killed
+    // between epochs costs at most about one interval of work.
+    const EVERY_SECONDS: f64 = 1.0;
+    let ex = CpuExample::apply_checkpointing_every("op-e2e", "ride-cpu", &[], Some("1s")).await;
     let (cluster, agents, c) = (&ex.cluster, &ex.agents, &ex.client);
     let ctx = || ex.context();
-    ex.signal_rank_1_after_first_checkpoint("KILL").await;
-    eventually(
-        120,
-        "a gang restart",
+    // Kill once rank 0 has reported a mid-epoch (clock) checkpoint and steps
+    // after it, so the kill lands between epoch checkpoints.
+    let before = eventually(
+        600,
+        "a mid-epoch checkpoint in status and steps after it",
         || async move {
             let st = status(c, NS, "ride-cpu").await;
-            (st["restarts"] == 1 && st["attempt"] == 1).then_some(())
+            let ck = &st["lastCheckpoint"];
+            // Mid-epoch checkpoints are `ckpt_epoch_E_iter_I`.
+            let mid_epoch = ck["uri"].as_str().is_some_and(|u| u.contains("_iter_"));
+            let after = st["progress"]["step"].as_i64().unwrap_or(0)
+                > ck["step"].as_i64().unwrap_or(i64::MAX);
+            (mid_epoch && after).then_some(st)
         },
         ctx,
     )
     .await;
+    let pod = "ride-cpu-0-1";
+    assert!(
+        agents.iter().any(|a| a.signal_pod(NS, pod, "KILL")),
+        "{}",
+        ctx()
+    );
+    let st = eventually(
+        120,
+        "a gang restart",
+        || async move {
+            let st = status(c, NS, "ride-cpu").await;
+            (st["restarts"] == 1 && st["attempt"] == 1).then_some(st)
+        },
+        ctx,
+    )
+    .await;
+    // Work lost: the steps after the newest checkpoint. The trainer saves at
+    // the first step after the interval, so they are at most one interval's
+    // steps plus the step that crossed it and the one in flight.
+    let lost = &st["lostWork"];
+    let steps_per_second = before["progress"]["stepsPerSecond"].as_f64().unwrap_or(0.0);
+    let bound = (EVERY_SECONDS * steps_per_second).ceil() as i64 + 2;
+    let lost_steps = lost["steps"].as_i64().unwrap_or(i64::MAX);
+    assert!(
+        lost_steps <= bound,
+        "lost {lost_steps} steps, more than one {EVERY_SECONDS} s interval ({bound} at {steps_per_second:.2} steps/s): {st}"
+    );
+    println!(
+        "killed between epochs: lost {lost_steps} steps / {:.2} s of training (one interval: {EVERY_SECONDS} s at {steps_per_second:.2} steps/s)",
+        lost["seconds"].as_f64().unwrap_or(f64::NAN)
+    );
     let st = wait_succeeded(c, NS, "ride-cpu", 900, ctx).await;
     assert_eq!(st["restarts"], 1, "{st}");
     assert!(
