@@ -171,9 +171,12 @@ fn legacy_spec_hash(spec: &RideTrainingSpec) -> String {
     let json = serde_json::to_string(&s).unwrap_or_default();
     // Both are plain integers; a string value containing the same text is
     // escaped (`\"`) and cannot match.
-    let newer = regex::Regex::new(r#","(maxExemptRestarts|maxResizes|stallBudget)":-?[0-9]+"#)
-        .expect("static pattern");
-    fnv1a(&newer.replace_all(&json, ""))
+    // Compiled once: this runs in every decision.
+    static NEWER: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#","(maxExemptRestarts|maxResizes|stallBudget)":-?[0-9]+"#)
+            .expect("static pattern")
+    });
+    fnv1a(&NEWER.replace_all(&json, ""))
 }
 
 fn fnv1a(json: &str) -> String {
