@@ -714,3 +714,136 @@ async fn a_verb_missing_from_the_chart_rbac_fails_visibly_and_helm_upgrade_and_u
     let (ok, out) = cluster.kubectl(&["get", "crd", "ridetrainings.ride.dev"]);
     assert!(ok, "{out}");
 }
+
+/// The commands of the README's cluster path, in order, as written
+/// (continuation lines joined, comments dropped).
+fn readme_cluster_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme
+        .find("**On a Kubernetes cluster**")
+        .expect("the README's cluster path");
+    let block = readme[start..]
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("its command block");
+    let mut commands = Vec::new();
+    let mut pending = String::new();
+    for line in block.lines() {
+        let line = line.split(" #").next().unwrap_or("").trim_end();
+        if line.trim_start().starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => pending.push_str(head),
+            None => {
+                pending.push_str(line);
+                commands.push(std::mem::take(&mut pending).trim().to_string());
+            }
+        }
+    }
+    commands
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_cluster_path_runs_as_written_up_to_a_training_that_ran() {
+    let commands = readme_cluster_commands();
+    let cluster = Cluster::start();
+    let client = cluster.client().await;
+    // The example checkpoints to file:///tmp/ride-cpu as written; nothing
+    // else uses that path, and a stale run there would be resumed.
+    let _ = std::fs::remove_dir_all("/tmp/ride-cpu");
+    let mut agents = Vec::new();
+    let mut op = None;
+    let mut ran = Vec::new();
+    for cmd in &commands {
+        let words: Vec<String> = cmd
+            .split_whitespace()
+            .map(|w| {
+                // Paths in the README are relative to the repository root.
+                if w.starts_with("charts/") || w.starts_with("examples/") {
+                    repo().join(w).to_string_lossy().into_owned()
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        let args: Vec<&str> = words.iter().skip(1).map(String::as_str).collect();
+        match words[0].as_str() {
+            // Images are built and run by tests/images.rs; pushing them
+            // needs a registry, which these tests do not have yet.
+            "scripts/images.sh" | "skopeo" => continue,
+            "helm" => {
+                // The one change: no operator pod, since nothing here runs
+                // the operator image; it runs outside the cluster below, as
+                // the chart's ServiceAccount.
+                let mut args = args.clone();
+                args.extend(["--set", "replicas=0"]);
+                let (ok, out) = cluster.helm(&args);
+                assert!(ok, "{cmd}: {out}");
+                cluster.wait_established("ridetrainings.ride.dev");
+                op = Some(operator_as_service_account(&cluster, "op-readme"));
+                agents = cluster.nodes(&["node-a", "node-b"]).await;
+            }
+            "kubectl" if args.first() == Some(&"apply") => {
+                let (ok, out) = cluster.kubectl(&args);
+                assert!(ok, "{cmd}: {out}");
+                let c = &client;
+                let describe = || {
+                    let (_, rt) = cluster.kubectl(&["get", "rt", "-o", "yaml"]);
+                    let logs: String = agents.iter().map(|a| a.logs()).collect();
+                    let op_log = op.as_ref().map(|o| o.log_text()).unwrap_or_default();
+                    format!("{rt}\noperator:\n{op_log}\n{logs}")
+                };
+                // Up to a gang that ran: Running, or already done with it.
+                let st = eventually(
+                    600,
+                    "the example's gang running",
+                    || async move {
+                        let st = status(c, NS, "ride-cpu").await;
+                        (st["runningSince"].is_string() || st["phase"] == "Succeeded").then_some(st)
+                    },
+                    describe,
+                )
+                .await;
+                assert_ne!(st["phase"], "Failed", "{st}");
+            }
+            "kubectl" => {
+                let (ok, out) = cluster.kubectl(&args);
+                assert!(ok, "{cmd}: {out}");
+                if args == ["get", "rt"] {
+                    // The columns the README shows in its comment.
+                    let header: Vec<&str> = out
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .collect();
+                    assert_eq!(
+                        header,
+                        [
+                            "NAME", "PHASE", "WORKERS", "EPOCH", "TOP-1", "PROGRESS", "ETA",
+                            "RESTARTS", "AGE"
+                        ],
+                        "{out}"
+                    );
+                }
+            }
+            other => panic!(
+                "the README's cluster path has a command this test does not know: {other} ({cmd})"
+            ),
+        }
+        ran.push(cmd.clone());
+    }
+    assert_eq!(
+        ran.iter()
+            .map(|c| c.split_whitespace().next().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        ["helm", "kubectl", "kubectl"],
+        "ran: {ran:?}"
+    );
+    println!("README cluster path, as written: {ran:#?}");
+    drop(agents);
+    drop(op);
+    let _ = std::fs::remove_dir_all("/tmp/ride-cpu");
+}
