@@ -1,5 +1,6 @@
 //! What users watch, proven by a real Prometheus (Debian's package, started
-//! by `scripts/prometheus.sh`): it scrapes the trainer pods of a training
+//! by `scripts/prometheus.sh`): it scrapes every rank of a training with two
+//! ranks per worker (node agents with stand-in GPUs, ranks on the CPU)
 //! on the real control plane, relabelled as the chart's PodMonitor asks of
 //! the Prometheus Operator, and the operator (as the chart's ServiceMonitor does, honouring
 //! its labels). Then every query of the chart's Grafana dashboard must
@@ -298,7 +299,15 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     cluster.install_crd();
     let op = Operator::start(&cluster.kubeconfig, "op-obs", &[]);
     let client = cluster.client().await;
-    let agents = cluster.nodes(&["node-a", "node-b"]).await;
+    // Two ranks per worker, as on a node with GPUs: each agent advertises 2
+    // stand-in GPUs (their ranks train on the CPU), each worker takes 2, so
+    // every pod serves `metrics` (9400) and `metrics-1` (9401).
+    let mut agents = Vec::new();
+    for n in ["node-a", "node-b"] {
+        let mut spec = common::node_agent::NodeSpec::new(n, vec![common::cluster::trainer_image()]);
+        spec.gpus = 2;
+        agents.push(cluster.node(spec).await);
+    }
     // Prometheus scrapes the operator's TLS endpoint as the chart's
     // ServiceMonitor does, with a token bound to metrics-reader.
     let operator_addr = format!("127.0.0.1:{}", op.secure_metrics_port);
@@ -332,6 +341,10 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             "uri: file:///tmp/ride-cpu",
             &format!("uri: file://{}", ckpt.display()),
         )
+        .replace(
+            "    replicas: 2\n",
+            "    replicas: 2\n    gpusPerWorker: 2\n",
+        )
         // Long enough that the queries run while the gang still trains.
         .replace(
             "TRAIN.EPOCHS: \"1\"",
@@ -356,10 +369,11 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         s
     };
 
-    // Both trainer pods discovered through the API server, and the operator.
+    // Both ranks of both trainer pods discovered through the API server,
+    // and the operator.
     eventually(
         300,
-        "both trainer targets and the operator up",
+        "all four trainer targets and the operator up",
         || async {
             let up = prom.query("up").ok()?;
             let trainers = up
@@ -369,7 +383,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             let operator = up
                 .iter()
                 .any(|s| s["metric"]["job"] == "ride-operator" && s["value"][1] == "1");
-            (trainers == 2 && operator).then_some(())
+            (trainers == 4 && operator).then_some(())
         },
         ctx,
     )
@@ -430,6 +444,17 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         ))
         .unwrap();
     assert_eq!(ranks.len(), 2, "{ranks:?}");
+    // And every rank of them: two per worker, one per metrics port.
+    let series = prom
+        .query(&format!(
+            r#"count(ride_step{{namespace="{NS}", training="{TRAINING}"}})"#
+        ))
+        .unwrap();
+    assert_eq!(
+        series.first().map(|s| s["value"][1].clone()),
+        Some(Value::from("4")),
+        "{series:?}"
+    );
 
     // Both endpoints follow Prometheus's naming conventions.
     let pods = pods_of(c, NS, TRAINING).await;

@@ -103,7 +103,8 @@ pub struct NodeSpec {
     pub cpu: String,
     /// `status.capacity.memory`.
     pub memory: String,
-    /// `nvidia.com/gpu` capacity (0: none advertised).
+    /// `nvidia.com/gpu` capacity (0: none advertised). These GPUs are
+    /// stand-ins: a container's `--device cuda` runs on the CPU.
     pub gpus: u32,
     /// `status.capacity.pods`.
     pub pods: u32,
@@ -866,13 +867,37 @@ impl Agent {
                 }
             }
         }
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| match a.strip_prefix("0.0.0.0:") {
-                Some(port) => format!("{ip}:{port}"),
-                None => map_value(a, path_map),
-            })
-            .collect();
+        // A pod with several GPUs runs `launch --master-addr A --master-port P`:
+        // the same cluster DNS and per-gang port as MASTER_ADDR/MASTER_PORT.
+        let mut mapped: Vec<String> = Vec::with_capacity(args.len());
+        for (i, a) in args.iter().enumerate() {
+            let flag = i.checked_sub(1).map(|j| args[j].as_str());
+            let cluster = self.dir.parent().unwrap_or(&self.dir);
+            let value = match flag {
+                Some("--master-addr") => self
+                    .resolve(&ns, a, &own_name, &ip)
+                    .await?
+                    .unwrap_or_else(|| a.clone()),
+                Some("--master-port") => {
+                    let addr = args
+                        .iter()
+                        .position(|x| x == "--master-addr")
+                        .and_then(|k| args.get(k + 1))
+                        .cloned()
+                        .unwrap_or_default();
+                    gang_port(cluster, &ns, &addr).to_string()
+                }
+                // This agent's GPUs are stand-ins (no device exists on
+                // these machines): their ranks train on the CPU.
+                Some("--device") if self.spec.gpus > 0 && a.starts_with("cuda") => "cpu".into(),
+                _ => match a.strip_prefix("0.0.0.0:") {
+                    Some(port) => format!("{ip}:{port}"),
+                    None => map_value(a, path_map),
+                },
+            };
+            mapped.push(value);
+        }
+        let args = mapped;
         let log = std::fs::File::create(pod_dir.join("log"))
             .map_err(|e| NotYet::Waiting("CreateContainerError", e.to_string()))?;
         let err = log
