@@ -198,10 +198,14 @@ pub fn update_run_progress(status: &mut RideTrainingStatus, p: &Progress, now: i
         }
     }
     let remaining = total.saturating_sub(step).max(0);
+    // Counted from the report's own last step, not from when it was read:
+    // the same report read again gives the same status, so it makes no
+    // second status write (and no reconcile of its own).
+    let base = last_step_time.unwrap_or(now);
     let eta = match rate {
-        _ if remaining == 0 => Some(now),
+        _ if remaining == 0 => Some(base),
         // `as` saturates: a tiny rate gives the far future, not a wrap.
-        Some(r) if r > 0.0 => Some(now.saturating_add((remaining as f64 / r).round() as i64)),
+        Some(r) if r > 0.0 => Some(base.saturating_add((remaining as f64 / r).round() as i64)),
         _ => None,
     };
     let done = (u128::from(p.step) * 100 / u128::from(p.total_steps)).min(100);
@@ -397,7 +401,10 @@ mod tests {
         // 100 steps in 50 s: 2 steps/s, 800 steps left: 400 s.
         update_run_progress(&mut st, &report(200, 1050.0), 1052);
         let p = st.progress.clone().unwrap();
-        assert_eq!((p.steps_per_second, p.eta), (Some(2.0), Some(1452)));
+        assert_eq!((p.steps_per_second, p.eta), (Some(2.0), Some(1450)));
+        // The same report read again later changes nothing in status.
+        update_run_progress(&mut st, &report(200, 1050.0), 1060);
+        assert_eq!(st.progress.clone().unwrap(), p);
         // Slower now (1 step/s): the rate moves part of the way.
         update_run_progress(&mut st, &report(300, 1150.0), 1150);
         let r = st.progress.clone().unwrap().steps_per_second.unwrap();
@@ -408,6 +415,6 @@ mod tests {
         // Done: 100%, ETA now.
         update_run_progress(&mut st, &report(1000, 2000.0), 2001);
         let p = st.progress.unwrap();
-        assert_eq!((p.percent.as_str(), p.eta), ("100%", Some(2001)));
+        assert_eq!((p.percent.as_str(), p.eta), ("100%", Some(2000)));
     }
 }
