@@ -351,7 +351,24 @@ pub async fn reconcile(
     };
     lock(&ctx.in_flight).remove(&key);
     timer.observe_duration();
-    result
+    match result {
+        // Someone wrote the training between our read and our conditional
+        // status write: nothing failed, the next reconcile reads theirs.
+        Err(e) if is_write_conflict(&e) => {
+            tracing::debug!(training = %key, "status write lost a race (409 Conflict); reconciling again");
+            Ok(Requeue::requeue(CONFLICT_RETRY))
+        }
+        other => other,
+    }
+}
+
+/// How soon a reconcile whose conditional write lost a race runs again.
+pub const CONFLICT_RETRY: Duration = Duration::from_secs(1);
+
+/// A write refused because the object changed since it was read (HTTP 409
+/// with reason `Conflict`; `AlreadyExists` is a 409 too, and is not this).
+pub fn is_write_conflict(e: &ReconcileError) -> bool {
+    matches!(e, ReconcileError::Kube(kube::Error::Api(s)) if s.code == 409 && s.reason == "Conflict")
 }
 
 /// Run `work`, turning a panic in it into an error saying what it said.
@@ -1195,6 +1212,23 @@ pub async fn run(
 mod tests {
     use super::merge_patch;
     use serde_json::json;
+
+    #[test]
+    fn only_a_lost_write_race_is_a_conflict() {
+        let api = |code: u16, reason: &str| {
+            super::ReconcileError::Kube(kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                reason: reason.into(),
+                ..Default::default()
+            })))
+        };
+        assert!(super::is_write_conflict(&api(409, "Conflict")));
+        assert!(!super::is_write_conflict(&api(409, "AlreadyExists")));
+        assert!(!super::is_write_conflict(&api(422, "Invalid")));
+        assert!(!super::is_write_conflict(
+            &super::ReconcileError::Incomplete("name")
+        ));
+    }
 
     #[tokio::test]
     async fn a_panic_is_contained_and_says_what_it_said() {
