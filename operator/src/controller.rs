@@ -362,6 +362,9 @@ pub async fn reconcile(
     }
 }
 
+/// Seconds between looks at a predecessor's same-named pod that is going away.
+const PREDECESSOR_POLL: i64 = 2;
+
 /// How soon a reconcile whose conditional write lost a race runs again.
 pub const CONFLICT_RETRY: Duration = Duration::from_secs(1);
 
@@ -762,6 +765,18 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
                 }
                 let pod = worker_pod(&rt, rank, attempt, world_size);
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                // A same-named pod of a predecessor (deleted and created
+                // again under its name) is still being collected: applying
+                // over it would make it ours, and its deletion would then
+                // look like a lost worker. Wait until it is gone.
+                let predecessor = pods.items.iter().any(|p| {
+                    p.metadata.name.as_deref() == Some(pod_name.as_str())
+                        && !p.owner_references().iter().any(|o| o.uid == uid)
+                });
+                if predecessor {
+                    requeue = Some(requeue.map_or(PREDECESSOR_POLL, |r| r.min(PREDECESSOR_POLL)));
+                    continue;
+                }
                 if let Err(e) = pods_api.patch(&pod_name, &apply, &Patch::Apply(&pod)).await {
                     // Quota, admission, RBAC: say so where users look, then
                     // retry with backoff (error_policy).

@@ -245,6 +245,9 @@ async fn a_training_created_again_under_its_old_name_inherits_nothing() {
     );
     assert_eq!(st["latestEval"]["overall"], 5.0, "{st}");
     assert_eq!(st["restarts"], 0, "{st}");
+    // Nor a restart of its own from the predecessor's same-named pods going
+    // away (applied over, they would have become its workers).
+    assert_eq!(st["exemptRestarts"], 0, "{st}");
 
     // The operator's memory follows the live trainings.
     let (ok, out) = cluster.kubectl(&["delete", "rt", "reborn"]);
