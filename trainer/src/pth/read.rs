@@ -152,6 +152,22 @@ impl<'a> Machine<'a> {
         self.stack.pop();
         Ok(items)
     }
+    /// Store a copy of the top of the stack under memo key `i`.
+    fn memo_put(&mut self, i: u32) -> Result<(), String> {
+        let v = self.top()?.clone();
+        self.memo.insert(i, v);
+        Ok(())
+    }
+    /// Push the value stored under memo key `i`.
+    fn memo_get(&mut self, i: u32) -> Result<(), String> {
+        let v = self
+            .memo
+            .get(&i)
+            .cloned()
+            .ok_or_else(|| err("pickle refers to an unknown memo entry"))?;
+        self.stack.push(v);
+        Ok(())
+    }
     fn set_items(&mut self, pairs: Vec<Value>) -> Result<(), String> {
         if pairs.len() % 2 != 0 {
             return Err(err("odd number of dict items in pickle"));
@@ -433,36 +449,23 @@ impl<'a> Machine<'a> {
                 }
                 b'q' => {
                     let i = self.u8()? as u32;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
+                    self.memo_put(i)?;
                 }
                 b'r' => {
                     let i = self.u32()?;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
+                    self.memo_put(i)?;
                 }
                 0x94 => {
                     let i = self.memo.len() as u32; // MEMOIZE
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
+                    self.memo_put(i)?;
                 }
                 b'h' => {
                     let i = self.u8()? as u32;
-                    let v = self
-                        .memo
-                        .get(&i)
-                        .cloned()
-                        .ok_or_else(|| err("pickle refers to an unknown memo entry"))?;
-                    self.stack.push(v)
+                    self.memo_get(i)?
                 }
                 b'j' => {
                     let i = self.u32()?;
-                    let v = self
-                        .memo
-                        .get(&i)
-                        .cloned()
-                        .ok_or_else(|| err("pickle refers to an unknown memo entry"))?;
-                    self.stack.push(v)
+                    self.memo_get(i)?
                 }
                 b'0' => {
                     self.pop()?;
