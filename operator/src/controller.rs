@@ -3,22 +3,37 @@
 //! does it, and writes the status. All decisions live in `lifecycle`; this
 //! module is the I/O around them.
 //!
-//! Each reconcile reads the RideTraining and its pods fresh from the API
-//! server rather than from the watch cache: acting on a stale status (for
-//! example one that predates our own restart) could delete the new gang.
-//! The decision is recorded first: the new status is written, carrying the
-//! read `resourceVersion`, and only then are pods deleted and created, Events
-//! sent and metrics counted. A concurrent change makes the write fail and
-//! nothing happens; a crash or error after the write leaves a status that
-//! the next reconcile completes (its actions are idempotent: pods of older
-//! attempts go, missing ranks of the current one are created), so a restart
-//! is never counted twice nor a verdict lost.
+//! Reconciles read the watch caches, not the API server: the training as
+//! the controller's store holds it, its pods and Service from reflector
+//! stores filled by the very watches that trigger reconciles, nodes from a
+//! node cache. Two rules make decisions on caches safe:
+//!
+//! - **Expectations** ([`crate::expectations`]): a training whose caches do
+//!   not yet show the operator's own last creates, deletes and status write
+//!   is not decided until they do (their watch events trigger the
+//!   reconcile); expectations unmet for a minute mean a watch lost events,
+//!   and the API server is read that once.
+//! - **The decision is recorded first**, conditionally: the new status is
+//!   written carrying the resourceVersion the decision was made on (when
+//!   the status does not change but pods are to be created or deleted, an
+//!   empty patch carrying it), and only then are pods deleted and created,
+//!   Events sent and metrics counted. A training changed since (a newer
+//!   status not yet in the cache, a tenant's edit) fails the write with
+//!   409 Conflict, nothing is done and it is reconciled again in a second.
+//!   A crash after the write leaves a status that the next reconcile
+//!   completes (its actions are idempotent), so a restart is never counted
+//!   twice nor a verdict lost.
+//!
+//! Nothing is polled: a training is reconciled when a watch shows a change,
+//! when a progress poll of its rank 0 brings a new report, and at the
+//! earliest time the decision says something falls due.
 //!
 //! Progress comes from the trainer's rank 0, never from its storage: its
 //! `/progress` endpoint, polled in the background (a slow pod never holds
 //! up a reconcile), and its termination message when it ends.
 
 use crate::crd::{phase_labels, Phase, RideTraining, RideTrainingStatus, PENDING_LABEL};
+use crate::expectations::{CachedPod, Expectations, Verdict};
 use crate::lifecycle::{decide, Action, Observed};
 use crate::metrics::OperatorMetrics;
 use crate::observe::{apply_progress, observe_pod, pod_ip};
@@ -30,17 +45,19 @@ use crate::pods::{
 use crate::report::{ReportClock, ReportError};
 use futures::FutureExt;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, Preconditions,
 };
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, store::Writer, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use ride_contract::Progress;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,6 +117,14 @@ struct PolledProgress {
     report: Result<Progress, ReportError>,
 }
 
+impl PolledProgress {
+    /// Whether `other` says nothing new (a refusal always is news).
+    fn same_as(&self, other: &PolledProgress) -> bool {
+        self.attempt == other.attempt
+            && matches!((&self.report, &other.report), (Ok(a), Ok(b)) if a == b)
+    }
+}
+
 /// The condition saying the operator hit a bug on this training (a
 /// reconcile panicked); False again after the next reconcile that succeeds.
 pub const OPERATOR_ERROR_CONDITION: &str = "OperatorError";
@@ -137,7 +162,39 @@ pub struct Context {
     /// What the pods made for a tenant may carry (an administrator's
     /// setting, never a tenant's).
     pod_policy: PodPolicy,
+    /// The pod, Service and node caches reconciles read.
+    caches: Caches,
+    /// Their writers, taken by [`run`] (one run per context).
+    writers: Mutex<Option<CacheWriters>>,
+    /// Whether the node cache has been filled (until then, and when nodes
+    /// may not be read, no node counts as lost).
+    nodes_synced: Arc<AtomicBool>,
+    /// What this operator did that its caches may not show yet.
+    expectations: Mutex<Expectations>,
+    /// Trainings whose progress poll brought a new report: reconciled
+    /// through `reconcile_on`.
+    polled_tx: futures::channel::mpsc::UnboundedSender<ObjectRef<RideTraining>>,
+    polled_rx: Mutex<Option<futures::channel::mpsc::UnboundedReceiver<ObjectRef<RideTraining>>>>,
 }
+
+/// The caches the reconciler reads instead of the API server.
+#[derive(Clone)]
+struct Caches {
+    pods: Store<Pod>,
+    services: Store<Service>,
+    nodes: Store<Node>,
+}
+
+/// What fills [`Caches`]: the watches in [`run`].
+struct CacheWriters {
+    pods: Writer<Pod>,
+    services: Writer<Service>,
+    nodes: Writer<Node>,
+}
+
+/// How soon a training whose caches do not yet show our own last actions
+/// is looked at again if no watch event comes first (one normally does).
+pub const EXPECTATION_RECHECK: Duration = Duration::from_secs(5);
 
 impl Context {
     /// A context whose events name `instance` as the reporting instance and
@@ -154,7 +211,25 @@ impl Context {
             controller: FIELD_MANAGER.into(),
             instance: Some(instance.into()),
         };
+        let (pods, pods_writer) = reflector::store();
+        let (services, services_writer) = reflector::store();
+        let (nodes, nodes_writer) = reflector::store();
+        let (polled_tx, polled_rx) = futures::channel::mpsc::unbounded();
         Arc::new(Self {
+            caches: Caches {
+                pods,
+                services,
+                nodes,
+            },
+            writers: Mutex::new(Some(CacheWriters {
+                pods: pods_writer,
+                services: services_writer,
+                nodes: nodes_writer,
+            })),
+            nodes_synced: Arc::new(AtomicBool::new(false)),
+            expectations: Mutex::new(Expectations::default()),
+            polled_tx,
+            polled_rx: Mutex::new(Some(polled_rx)),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
@@ -177,7 +252,7 @@ impl Context {
     fn poll_progress(
         &self,
         key: String,
-        training: String,
+        training: ObjectRef<RideTraining>,
         attempt: i32,
         ip: std::net::IpAddr,
         created: f64,
@@ -188,6 +263,7 @@ impl Context {
         let (cache, polling) = (Arc::clone(&self.progress), Arc::clone(&self.polling));
         let refused = Arc::clone(&self.refused_polls);
         let metrics = Arc::clone(&self.metrics);
+        let reconcile = self.polled_tx.clone();
         tokio::spawn(async move {
             match crate::progress::fetch(ip, METRICS_PORT as u16, PROGRESS_TIMEOUT).await {
                 Ok(raw) => {
@@ -204,7 +280,14 @@ impl Context {
                         tracing::warn!(%training, error = %e, "refused rank 0's progress report");
                         lock(&refused).insert(key.clone(), e.clone());
                     }
-                    lock(&cache).insert(key.clone(), PolledProgress { attempt, report });
+                    let new = PolledProgress { attempt, report };
+                    let changed = lock(&cache)
+                        .insert(key.clone(), new.clone())
+                        .is_none_or(|old| !old.same_as(&new));
+                    // Only news is worth a reconcile (and a status write).
+                    if changed {
+                        let _ = reconcile.unbounded_send(training.clone());
+                    }
                 }
                 Err(e) => tracing::debug!(%training, error = %e, "no progress report"),
             }
@@ -225,6 +308,7 @@ impl Context {
         lock(&self.failures).remove(key);
         lock(&self.refused_polls).remove(key);
         lock(&self.refused_final).remove(key);
+        lock(&self.expectations).forget(key);
     }
 
     /// Drop what is kept for trainings not among `live` (the uids in the
@@ -237,6 +321,7 @@ impl Context {
         lock(&self.failures).retain(|k, _| live.contains(k));
         lock(&self.refused_polls).retain(|k, _| live.contains(k));
         lock(&self.refused_final).retain(|k, _| live.contains(k));
+        lock(&self.expectations).retain(live);
     }
 
     /// How many trainings some per-training state is kept for (a test's
@@ -249,6 +334,7 @@ impl Context {
         all.extend(lock(&self.failures).keys().cloned());
         all.extend(lock(&self.refused_polls).keys().cloned());
         all.extend(lock(&self.refused_final).keys().cloned());
+        all.extend(lock(&self.expectations).keys().cloned());
         all.len()
     }
 
@@ -261,20 +347,18 @@ impl Context {
             .insert(pod.to_string())
     }
 
-    /// Whether progress is due for `key` (and mark it read if so).
-    fn progress_due(&self, key: &str, force: bool) -> bool {
-        let mut map = self
-            .last_progress_read
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let due = force
-            || map
-                .get(key)
-                .is_none_or(|t| t.elapsed() >= self.progress_interval);
-        if due {
-            map.insert(key.to_string(), Instant::now());
+    /// Whether a progress poll of `key` is due now (it is then marked
+    /// done), or else how long until it is.
+    fn progress_due(&self, key: &str) -> Result<(), Duration> {
+        let mut map = lock(&self.last_progress_read);
+        let since = map.get(key).map(Instant::elapsed);
+        match since {
+            Some(t) if t < self.progress_interval => Err(self.progress_interval - t),
+            _ => {
+                map.insert(key.to_string(), Instant::now());
+                Ok(())
+            }
         }
-        due
     }
 }
 
@@ -415,7 +499,7 @@ async fn report_operator_error(ctx: &Context, cached: &RideTraining, message: &s
             unix_now(),
             now.metadata.generation,
         );
-        write_status(&rts, &now, &old, &marked).await
+        write_status(&rts, &now, &old, &marked, false).await
     };
     if let Err(e) = written.await {
         tracing::warn!(error = %e, "cannot record the operator error in status");
@@ -434,26 +518,73 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     let rts: Api<RideTraining> = Api::namespaced(ctx.client.clone(), &ns);
     // Per-training state is keyed by uid (see `Context`).
     let key = cached.metadata.uid.clone().unwrap_or_default();
-    let rt = match rts.get(&name).await {
-        Ok(rt) => rt,
-        Err(e) if is_not_found(&e) => {
-            ctx.forget(&key);
-            return Ok(Requeue::await_change());
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if rt.metadata.uid.as_deref() != Some(key.as_str()) {
-        // Deleted and created again since the event: the new object's own
-        // event reconciles it.
-        ctx.forget(&key);
-        return Ok(Requeue::await_change());
-    }
-    if rt.metadata.deletion_timestamp.is_some() {
+    if cached.metadata.deletion_timestamp.is_some() {
         // Owner references take the pods and the Service with it: nothing
         // to decide, observe or write.
         ctx.forget(&key);
         return Ok(Requeue::await_change());
     }
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let svc_api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let labelled = |p: &Pod| {
+        p.metadata.namespace.as_deref() == Some(ns.as_str())
+            && p.labels().get(LABEL_TRAINING) == Some(&name)
+    };
+    let cached_pods = ctx.caches.pods.state_filter(labelled);
+    let verdict = lock(&ctx.expectations).check(
+        &key,
+        cached.metadata.resource_version.as_deref(),
+        cached_pods
+            .iter()
+            .filter(|p| p.owner_references().iter().any(|o| o.uid == key))
+            .filter_map(|p| {
+                Some(CachedPod {
+                    uid: p.metadata.uid.as_deref()?,
+                    deleting: p.metadata.deletion_timestamp.is_some(),
+                })
+            }),
+        Instant::now(),
+    );
+    let (rt, pods, service): (RideTraining, Vec<Arc<Pod>>, Option<Arc<Service>>) = match verdict {
+        Verdict::Met => {
+            let service = ctx
+                .caches
+                .services
+                .get(&ObjectRef::new(&service_name(cached)).within(&ns));
+            ((*cached).clone(), cached_pods, service)
+        }
+        Verdict::Waiting { what } => {
+            tracing::debug!(training = %name, namespace = %ns, %what, "the caches do not yet show our last actions; waiting for their watch events");
+            return Ok(Requeue::requeue(EXPECTATION_RECHECK));
+        }
+        Verdict::Expired { what } => {
+            // A watch lost events: decide this once on the API server's word.
+            tracing::warn!(training = %name, namespace = %ns, %what, "the caches never showed our last actions; reading the API server");
+            let rt = match rts.get(&name).await {
+                Ok(rt) => rt,
+                Err(e) if is_not_found(&e) => {
+                    ctx.forget(&key);
+                    return Ok(Requeue::await_change());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if rt.metadata.uid.as_deref() != Some(key.as_str()) {
+                // Deleted and created again: the new object's own event
+                // reconciles it.
+                ctx.forget(&key);
+                return Ok(Requeue::await_change());
+            }
+            let pods = pods_api
+                .list(&ListParams::default().labels(&format!("{LABEL_TRAINING}={name}")))
+                .await?
+                .items
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+            let service = svc_api.get_opt(&service_name(&rt)).await?.map(Arc::new);
+            (rt, pods, service)
+        }
+    };
     let old_status = rt.status.clone().unwrap_or_default();
     let now = unix_now();
     // What the API server's schema cannot check (cross-field rules, this
@@ -484,20 +615,25 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     };
 
     let uid = rt.metadata.uid.clone().unwrap_or_default();
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let svc_api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods = pods_api
-        .list(&ListParams::default().labels(&format!("{LABEL_TRAINING}={name}")))
-        .await?;
     // Only pods this very object owns: a recreated RideTraining of the same
     // name must not adopt its predecessor's pods.
     let owned: Vec<&Pod> = pods
-        .items
         .iter()
+        .map(|p| p.as_ref())
         .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
         .collect();
-    let observed_pods = owned.iter().filter_map(|p| observe_pod(p)).collect();
-    let service = svc_api.get_opt(&service_name(&rt)).await?;
+    let nodes_synced = ctx.nodes_synced.load(Ordering::Acquire);
+    let observed_pods = owned
+        .iter()
+        .filter_map(|p| {
+            let mut seen = observe_pod(p)?;
+            if let Some(node) = crate::observe::node_name(p) {
+                let cached = ctx.caches.nodes.get(&ObjectRef::new(node));
+                seen.node_lost = crate::nodes::node_lost(node, cached.as_deref(), nodes_synced);
+            }
+            Some(seen)
+        })
+        .collect();
     // A same-named Service that is not this training's counts as missing,
     // so the attempt to ensure ours says whose it is.
     let service_exists = service
@@ -529,7 +665,9 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         );
     }
     let finished = matches!(status.phase, Some(Phase::Succeeded | Phase::Failed));
-    let mut requeue: Option<i64> = (!finished).then_some(ctx.progress_interval.as_secs() as i64);
+    // No periodic look: decide's timers, and the next progress poll while
+    // rank 0 runs.
+    let mut requeue: Option<i64> = None;
 
     // Progress: the last background poll of rank 0, then the final reports
     // that ended ranks 0 left in their termination messages. (An invalid
@@ -654,17 +792,22 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         label(p, LABEL_ATTEMPT) == Some(status.attempt) && p.metadata.deletion_timestamp.is_none()
     });
     if let (false, Some(ip)) = (finished, live_rank0.and_then(|p| pod_ip(p))) {
-        if ctx.progress_due(&key, false) {
-            ctx.poll_progress(
-                key.clone(),
-                format!("{ns}/{name}"),
-                status.attempt,
-                ip,
-                created,
-            );
-            // Pick the answer up soon rather than a whole interval later.
-            requeue = Some(requeue.map_or(2, |r| r.min(2)));
-        }
+        let next = match ctx.progress_due(&key) {
+            Ok(()) => {
+                // Its answer, when it brings news, triggers the reconcile.
+                ctx.poll_progress(
+                    key.clone(),
+                    ObjectRef::from_obj(&rt),
+                    status.attempt,
+                    ip,
+                    created,
+                );
+                ctx.progress_interval
+            }
+            Err(left) => left,
+        };
+        let next = next.as_secs_f64().ceil() as i64;
+        requeue = Some(requeue.map_or(next, |r| r.min(next)));
     }
     if finished {
         ctx.forget(&key);
@@ -694,8 +837,18 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         _ => {}
     }
 
-    // Record the decision before acting on it.
-    write_status(&rts, &rt, &old_status, &status).await?;
+    // Record the decision before acting on it; when pods are to be touched,
+    // the write is made (empty if need be) so that it fails on a training
+    // changed since the cache's copy, and then nothing is touched.
+    let touches_pods = decision.actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::CreatePod { .. } | Action::DeletePod { .. } | Action::DeleteSelf
+        )
+    });
+    if let Some(replaced) = write_status(&rts, &rt, &old_status, &status, touches_pods).await? {
+        lock(&ctx.expectations).wrote_status(&key, &replaced, Instant::now());
+    }
     record_transitions(&ctx.metrics, &rt, &old_status, &status, now);
     for (reason, note) in refusals {
         publish(ctx, &reference, reason, &note, true).await;
@@ -769,7 +922,7 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
                 // again under its name) is still being collected: applying
                 // over it would make it ours, and its deletion would then
                 // look like a lost worker. Wait until it is gone.
-                let predecessor = pods.items.iter().any(|p| {
+                let predecessor = pods.iter().any(|p| {
                     p.metadata.name.as_deref() == Some(pod_name.as_str())
                         && !p.owner_references().iter().any(|o| o.uid == uid)
                 });
@@ -777,13 +930,20 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
                     requeue = Some(requeue.map_or(PREDECESSOR_POLL, |r| r.min(PREDECESSOR_POLL)));
                     continue;
                 }
-                if let Err(e) = pods_api.patch(&pod_name, &apply, &Patch::Apply(&pod)).await {
-                    // Quota, admission, RBAC: say so where users look, then
-                    // retry with backoff (error_policy).
-                    let message =
-                        format!("cannot create worker pod {pod_name}: {}", api_message(&e));
-                    report_create_failure(ctx, &rts, &name, &key, &reference, message).await?;
-                    return Err(e.into());
+                match pods_api.patch(&pod_name, &apply, &Patch::Apply(&pod)).await {
+                    Ok(made) => {
+                        if let Some(made_uid) = made.metadata.uid.as_deref() {
+                            lock(&ctx.expectations).created(&key, made_uid, Instant::now());
+                        }
+                    }
+                    Err(e) => {
+                        // Quota, admission, RBAC: say so where users look,
+                        // then retry with backoff (error_policy).
+                        let message =
+                            format!("cannot create worker pod {pod_name}: {}", api_message(&e));
+                        report_create_failure(ctx, &rts, &name, &key, &reference, message).await?;
+                        return Err(e.into());
+                    }
                 }
                 lock(&ctx.create_failures).remove(&key);
             }
@@ -792,14 +952,30 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
                 attempt,
                 force,
             } => {
+                let pod_name = crate::pods::pod_name(&rt, attempt, rank);
+                // The very pod decided on: a same-named one that is not it
+                // (a predecessor's) is left alone.
+                let target = owned
+                    .iter()
+                    .find(|p| p.metadata.name.as_deref() == Some(pod_name.as_str()))
+                    .and_then(|p| p.metadata.uid.clone());
                 let params = DeleteParams {
                     grace_period_seconds: force.then_some(0),
+                    preconditions: target.clone().map(|uid| Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
                     ..Default::default()
                 };
-                let pod_name = crate::pods::pod_name(&rt, attempt, rank);
                 match pods_api.delete(&pod_name, &params).await {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if let Some(gone) = target {
+                            lock(&ctx.expectations).deleted(&key, &gone, Instant::now());
+                        }
+                    }
                     Err(e) if is_not_found(&e) => {}
+                    // Precondition failed: not the pod decided on.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -931,14 +1107,20 @@ fn record_transitions(
     }
 }
 
+/// Write `new` over `old` as a JSON merge patch carrying `rt`'s
+/// resourceVersion, so that it fails (409) on a training changed since.
+/// With nothing to write it is skipped, unless `guard`: then an empty patch
+/// still checks the version. Returns the version a change replaced.
 async fn write_status(
     rts: &Api<RideTraining>,
     rt: &RideTraining,
     old: &RideTrainingStatus,
     new: &RideTrainingStatus,
-) -> Result<(), kube::Error> {
-    if old == new && rt.status.is_some() {
-        return Ok(());
+    guard: bool,
+) -> Result<Option<String>, kube::Error> {
+    let unchanged = old == new && rt.status.is_some();
+    if unchanged && !guard {
+        return Ok(None);
     }
     // Diff against what the server holds (absent fields included), not the
     // defaults it deserialised to, or zero counters would never be written.
@@ -947,17 +1129,23 @@ async fn write_status(
         None => serde_json::json!({}),
     };
     let new_json = serde_json::to_value(new).unwrap_or_default();
-    let patch = serde_json::json!({
-        "metadata": {"resourceVersion": rt.resource_version()},
-        "status": merge_patch(&old_json, &new_json),
-    });
-    rts.patch_status(
-        &rt.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    let version = rt.resource_version();
+    let patch = if unchanged {
+        serde_json::json!({"metadata": {"resourceVersion": version}})
+    } else {
+        serde_json::json!({
+            "metadata": {"resourceVersion": version},
+            "status": merge_patch(&old_json, &new_json),
+        })
+    };
+    let written = rts
+        .patch_status(
+            &rt.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(version.filter(|v| written.resource_version().as_ref() != Some(v)))
 }
 
 async fn publish(
@@ -1029,7 +1217,7 @@ async fn report_create_failure(
             );
         }
         failing.message = Some(message);
-        write_status(rts, &now, &old, &failing).await?;
+        write_status(rts, &now, &old, &failing, false).await?;
     }
     Ok(())
 }
@@ -1137,12 +1325,67 @@ pub async fn run(
             Api::all(client.clone()),
         ),
     };
+    let Some(writers) = lock(&ctx.writers).take() else {
+        tracing::error!("controller::run called twice on one context; not running");
+        return;
+    };
+    let polled = lock(&ctx.polled_rx).take();
+    // One watch per kind both fills the cache reconciles read and triggers
+    // them.
     let owned = watcher::Config::default().labels(LABEL_TRAINING);
-    let controller = Controller::new(rts, watcher::Config::default())
+    let pod_events = watcher(pods, owned.clone())
+        .default_backoff()
+        .reflect(writers.pods)
+        .touched_objects();
+    let svc_events = watcher(svcs, owned)
+        .default_backoff()
+        .reflect(writers.services)
+        .touched_objects();
+    // Nodes: only whether one is lost matters, and only then are the
+    // trainings with pods on it reconciled (a node's heartbeats are not).
+    let pod_cache = ctx.caches.pods.clone();
+    let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(crate::nodes::slim)
+        .reflect(writers.nodes)
+        .touched_objects()
+        .filter_map(|event| {
+            std::future::ready(match event {
+                Ok(node) => Some(node),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch nodes (the chart's ClusterRole grants get/list/watch); lost nodes are noticed only when their pods are evicted");
+                    None
+                }
+            })
+        });
+    let on_lost_node = move |node: Node| {
+        let name = node.name_any();
+        if crate::nodes::node_lost(&name, Some(&node), true).is_none() {
+            return Vec::new();
+        }
+        let mut trainings: Vec<ObjectRef<RideTraining>> = pod_cache
+            .state_filter(|p| crate::observe::node_name(p) == Some(name.as_str()))
+            .iter()
+            .filter_map(|p| {
+                let owner = p
+                    .owner_references()
+                    .iter()
+                    .find(|o| o.kind == "RideTraining")?;
+                Some(ObjectRef::new(&owner.name).within(p.metadata.namespace.as_deref()?))
+            })
+            .collect();
+        trainings.dedup();
+        trainings
+    };
+    let mut controller = Controller::new(rts, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .owns(pods, owned.clone())
-        .owns(svcs, owned)
+        .owns_stream(pod_events)
+        .owns_stream(svc_events)
+        .watches_stream(node_events.map(Ok), on_lost_node)
         .graceful_shutdown_on(shutdown);
+    if let Some(polled) = polled {
+        controller = controller.reconcile_on(polled);
+    }
     let store = controller.store();
     let metrics = Arc::clone(&ctx.metrics);
     // Leading but not yet ready until the RideTraining cache is filled:
@@ -1210,9 +1453,18 @@ pub async fn run(
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });
+    let nodes_ready = {
+        let (nodes, synced) = (ctx.caches.nodes.clone(), Arc::clone(&ctx.nodes_synced));
+        tokio::spawn(async move {
+            if nodes.wait_until_ready().await.is_ok() {
+                tracing::info!("node cache synced");
+                synced.store(true, Ordering::Release);
+            }
+        })
+    };
     // Aborted however this future ends, dropped included (a replica that
     // lost the Lease drops it): a stale loop must not keep checking in.
-    let _helpers = AbortOnDrop(vec![gauges, ready]);
+    let _helpers = AbortOnDrop(vec![gauges, ready, nodes_ready]);
     controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -6,12 +6,14 @@
 
 pub mod controller;
 pub mod crd;
+pub mod expectations;
 pub mod global_batch;
 pub mod leader;
 pub mod lifecycle;
 pub mod local;
 pub mod manifest;
 pub mod metrics;
+pub mod nodes;
 pub mod observe;
 pub mod pod_policy;
 pub mod pods;

@@ -12,12 +12,11 @@ use crate::crd::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use ride_contract::{classify_exit, ExitClass};
+use std::ops::ControlFlow;
 
 pub use ride_contract::PREEMPTED_EXIT_CODE;
 /// Longest restart backoff.
 pub const MAX_BACKOFF_SECONDS: i64 = 600;
-/// How often to look again while an old gang is still terminating.
-pub const TERMINATION_POLL_SECONDS: i64 = 2;
 /// The reason (status, condition, Event) of a training failed for its spec.
 pub const INVALID_SPEC: &str = "InvalidSpec";
 
@@ -68,6 +67,10 @@ pub struct ObservedPod {
     /// What its trainer said when it ended (the `message` of its final
     /// report in the termination message), if anything.
     pub exit_message: Option<String>,
+    /// Why its node is lost (unreachable, not ready, deleted), if it is:
+    /// such a pod cannot stop gracefully, so it is force-deleted and its
+    /// gang replaced at once ([`crate::nodes::node_lost`]).
+    pub node_lost: Option<String>,
 }
 
 /// Everything the decision needs from the world.
@@ -231,12 +234,27 @@ impl Ctx<'_> {
         self.st.reason = Some(reason.into());
     }
 
-    /// Whether `p` is still there `forceDeleteAfterSeconds` after its grace
-    /// period ended: its kubelet is not finishing it (e.g. its node is gone).
+    /// Whether `p` cannot stop by itself: its node is lost, or it is still
+    /// there `forceDeleteAfterSeconds` after its grace period ended (its
+    /// kubelet is not finishing it).
     fn stuck(&self, p: &ObservedPod) -> bool {
-        p.deletion_deadline.is_some_and(|t| {
-            self.obs.now.saturating_sub(t) >= self.spec.restart_policy.force_delete_after_seconds
-        })
+        p.node_lost.is_some()
+            || p.deletion_deadline.is_some_and(|t| {
+                self.obs.now.saturating_sub(t)
+                    >= self.spec.restart_policy.force_delete_after_seconds
+            })
+    }
+
+    /// When `p`, being deleted, counts as stuck (Unix time), if it will.
+    fn stuck_at(&self, p: &ObservedPod) -> Option<i64> {
+        p.deletion_deadline
+            .map(|t| t.saturating_add(self.spec.restart_policy.force_delete_after_seconds))
+    }
+
+    /// Look again at `at` (Unix time), unless an earlier look is due anyway.
+    fn wake_at(&mut self, at: i64) {
+        self.actions
+            .push(Action::RequeueAfter(at.saturating_sub(self.obs.now).max(1)));
     }
 
     /// Delete every pod not yet being deleted; force-delete ones stuck terminating.
@@ -543,6 +561,27 @@ pub fn progress_stall(
     st: &RideTrainingStatus,
     now: i64,
 ) -> Option<String> {
+    let (since, watchdog, limit) = progress_stall_clock(spec, st)?;
+    let idle = now.saturating_sub(since);
+    (idle > limit).then(|| {
+        format!(
+            "rank 0 reported no optimiser step for {idle}s (the operator's limit: twice the watchdogs' {watchdog}s plus a minute) and no worker's watchdog reported a stall"
+        )
+    })
+}
+
+/// When [`progress_stall`] would first find a stall if no step followed
+/// (Unix time), so a timer can be set for it.
+pub fn progress_stall_due(spec: &RideTrainingSpec, st: &RideTrainingStatus) -> Option<i64> {
+    let (since, _, limit) = progress_stall_clock(spec, st)?;
+    Some(since.saturating_add(limit).saturating_add(1))
+}
+
+/// (last sign of progress, the watchdogs' limit, the operator's limit).
+fn progress_stall_clock(
+    spec: &RideTrainingSpec,
+    st: &RideTrainingStatus,
+) -> Option<(i64, i64, i64)> {
     let p = st.progress.as_ref()?;
     if p.training != Some(true) {
         return None;
@@ -558,12 +597,7 @@ pub fn progress_stall(
     };
     let limit = watchdog.saturating_mul(2).saturating_add(60);
     let since = p.last_step_time?.max(st.running_since?);
-    let idle = now.saturating_sub(since);
-    (idle > limit).then(|| {
-        format!(
-            "rank 0 reported no optimiser step for {idle}s (the operator's limit: twice the watchdogs' {watchdog}s plus a minute) and no worker's watchdog reported a stall"
-        )
-    })
+    Some((since, watchdog, limit))
 }
 
 /// A worker's watchdog exited 76 at `first_at`: wait a moment for the
@@ -635,8 +669,60 @@ fn stall_restart(c: &mut Ctx<'_>, message: String, stuck: Vec<i32>) {
     c.restart(world, RestartCause::Stall, "Stalled", message);
 }
 
-/// Decide what to do for one RideTraining.
+/// Decide what to do for one RideTraining: the steps below, then a timer
+/// for the earliest time something becomes due without any change the
+/// watches would show (the deadline, an elastic shrink, the stall
+/// backstop). Nothing else wakes a training: there is no periodic look.
 pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observed) -> Decision {
+    let mut d = decide_steps(spec, status, obs);
+    if let Some(at) = next_due(spec, &d.status, obs) {
+        d.actions
+            .push(Action::RequeueAfter(at.saturating_sub(obs.now).max(1)));
+    }
+    d
+}
+
+/// The earliest future time (Unix) a decision on an unchanged world would
+/// differ: `activeDeadlineSeconds` running out, a worker unschedulable for
+/// the elastic timeout, the operator's stall backstop.
+fn next_due(spec: &RideTrainingSpec, st: &RideTrainingStatus, obs: &Observed) -> Option<i64> {
+    if obs.invalid_spec.is_some()
+        || matches!(
+            st.phase,
+            None | Some(Phase::Succeeded | Phase::Failed | Phase::Suspended)
+        )
+    {
+        return None;
+    }
+    let deadline = spec
+        .run_policy
+        .active_deadline_seconds
+        .zip(st.start_time)
+        .map(|(limit, start)| start.saturating_add(limit));
+    let min = spec.workers.min_replicas.unwrap_or(spec.workers.replicas);
+    let shrink = (min < st.world_size)
+        .then(|| {
+            obs.pods
+                .iter()
+                .filter(|p| p.attempt == st.attempt)
+                .filter_map(|p| match p.state {
+                    PodState::Pending {
+                        unschedulable_since: Some(t),
+                    } => Some(t.saturating_add(spec.workers.elastic_timeout_seconds)),
+                    _ => None,
+                })
+                .min()
+        })
+        .flatten();
+    let stall = st.running_since.and_then(|_| progress_stall_due(spec, st));
+    [deadline, shrink, stall]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t > obs.now)
+        .min()
+}
+
+fn decide_steps(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observed) -> Decision {
     let mut c = Ctx {
         spec,
         obs,
@@ -644,30 +730,61 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         actions: Vec::new(),
         force_ranks: Vec::new(),
     };
-    // A spec that cannot run fails the training, once, whatever its state;
-    // nothing else happens until it is fixed (a running gang is left alone).
-    if let Some(why) = &obs.invalid_spec {
-        let failed = c.st.phase == Some(Phase::Failed);
-        if !failed || c.st.reason.as_deref() != Some(INVALID_SPEC) {
-            c.note(Phase::Failed, INVALID_SPEC, why.clone());
-            c.st.phase = Some(Phase::Failed);
-            c.st.reason = Some(INVALID_SPEC.into());
-            c.st.completion_time = Some(obs.now);
-            c.st.observed_generation = obs.generation;
-            c.event(INVALID_SPEC, why.clone(), true);
-        }
-        return Decision {
-            actions: c.actions,
-            status: c.st,
-        };
+    let _ = steps(&mut c);
+    Decision {
+        actions: c.actions,
+        status: c.st,
     }
-    let now = obs.now;
+}
+
+/// The steps of a decision, in order; each either decides (`Break`) or
+/// hands on to the next.
+fn steps(c: &mut Ctx<'_>) -> ControlFlow<()> {
+    validation(c)?;
+    first_sight(c);
+    finished(c)?;
+    suspension(c)?;
+    deadline(c)?;
+    resumption(c);
+    housekeeping(c);
+    spec_change(c)?;
+    backoff(c)?;
+    failure(c)?;
+    success(c)?;
+    elastic(c)?;
+    old_gang(c)?;
+    start_and_watch(c);
+    ControlFlow::Continue(())
+}
+
+/// A spec that cannot run fails the training, once, whatever its state;
+/// nothing else happens until it is fixed (a running gang is left alone).
+fn validation(c: &mut Ctx<'_>) -> ControlFlow<()> {
+    let Some(why) = c.obs.invalid_spec.clone() else {
+        return ControlFlow::Continue(());
+    };
+    let failed = c.st.phase == Some(Phase::Failed);
+    if !failed || c.st.reason.as_deref() != Some(INVALID_SPEC) {
+        c.note(Phase::Failed, INVALID_SPEC, why.clone());
+        c.st.phase = Some(Phase::Failed);
+        c.st.reason = Some(INVALID_SPEC.into());
+        c.st.completion_time = Some(c.obs.now);
+        c.st.observed_generation = c.obs.generation;
+        c.event(INVALID_SPEC, why, true);
+    }
+    ControlFlow::Break(())
+}
+
+/// Sane counters, the generation judged, and a first status for a new
+/// training.
+fn first_sight(c: &mut Ctx<'_>) {
+    let spec = c.spec;
     sanitize(&mut c.st, spec);
-    c.st.observed_generation = obs.generation;
+    c.st.observed_generation = c.obs.generation;
     if c.st.phase.is_none() {
         c.st.world_size = spec.workers.replicas;
         // Created suspended (as Kueue does): the clock starts at admission.
-        c.st.start_time = (!spec.run_policy.suspend).then_some(now);
+        c.st.start_time = (!spec.run_policy.suspend).then_some(c.obs.now);
         c.st.spec_hash = Some(spec_hash(spec));
         c.set_phase(
             Phase::Created,
@@ -675,122 +792,151 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             format!("gang of {} workers", spec.workers.replicas),
         );
     }
-    // Finished: clean up workers still around, then honour the TTL.
-    if let Some(Phase::Succeeded | Phase::Failed) = c.st.phase {
-        c.delete_pods(false);
-        if let (Some(ttl), Some(done)) = (
-            spec.run_policy.ttl_seconds_after_finished,
-            c.st.completion_time,
-        ) {
-            let due = done.saturating_add(ttl);
-            if now >= due {
-                c.actions.push(Action::DeleteSelf);
-            } else {
-                c.actions
-                    .push(Action::RequeueAfter(due.saturating_sub(now)));
-            }
-        }
-        return Decision {
-            actions: c.actions,
-            status: c.st,
-        };
+}
+
+/// Finished: clean up workers still around, then honour the TTL.
+fn finished(c: &mut Ctx<'_>) -> ControlFlow<()> {
+    if !matches!(c.st.phase, Some(Phase::Succeeded | Phase::Failed)) {
+        return ControlFlow::Continue(());
     }
-    // Suspended time does not count towards the deadline (as for a Job):
-    // the clock stops here and restarts from zero on resume.
-    if spec.run_policy.suspend {
-        if c.st.phase != Some(Phase::Suspended) && c.st.running_since.is_some() {
-            let saving = c.account_lost_work(RestartCause::User);
-            c.st.restarts_by_cause.bump(RestartCause::User);
-            c.event("Suspending", format!("suspending{saving}"), false);
-        }
-        c.delete_pods(false);
-        c.st.running_since = None;
-        c.st.start_time = None;
-        c.set_phase(
-            Phase::Suspended,
-            "Suspended",
-            "workers deleted; set runPolicy.suspend false to resume".into(),
-        );
-        return Decision {
-            actions: c.actions,
-            status: c.st,
-        };
-    }
-    if let (Some(limit), Some(start)) = (spec.run_policy.active_deadline_seconds, c.st.start_time) {
-        if now.saturating_sub(start) >= limit {
-            c.delete_pods(false);
-            c.finish(
-                Phase::Failed,
-                "DeadlineExceeded",
-                format!("ran longer than activeDeadlineSeconds ({limit}s)"),
-            );
-            return Decision {
-                actions: c.actions,
-                status: c.st,
-            };
+    c.delete_pods(false);
+    if let (Some(ttl), Some(done)) = (
+        c.spec.run_policy.ttl_seconds_after_finished,
+        c.st.completion_time,
+    ) {
+        let due = done.saturating_add(ttl);
+        if c.obs.now >= due {
+            c.actions.push(Action::DeleteSelf);
+        } else {
+            c.actions
+                .push(Action::RequeueAfter(due.saturating_sub(c.obs.now)));
         }
     }
-    if c.st.phase == Some(Phase::Suspended) {
-        // Resuming is a fresh attempt from the latest checkpoint, outside the budget.
-        c.st.attempt = c.st.attempt.saturating_add(1);
-        c.st.world_size = spec.workers.replicas;
-        c.st.attempt_start_time = None;
-        c.st.start_time = Some(now);
-        c.set_phase(
-            Phase::Created,
-            "Resumed",
-            "recreating the workers from the latest checkpoint".into(),
-        );
+    ControlFlow::Break(())
+}
+
+/// Suspended: no workers. Suspended time does not count towards the
+/// deadline (as for a Job): the clock stops here and restarts from zero on
+/// resume.
+fn suspension(c: &mut Ctx<'_>) -> ControlFlow<()> {
+    if !c.spec.run_policy.suspend {
+        return ControlFlow::Continue(());
     }
-    if !obs.service_exists {
+    if c.st.phase != Some(Phase::Suspended) && c.st.running_since.is_some() {
+        let saving = c.account_lost_work(RestartCause::User);
+        c.st.restarts_by_cause.bump(RestartCause::User);
+        c.event("Suspending", format!("suspending{saving}"), false);
+    }
+    c.delete_pods(false);
+    c.st.running_since = None;
+    c.st.start_time = None;
+    c.set_phase(
+        Phase::Suspended,
+        "Suspended",
+        "workers deleted; set runPolicy.suspend false to resume".into(),
+    );
+    ControlFlow::Break(())
+}
+
+/// `activeDeadlineSeconds` ran out: the training fails.
+fn deadline(c: &mut Ctx<'_>) -> ControlFlow<()> {
+    let (Some(limit), Some(start)) = (c.spec.run_policy.active_deadline_seconds, c.st.start_time)
+    else {
+        return ControlFlow::Continue(());
+    };
+    if c.obs.now.saturating_sub(start) < limit {
+        return ControlFlow::Continue(());
+    }
+    c.delete_pods(false);
+    c.finish(
+        Phase::Failed,
+        "DeadlineExceeded",
+        format!("ran longer than activeDeadlineSeconds ({limit}s)"),
+    );
+    ControlFlow::Break(())
+}
+
+/// Resuming is a fresh attempt from the latest checkpoint, outside the budget.
+fn resumption(c: &mut Ctx<'_>) {
+    if c.st.phase != Some(Phase::Suspended) {
+        return;
+    }
+    c.st.attempt = c.st.attempt.saturating_add(1);
+    c.st.world_size = c.spec.workers.replicas;
+    c.st.attempt_start_time = None;
+    c.st.start_time = Some(c.obs.now);
+    c.set_phase(
+        Phase::Created,
+        "Resumed",
+        "recreating the workers from the latest checkpoint".into(),
+    );
+}
+
+/// The Service exists, and pods of older attempts go, whatever happens next.
+fn housekeeping(c: &mut Ctx<'_>) {
+    if !c.obs.service_exists {
         c.actions.push(Action::EnsureService);
     }
-    // Pods of older attempts go, whatever happens next.
     c.delete_pods(true);
-    // A changed spec (image, config, workers...) restarts the gang with it.
+}
+
+/// A changed spec (image, config, workers...) restarts the gang with it.
+fn spec_change(c: &mut Ctx<'_>) -> ControlFlow<()> {
+    let spec = c.spec;
     let hash = spec_hash(spec);
     if c.st.spec_hash.as_deref() == Some(legacy_spec_hash(spec).as_str()) {
         // Written by an older operator for this very spec: same pods.
         c.st.spec_hash = Some(hash.clone());
     }
-    if c.st.spec_hash.as_deref() != Some(hash.as_str()) {
-        c.st.spec_hash = Some(hash);
-        let world = spec.workers.replicas;
-        c.restart(
-            world,
-            RestartCause::User,
-            "SpecChanged",
-            "the spec changed".into(),
-        );
-        return Decision {
-            actions: c.actions,
-            status: c.st,
-        };
+    if c.st.spec_hash.as_deref() == Some(hash.as_str()) {
+        return ControlFlow::Continue(());
     }
-    if let Some(after) = c.st.restart_after {
-        if now < after {
-            c.actions
-                .push(Action::RequeueAfter(after.saturating_sub(now)));
-            return Decision {
-                actions: c.actions,
-                status: c.st,
-            };
-        }
-        c.st.restart_after = None;
+    c.st.spec_hash = Some(hash);
+    c.restart(
+        spec.workers.replicas,
+        RestartCause::User,
+        "SpecChanged",
+        "the spec changed".into(),
+    );
+    ControlFlow::Break(())
+}
+
+/// Within a restart's backoff nothing is created.
+fn backoff(c: &mut Ctx<'_>) -> ControlFlow<()> {
+    let Some(after) = c.st.restart_after else {
+        return ControlFlow::Continue(());
+    };
+    if c.obs.now < after {
+        c.actions
+            .push(Action::RequeueAfter(after.saturating_sub(c.obs.now)));
+        return ControlFlow::Break(());
     }
-    // The current attempt's pods, those being deleted included: nothing of
-    // ours deletes them while the attempt is current, so a deletion came from
-    // outside (an eviction, a lost node, a user) and ends the attempt.
-    let current: Vec<&ObservedPod> = obs
-        .pods
-        .iter()
-        .filter(|p| p.attempt == c.st.attempt)
-        .collect();
-    // A rank that vanished after the gang was complete (force-deleted before
-    // we saw it go) ends the attempt too: the others cannot go on without it.
-    let missing = (0..c.st.world_size)
-        .find(|r| c.st.running_since.is_some() && !current.iter().any(|p| p.rank == *r));
-    let mut failures: Vec<(i64, i32, PodState, String)> = current
+    c.st.restart_after = None;
+    ControlFlow::Continue(())
+}
+
+/// The current attempt's pods, those being deleted included: nothing of
+/// ours deletes them while the attempt is current, so a deletion came from
+/// outside (an eviction, a lost node, a user) and ends the attempt.
+fn current<'a>(c: &Ctx<'a>) -> Vec<&'a ObservedPod> {
+    let attempt = c.st.attempt;
+    c.obs.pods.iter().filter(|p| p.attempt == attempt).collect()
+}
+
+/// A failure of the current attempt: when it happened, the rank, its
+/// state (deletions and lost nodes as disruptions), and what to say.
+struct Failure {
+    at: i64,
+    state: PodState,
+    what: String,
+}
+
+/// The first failure in time of the current attempt, if any: when a rank
+/// crashes, the others fail after it (a broken collective), and their
+/// codes say nothing. A rank that exited 0 does not mask another's failure.
+fn first_failure(c: &Ctx<'_>, current: &[&ObservedPod]) -> Option<Failure> {
+    let now = c.obs.now;
+    let mut failures: Vec<(i64, i32, Failure)> = current
         .iter()
         .filter_map(|p| {
             let what = match &p.state {
@@ -801,159 +947,178 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
                     format!("worker {} was disrupted ({reason})", p.rank)
                 }
                 PodState::Succeeded => return None,
+                _ if p.node_lost.is_some() => format!(
+                    "worker {} was lost: {}",
+                    p.rank,
+                    p.node_lost.as_deref().unwrap_or_default()
+                ),
                 _ if p.deletion_deadline.is_some() => format!("worker {} was deleted", p.rank),
                 _ => return None,
             };
             // A deletion without an exit code yet is classified like a disruption.
             let state = match &p.state {
                 PodState::Failed { .. } | PodState::Disrupted { .. } => p.state.clone(),
+                _ if p.node_lost.is_some() => PodState::Disrupted {
+                    reason: "NodeLost".into(),
+                },
                 _ => PodState::Disrupted {
                     reason: "Deleted".into(),
                 },
             };
-            Some((p.ended_at.unwrap_or(now), p.rank, state, what))
+            let at = p.ended_at.unwrap_or(now);
+            Some((at, p.rank, Failure { at, state, what }))
         })
         .collect();
     if failures.is_empty() {
-        if let Some(r) = missing {
-            let state = PodState::Disrupted {
+        // A rank that vanished after the gang was complete (force-deleted
+        // before we saw it go) ends the attempt too: the others cannot go
+        // on without it.
+        let missing = (0..c.st.world_size)
+            .find(|r| c.st.running_since.is_some() && !current.iter().any(|p| p.rank == *r))?;
+        return Some(Failure {
+            at: now,
+            state: PodState::Disrupted {
                 reason: "Deleted".into(),
-            };
-            failures.push((now, r, state, format!("worker {r} disappeared")));
-        }
+            },
+            what: format!("worker {missing} disappeared"),
+        });
     }
-    // The first failure in time decides: when a rank crashes, the others
-    // fail after it (a broken collective), and their codes say nothing.
-    // A rank that exited 0 does not mask another's failure.
-    failures.sort_by_key(|(t, rank, _, _)| (*t, *rank));
-    if let Some((first_at, _, state, what)) = failures.into_iter().next() {
-        let policy = &spec.restart_policy;
-        let by_rule = matches!(&state, PodState::Failed { exit_code }
-            if policy.exit_code_rules.iter().any(|r| r.codes.contains(exit_code)));
-        let stalled = !by_rule
-            && matches!(&state, PodState::Failed { exit_code } if classify_exit(*exit_code) == ExitClass::Stalled);
-        if stalled {
-            decide_stall(&mut c, &current, first_at, what);
-            return Decision {
-                actions: c.actions,
-                status: c.st,
-            };
-        }
-        let unreachable = !by_rule
-            && matches!(&state, PodState::Failed { exit_code } if classify_exit(*exit_code) == ExitClass::Unreachable);
-        if unreachable {
-            let said = current
-                .iter()
-                .filter(|p| matches!(p.state, PodState::Failed { exit_code } if classify_exit(exit_code) == ExitClass::Unreachable))
-                .find_map(|p| p.exit_message.clone())
-                .map_or(String::new(), |m| format!(": {m}"));
-            let message = format!("{what} before training, in the preflight check{said}");
-            set_side_condition(
-                &mut c.st.conditions,
-                PREFLIGHT_CONDITION,
-                true,
-                "PreflightFailed",
-                &message,
-                now,
-                obs.generation,
-            );
-            let world = c.st.world_size;
-            c.restart(
-                world,
-                RestartCause::Infrastructure,
-                "PreflightFailed",
-                message,
-            );
-            return Decision {
-                actions: c.actions,
-                status: c.st,
-            };
-        }
-        let mut action = exit_action(spec, &state);
-        let mut what = what;
-        if action == ExitAction::RestartExempt && c.st.exempt_restarts >= policy.max_exempt_restarts
-        {
-            // A loop guard: past the limit, disruptions use the budget too.
-            action = ExitAction::Restart;
-            what = format!(
-                "{what} (after {} restarts outside the budget, maxExemptRestarts)",
-                c.st.exempt_restarts
-            );
-        }
-        match action {
-            ExitAction::Fail => {
-                let why = if by_rule {
-                    "the exit-code rules say fail"
-                } else {
-                    "the code means an invalid config or command line; another try cannot help"
-                };
-                c.delete_pods(false);
-                c.finish(Phase::Failed, "WorkerFailed", format!("{what}; {why}"));
-            }
-            ExitAction::Restart if c.st.restarts >= policy.budget => {
-                c.delete_pods(false);
-                c.finish(
-                    Phase::Failed,
-                    "RestartBudgetExhausted",
-                    format!("{what}; all {} restarts used", policy.budget),
-                );
-            }
-            ExitAction::Restart => {
-                let world = c.st.world_size;
-                c.restart(world, RestartCause::Application, "WorkerFailed", what);
-            }
-            ExitAction::RestartExempt => {
-                let world = c.st.world_size;
-                let cause = match &state {
-                    PodState::Failed { .. } => RestartCause::Preemption,
-                    _ => RestartCause::Infrastructure,
-                };
-                c.restart(world, cause, "Preempted", what);
-            }
-        }
-        return Decision {
-            actions: c.actions,
-            status: c.st,
-        };
+    failures.sort_by_key(|(t, rank, _)| (*t, *rank));
+    failures.into_iter().next().map(|(_, _, f)| f)
+}
+
+/// A failed attempt: a stall, a failed preflight, or a restart or failure
+/// by the exit-code rules and budgets.
+fn failure(c: &mut Ctx<'_>) -> ControlFlow<()> {
+    let current = current(c);
+    let Some(Failure { at, state, what }) = first_failure(c, &current) else {
+        return ControlFlow::Continue(());
+    };
+    let policy = &c.spec.restart_policy;
+    let by_rule = matches!(&state, PodState::Failed { exit_code }
+        if policy.exit_code_rules.iter().any(|r| r.codes.contains(exit_code)));
+    let class = match &state {
+        PodState::Failed { exit_code } if !by_rule => Some(classify_exit(*exit_code)),
+        _ => None,
+    };
+    match class {
+        Some(ExitClass::Stalled) => decide_stall(c, &current, at, what),
+        Some(ExitClass::Unreachable) => preflight_failed(c, &current, what),
+        _ => restart_or_fail(c, &state, by_rule, what),
+    }
+    ControlFlow::Break(())
+}
+
+/// A worker could not reach rank 0 before training (exit 77): say what it
+/// said, and restart outside the budget.
+fn preflight_failed(c: &mut Ctx<'_>, current: &[&ObservedPod], what: String) {
+    let said = current
+        .iter()
+        .filter(|p| matches!(p.state, PodState::Failed { exit_code } if classify_exit(exit_code) == ExitClass::Unreachable))
+        .find_map(|p| p.exit_message.clone())
+        .map_or(String::new(), |m| format!(": {m}"));
+    let message = format!("{what} before training, in the preflight check{said}");
+    set_side_condition(
+        &mut c.st.conditions,
+        PREFLIGHT_CONDITION,
+        true,
+        "PreflightFailed",
+        &message,
+        c.obs.now,
+        c.obs.generation,
+    );
+    let world = c.st.world_size;
+    c.restart(
+        world,
+        RestartCause::Infrastructure,
+        "PreflightFailed",
+        message,
+    );
+}
+
+/// What the exit-code rules and the budgets make of a failure.
+fn restart_or_fail(c: &mut Ctx<'_>, state: &PodState, by_rule: bool, what: String) {
+    let policy = &c.spec.restart_policy;
+    let mut action = exit_action(c.spec, state);
+    let mut what = what;
+    if action == ExitAction::RestartExempt && c.st.exempt_restarts >= policy.max_exempt_restarts {
+        // A loop guard: past the limit, disruptions use the budget too.
+        action = ExitAction::Restart;
+        what = format!(
+            "{what} (after {} restarts outside the budget, maxExemptRestarts)",
+            c.st.exempt_restarts
+        );
     }
     let world = c.st.world_size;
-    if current.len() as i32 == world && current.iter().all(|p| p.state == PodState::Succeeded) {
-        c.delete_pods(false);
-        c.finish(
-            Phase::Succeeded,
-            "Succeeded",
-            format!("all {world} workers finished"),
-        );
-        return Decision {
-            actions: c.actions,
-            status: c.st,
-        };
+    match action {
+        ExitAction::Fail => {
+            let why = if by_rule {
+                "the exit-code rules say fail"
+            } else {
+                "the code means an invalid config or command line; another try cannot help"
+            };
+            c.delete_pods(false);
+            c.finish(Phase::Failed, "WorkerFailed", format!("{what}; {why}"));
+        }
+        ExitAction::Restart if c.st.restarts >= policy.budget => {
+            c.delete_pods(false);
+            c.finish(
+                Phase::Failed,
+                "RestartBudgetExhausted",
+                format!("{what}; all {} restarts used", policy.budget),
+            );
+        }
+        ExitAction::Restart => {
+            c.restart(world, RestartCause::Application, "WorkerFailed", what);
+        }
+        ExitAction::RestartExempt => {
+            let cause = match state {
+                PodState::Failed { .. } => RestartCause::Preemption,
+                _ => RestartCause::Infrastructure,
+            };
+            c.restart(world, cause, "Preempted", what);
+        }
     }
-    // Elastic: shrink when workers stay unschedulable, grow back after a while.
+}
+
+/// Only when every rank succeeded is the training done.
+fn success(c: &mut Ctx<'_>) -> ControlFlow<()> {
+    let world = c.st.world_size;
+    let current = current(c);
+    if current.len() as i32 != world || !current.iter().all(|p| p.state == PodState::Succeeded) {
+        return ControlFlow::Continue(());
+    }
+    c.delete_pods(false);
+    c.finish(
+        Phase::Succeeded,
+        "Succeeded",
+        format!("all {world} workers finished"),
+    );
+    ControlFlow::Break(())
+}
+
+/// Elastic: shrink when workers stay unschedulable, grow back after a
+/// while. Growing back is optional: once the resizes are used up, a
+/// shrunken gang stays as it is rather than cycling between sizes.
+fn elastic(c: &mut Ctx<'_>) -> ControlFlow<()> {
+    let (spec, now, world) = (c.spec, c.obs.now, c.st.world_size);
     let timeout = spec.workers.elastic_timeout_seconds;
     let min = spec.workers.min_replicas.unwrap_or(spec.workers.replicas);
-    let stuck = current
+    let stuck = current(c)
         .iter()
         .filter(|p| matches!(p.state, PodState::Pending { unschedulable_since: Some(t) } if now.saturating_sub(t) >= timeout))
         .count() as i32;
-    if stuck > 0 {
-        let placed = world.saturating_sub(stuck);
-        if placed >= min && placed < world {
-            c.st.resizes = c.st.resizes.saturating_add(1);
-            c.restart(
-                placed,
-                RestartCause::Infrastructure,
-                "Shrinking",
-                format!("{stuck} workers unschedulable for {timeout}s"),
-            );
-            return Decision {
-                actions: c.actions,
-                status: c.st,
-            };
-        }
+    let placed = world.saturating_sub(stuck);
+    if stuck > 0 && placed >= min && placed < world {
+        c.st.resizes = c.st.resizes.saturating_add(1);
+        c.restart(
+            placed,
+            RestartCause::Infrastructure,
+            "Shrinking",
+            format!("{stuck} workers unschedulable for {timeout}s"),
+        );
+        return ControlFlow::Break(());
     }
-    // Growing back is optional: once the resizes are used up, a shrunken
-    // gang stays as it is rather than cycling between sizes.
     let may_grow = c.st.resizes < spec.workers.max_resizes;
     if may_grow
         && world < spec.workers.replicas
@@ -969,32 +1134,49 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
             "Growing",
             format!("trying {full} workers again"),
         );
-        return Decision {
-            actions: c.actions,
-            status: c.st,
-        };
+        return ControlFlow::Break(());
     }
-    // Two gangs never run at once: the new attempt waits until every pod of
-    // older attempts is gone (force-deleted once stuck past the grace).
-    let waiting_for_old = obs
+    ControlFlow::Continue(())
+}
+
+/// Two gangs never run at once: the new attempt waits until every pod of
+/// older attempts is gone (force-deleted once stuck past the grace, or at
+/// once on a lost node).
+fn old_gang(c: &mut Ctx<'_>) -> ControlFlow<()> {
+    let attempt = c.st.attempt;
+    let waiting_for_old = c
+        .obs
         .pods
         .iter()
-        .filter(|p| p.attempt != c.st.attempt && !c.stuck(p))
+        .filter(|p| p.attempt != attempt && !c.stuck(p))
         .count();
-    if waiting_for_old > 0 {
-        c.actions
-            .push(Action::RequeueAfter(TERMINATION_POLL_SECONDS));
-        let message =
-            format!("waiting for {waiting_for_old} workers of the previous attempt to stop");
-        let phase = c.st.phase.unwrap_or(Phase::Created);
-        let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
-        c.note(phase, &reason, message);
-        return Decision {
-            actions: c.actions,
-            status: c.st,
-        };
+    if waiting_for_old == 0 {
+        return ControlFlow::Continue(());
     }
-    // Create missing ranks of this attempt.
+    // Their deletions wake us as they land; a pod that never goes becomes
+    // stuck (and is force-deleted) at a known time.
+    let stuck_at = c
+        .obs
+        .pods
+        .iter()
+        .filter(|p| p.attempt != attempt)
+        .filter_map(|p| c.stuck_at(p))
+        .min();
+    if let Some(at) = stuck_at {
+        c.wake_at(at);
+    }
+    let message = format!("waiting for {waiting_for_old} workers of the previous attempt to stop");
+    let phase = c.st.phase.unwrap_or(Phase::Created);
+    let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
+    c.note(phase, &reason, message);
+    ControlFlow::Break(())
+}
+
+/// Create the missing ranks of this attempt, and follow it: running (or
+/// stalled past the operator's backstop), or still starting and why.
+fn start_and_watch(c: &mut Ctx<'_>) {
+    let (spec, now, world) = (c.spec, c.obs.now, c.st.world_size);
+    let current = current(c);
     for rank in 0..world {
         if !current.iter().any(|p| p.rank == rank) {
             c.actions.push(Action::CreatePod {
@@ -1013,78 +1195,85 @@ pub fn decide(spec: &RideTrainingSpec, status: &RideTrainingStatus, obs: &Observ
         if let Some(why) = progress_stall(spec, &c.st, now) {
             let everyone: Vec<i32> = (0..world).collect();
             stall_restart(
-                &mut c,
+                c,
                 format!("the gang stopped making progress: {why}; every worker is deleted without a grace period"),
                 everyone,
             );
-            return Decision {
-                actions: c.actions,
-                status: c.st,
-            };
+            return;
         }
     }
     if running == world {
-        c.st.running_since.get_or_insert(now);
-        for ty in [STALLED_CONDITION, PREFLIGHT_CONDITION] {
-            let on =
-                c.st.conditions
-                    .iter()
-                    .any(|k| k.type_ == ty && k.status == "True");
-            if on {
-                set_side_condition(
-                    &mut c.st.conditions,
-                    ty,
-                    false,
-                    "Recovered",
-                    &format!("attempt {} runs all {world} workers", c.st.attempt),
-                    now,
-                    obs.generation,
-                );
-            }
-        }
-        c.set_phase(
-            Phase::Running,
-            "Running",
-            format!("{world} workers running"),
-        );
+        running_gang(c);
     } else if c.st.phase != Some(Phase::Running) {
-        // Still starting: keep the phase and reason that began this attempt
-        // (Created, Resumed, or Restarting after a failure); update the count.
-        let phase = match c.st.phase {
-            Some(p @ (Phase::Created | Phase::Restarting)) => p,
-            _ if c.st.attempt > 0 => Phase::Restarting,
-            _ => Phase::Created,
-        };
-        let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
-        // A worker that cannot start (image, missing Secret key) is what
-        // users need to read, not a count; say it once as an Event too.
-        let problem = current.iter().find_map(|p| {
-            Some(format!(
-                "worker {} cannot start: {}",
-                p.rank,
-                p.start_problem.as_ref()?
-            ))
-        });
-        let message = match problem {
-            Some(problem) => {
-                if c.st.message.as_deref() != Some(problem.as_str()) {
-                    c.event("WorkerNotStarting", problem.clone(), true);
-                }
-                problem
+        starting_gang(c, &current, running);
+    }
+    if c.st.resizes < spec.workers.max_resizes && world < spec.workers.replicas {
+        c.actions
+            .push(Action::RequeueAfter(spec.workers.elastic_timeout_seconds));
+    }
+}
+
+/// Every worker runs: the attempt is Running, and a stall or failed
+/// preflight before it is over.
+fn running_gang(c: &mut Ctx<'_>) {
+    let (now, world) = (c.obs.now, c.st.world_size);
+    c.st.running_since.get_or_insert(now);
+    for ty in [STALLED_CONDITION, PREFLIGHT_CONDITION] {
+        let on =
+            c.st.conditions
+                .iter()
+                .any(|k| k.type_ == ty && k.status == "True");
+        if on {
+            set_side_condition(
+                &mut c.st.conditions,
+                ty,
+                false,
+                "Recovered",
+                &format!("attempt {} runs all {world} workers", c.st.attempt),
+                now,
+                c.obs.generation,
+            );
+        }
+    }
+    c.set_phase(
+        Phase::Running,
+        "Running",
+        format!("{world} workers running"),
+    );
+}
+
+/// Still starting: keep the phase and reason that began this attempt
+/// (Created, Resumed, or Restarting after a failure); update the count, or
+/// say why a worker cannot start.
+fn starting_gang(c: &mut Ctx<'_>, current: &[&ObservedPod], running: i32) {
+    let world = c.st.world_size;
+    let phase = match c.st.phase {
+        Some(p @ (Phase::Created | Phase::Restarting)) => p,
+        _ if c.st.attempt > 0 => Phase::Restarting,
+        _ => Phase::Created,
+    };
+    let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
+    // A worker that cannot start (image, missing Secret key) is what users
+    // need to read, not a count; say it once as an Event too.
+    let problem = current.iter().find_map(|p| {
+        Some(format!(
+            "worker {} cannot start: {}",
+            p.rank,
+            p.start_problem.as_ref()?
+        ))
+    });
+    let message = match problem {
+        Some(problem) => {
+            if c.st.message.as_deref() != Some(problem.as_str()) {
+                c.event("WorkerNotStarting", problem.clone(), true);
             }
-            None => format!("{running} of {world} workers running"),
-        };
-        c.note(phase, &reason, message);
-        c.st.phase = Some(phase);
-        c.st.reason = Some(reason);
-    }
-    if may_grow && world < spec.workers.replicas {
-        c.actions.push(Action::RequeueAfter(timeout));
-    }
-    Decision {
-        actions: c.actions,
-        status: c.st,
-    }
+            problem
+        }
+        None => format!("{running} of {world} workers running"),
+    };
+    c.note(phase, &reason, message);
+    c.st.phase = Some(phase);
+    c.st.reason = Some(reason);
 }
 
 #[cfg(test)]

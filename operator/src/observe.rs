@@ -129,7 +129,14 @@ pub fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
             .flatten()
             .and_then(|p| p.message)
             .map(|m| crate::report::shorten(&m, crate::report::MAX_MESSAGE_BYTES)),
+        // Filled from the node cache by the controller.
+        node_lost: None,
     })
+}
+
+/// The node the pod is bound to (`spec.nodeName`), if scheduled.
+pub fn node_name(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref()?.node_name.as_deref()
 }
 
 /// The pod's IP, once the kubelet reported one.

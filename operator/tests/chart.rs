@@ -92,7 +92,9 @@ fn find<'a>(r: &'a Rendered, kind: &str) -> &'a Value {
 /// and the tenants' aggregated ones.
 fn helper_role(o: &Value) -> bool {
     let name = o["metadata"]["name"].as_str().unwrap_or_default();
-    name.contains("-metrics-") || name.contains("-ridetrainings-")
+    name.contains("-metrics-")
+        || name.contains("-ridetrainings-")
+        || name.ends_with("-nodes-reader")
 }
 
 /// The ClusterRole whose name ends with `suffix`.
@@ -209,6 +211,13 @@ fn default_install_is_lint_clean_with_crd_rbac_and_leader_election() {
         extra.is_empty(),
         "ClusterRole grants more than needed: {extra:?}"
     );
+    // Nodes: read only, for lost-node recovery.
+    let nodes = granted(cluster_role_ending(&r, "-nodes-reader"));
+    let read: BTreeSet<(String, String, String)> = ["get", "list", "watch"]
+        .iter()
+        .map(|v| (String::new(), "nodes".to_string(), v.to_string()))
+        .collect();
+    assert_eq!(nodes, read);
     let leader = r
         .objects
         .iter()
@@ -237,8 +246,8 @@ fn default_install_is_lint_clean_with_crd_rbac_and_leader_election() {
 #[test]
 fn one_namespace_without_leader_election_gets_a_role_and_one_replica() {
     let r = render(r#"{"watchNamespace": "team-a", "leaderElection": {"enabled": false}}"#);
-    // Only the metrics endpoint's reviews are cluster-wide (they are
-    // cluster-scoped APIs).
+    // Only the metrics endpoint's reviews and the node reader are
+    // cluster-wide (they are cluster-scoped APIs).
     let cluster_roles: Vec<&Value> = r
         .objects
         .iter()
@@ -248,6 +257,13 @@ fn one_namespace_without_leader_election_gets_a_role_and_one_replica() {
         cluster_roles.iter().all(|o| helper_role(o)),
         "{:?}",
         kinds(&r)
+    );
+    assert!(
+        cluster_roles.iter().any(|o| o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("-nodes-reader")),
+        "lost-node recovery reads nodes in one namespace too"
     );
     let role = r
         .objects

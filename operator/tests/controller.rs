@@ -633,20 +633,9 @@ fn attempt_of(p: &Pod) -> String {
 async fn a_lost_node_restarts_the_gang_elsewhere_without_using_the_budget() {
     let (cluster, client, agents) = setup(&["node-a", "node-b"]).await;
     let op = Operator::start(&cluster.kubeconfig, "op-n", &["--no-leader-election"]);
+    // Default grace and force-delete settings (120 s, 300 s): a lost node
+    // cannot run a graceful stop, so neither is waited for.
     let manifest = example_with_checkpoint(&cluster.dir, "lost");
-    // The pod left behind on the lost node never confirms its end; 5 s past
-    // its 2 s grace it is force-deleted and stops holding up the next attempt.
-    let text = std::fs::read_to_string(&manifest)
-        .unwrap()
-        .replace(
-            "preemptionExempt: true",
-            "preemptionExempt: true\n    forceDeleteAfterSeconds: 5",
-        )
-        .replace(
-            "replicas: 2",
-            "replicas: 2\n    terminationGracePeriodSeconds: 2",
-        );
-    std::fs::write(&manifest, text).unwrap();
     let (ok, out) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
     assert!(ok, "{out}");
     let ctx = || describe(&cluster, &op, "lost");
@@ -762,14 +751,19 @@ async fn a_lost_node_restarts_the_gang_elsewhere_without_using_the_budget() {
         .filter(|e| e.reason.as_deref() == Some("Preempted"))
         .filter_map(|e| e.note)
         .collect();
+    // Seen as its node's loss (the node cache), not waited out until the
+    // taint eviction.
+    let lost = format!("was lost: its node {victim_node}");
+    assert!(notes.iter().any(|n| n.contains(&lost)), "{notes:?}");
+    // The old gang was force-deleted, not left for its grace period.
+    let pods_now = pods_of(c, NS, "lost").await;
     assert!(
-        notes
-            .iter()
-            .any(|n| n.contains("was disrupted (DeletionByTaintManager)")),
-        "{notes:?}"
+        names(&pods_now).iter().all(|n| n.starts_with("lost-1-")),
+        "{:?}",
+        names(&pods_now)
     );
     println!(
-        "node {victim_node} lost: NotReady after {:.1} s, pod {victim_pod} evicted and the gang running again on {survivor} after {:.1} s",
+        "node {victim_node} lost: NotReady after {:.1} s, pod {victim_pod} force-deleted and the gang running again on {survivor} after {:.1} s (default grace and force-delete settings)",
         not_ready_after.as_secs_f64(),
         restarted_after.as_secs_f64()
     );

@@ -164,8 +164,9 @@ prop_compose! {
         ended_at in prop::option::of(any_i64()),
         start_problem in prop::option::of(".{0,20}"),
         exit_message in prop::option::of(".{0,20}"),
+        node_lost in prop::option::of(".{0,20}"),
     ) -> ObservedPod {
-        ObservedPod { rank, attempt, state, deletion_deadline, ended_at, start_problem, exit_message }
+        ObservedPod { rank, attempt, state, deletion_deadline, ended_at, start_problem, exit_message, node_lost }
     }
 }
 

@@ -221,3 +221,85 @@ fn wrong_credentials_fail_before_training_with_a_clear_error() {
         started.elapsed()
     );
 }
+
+/// The last `ckpt_epoch_N` a run's log says it saved under `uri`.
+fn last_saved_epoch(log: &str, uri: &str) -> Option<u64> {
+    let needle = format!("checkpoint saved: {uri}/tiny/default/ckpt_epoch_");
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(&needle)? + needle.len()..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+}
+
+#[test]
+fn a_replaced_attempt_still_running_never_makes_its_checkpoint_latest() {
+    let _turn = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut env = s3_env();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 2, "RIDE");
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("MAX_PER_CLASS: 40", "MAX_PER_CLASS: 150");
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let uri = format!(
+        "s3://{}/{}",
+        env["RIDE_TEST_S3_BUCKET"],
+        unique_prefix("fence")
+    );
+    // Attempt 0's rank, cut off behind a partition, trains and saves on.
+    env.insert("RIDE_RESTART_ATTEMPT".into(), "0".into());
+    let mut old = train_s3(&env, &cfg, &uri, "200");
+    old.wait_for(
+        &format!("checkpoint saved: {uri}/tiny/default/ckpt_epoch_0"),
+        300,
+    );
+    // Its replacement, attempt 1, starts from the newest checkpoint and
+    // trains a few more epochs while attempt 0 goes on.
+    env.insert("RIDE_RESTART_ATTEMPT".into(), "1".into());
+    let resumed_at = last_saved_epoch(&old.text(), &uri).unwrap();
+    let epochs = (resumed_at + 4).to_string();
+    let (status, new_log) = train_s3(&env, &cfg, &uri, &epochs).finish();
+    assert!(status.success(), "{new_log}");
+    let new_last = last_saved_epoch(&new_log, &uri).expect("attempt 1 saved");
+    // Attempt 0 has tried to save since (it is never told it was
+    // replaced): refused, nothing written.
+    let refused = "checkpoint not saved: attempt 1 of this run started after attempt 0";
+    let seen_before = old.text().matches(refused).count();
+    let want = seen_before + 1;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while old.text().matches(refused).count() < want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attempt 0 never tried to save again:\n{}",
+            old.text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = old.child.kill();
+    let (_, old_log) = old.finish();
+    let old_last = last_saved_epoch(&old_log, &uri).unwrap();
+    assert!(
+        new_log.contains(&format!("resumed from {uri}/tiny/default/ckpt_epoch_")),
+        "{new_log}"
+    );
+    // A third attempt resumes from attempt 1's last checkpoint, whatever
+    // attempt 0 did in between.
+    env.insert("RIDE_RESTART_ATTEMPT".into(), "2".into());
+    let (status, next_log) = train_s3(&env, &cfg, &uri, &(new_last + 2).to_string()).finish();
+    assert!(status.success(), "{next_log}");
+    assert!(
+        next_log.contains(&format!(
+            "resumed from {uri}/tiny/default/ckpt_epoch_{new_last}"
+        )),
+        "attempt 2 must resume from attempt 1's ckpt_epoch_{new_last} (attempt 0 last saved ckpt_epoch_{old_last}):\n{next_log}"
+    );
+    println!(
+        "attempt 0 saved up to ckpt_epoch_{old_last} and was refused {} times after attempt 1 started; attempt 1 saved up to ckpt_epoch_{new_last}, which attempt 2 resumed from",
+        old_log.matches(refused).count()
+    );
+}

@@ -28,6 +28,7 @@ fn pod(rank: i32, attempt: i32, state: PodState) -> ObservedPod {
         ended_at: None,
         start_problem: None,
         exit_message: None,
+        node_lost: None,
     }
 }
 
@@ -256,10 +257,12 @@ fn a_pod_stuck_terminating_on_a_lost_node_is_force_deleted_and_then_stops_blocki
         creates(&d).is_empty(),
         "attempt 1 waits while a pod of attempt 0 may still run"
     );
-    assert!(d
-        .actions
-        .contains(&Action::RequeueAfter(TERMINATION_POLL_SECONDS)));
     let grace = s.restart_policy.force_delete_after_seconds;
+    assert!(
+        d.actions
+            .contains(&Action::RequeueAfter(1000 + grace - 1100)),
+        "woken when it becomes stuck, not polled"
+    );
     let d = decide(&s, &st, &obs(1000 + grace, vec![stuck]));
     assert_eq!(deletes(&d), vec![(2, 0, true)]);
     assert_eq!(creates(&d).len(), 4, "past the grace it no longer blocks");
@@ -950,4 +953,92 @@ fn the_operator_restarts_a_gang_whose_reported_steps_stopped_when_no_watchdog_co
     default.restart_policy.stall_timeout_seconds = None;
     assert_eq!(progress_stall(&default, &st, 1660), None);
     assert!(progress_stall(&default, &st, 1661).is_some());
+}
+
+#[test]
+fn a_lost_node_restarts_the_gang_at_once_force_deleting_only_its_worker() {
+    let s = spec();
+    let st = running(&s);
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[1].node_lost = Some("its node n-2 stopped reporting (Ready Unknown)".into());
+    let d = decide(&s, &st, &obs(100, pods.clone()));
+    assert_eq!(d.status.attempt, 1);
+    assert_eq!((d.status.restarts, d.status.exempt_restarts), (0, 1));
+    let mut gone = deletes(&d);
+    gone.sort();
+    assert_eq!(
+        gone,
+        vec![(0, 0, false), (1, 0, true), (2, 0, false), (3, 0, false)],
+        "no kubelet is there to honour a grace period; the others save on SIGTERM"
+    );
+    let said = d.actions.iter().any(|a| {
+        matches!(a, Action::Event { message, .. } if message.contains("worker 1 was lost: its node n-2 stopped reporting"))
+    });
+    assert!(said, "{:?}", d.actions);
+    // After the backoff: the survivors are still stopping, the lost one no
+    // longer counts; once the survivors are gone the new gang starts
+    // without waiting for the lost node's pod.
+    let mut old = pods;
+    for p in &mut old {
+        p.deletion_deadline = Some(220);
+    }
+    let d2 = decide(&s, &d.status, &obs(111, old.clone()));
+    assert!(creates(&d2).is_empty());
+    assert!(d2
+        .status
+        .message
+        .as_deref()
+        .unwrap_or_default()
+        .contains("waiting for 3 workers"));
+    assert!(
+        deletes(&d2).contains(&(1, 0, true)),
+        "forced until it is gone"
+    );
+    let d3 = decide(&s, &d2.status, &obs(115, vec![old[1].clone()]));
+    assert_eq!(creates(&d3).len(), 4);
+}
+
+#[test]
+fn timers_are_set_only_for_what_falls_due() {
+    let mut s = spec();
+    // Running, nothing due: no timer at all (the watches wake it).
+    let st = running(&s);
+    let d = decide(&s, &st, &obs(50, gang(0, 4, PodState::Running)));
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::RequeueAfter(_))),
+        "{:?}",
+        d.actions
+    );
+    // The deadline.
+    s.run_policy.active_deadline_seconds = Some(1000);
+    let d = decide(&s, &st, &obs(50, gang(0, 4, PodState::Running)));
+    assert_eq!(d.actions, vec![Action::RequeueAfter(1000 - 50)]);
+    // A worker unschedulable since 40: the shrink is due at 40 + 60.
+    s.run_policy.active_deadline_seconds = None;
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[3].state = PodState::Pending {
+        unschedulable_since: Some(40),
+    };
+    let fresh = decide(&s, &RideTrainingStatus::default(), &obs(0, vec![]));
+    let d = decide(&s, &fresh.status, &obs(50, pods));
+    assert!(
+        d.actions.contains(&Action::RequeueAfter(50)),
+        "{:?}",
+        d.actions
+    );
+    // The stall backstop: the last step at 1000, the watchdogs' 300 s
+    // default: due after 1000 + 2 * 300 + 60.
+    let mut st = running_with_progress(&s);
+    if let Some(p) = st.progress.as_mut() {
+        p.training = Some(true);
+    }
+    let d = decide(&s, &st, &obs(1100, gang(0, 4, PodState::Running)));
+    assert!(
+        d.actions
+            .contains(&Action::RequeueAfter(1000 + 660 + 1 - 1100)),
+        "{:?}",
+        d.actions
+    );
 }

@@ -10,7 +10,15 @@
 //!   manifest.json          SHA-256 and size of each file above; written after them
 //! ckpt_epoch_4_iter_120/   mid-epoch (preemption), after 120 iterations of epoch 4
 //! latest                   a copy of the newest manifest; written last
+//! attempt                  the newest restart attempt that started (fencing)
 //! ```
+//!
+//! Saves are fenced by restart attempt (`RIDE_RESTART_ATTEMPT`, set by the
+//! operator and `ride-trainer launch`): rank 0 claims the location for its
+//! attempt as it starts, and a process of an older attempt (a rank cut off
+//! behind a partition, whose gang was replaced) writes nothing once a newer
+//! one has claimed it or saved; `latest` is written conditionally on the
+//! version read where the store supports it.
 //!
 //! A crash during a save leaves `latest` pointing at the previous checkpoint.
 //! Resume verifies every file against its checksum and falls back to older
@@ -34,6 +42,8 @@ pub type NamedTensors = Vec<(String, Tensor)>;
 
 /// Name of the pointer to the newest checkpoint.
 pub const LATEST: &str = "latest";
+/// Name of the claim of the newest attempt that started on a location.
+pub const ATTEMPT: &str = "attempt";
 /// Name of the per-checkpoint manifest.
 pub const MANIFEST: &str = "manifest.json";
 const MODEL_FILE: &str = "model.safetensors";
@@ -114,6 +124,11 @@ pub struct Manifest {
     pub eval: Option<EvalSummary>,
     /// Every file of the checkpoint.
     pub files: BTreeMap<String, FileDigest>,
+    /// The launcher's restart attempt that wrote it (`RIDE_RESTART_ATTEMPT`),
+    /// which fences saves: none of an older attempt replaces `latest` once a
+    /// newer one wrote it. Absent in checkpoints of runs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u64>,
 }
 
 /// Headline evaluation numbers, percent.
@@ -168,6 +183,16 @@ pub enum CheckpointError {
     /// Local I/O.
     #[error("checkpoint I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// A newer attempt of this run has started: this (older) one's save
+    /// would land beside or over the newer gang's, so nothing is written. A rank that
+    /// sees this was replaced (its node was cut off, say) and should stop.
+    #[error("checkpoint not saved: attempt {newer} of this run started after attempt {mine} (this process), so this process was replaced (was its node cut off?) and its checkpoints must not become latest")]
+    Fenced {
+        /// This process's attempt.
+        mine: u64,
+        /// The attempt that wrote `latest`.
+        newer: u64,
+    },
 }
 
 /// A loaded, verified checkpoint.
@@ -190,6 +215,8 @@ pub struct CheckpointStore {
     /// The directory, when the location is on this machine.
     local_dir: Option<std::path::PathBuf>,
     rt: tokio::runtime::Runtime,
+    /// This process's restart attempt, when a launcher gave one.
+    attempt: Option<u64>,
 }
 
 /// Serialise tensors (moved to the CPU) as a safetensors file image.
@@ -233,7 +260,115 @@ impl CheckpointStore {
             uri: uri.trim_end_matches('/').to_string(),
             local_dir,
             rt,
+            attempt: None,
         })
+    }
+
+    /// Save as restart attempt `attempt` (fencing: see [`Manifest::attempt`]).
+    pub fn with_attempt(mut self, attempt: Option<u64>) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The attempt from the launcher's `RIDE_RESTART_ATTEMPT`, if set and a number.
+    pub fn attempt_from_env() -> Option<u64> {
+        std::env::var(ride_contract::ENV_RESTART_ATTEMPT)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The newest attempt known to have started (the [`ATTEMPT`] claim) or
+    /// saved (`latest`'s) on this location.
+    fn newest_attempt(&self, latest: Option<&Manifest>) -> Result<Option<u64>, CheckpointError> {
+        let claimed = self
+            .read(&[ATTEMPT])?
+            .and_then(|b| String::from_utf8(b).ok()?.trim().parse::<u64>().ok());
+        Ok(claimed.max(latest.and_then(|m| m.attempt)))
+    }
+
+    /// Refuse to save when a newer attempt has started or saved.
+    fn fence(&self, latest: Option<&Manifest>) -> Result<(), CheckpointError> {
+        let Some(mine) = self.attempt else {
+            return Ok(());
+        };
+        match self.newest_attempt(latest)? {
+            Some(newer) if newer > mine => Err(CheckpointError::Fenced { mine, newer }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Claim the location for this process's attempt as it starts (rank 0,
+    /// before training): from then on no older attempt's save lands, even
+    /// before this one's first. Refused when a newer attempt claimed it
+    /// (this process is the stale one).
+    pub fn claim_attempt(&self) -> Result<(), CheckpointError> {
+        let Some(mine) = self.attempt else {
+            return Ok(());
+        };
+        let latest = self.read_latest()?.map(|(m, _)| m);
+        match self.newest_attempt(latest.as_ref())? {
+            Some(newer) if newer > mine => Err(CheckpointError::Fenced { mine, newer }),
+            Some(same) if same == mine => Ok(()),
+            _ => self.put(&[ATTEMPT], mine.to_string().into_bytes()),
+        }
+    }
+
+    /// `latest` as stored, with the version a conditional write needs.
+    fn read_latest(
+        &self,
+    ) -> Result<Option<(Manifest, object_store::UpdateVersion)>, CheckpointError> {
+        let key = self.key(&[LATEST]);
+        let got = self.rt.block_on(async {
+            let r = self.store.get(&key).await?;
+            let version = object_store::UpdateVersion {
+                e_tag: r.meta.e_tag.clone(),
+                version: r.meta.version.clone(),
+            };
+            Ok::<_, object_store::Error>((r.bytes().await?, version))
+        });
+        match got {
+            // A `latest` that does not parse fences nothing (and is replaced).
+            Ok((b, v)) => Ok(serde_json::from_slice(&b).ok().map(|m| (m, v))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Point `latest` at `json` unless a newer attempt wrote it: a
+    /// conditional write on the version read where the store has one (an
+    /// object store configured for it), else a write right after the check.
+    fn write_latest(&self, json: Vec<u8>) -> Result<(), CheckpointError> {
+        use object_store::{PutMode, PutOptions};
+        for _ in 0..5 {
+            let current = self.read_latest()?;
+            self.fence(current.as_ref().map(|(m, _)| m))?;
+            let mode = match current {
+                Some((_, v)) if v.e_tag.is_some() || v.version.is_some() => PutMode::Update(v),
+                // The first save: nothing to fence against. (Not `Create`:
+                // S3-compatible stores without If-None-Match refuse it.)
+                _ => PutMode::Overwrite,
+            };
+            let key = self.key(&[LATEST]);
+            let payload = PutPayload::from(json.clone());
+            let opts = PutOptions::from(mode);
+            match self.rt.block_on(self.store.put_opts(&key, payload, opts)) {
+                Ok(_) => return Ok(()),
+                // Someone wrote it between our read and our write: look again.
+                Err(
+                    object_store::Error::Precondition { .. }
+                    | object_store::Error::AlreadyExists { .. },
+                ) => continue,
+                Err(object_store::Error::NotImplemented) => {
+                    return self.put(&[LATEST], json);
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        Err(CheckpointError::Io(std::io::Error::other(
+            "latest kept changing under five conditional writes",
+        )))
     }
 
     /// The location's URI.
@@ -324,6 +459,9 @@ impl CheckpointStore {
         meta: &CheckpointMeta,
         files: Vec<(&str, Vec<u8>)>,
     ) -> Result<(String, Manifest), CheckpointError> {
+        // Before any file: an older attempt must not write into the
+        // directories a newer one saves to.
+        self.fence(self.read_latest()?.as_ref().map(|(m, _)| m))?;
         let dir = checkpoint_dir_name(meta.epoch, meta.iterations_done);
         let mut digests = BTreeMap::new();
         for (name, bytes) in files {
@@ -350,10 +488,11 @@ impl CheckpointStore {
                 .filter(|_| meta.iterations_done.is_none())
                 .map(EvalSummary::from),
             files: digests,
+            attempt: self.attempt,
         };
         let json = serde_json::to_vec_pretty(&manifest)?;
         self.put(&[&dir, MANIFEST], json.clone())?;
-        self.put(&[LATEST], json)?;
+        self.write_latest(json)?;
         Ok((format!("{}/{dir}", self.uri), manifest))
     }
 

@@ -238,3 +238,81 @@ fn unsupported_schemes_are_named() {
         .to_string();
     assert!(e.contains("unsupported scheme 'ftp'"), "{e}");
 }
+
+#[test]
+fn an_older_attempt_never_replaces_a_newer_attempts_latest_nor_writes_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // The gang of attempt 0 runs on, cut off, after attempt 1 has started.
+    let old = open(&dir).with_attempt(Some(0));
+    let new = open(&dir).with_attempt(Some(1));
+    old.claim_attempt().unwrap();
+    old.save(&weights(1.0), &[], &meta(0, None, None)).unwrap();
+    assert_eq!(old.latest_manifest().unwrap().unwrap().attempt, Some(0));
+    // Attempt 1 starts: from its claim on, before its first save, attempt
+    // 0 saves nothing.
+    new.claim_attempt().unwrap();
+    assert!(matches!(
+        old.save(&weights(5.0), &[], &meta(1, None, None)),
+        Err(CheckpointError::Fenced { mine: 0, newer: 1 })
+    ));
+    assert!(!dir.path().join("ckpt_epoch_1").exists());
+    // A stale process of attempt 0 that starts only now is refused at once.
+    assert!(matches!(
+        open(&dir).with_attempt(Some(0)).claim_attempt(),
+        Err(CheckpointError::Fenced { .. })
+    ));
+    // Attempt 1 resumed from attempt 0's checkpoint and saved.
+    new.save(&weights(2.0), &[], &meta(1, None, None)).unwrap();
+    // Attempt 0's next save: refused before any file is written.
+    let e = old
+        .save(&weights(9.0), &[], &meta(2, None, None))
+        .unwrap_err();
+    assert!(
+        matches!(e, CheckpointError::Fenced { mine: 0, newer: 1 }),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("attempt 1 of this run started after attempt 0"),
+        "{e}"
+    );
+    let latest = new.latest_manifest().unwrap().unwrap();
+    assert_eq!(
+        (latest.dir.as_str(), latest.attempt),
+        ("ckpt_epoch_1", Some(1))
+    );
+    assert!(!dir.path().join("ckpt_epoch_2").exists());
+    // Resume takes the newer attempt's checkpoint.
+    assert_eq!(newest(&new).0.unwrap().dir, "ckpt_epoch_1");
+    // The newer attempt itself and later ones go on saving.
+    new.save(&weights(3.0), &[], &meta(2, None, None)).unwrap();
+    let later = open(&dir).with_attempt(Some(2));
+    later
+        .save(&weights(4.0), &[], &meta(3, None, None))
+        .unwrap();
+    assert_eq!(later.latest_manifest().unwrap().unwrap().attempt, Some(2));
+}
+
+#[test]
+fn runs_without_attempts_and_checkpoints_from_before_fencing_are_not_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    // A local run (no launcher) over a checkpoint of attempt 3, and an
+    // attempt over a `latest` that names none.
+    open(&dir)
+        .with_attempt(Some(3))
+        .save(&weights(1.0), &[], &meta(0, None, None))
+        .unwrap();
+    open(&dir)
+        .save(&weights(2.0), &[], &meta(1, None, None))
+        .unwrap();
+    assert_eq!(open(&dir).latest_manifest().unwrap().unwrap().attempt, None);
+    open(&dir)
+        .with_attempt(Some(0))
+        .save(&weights(3.0), &[], &meta(2, None, None))
+        .unwrap();
+    let json = std::fs::read_to_string(dir.path().join("ckpt_epoch_1/manifest.json")).unwrap();
+    assert!(
+        !json.contains("attempt"),
+        "no field where there is no attempt: {json}"
+    );
+}

@@ -103,9 +103,15 @@ impl<'a> Trainer<'a> {
         let output = output_location(cfg);
         // Storage first: bad credentials must fail before anything expensive.
         let store = Arc::new(
-            CheckpointStore::open(&output).with_context(|| format!("opening output {output}"))?,
+            CheckpointStore::open(&output)
+                .with_context(|| format!("opening output {output}"))?
+                .with_attempt(CheckpointStore::attempt_from_env()),
         );
         store.probe(world.rank == 0)?;
+        if world.rank == 0 {
+            // From here on no save of an older attempt of this run lands.
+            store.claim_attempt()?;
+        }
         let watchdog = Watchdog::start(
             StallTimeout::from_env()?,
             super::report::exit_on_stall(options.report.clone()),
