@@ -37,7 +37,14 @@ build() {
   local dir=$1 module=$2 pkg=$3 bin=$4
   shift 4
   local src version
+  # The module's directory exists only once it is downloaded: on an empty
+  # module cache `go list -m` names no directory until this has run.
+  (cd "$mods/$dir" && go mod download "$module")
   src="$(cd "$mods/$dir" && go list -m -f '{{.Dir}}' "$module")"
+  if [ -z "$src" ] || [ ! -d "$src" ]; then
+    echo "error: module $module has no directory after go mod download" >&2
+    exit 1
+  fi
   version="$(cd "$mods/$dir" && go list -m -f '{{.Version}}' "$module")"
   echo "==> building $bin ($module $version) from Go modules (once; cached in $out/bin)"
   (cd "$mods/$dir" && go build -trimpath -ldflags "-s -w" -o "$out/bin/$bin" "$pkg")

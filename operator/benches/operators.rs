@@ -130,13 +130,12 @@ impl System {
                 "spec": {"image": IMAGE, "trainer": {"config": "c.yaml"},
                          // The pods' grace period is Kubernetes' default, as
                          // the peers' pods have (ride's own default is 120 s
-                         // for a final checkpoint save), and a worker left on
-                         // a lost node is force-deleted 30 s after it (ride's
-                         // default: 300 s).
+                         // for a final checkpoint save); the force-delete
+                         // delay is ride's default (300 s): a worker on a
+                         // lost node is force-deleted at once whatever it is.
                          "workers": {"replicas": WORKERS, "terminationGracePeriodSeconds": 30},
                          "checkpoint": {"uri": format!("file://{}/{name}", cluster_dir.display())},
-                         "restartPolicy": {"budget": 3, "backoffSeconds": 0,
-                                           "forceDeleteAfterSeconds": 30}}}),
+                         "restartPolicy": {"budget": 3, "backoffSeconds": 0}}}),
             Self::PyTorchJob | Self::PyTorchJobTuned => {
                 // Its containers must be named "pytorch" (its port lookup).
                 let mut container = container.clone();

@@ -169,6 +169,10 @@ pub struct Context {
     /// Whether the node cache has been filled (until then, and when nodes
     /// may not be read, no node counts as lost).
     nodes_synced: Arc<AtomicBool>,
+    /// Whether the pod and Service caches have been filled: until then no
+    /// training is decided (an empty pod cache would look like a gang that
+    /// lost every worker).
+    owned_synced: Arc<AtomicBool>,
     /// What this operator did that its caches may not show yet.
     expectations: Mutex<Expectations>,
     /// Trainings whose progress poll brought a new report: reconciled
@@ -191,6 +195,10 @@ struct CacheWriters {
     services: Writer<Service>,
     nodes: Writer<Node>,
 }
+
+/// How soon a training reconciled while the caches still fill (just after
+/// start) is looked at again.
+pub const CACHE_FILL_RECHECK: Duration = Duration::from_secs(1);
 
 /// How soon a training whose caches do not yet show our own last actions
 /// is looked at again if no watch event comes first (one normally does).
@@ -227,6 +235,7 @@ impl Context {
                 nodes: nodes_writer,
             })),
             nodes_synced: Arc::new(AtomicBool::new(false)),
+            owned_synced: Arc::new(AtomicBool::new(false)),
             expectations: Mutex::new(Expectations::default()),
             polled_tx,
             polled_rx: Mutex::new(Some(polled_rx)),
@@ -523,6 +532,10 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         // to decide, observe or write.
         ctx.forget(&key);
         return Ok(Requeue::await_change());
+    }
+    if !ctx.owned_synced.load(Ordering::Acquire) {
+        tracing::debug!(training = %name, namespace = %ns, "the pod and Service caches are still filling; waiting");
+        return Ok(Requeue::requeue(CACHE_FILL_RECHECK));
     }
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let svc_api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
@@ -1453,6 +1466,16 @@ pub async fn run(
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });
+    let owned_ready = {
+        let (pods, services) = (ctx.caches.pods.clone(), ctx.caches.services.clone());
+        let synced = Arc::clone(&ctx.owned_synced);
+        tokio::spawn(async move {
+            if pods.wait_until_ready().await.is_ok() && services.wait_until_ready().await.is_ok() {
+                tracing::info!("pod and Service caches synced");
+                synced.store(true, Ordering::Release);
+            }
+        })
+    };
     let nodes_ready = {
         let (nodes, synced) = (ctx.caches.nodes.clone(), Arc::clone(&ctx.nodes_synced));
         tokio::spawn(async move {
@@ -1464,7 +1487,7 @@ pub async fn run(
     };
     // Aborted however this future ends, dropped included (a replica that
     // lost the Lease drops it): a stale loop must not keep checking in.
-    let _helpers = AbortOnDrop(vec![gauges, ready, nodes_ready]);
+    let _helpers = AbortOnDrop(vec![gauges, ready, owned_ready, nodes_ready]);
     controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -15,12 +15,14 @@ use ride_contract::{
 };
 use std::collections::BTreeMap;
 
+pub use crate::reserved::{
+    reserved_env, RESERVED_MOUNT_PATHS, RESERVED_VOLUMES, TRAINER_CONTAINER,
+};
+
 /// Rendezvous store port (rank 0).
 pub const MASTER_PORT: i32 = ride_contract::MASTER_PORT as i32;
 /// Trainer metrics and progress port.
 pub const METRICS_PORT: i32 = ride_contract::METRICS_PORT as i32;
-/// The worker pods' trainer container.
-pub const TRAINER_CONTAINER: &str = "trainer";
 /// Where the trainer leaves its final progress report (the container's
 /// termination message, read back from pod status).
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
@@ -64,36 +66,6 @@ pub fn pod_group(rt: &RideTraining, world_size: i32) -> Option<serde_json::Value
             },
         })),
     }
-}
-
-/// Volumes and mount paths the operator gives every worker.
-pub const RESERVED_VOLUMES: [&str; 3] = ["dshm", "tmp", "dataset"];
-/// Mount paths the operator uses.
-pub const RESERVED_MOUNT_PATHS: [&str; 2] = ["/dev/shm", "/tmp"];
-
-/// Environment variables the operator sets on the trainer: a template may
-/// not set them (the process contract and credentials depend on them).
-pub fn reserved_env(name: &str) -> bool {
-    const OURS: [&str; 11] = [
-        ride_contract::ENV_STALL_TIMEOUT,
-        ENV_RANK,
-        ENV_WORLD_SIZE,
-        ENV_LOCAL_RANK,
-        ENV_LOCAL_WORLD_SIZE,
-        ENV_MASTER_ADDR,
-        ENV_MASTER_PORT,
-        ENV_RESTART_ATTEMPT,
-        ENV_TERMINATION_LOG,
-        "HOME",
-        "XDG_CACHE_HOME",
-    ];
-    let credential = Scheme::ALL
-        .iter()
-        .any(|s| s.credential_vars().iter().any(|v| v.name == name));
-    OURS.contains(&name)
-        || credential
-        || name.starts_with("AWS_")
-        || name.starts_with("AZURE_STORAGE_")
 }
 
 /// The security context every container of a worker gets unless it says
@@ -429,7 +401,7 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
     pod_labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
     annotations.insert(
         "ride.dev/spec-hash".to_string(),
-        crate::lifecycle::spec_hash(spec),
+        crate::spec_hash::spec_hash(spec),
     );
     // JSON logs, so the trainer's lines join the operator's in one log
     // stack; a template that sets the variable (e.g. to `text`) wins.

@@ -932,7 +932,7 @@ impl RideTrainingSpec {
 
     /// A template may add to the pods but not replace what the operator sets.
     fn validate_template(&self, t: &WorkerTemplate) -> Result<(), SpecError> {
-        use crate::pods::{
+        use crate::reserved::{
             reserved_env, RESERVED_MOUNT_PATHS, RESERVED_VOLUMES, TRAINER_CONTAINER,
         };
         let err = |field: String, message: String| Err(SpecError { field, message });

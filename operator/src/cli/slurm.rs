@@ -8,7 +8,7 @@ use ride_contract::CheckpointUri;
 use std::path::Path;
 
 /// `slurm/ride.sbatch`, compiled in.
-pub const TEMPLATE: &str = include_str!("../../slurm/ride.sbatch");
+pub const TEMPLATE: &str = include_str!("../../../slurm/ride.sbatch");
 
 /// Where the template's own `#SBATCH` block and defaults end: the rendered
 /// script replaces everything before this line.
