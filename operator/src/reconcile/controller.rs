@@ -878,7 +878,14 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     for action in events.into_iter().chain(actions) {
         match action {
             Action::EnsureService => {
-                if let Some(foreign) = service
+                // The cache holds only Services with our label: one the
+                // cache lacks is looked up, so that a same-named Service of
+                // someone else's is refused rather than applied over.
+                let existing = match &service {
+                    Some(s) => Some(Arc::clone(s)),
+                    None => svc_api.get_opt(&service_name(&rt)).await?.map(Arc::new),
+                };
+                if let Some(foreign) = existing
                     .as_ref()
                     .filter(|s| !controlled_by(&s.metadata, &uid))
                 {
