@@ -167,7 +167,25 @@ start_control_plane() {
     --unsafe-no-fsync --log-level warn
   wait_until 30 etcd curl -sf "http://127.0.0.1:$ETCD_PORT/health" || return 1
 
+  # RIDE_K8S_AUDIT_USERS=a,b: an audit log ($DIR/audit.log, JSON lines,
+  # metadata only, one line per finished request) of these users' requests,
+  # for the benchmarks' request breakdown by verb and resource.
+  local audit=()
+  if [ -n "${RIDE_K8S_AUDIT_USERS:-}" ]; then
+    {
+      echo "apiVersion: audit.k8s.io/v1"
+      echo "kind: Policy"
+      echo "omitStages: [RequestReceived, ResponseStarted, Panic]"
+      echo "rules:"
+      echo "  - level: Metadata"
+      echo "    users: [$(echo "$RIDE_K8S_AUDIT_USERS" | sed 's/[^,][^,]*/"&"/g')]"
+      echo "  - level: None"
+    } > "$DIR/audit-policy.yaml"
+    audit=(--audit-policy-file "$DIR/audit-policy.yaml" --audit-log-path "$DIR/audit.log"
+      --audit-log-format json --audit-log-mode blocking)
+  fi
   launch kube-apiserver \
+    "${audit[@]}" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \

@@ -626,6 +626,32 @@ struct Measured {
     operator_requests: f64,
     all_requests: f64,
     burst_secs: f64,
+    /// The operator's requests per training by "verb resource[/sub]",
+    /// from the API server's audit log.
+    by_kind: BTreeMap<String, f64>,
+}
+
+/// The operator user's requests in the cluster's audit log, by verb and
+/// resource (`watch pods`, `patch ridetrainings/status`, ...).
+fn audited_requests(cluster: &Cluster) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(cluster.dir.join("audit.log")).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if e["user"]["username"] != "bench-operator" {
+            continue;
+        }
+        let verb = e["verb"].as_str().unwrap_or("?");
+        let what = match (e["objectRef"]["resource"].as_str(), e["objectRef"]["subresource"].as_str()) {
+            (Some(r), Some(sub)) => format!("{r}/{sub}"),
+            (Some(r), None) => r.to_string(),
+            _ => e["requestURI"].as_str().unwrap_or("?").split('?').next().unwrap_or("?").to_string(),
+        };
+        *out.entry(format!("{verb} {what}")).or_default() += 1;
+    }
+    out
 }
 
 async fn run(system: System, n: usize, wait: u64) -> Measured {
@@ -845,6 +871,10 @@ async fn run(system: System, n: usize, wait: u64) -> Measured {
         operator_requests: (op_req1 - op_req0) / n as f64,
         all_requests: (all_req1 - all_req0) / n as f64,
         burst_secs,
+        by_kind: audited_requests(&cluster)
+            .into_iter()
+            .map(|(k, v)| (k, v as f64 / n as f64))
+            .collect(),
     };
     drop(t);
     drop(agents);
@@ -936,9 +966,26 @@ fn print_table(n: usize, server: &str, wait: u64, results: &[(System, Measured)]
     line("all API requests per training (every client)", &|r| {
         format!("{:.1}", r.all_requests)
     });
+    println!(
+        "\nThe operator's API requests per training, by verb and resource (the API server's audit log of its user, whole scenario):\n"
+    );
+    println!("{header} |");
+    println!("|---|{}", "---|".repeat(results.len()));
+    let kinds: std::collections::BTreeSet<&String> =
+        results.iter().flat_map(|(_, r)| r.by_kind.keys()).collect();
+    for kind in kinds {
+        line(kind, &|r| {
+            r.by_kind
+                .get(kind)
+                .map_or("-".into(), |v| format!("{v:.2}"))
+        });
+    }
 }
 
 fn main() {
+    // Every cluster this bench starts keeps an audit log of the operator's
+    // requests (scripts/k8s-cluster.sh), for the breakdown by verb.
+    std::env::set_var("RIDE_K8S_AUDIT_USERS", "bench-operator");
     let sizes: Vec<usize> = std::env::var("RIDE_BENCH_TRAININGS")
         .unwrap_or_else(|_| "100".into())
         .split(',')

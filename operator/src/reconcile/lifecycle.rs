@@ -833,11 +833,13 @@ fn housekeeping(c: &mut Ctx<'_>) {
 fn spec_change(c: &mut Ctx<'_>) -> ControlFlow<()> {
     let spec = c.spec;
     let hash = spec_hash(spec);
+    if c.st.spec_hash.as_deref() == Some(hash.as_str()) {
+        return ControlFlow::Continue(());
+    }
+    // (The legacy hash serialises the spec again: only on a mismatch.)
     if c.st.spec_hash.as_deref() == Some(legacy_spec_hash(spec).as_str()) {
         // Written by an older operator for this very spec: same pods.
-        c.st.spec_hash = Some(hash.clone());
-    }
-    if c.st.spec_hash.as_deref() == Some(hash.as_str()) {
+        c.st.spec_hash = Some(hash);
         return ControlFlow::Continue(());
     }
     c.st.spec_hash = Some(hash);
