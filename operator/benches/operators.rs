@@ -644,10 +644,19 @@ fn audited_requests(cluster: &Cluster) -> BTreeMap<String, u64> {
             continue;
         }
         let verb = e["verb"].as_str().unwrap_or("?");
-        let what = match (e["objectRef"]["resource"].as_str(), e["objectRef"]["subresource"].as_str()) {
+        let what = match (
+            e["objectRef"]["resource"].as_str(),
+            e["objectRef"]["subresource"].as_str(),
+        ) {
             (Some(r), Some(sub)) => format!("{r}/{sub}"),
             (Some(r), None) => r.to_string(),
-            _ => e["requestURI"].as_str().unwrap_or("?").split('?').next().unwrap_or("?").to_string(),
+            _ => e["requestURI"]
+                .as_str()
+                .unwrap_or("?")
+                .split('?')
+                .next()
+                .unwrap_or("?")
+                .to_string(),
         };
         *out.entry(format!("{verb} {what}")).or_default() += 1;
     }
