@@ -1353,12 +1353,16 @@ pub async fn run(
     // One watch per kind both fills the cache reconciles read and triggers
     // them.
     let owned = watcher::Config::default().labels(LABEL_TRAINING);
+    // Managed fields are most of an object's bytes and no decision reads
+    // them: the caches go without.
     let pod_events = watcher(pods, owned.clone())
         .default_backoff()
+        .modify(|p: &mut Pod| p.metadata.managed_fields = None)
         .reflect(writers.pods)
         .touched_objects();
     let svc_events = watcher(svcs, owned)
         .default_backoff()
+        .modify(|s: &mut Service| s.metadata.managed_fields = None)
         .reflect(writers.services)
         .touched_objects();
     // Nodes: only whether one is lost matters, and only then are the
