@@ -48,7 +48,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, Preconditions,
+    PatchParams, PostParams, Preconditions,
 };
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -878,12 +878,20 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     for action in events.into_iter().chain(actions) {
         match action {
             Action::EnsureService => {
-                // The cache holds only Services with our label: one the
-                // cache lacks is looked up, so that a same-named Service of
-                // someone else's is refused rather than applied over.
+                // The cache holds only Services with our label. One it lacks
+                // is created (a single request for a new training); only when
+                // the name is taken is it read, so that a same-named Service
+                // of someone else's is refused rather than applied over.
+                let svc = headless_service(&rt);
                 let existing = match &service {
                     Some(s) => Some(Arc::clone(s)),
-                    None => svc_api.get_opt(&service_name(&rt)).await?.map(Arc::new),
+                    None => match svc_api.create(&PostParams::default(), &svc).await {
+                        Ok(_) => continue,
+                        Err(kube::Error::Api(s)) if s.code == 409 => {
+                            svc_api.get_opt(&service_name(&rt)).await?.map(Arc::new)
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
                 };
                 if let Some(foreign) = existing
                     .as_ref()
@@ -894,7 +902,6 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
                         .await?;
                     return Err(ReconcileError::NotOurs(message));
                 }
-                let svc = headless_service(&rt);
                 svc_api
                     .patch(&service_name(&rt), &apply, &Patch::Apply(&svc))
                     .await?;
