@@ -5,10 +5,11 @@
 #
 #   training-operator.v1  github.com/kubeflow/training-operator (PyTorchJob, Kubeflow's v1 line)
 #   jobset                sigs.k8s.io/jobset (JobSet; its Jobs are run by kube-controller-manager)
+#   kwok                  sigs.k8s.io/kwok (the bench's simulated nodes: kubelets that run nothing)
 #
 # Each is a local module under scripts/k8s-peers/<name>/ whose go.mod pins the
 # release (a `tool` line) and whose go.sum pins every dependency, as for the
-# control plane (scripts/k8s-tools.sh). Neither module has `replace` lines,
+# control plane (scripts/k8s-tools.sh). None of the modules has `replace` lines,
 # so the build is the release's own dependency set. Not part of the tests.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,10 +23,10 @@ if ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 stamp_of() {
-  cat "$mods"/kubeflow/go.* "$mods"/jobset/go.* "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1
+  cat "$mods"/kubeflow/go.* "$mods"/jobset/go.* "$mods"/kwok/go.* "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1
 }
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$(stamp_of)" ] \
-  && [ -x "$out/bin/training-operator.v1" ] && [ -x "$out/bin/jobset" ]; then
+  && [ -x "$out/bin/training-operator.v1" ] && [ -x "$out/bin/jobset" ] && [ -x "$out/bin/kwok" ]; then
   exit 0
 fi
 start=$(date +%s)
@@ -60,5 +61,6 @@ build kubeflow github.com/kubeflow/training-operator \
   manifests/base/crds/kubeflow.org_pytorchjobs.yaml
 build jobset sigs.k8s.io/jobset sigs.k8s.io/jobset jobset \
   config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml
+build kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok kwok
 stamp_of > "$out/.stamp"
-echo "==> peer operators built in $(( $(date +%s) - start )) s into $out"
+echo "==> peer operators and kwok built in $(( $(date +%s) - start )) s into $out"

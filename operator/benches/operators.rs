@@ -1,23 +1,28 @@
 //! Benchmark: ride-operator side by side with Kubeflow's training-operator v1
-//! (PyTorchJob) and JobSet, on the same real control plane and node agents.
+//! (PyTorchJob) and JobSet, on the same real control plane and simulated
+//! nodes.
 //!
 //! For each system, a fresh control plane (`scripts/k8s-cluster.sh`: etcd,
-//! kube-apiserver, kube-controller-manager, kube-scheduler v1.36), three node
-//! agents whose pods are idle stand-in workers (`tests/common`: a process
-//! that runs until a signal tells it to exit), and the system's unmodified
-//! operator binary (the peers built by `scripts/k8s-peers.sh`), running as a
-//! user of its own so that API Priority and Fairness counts its requests
-//! apart. Then, the same scenario for each:
+//! kube-apiserver, kube-controller-manager, kube-scheduler v1.36), three
+//! nodes played by kwok (`operators/kwok.rs`: real Node objects and Leases,
+//! pods bound by the real scheduler and taken through Running, Failed or
+//! Succeeded by kwok's stages in `bench/kwok/stages.yaml`; nothing runs in
+//! them), and the system's unmodified operator binary (the peers built by
+//! `scripts/k8s-peers.sh`), running as a user of its own so that API
+//! Priority and Fairness counts its requests apart. Then, the same scenario
+//! for each:
 //!
 //! 1. N trainings of 2 workers created in one burst: creation → both pods
 //!    created, → both pods running;
 //! 2. one worker (the second pod by name) of every training fails at once:
 //!    even trainings' worker exits 1, odd ones' is SIGKILLed (exit 137, what
-//!    Kubeflow's `ExitCode` policy calls retryable). The failure seen (pod
+//!    Kubeflow's `ExitCode` policy calls retryable), as kwok reports it when
+//!    the bench annotates the pod. The failure seen (pod
 //!    phase Failed) → two running pods again, neither the failed one; and how
 //!    many of those pods are new (2: the gang was replaced; 1: the one pod);
-//! 3. one node agent stops (heartbeats end, its processes freeze): stop →
-//!    every affected training has two running pods on the other nodes.
+//! 3. node-c is cut off (its kwok process dies: its Lease is no longer
+//!    renewed and its pods stay as they were): stop → every affected
+//!    training has two running pods on the other nodes.
 //!
 //! Cost: CPU seconds and peak RSS of the operator process (and the CPU of
 //! kube-controller-manager, which runs JobSet's Jobs), the operator's own API
@@ -26,23 +31,32 @@
 //! all requests the API server served (`apiserver_request_total`), per
 //! training, over the whole scenario.
 //!
+//! Then, on a fresh control plane per system, sustained churn
+//! (`operators/churn.rs`): trainings arriving at a steady rate, each
+//! finishing 60 s after its pods run, with the cost sampled over time.
+//!
 //! Environment: `RIDE_BENCH_TRAININGS` (default "100"; a comma-separated
-//! list runs each size), `RIDE_BENCH_SYSTEMS` (default
+//! list runs each size), `RIDE_BENCH_CHURN` ("RATExMINUTES", default
+//! "20x10"; "0" skips it), `RIDE_BENCH_SYSTEMS` (default
 //! "ride,pytorchjob,pytorchjob-tuned,jobset"), `RIDE_BENCH_WAIT` (seconds a
 //! phase may take before its stragglers count as not done; default 180).
 //! Run it with `bench/operators.sh`, which builds the peers first.
 
+#[path = "operators/churn.rs"]
+mod churn;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "operators/kwok.rs"]
+mod kwok;
 
 use common::cluster::Cluster;
-use common::node_agent::{NodeAgent, NodeSpec};
-use common::{percentile, proc_status_kib, stand_in_image};
+use common::{percentile, proc_status_kib};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::{watcher, WatchStreamExt};
+use kwok::KwokNodes;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -56,6 +70,12 @@ const IMAGE: &str = "ghcr.io/ride-on-cluster/ride-trainer:bench";
 /// Where training-operator v1 reads its webhook certificate (a constant in
 /// its code, the mount path of its Secret volume in its Deployment).
 const KUBEFLOW_CERT_DIR: &str = "/tmp/k8s-webhook-server/serving-certs";
+/// The simulated nodes, by the kwok process that plays them: losing
+/// `LOST_GROUP` loses node-c.
+const NODES: &[(&str, &[&str])] = &[("main", &["node-a", "node-b"]), (LOST_GROUP, &["node-c"])];
+const LOST_GROUP: &str = "lost";
+/// The annotation kwok's `pod-exit` stage turns into a container's exit code.
+const EXIT_ANNOTATION: &str = "bench.ride.dev/exit-code";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum System {
@@ -121,13 +141,13 @@ impl System {
 
     /// One training of 2 workers, each system's equivalent of the others:
     /// restart budget 3, no restart delay (both peers restart at once).
-    fn manifest(self, name: &str, cluster_dir: &Path) -> Value {
-        let container = json!({"name": "worker", "image": IMAGE, "command": ["ride-trainer"]});
+    fn manifest(self, name: &str, image: &str, cluster_dir: &Path) -> Value {
+        let container = json!({"name": "worker", "image": image, "command": ["ride-trainer"]});
         match self {
             Self::Ride => json!({
                 "apiVersion": "ride.dev/v1alpha1", "kind": "RideTraining",
                 "metadata": {"name": name, "namespace": NS},
-                "spec": {"image": IMAGE, "trainer": {"config": "c.yaml"},
+                "spec": {"image": image, "trainer": {"config": "c.yaml"},
                          // The pods' grace period is Kubernetes' default, as
                          // the peers' pods have (ride's own default is 120 s
                          // for a final checkpoint save); the force-delete
@@ -179,6 +199,20 @@ impl System {
                 .map(|r| r.values().filter_map(|s| s["failed"].as_u64()).sum())
                 .unwrap_or(0),
         }
+    }
+
+    /// Whether the object's status says it finished successfully.
+    fn succeeded(self, obj: &Value) -> bool {
+        let condition = match self {
+            Self::Ride => return obj["status"]["phase"] == "Succeeded",
+            Self::PyTorchJob | Self::PyTorchJobTuned => "Succeeded",
+            Self::JobSet => "Completed",
+        };
+        obj["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == condition && c["status"] == "True")
     }
 
     /// Whether the object's status says it failed for good.
@@ -485,6 +519,8 @@ struct Tracker {
     goals: BTreeMap<(&'static str, String), Goal>,
     /// Pod uid → when it was first seen Failed.
     failed_at: HashMap<String, Instant>,
+    /// Training → when each of its pods was first seen Succeeded (by uid).
+    succeeded_at: HashMap<String, HashMap<String, Instant>>,
 }
 
 impl Tracker {
@@ -510,6 +546,13 @@ impl Tracker {
                 .unwrap_or_default();
             if phase == "Failed" {
                 self.failed_at.entry(uid.clone()).or_insert(now);
+            }
+            if phase == "Succeeded" {
+                self.succeeded_at
+                    .entry(training.clone())
+                    .or_default()
+                    .entry(uid.clone())
+                    .or_insert(now);
             }
             let seen = self.pods.entry(uid).or_insert_with(|| PodSeen {
                 training: training.clone(),
@@ -565,7 +608,7 @@ impl Tracker {
     }
 }
 
-fn lock(t: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
+fn lock<T>(t: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     t.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -663,17 +706,55 @@ fn audited_requests(cluster: &Cluster) -> BTreeMap<String, u64> {
     out
 }
 
+/// Watch the pods of `system`'s trainings into `tracker`.
+fn watch_pods(
+    system: System,
+    client: &kube::Client,
+    tracker: &Arc<Mutex<Tracker>>,
+) -> tokio::task::JoinHandle<()> {
+    let tracker = Arc::clone(tracker);
+    let label = system.training_label();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    tokio::spawn(async move {
+        let stream = watcher(pods, watcher::Config::default().labels(label)).default_backoff();
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                    lock(&tracker).observe(label, &p, false)
+                }
+                Ok(watcher::Event::Delete(p)) => lock(&tracker).observe(label, &p, true),
+                _ => {}
+            }
+        }
+    })
+}
+
+/// Goals "created" and "running" for a training about to be created.
+fn add_start_goals(tracker: &Mutex<Tracker>, name: &str) {
+    let now = Instant::now();
+    let mut t = lock(tracker);
+    for (phase, running) in [("created", false), ("running", true)] {
+        t.add_goal(
+            phase,
+            name,
+            Goal {
+                since: now,
+                running,
+                exclude: HashSet::new(),
+                avoid: None,
+                done: None,
+                new_pods: 0,
+            },
+        );
+    }
+}
+
 async fn run(system: System, n: usize, wait: u64) -> Measured {
     eprintln!("== {} with {n} trainings", system.title());
     let cluster = Cluster::start();
     let client = cluster.client().await;
-    let mut agents: Vec<NodeAgent> = Vec::new();
-    for name in ["node-a", "node-b", "node-c"] {
-        let mut spec = NodeSpec::new(name, vec![stand_in_image(&cluster.dir)]);
-        spec.pods = (WORKERS * n) as u32;
-        spec.cpu = "1000".into();
-        agents.push(cluster.node(spec).await);
-    }
+    let mut nodes = KwokNodes::start(&cluster, NODES, WORKERS * n);
     let operator = start(system, &cluster).await;
     let op_pid = operator.child.id();
     let kcm_pid = component_pid(&cluster, "kube-controller-manager");
@@ -681,24 +762,7 @@ async fn run(system: System, n: usize, wait: u64) -> Measured {
     let (op_req0, all_req0) = api_requests(&cluster);
 
     let tracker = Arc::new(Mutex::new(Tracker::default()));
-    let watch = {
-        let tracker = Arc::clone(&tracker);
-        let label = system.training_label();
-        let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-        tokio::spawn(async move {
-            let stream = watcher(pods, watcher::Config::default().labels(label)).default_backoff();
-            futures::pin_mut!(stream);
-            while let Some(ev) = stream.next().await {
-                match ev {
-                    Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
-                        lock(&tracker).observe(label, &p, false)
-                    }
-                    Ok(watcher::Event::Delete(p)) => lock(&tracker).observe(label, &p, true),
-                    _ => {}
-                }
-            }
-        })
-    };
+    let watch = watch_pods(system, &client, &tracker);
 
     // 1. One burst of creations.
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &system.resource());
@@ -706,25 +770,8 @@ async fn run(system: System, n: usize, wait: u64) -> Measured {
     let burst = Instant::now();
     for name in &names {
         let obj: DynamicObject =
-            serde_json::from_value(system.manifest(name, &cluster.dir)).expect("manifest");
-        let now = Instant::now();
-        {
-            let mut t = lock(&tracker);
-            for (phase, running) in [("created", false), ("running", true)] {
-                t.add_goal(
-                    phase,
-                    name,
-                    Goal {
-                        since: now,
-                        running,
-                        exclude: HashSet::new(),
-                        avoid: None,
-                        done: None,
-                        new_pods: 0,
-                    },
-                );
-            }
-        }
+            serde_json::from_value(system.manifest(name, IMAGE, &cluster.dir)).expect("manifest");
+        add_start_goals(&tracker, name);
         api.create(&PostParams::default(), &obj)
             .await
             .unwrap_or_else(|e| panic!("create {name}: {e}"));
@@ -735,6 +782,7 @@ async fn run(system: System, n: usize, wait: u64) -> Measured {
 
     // 2. One worker of every training fails: exit 1 or SIGKILL.
     eprintln!("  one worker of every training fails");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     for (i, name) in names.iter().enumerate() {
         let victim = {
             let t = lock(&tracker);
@@ -762,21 +810,12 @@ async fn run(system: System, n: usize, wait: u64) -> Measured {
                 new_pods: 0,
             },
         );
-        for a in &agents {
-            let sent = if i % 2 == 0 {
-                a.signal_pod(NS, &pod, "USR2")
-            } else {
-                a.pid(NS, &pod).is_some_and(|pid| {
-                    Command::new("kill")
-                        .args(["-KILL", "--", &format!("-{pid}")])
-                        .status()
-                        .is_ok_and(|s| s.success())
-                })
-            };
-            if sent {
-                break;
-            }
-        }
+        // What the kubelet reports for a worker that exits 1 or is killed.
+        let code = if i % 2 == 0 { "1" } else { "137" };
+        let patch = json!({"metadata": {"annotations": {EXIT_ANNOTATION: code}}});
+        pods.patch(&pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("fail pod {pod}: {e}"));
     }
     wait_phase(&tracker, "exit 1", wait).await;
     wait_phase(&tracker, "exit 137", wait).await;
@@ -803,8 +842,16 @@ async fn run(system: System, n: usize, wait: u64) -> Measured {
         }
         by_training.into_iter().collect()
     };
+    let by_node: BTreeMap<String, usize> =
+        lock(&tracker)
+            .pods
+            .values()
+            .fold(BTreeMap::new(), |mut m, p| {
+                *m.entry(format!("{} {}", p.node, p.phase)).or_default() += 1;
+                m
+            });
     eprintln!(
-        "  {lost} stops; {} trainings have a running pod there",
+        "  {lost} stops; {} trainings have a running pod there (pods by node and phase: {by_node:?})",
         affected.len()
     );
     let stopped = Instant::now();
@@ -825,7 +872,7 @@ async fn run(system: System, n: usize, wait: u64) -> Measured {
             );
         }
     }
-    agents[2].stop();
+    nodes.lose(LOST_GROUP);
     wait_phase(&tracker, "node loss", wait).await;
 
     let (operator_cpu, operator_peak_mib) = cpu_and_peak(op_pid);
@@ -886,7 +933,7 @@ async fn run(system: System, n: usize, wait: u64) -> Measured {
             .collect(),
     };
     drop(t);
-    drop(agents);
+    drop(nodes);
     result
 }
 
@@ -911,8 +958,9 @@ fn new_pods(r: &Row, mean: f64) -> String {
 
 fn print_table(n: usize, server: &str, wait: u64, results: &[(System, Measured)]) {
     println!(
-        "\n### {n} trainings x {WORKERS} workers, one burst; 3 node agents; kube-apiserver {server}; \
-         a phase's stragglers count as not done after {wait} s\n"
+        "\n### {n} trainings x {WORKERS} workers, one burst; 3 simulated nodes ({}); kube-apiserver {server}; \
+         a phase's stragglers count as not done after {wait} s\n",
+        kwok::version()
     );
     let mut header = "| | ".to_string();
     header += &results
@@ -1026,5 +1074,20 @@ fn main() {
             results.push((system, r));
         }
         print_table(n, &server, wait, &results);
+    }
+    // "RATExMINUTES": trainings a minute, for how long; "0" skips it.
+    let churn = std::env::var("RIDE_BENCH_CHURN").unwrap_or_else(|_| "20x10".into());
+    if let Some((rate, minutes)) = churn.split_once('x') {
+        let plan = churn::Plan {
+            per_minute: rate.trim().parse().expect("RIDE_BENCH_CHURN rate"),
+            minutes: minutes.trim().parse().expect("RIDE_BENCH_CHURN minutes"),
+        };
+        if plan.per_minute > 0 && plan.minutes > 0 {
+            let mut results = Vec::new();
+            for &system in &systems {
+                results.push((system, runtime.block_on(churn::run(system, plan, wait))));
+            }
+            churn::print(plan, &server, wait, &results);
+        }
     }
 }

@@ -23,7 +23,7 @@ mod common;
 
 use common::cluster::Cluster;
 use common::node_agent::NodeAgent;
-use common::{eventually, live_pod_names, pods_of, repo, status, wait_succeeded, Operator};
+use common::{eventually, names, pods_of, repo, status, wait_succeeded, Operator};
 use std::path::{Path, PathBuf};
 
 const NS: &str = "default";
@@ -391,9 +391,15 @@ async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds
     ] {
         assert!(out.contains(text), "{text:?} in kubectl explain:\n{out}");
     }
+    // The finished workers stay, Succeeded, for `kubectl logs`.
+    let finished = pods_of(c, NS, "ride-cpu").await;
     assert!(
-        live_pod_names(c, NS, "ride-cpu").await.is_empty(),
-        "finished pods are cleaned up"
+        !finished.is_empty()
+            && finished
+                .iter()
+                .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")),
+        "finished pods: {:?}",
+        names(&finished)
     );
 
     // The router stage of the same run: an override, the same checkpoint URI.

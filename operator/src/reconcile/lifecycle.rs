@@ -173,8 +173,13 @@ impl Ctx<'_> {
         self.st.message = Some(message);
     }
 
+    /// Move to `phase`, with an Event for every phase but Running: a gang
+    /// coming up is routine (its condition and `runningSince` record it),
+    /// and at thousands of trainings two Events per attempt are a sixth of
+    /// the operator's requests. What users must notice (created, failed,
+    /// restarted, suspended, finished) still gets one.
     fn set_phase(&mut self, phase: Phase, reason: &str, message: String) {
-        if self.st.phase != Some(phase) {
+        if self.st.phase != Some(phase) && phase != Phase::Running {
             let warning = matches!(phase, Phase::Failed | Phase::Restarting);
             self.event(reason, message.clone(), warning);
         }
@@ -204,6 +209,28 @@ impl Ctx<'_> {
     fn wake_at(&mut self, at: i64) {
         self.actions
             .push(Action::RequeueAfter(at.saturating_sub(self.obs.now).max(1)));
+    }
+
+    /// The training is over: stop the workers still running or starting
+    /// (force-deleting stuck ones). Workers that exited stay, as a Job's
+    /// pods do, so `kubectl logs` still shows rank 0's summary table and a
+    /// failed rank's last words; they hold no resources and go with the
+    /// training (owner references) or its TTL.
+    fn stop_live_pods(&mut self) {
+        for p in &self.obs.pods {
+            let exited = matches!(p.state, PodState::Succeeded | PodState::Failed { .. });
+            if exited && p.deletion_deadline.is_none() {
+                continue;
+            }
+            let stuck = self.stuck(p);
+            if p.deletion_deadline.is_none() || stuck {
+                self.actions.push(Action::DeletePod {
+                    rank: p.rank,
+                    attempt: p.attempt,
+                    force: stuck,
+                });
+            }
+        }
     }
 
     /// Delete every pod not yet being deleted; force-delete ones stuck terminating.
@@ -606,7 +633,7 @@ fn stall_restart(c: &mut Ctx<'_>, message: String, stuck: Vec<i32>) {
     c.event("Stalled", message.clone(), true);
     c.force_ranks = stuck;
     if c.st.restarts_by_cause.stall >= budget {
-        c.delete_pods(false);
+        c.stop_live_pods();
         c.finish(
             Phase::Failed,
             "StallBudgetExhausted",
@@ -743,12 +770,12 @@ fn first_sight(c: &mut Ctx<'_>) {
     }
 }
 
-/// Finished: clean up workers still around, then honour the TTL.
+/// Finished: stop workers still running, then honour the TTL.
 fn finished(c: &mut Ctx<'_>) -> ControlFlow<()> {
     if !matches!(c.st.phase, Some(Phase::Succeeded | Phase::Failed)) {
         return ControlFlow::Continue(());
     }
-    c.delete_pods(false);
+    c.stop_live_pods();
     if let (Some(ttl), Some(done)) = (
         c.spec.run_policy.ttl_seconds_after_finished,
         c.st.completion_time,
@@ -796,7 +823,7 @@ fn deadline(c: &mut Ctx<'_>) -> ControlFlow<()> {
     if c.obs.now.saturating_sub(start) < limit {
         return ControlFlow::Continue(());
     }
-    c.delete_pods(false);
+    c.stop_live_pods();
     c.finish(
         Phase::Failed,
         "DeadlineExceeded",
@@ -1008,11 +1035,11 @@ fn restart_or_fail(c: &mut Ctx<'_>, state: &PodState, by_rule: bool, what: Strin
             } else {
                 "the code means an invalid config or command line; another try cannot help"
             };
-            c.delete_pods(false);
+            c.stop_live_pods();
             c.finish(Phase::Failed, "WorkerFailed", format!("{what}; {why}"));
         }
         ExitAction::Restart if c.st.restarts >= policy.budget => {
-            c.delete_pods(false);
+            c.stop_live_pods();
             c.finish(
                 Phase::Failed,
                 "RestartBudgetExhausted",
@@ -1039,7 +1066,6 @@ fn success(c: &mut Ctx<'_>) -> ControlFlow<()> {
     if current.len() as i32 != world || !current.iter().all(|p| p.state == PodState::Succeeded) {
         return ControlFlow::Continue(());
     }
-    c.delete_pods(false);
     c.finish(
         Phase::Succeeded,
         "Succeeded",
@@ -1193,6 +1219,12 @@ fn running_gang(c: &mut Ctx<'_>) {
     );
 }
 
+/// How long a starting gang says "starting N workers" before it counts
+/// them: a gang that comes up within it costs one status write on the way
+/// to Running instead of one per worker; one that takes longer says how
+/// far it got.
+const COUNT_STARTING_AFTER_SECONDS: i64 = 10;
+
 /// Still starting: keep the phase and reason that began this attempt
 /// (Created, Resumed, or Restarting after a failure); update the count, or
 /// say why a worker cannot start.
@@ -1220,7 +1252,18 @@ fn starting_gang(c: &mut Ctx<'_>, current: &[&ObservedPod], running: i32) {
             }
             problem
         }
-        None => format!("{running} of {world} workers running"),
+        None => {
+            let count_from =
+                c.st.attempt_start_time
+                    .unwrap_or(c.obs.now)
+                    .saturating_add(COUNT_STARTING_AFTER_SECONDS);
+            if c.obs.now < count_from {
+                c.wake_at(count_from);
+                format!("starting {world} workers")
+            } else {
+                format!("{running} of {world} workers running")
+            }
+        }
     };
     c.note(phase, &reason, message);
     c.st.phase = Some(phase);

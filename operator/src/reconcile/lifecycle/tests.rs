@@ -119,6 +119,21 @@ fn a_new_training_gets_a_service_and_every_rank() {
 }
 
 #[test]
+fn a_gang_coming_up_is_told_by_status_not_by_an_event() {
+    let s = spec();
+    let created = decide(&s, &RideTrainingStatus::default(), &obs(0, vec![]));
+    assert!(has_event(&created, "Created"));
+    let d = decide(&s, &created.status, &obs(5, gang(0, 4, PodState::Running)));
+    assert_eq!(d.status.phase, Some(Phase::Running));
+    assert_eq!(d.status.running_since, Some(5));
+    assert!(
+        !d.actions.iter().any(|a| matches!(a, Action::Event { .. })),
+        "{:?}",
+        d.actions
+    );
+}
+
+#[test]
 fn all_workers_running_means_running_once() {
     let s = spec();
     let st = running(&s);
@@ -175,7 +190,11 @@ fn the_budget_ends_in_failed() {
     assert_eq!(d.status.phase, Some(Phase::Failed));
     assert_eq!(d.status.reason.as_deref(), Some("RestartBudgetExhausted"));
     assert_eq!(d.status.completion_time, Some(50));
-    assert_eq!(deletes(&d).len(), 4);
+    // The three still running stop; the failed rank stays for its logs.
+    assert_eq!(
+        deletes(&d),
+        vec![(0, 0, false), (2, 0, false), (3, 0, false)]
+    );
 }
 
 #[test]
@@ -232,6 +251,34 @@ fn a_rank_that_exits_zero_while_another_fails_is_still_a_failure() {
     let d = decide(&s, &st, &obs(40, gang(0, 4, PodState::Succeeded)));
     assert_eq!(d.status.phase, Some(Phase::Succeeded));
     assert!(has_event(&d, "Succeeded"));
+    // Finished workers stay (rank 0's log has the summary table).
+    assert!(deletes(&d).is_empty(), "{:?}", d.actions);
+    let after = decide(&s, &d.status, &obs(41, gang(0, 4, PodState::Succeeded)));
+    assert!(deletes(&after).is_empty(), "{:?}", after.actions);
+}
+
+#[test]
+fn a_starting_gang_is_counted_only_once_it_takes_a_while() {
+    let s = spec();
+    let d = decide(&s, &RideTrainingStatus::default(), &obs(0, vec![]));
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[3].state = PodState::Pending {
+        unschedulable_since: None,
+    };
+    // Three of four up within the first seconds: one message, and a look
+    // again when counting starts.
+    let early = decide(&s, &d.status, &obs(3, pods.clone()));
+    assert_eq!(early.status.message, d.status.message);
+    assert!(
+        early.actions.contains(&Action::RequeueAfter(7)),
+        "{:?}",
+        early.actions
+    );
+    let late = decide(&s, &early.status, &obs(10, pods));
+    assert_eq!(
+        late.status.message.as_deref(),
+        Some("3 of 4 workers running")
+    );
 }
 
 #[test]
