@@ -5,7 +5,8 @@
 # plane and the peers from Go modules first (once; cached in ~/.cache/ride).
 # Nodes are simulated by kwok (built with the peers), so thousands of
 # trainings fit on one machine. After the burst scenario at each size, a
-# sustained churn: CHURN=RATExMINUTES trainings a minute (0 skips it).
+# sustained churn: CHURN=RATExMINUTES trainings a minute (0 skips it;
+# SIZES=0 runs the churn alone).
 #   SIZES=100,500,2000 CHURN=20x10 SYSTEMS=ride,pytorchjob,pytorchjob-tuned,jobset WAIT=180 bench/operators.sh
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

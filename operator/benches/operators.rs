@@ -1047,6 +1047,7 @@ fn main() {
         .unwrap_or_else(|_| "100".into())
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
+        .filter(|&n: &usize| n > 0)
         .collect();
     let systems: Vec<System> = std::env::var("RIDE_BENCH_SYSTEMS")
         .unwrap_or_else(|_| "ride,pytorchjob,pytorchjob-tuned,jobset".into())
