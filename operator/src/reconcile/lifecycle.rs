@@ -211,34 +211,29 @@ impl Ctx<'_> {
             .push(Action::RequeueAfter(at.saturating_sub(self.obs.now).max(1)));
     }
 
-    /// The training is over: stop the workers still running or starting
-    /// (force-deleting stuck ones). Workers that exited stay, as a Job's
-    /// pods do, so `kubectl logs` still shows rank 0's summary table and a
-    /// failed rank's last words; they hold no resources and go with the
-    /// training (owner references) or its TTL.
+    /// The training is over: stop the workers still running or starting.
+    /// Workers that exited stay, as a Job's pods do, so `kubectl logs`
+    /// still shows rank 0's summary table and a failed rank's last words;
+    /// they hold no resources and go with the training (owner references)
+    /// or its TTL.
     fn stop_live_pods(&mut self) {
-        for p in &self.obs.pods {
-            let exited = matches!(p.state, PodState::Succeeded | PodState::Failed { .. });
-            if exited && p.deletion_deadline.is_none() {
-                continue;
-            }
-            let stuck = self.stuck(p);
-            if p.deletion_deadline.is_none() || stuck {
-                self.actions.push(Action::DeletePod {
-                    rank: p.rank,
-                    attempt: p.attempt,
-                    force: stuck,
-                });
-            }
-        }
+        self.delete_pods_where(|p| {
+            !matches!(p.state, PodState::Succeeded | PodState::Failed { .. })
+                || p.deletion_deadline.is_some()
+        });
     }
 
     /// Delete every pod not yet being deleted; force-delete ones stuck terminating.
     fn delete_pods(&mut self, only_other_attempts: bool) {
-        for p in &self.obs.pods {
-            if only_other_attempts && p.attempt == self.st.attempt {
-                continue;
-            }
+        let current = self.st.attempt;
+        self.delete_pods_where(|p| !(only_other_attempts && p.attempt == current));
+    }
+
+    /// Delete the pods `wanted` picks that are not yet being deleted, and
+    /// force-delete those stuck terminating or stalled in this attempt.
+    fn delete_pods_where(&mut self, wanted: impl Fn(&ObservedPod) -> bool) {
+        let obs = self.obs;
+        for p in obs.pods.iter().filter(|p| wanted(p)) {
             let stuck = self.stuck(p)
                 || (p.attempt == self.st.attempt && self.force_ranks.contains(&p.rank));
             if p.deletion_deadline.is_none() || stuck {
