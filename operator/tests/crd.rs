@@ -2,15 +2,10 @@
 //! `kubectl apply` relies on, the examples are valid, and the CPU example
 //! trains locally through `ride run-local`.
 
-use ride_operator::crd::RideTraining;
-use std::path::{Path, PathBuf};
+mod common;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use common::repo;
+use ride_operator::crd::RideTraining;
 
 fn crd() -> serde_json::Value {
     serde_norway::from_str(&ride_operator::crd_yaml().unwrap()).unwrap()

@@ -2,17 +2,18 @@
 //! model reproduces the reference's eval outputs on them. Fixtures were made
 //! once with the authors' PyTorch code (tests/fixtures/README.md).
 
+mod common;
+
+use common::manifest_dir;
 use ride_trainer::model::ride_swin::parameter_count;
 use ride_trainer::model::{RideSwin, SwinSpec};
 use ride_trainer::weights::{apply_weights, read_weights};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tch::{nn, Device, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    manifest_dir().join("tests/fixtures").join(name)
 }
 
 fn spec(experts: i64, normed: bool) -> SwinSpec {
@@ -102,7 +103,7 @@ fn the_authors_model_rebuilt_in_pytorch_matches_their_fixtures_and_our_model() {
     // bench/ride_swin_reference.py is the PyTorch side of the GPU check: it
     // must be the authors' model, so it loads their state dicts strictly
     // and reproduces their outputs, with torch from the wheel alone.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = manifest_dir().join("..");
     let python = std::env::var("VIRTUAL_ENV")
         .map(|v| std::path::PathBuf::from(v).join("bin/python"))
         .unwrap_or_else(|_| "python3".into());

@@ -1006,11 +1006,7 @@ mod tests {
 
     fn spec_with_uri(uri: &str) -> RideTrainingSpec {
         let rt: RideTraining = serde_norway::from_str(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../examples/ride-cpu.yaml"
-            ))
-            .unwrap(),
+            &std::fs::read_to_string(crate::repo_file("examples/ride-cpu.yaml")).unwrap(),
         )
         .unwrap();
         let mut spec = rt.spec;

@@ -455,11 +455,7 @@ mod tests {
     use crate::crd::RideTraining;
 
     fn spec_with(extra: &str) -> RideTrainingSpec {
-        let base = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../examples/ride-tiny-2e.yaml"
-        ))
-        .unwrap();
+        let base = std::fs::read_to_string(crate::repo_file("examples/ride-tiny-2e.yaml")).unwrap();
         let mut rt: serde_json::Value = serde_norway::from_str(&base).unwrap();
         let extra: serde_json::Value = serde_norway::from_str(extra).unwrap();
         merge(&mut rt["spec"], extra);

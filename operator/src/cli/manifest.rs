@@ -358,11 +358,7 @@ mod tests {
     use super::*;
 
     fn example() -> String {
-        std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../examples/ride-cpu.yaml"
-        ))
-        .unwrap()
+        std::fs::read_to_string(crate::repo_file("examples/ride-cpu.yaml")).unwrap()
     }
 
     fn errors_of(text: &str) -> Vec<String> {

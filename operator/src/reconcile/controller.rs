@@ -37,6 +37,7 @@ use crate::expectations::{CachedPod, Expectations, Verdict};
 use crate::lifecycle::{decide, Action, Observed};
 use crate::metrics::OperatorMetrics;
 use crate::observe::{apply_progress, observe_pod, pod_ip};
+use crate::pod_index::PodIndex;
 use crate::pod_policy::PodPolicy;
 use crate::pods::{
     headless_service, pod_group, service_name, worker_pod, LABEL_ATTEMPT, LABEL_RANK,
@@ -44,7 +45,7 @@ use crate::pods::{
 };
 use crate::report::{ReportClock, ReportError};
 use futures::FutureExt;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
@@ -185,6 +186,8 @@ pub struct Context {
 #[derive(Clone)]
 struct Caches {
     pods: Store<Pod>,
+    /// The pods of each training, fed the pod watch's events before `pods`.
+    pod_index: Arc<Mutex<PodIndex>>,
     services: Store<Service>,
     nodes: Store<Node>,
 }
@@ -226,6 +229,7 @@ impl Context {
         Arc::new(Self {
             caches: Caches {
                 pods,
+                pod_index: Arc::new(Mutex::new(PodIndex::new(LABEL_TRAINING))),
                 services,
                 nodes,
             },
@@ -543,7 +547,14 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         p.metadata.namespace.as_deref() == Some(ns.as_str())
             && p.labels().get(LABEL_TRAINING) == Some(&name)
     };
-    let cached_pods = ctx.caches.pods.state_filter(labelled);
+    // By the index: scanning the whole cache per reconcile cost most of the
+    // operator's CPU at thousands of trainings.
+    let names = lock(&ctx.caches.pod_index).pods_of(&ns, &name);
+    let cached_pods: Vec<Arc<Pod>> = names
+        .iter()
+        .filter_map(|pod| ctx.caches.pods.get(&ObjectRef::new(pod).within(&ns)))
+        .filter(|p| labelled(p))
+        .collect();
     let verdict = lock(&ctx.expectations).check(
         &key,
         cached.metadata.resource_version.as_deref(),
@@ -995,12 +1006,25 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
                     ..Default::default()
                 };
                 match pods_api.delete(&pod_name, &params).await {
-                    Ok(_) => {
-                        if let Some(gone) = target {
-                            lock(&ctx.expectations).deleted(&key, &gone, Instant::now());
+                    Ok(answer) => {
+                        if let Some(uid) = target {
+                            // A Status answer: removed at once (no grace
+                            // period, no finalizer); a Pod: now terminating.
+                            let mut expect = lock(&ctx.expectations);
+                            if answer.is_right() {
+                                expect.gone(&key, &uid, Instant::now());
+                            } else {
+                                expect.deleted(&key, &uid, Instant::now());
+                            }
                         }
                     }
-                    Err(e) if is_not_found(&e) => {}
+                    Err(e) if is_not_found(&e) => {
+                        // Already gone (its node's pod GC, or kwok/kubelet
+                        // finished it) though the cache still shows it.
+                        if let Some(uid) = target {
+                            lock(&ctx.expectations).gone(&key, &uid, Instant::now());
+                        }
+                    }
                     // Precondition failed: not the pod decided on.
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(e) => return Err(e.into()),
@@ -1362,9 +1386,11 @@ pub async fn run(
     let owned = watcher::Config::default().labels(LABEL_TRAINING);
     // Managed fields are most of an object's bytes and no decision reads
     // them: the caches go without.
+    let index = Arc::clone(&ctx.caches.pod_index);
     let pod_events = watcher(pods, owned.clone())
         .default_backoff()
         .modify(|p: &mut Pod| p.metadata.managed_fields = None)
+        .inspect_ok(move |event| lock(&index).apply(event))
         .reflect(writers.pods)
         .touched_objects();
     let svc_events = watcher(svcs, owned)

@@ -28,6 +28,10 @@ struct Pending {
     created: BTreeSet<String>,
     /// Uids of pods deleted that the pod cache still shows as not deleting.
     deleted: BTreeSet<String>,
+    /// Uids of pods the API server no longer has (a force-delete, or a
+    /// delete answered NotFound) that the pod cache still shows: deciding
+    /// on them again would only delete them again.
+    gone: BTreeSet<String>,
     /// The training's resourceVersion our last status write replaced: while
     /// the training cache still holds it, it predates that write.
     replaced_version: Option<String>,
@@ -37,7 +41,10 @@ struct Pending {
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.created.is_empty() && self.deleted.is_empty() && self.replaced_version.is_none()
+        self.created.is_empty()
+            && self.deleted.is_empty()
+            && self.gone.is_empty()
+            && self.replaced_version.is_none()
     }
 }
 
@@ -92,6 +99,11 @@ impl Expectations {
         self.pending(key, now).deleted.insert(uid.to_string());
     }
 
+    /// The pod with `uid` no longer exists on the API server.
+    pub fn gone(&mut self, key: &str, uid: &str, now: Instant) {
+        self.pending(key, now).gone.insert(uid.to_string());
+    }
+
     /// Our status write replaced the training's resourceVersion `version`.
     pub fn wrote_status(&mut self, key: &str, version: &str, now: Instant) {
         self.pending(key, now).replaced_version = Some(version.to_string());
@@ -116,6 +128,7 @@ impl Expectations {
         // Gone, or shown going: the deletion is seen either way.
         p.deleted
             .retain(|uid| present(uid).is_some_and(|c| !c.deleting));
+        p.gone.retain(|uid| present(uid).is_some());
         if p.replaced_version.as_deref() != version || version.is_none() {
             p.replaced_version = None;
         }
@@ -124,9 +137,10 @@ impl Expectations {
             return Verdict::Met;
         }
         let what = format!(
-            "{} created and {} deleted pods not yet seen{}",
+            "{} created, {} deleted and {} removed pods not yet seen{}",
             p.created.len(),
             p.deleted.len(),
+            p.gone.len(),
             if p.replaced_version.is_some() {
                 ", the status write not yet seen"
             } else {
@@ -205,6 +219,19 @@ mod tests {
             Verdict::Waiting { .. }
         ));
         assert_eq!(e.check("t", None, [pod("a", true)], t0), Verdict::Met);
+    }
+
+    #[test]
+    fn a_removed_pod_is_waited_for_until_the_cache_drops_it() {
+        let t0 = Instant::now();
+        let mut e = Expectations::default();
+        e.gone("t", "a", t0);
+        // Shown deleting is not enough: it is still there to decide on.
+        assert!(matches!(
+            e.check("t", None, [pod("a", true)], t0),
+            Verdict::Waiting { what } if what.contains("1 removed")
+        ));
+        assert_eq!(e.check("t", None, [], t0), Verdict::Met);
     }
 
     #[test]

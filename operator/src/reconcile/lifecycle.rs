@@ -884,7 +884,8 @@ fn backoff(c: &mut Ctx<'_>) -> ControlFlow<()> {
             .push(Action::RequeueAfter(after.saturating_sub(c.obs.now)));
         return ControlFlow::Break(());
     }
-    c.st.restart_after = None;
+    // Over; cleared by the write that records the new gang's start, so
+    // the end of a backoff costs no status write of its own.
     ControlFlow::Continue(())
 }
 
@@ -1137,12 +1138,27 @@ fn old_gang(c: &mut Ctx<'_>) -> ControlFlow<()> {
     if let Some(at) = stuck_at {
         c.wake_at(at);
     }
+    // Right after a restart the old gang normally goes within seconds: the
+    // restart's own message (why, and what was lost) stays until then, so
+    // each worker that goes costs no status write. One that lingers past
+    // this is named.
+    let quiet_until =
+        c.st.restart_time
+            .map(|t| t.saturating_add(OLD_GANG_QUIET_SECONDS));
+    if let Some(until) = quiet_until.filter(|&t| c.obs.now < t) {
+        c.wake_at(until);
+        return ControlFlow::Break(());
+    }
     let message = format!("waiting for {waiting_for_old} workers of the previous attempt to stop");
     let phase = c.st.phase.unwrap_or(Phase::Created);
     let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
     c.note(phase, &reason, message);
     ControlFlow::Break(())
 }
+
+/// How long after a restart the old gang may take to stop before status
+/// says it is being waited for.
+const OLD_GANG_QUIET_SECONDS: i64 = 10;
 
 /// Create the missing ranks of this attempt, and follow it: running (or
 /// stalled past the operator's backstop), or still starting and why.
@@ -1159,6 +1175,7 @@ fn start_and_watch(c: &mut Ctx<'_>) {
         }
     }
     c.st.attempt_start_time.get_or_insert(now);
+    c.st.restart_after = None;
     let running = current
         .iter()
         .filter(|p| matches!(p.state, PodState::Running | PodState::Succeeded))

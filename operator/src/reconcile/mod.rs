@@ -10,6 +10,7 @@ pub mod global_batch;
 pub mod lifecycle;
 pub mod nodes;
 pub mod observe;
+pub mod pod_index;
 pub mod pods;
 pub mod progress;
 pub mod report;

@@ -483,11 +483,7 @@ mod tests {
 
     fn rt() -> RideTraining {
         let mut rt: RideTraining = serde_norway::from_str(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../examples/ride-tiny-2e.yaml"
-            ))
-            .unwrap(),
+            &std::fs::read_to_string(crate::repo_file("examples/ride-tiny-2e.yaml")).unwrap(),
         )
         .unwrap();
         rt.metadata.namespace = Some("ml".into());

@@ -16,12 +16,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The repository root.
+/// The repository root, from the manifest directory cargo sets when the
+/// test runs: one baked in at build time names whichever clone built the
+/// binary, and clones share a target directory.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    manifest_dir()
         .parent()
         .expect("operator/ has a parent")
         .to_path_buf()
+}
+
+/// `operator/`, as cargo says when the test runs (see [`repo`]).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf())
 }
 
 /// Where `scripts/k8s-tools.sh` puts kubectl, helm and the servers

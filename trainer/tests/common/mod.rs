@@ -5,11 +5,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The repository root.
+///
+/// From the manifest directory cargo sets when the test runs: one baked in
+/// at build time names whichever clone built the binary, and clones share a
+/// target directory.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    manifest_dir()
         .parent()
         .expect("workspace root")
         .to_path_buf()
+}
+
+/// `trainer/`, as cargo says when the test runs (see [`repo_root`]).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf())
 }
 
 /// Run the built `ride-trainer` binary with `args`.

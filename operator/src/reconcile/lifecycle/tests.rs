@@ -873,6 +873,31 @@ fn a_stall_waits_for_the_other_watchdogs_names_the_silent_worker_and_uses_its_ow
 }
 
 #[test]
+fn a_stall_past_its_budget_force_deletes_the_frozen_worker_and_keeps_the_exited_ones() {
+    let mut s = spec();
+    s.restart_policy.stall_timeout_seconds = Some(30);
+    s.restart_policy.stall_budget = 1;
+    let mut st = running_with_progress(&s);
+    st.restarts_by_cause.stall = 1;
+    // Workers 0, 2 and 3 gave up at 1010 (exit 76); worker 1 is frozen.
+    let mut pods = gang(0, 4, PodState::Failed { exit_code: 76 });
+    pods[1].state = PodState::Running;
+    for p in &mut pods {
+        p.ended_at = Some(1010);
+    }
+    let d = decide(&s, &st, &obs(1013, pods));
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(d.status.reason.as_deref(), Some("StallBudgetExhausted"));
+    // A frozen trainer would run out its whole grace period on SIGTERM:
+    // it goes without one. The exited workers stay for `kubectl logs`.
+    assert_eq!(deletes(&d), vec![(1, 0, true)]);
+    assert!(d
+        .actions
+        .iter()
+        .all(|a| !matches!(a, Action::CreatePod { .. })));
+}
+
+#[test]
 fn restarts_are_counted_by_cause() {
     let s = spec();
     let st = running_with_progress(&s);
@@ -1088,4 +1113,43 @@ fn timers_are_set_only_for_what_falls_due() {
         "{:?}",
         d.actions
     );
+}
+
+#[test]
+fn a_restart_writes_status_when_it_decides_when_the_new_gang_starts_and_when_it_runs() {
+    let mut s = spec();
+    s.restart_policy.backoff_seconds = 0;
+    let st = running(&s);
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[2].state = PodState::Failed { exit_code: 1 };
+    pods[2].ended_at = Some(100);
+    let restart = decide(&s, &st, &obs(101, pods.clone()));
+    assert_eq!(restart.status.attempt, 1);
+    // The old gang going, worker by worker, past the (zero) backoff: the
+    // status stays as the restart wrote it, so nothing is written.
+    let mut going = pods.clone();
+    for p in &mut going {
+        p.deletion_deadline = Some(131);
+    }
+    for (now, left) in [(101, 4), (102, 3), (103, 1)] {
+        let d = decide(&s, &restart.status, &obs(now, going[..left].to_vec()));
+        assert_eq!(d.status, restart.status, "at {now} with {left} left");
+        assert!(creates(&d).is_empty());
+    }
+    // One that lingers is named after a while.
+    let d = decide(&s, &restart.status, &obs(111, going[..1].to_vec()));
+    assert!(d
+        .status
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("waiting for 1 workers of the previous attempt"));
+    // Gone: one write records the new gang's start (and ends the backoff)
+    // before its pods are made.
+    let start = decide(&s, &restart.status, &obs(104, vec![]));
+    assert_eq!(creates(&start).len(), 4);
+    assert_eq!(start.status.restart_after, None);
+    assert_eq!(start.status.attempt_start_time, Some(104));
+    let run = decide(&s, &start.status, &obs(105, gang(1, 4, PodState::Running)));
+    assert_eq!(run.status.phase, Some(Phase::Running));
 }
