@@ -98,6 +98,16 @@ impl System {
         }
     }
 
+    /// The name `SYSTEMS` gives it.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Ride => "ride",
+            Self::PyTorchJob => "pytorchjob",
+            Self::PyTorchJobTuned => "pytorchjob-tuned",
+            Self::JobSet => "jobset",
+        }
+    }
+
     fn title(self) -> &'static str {
         match self {
             Self::Ride => "ride-operator",
@@ -297,7 +307,18 @@ async fn start(system: System, cluster: &Cluster) -> OperatorProcess {
         "bench-operator",
     ]);
     assert!(ok, "bind the operator's user: {out}");
-    let log = std::fs::File::create(cluster.dir.join("operator.log")).expect("operator log");
+    // RIDE_BENCH_OPERATOR_LOG: where to keep the operator's log (the
+    // cluster's directory goes with the cluster); RIDE_BENCH_RUST_LOG: its
+    // filter, for ride-operator (default `warn`).
+    let log_path = std::env::var_os("RIDE_BENCH_OPERATOR_LOG")
+        .map(|p| std::path::PathBuf::from(p).join(format!("{}.log", system.key())))
+        .unwrap_or_else(|| cluster.dir.join("operator.log"));
+    // Appended to: one file keeps every scenario of the run.
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("operator log");
     let health = common::free_port();
     let mut cmd;
     match system {
@@ -314,7 +335,10 @@ async fn start(system: System, cluster: &Cluster) -> OperatorProcess {
                 "--log-format",
                 "json",
             ])
-            .env("RUST_LOG", "warn");
+            .env(
+                "RUST_LOG",
+                std::env::var("RIDE_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         }
         System::PyTorchJob | System::PyTorchJobTuned => {
             apply_crd(
@@ -445,7 +469,7 @@ async fn start(system: System, cluster: &Cluster) -> OperatorProcess {
             t0.elapsed() < Duration::from_secs(90),
             "{} not ready; log in {}",
             system.title(),
-            cluster.dir.join("operator.log").display()
+            log_path.display()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -1189,6 +1189,14 @@ async fn write_status(
             "status": merge_patch(&old_json, &new_json),
         })
     };
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        // What makes the writes, for whoever counts them.
+        let fields: Vec<&str> = patch["status"]
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        tracing::debug!(training = %rt.name_any(), ?fields, phase = ?new.phase, "writing status");
+    }
     let written = rts
         .patch_status(
             &rt.name_any(),
@@ -1385,11 +1393,11 @@ pub async fn run(
     // them.
     let owned = watcher::Config::default().labels(LABEL_TRAINING);
     // Managed fields are most of an object's bytes and no decision reads
-    // them: the caches go without.
+    // them: the caches go without (pods keep only what reconciles read).
     let index = Arc::clone(&ctx.caches.pod_index);
     let pod_events = watcher(pods, owned.clone())
         .default_backoff()
-        .modify(|p: &mut Pod| p.metadata.managed_fields = None)
+        .modify(crate::observe::slim_pod)
         .inspect_ok(move |event| lock(&index).apply(event))
         .reflect(writers.pods)
         .touched_objects();
@@ -1434,7 +1442,13 @@ pub async fn run(
         trainings.dedup();
         trainings
     };
-    let mut controller = Controller::new(rts, watcher::Config::default())
+    let (training_store, training_writer) = reflector::store();
+    let trainings = watcher(rts, watcher::Config::default())
+        .default_backoff()
+        .modify(|rt: &mut RideTraining| rt.metadata.managed_fields = None)
+        .reflect(training_writer)
+        .applied_objects();
+    let mut controller = Controller::for_stream(trainings, training_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .owns_stream(pod_events)
         .owns_stream(svc_events)

@@ -134,6 +134,52 @@ pub fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
     })
 }
 
+/// A worker pod as the caches keep it: only what the functions of this
+/// module and the pod index read (metadata without annotations or managed
+/// fields, the node it is bound to, phase, reason, IP, the conditions
+/// [`observe_pod`] looks for and the trainer container's state). At
+/// thousands of trainings the full objects (env, volumes, probes, every
+/// container's image and resources) were most of the operator's memory.
+pub fn slim_pod(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{ContainerStatus, PodSpec, PodStatus};
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.generate_name = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = PodSpec {
+            node_name: spec.node_name.take(),
+            containers: Vec::new(),
+            ..Default::default()
+        };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        let conditions = status.conditions.take().map(|cs| {
+            cs.into_iter()
+                .filter(|c| c.type_ == "DisruptionTarget" || c.type_ == "PodScheduled")
+                .collect()
+        });
+        let container_statuses = status.container_statuses.take().map(|cs| {
+            cs.into_iter()
+                .filter(|c| c.name == TRAINER_CONTAINER)
+                .map(|c| ContainerStatus {
+                    name: c.name,
+                    state: c.state,
+                    ..Default::default()
+                })
+                .collect()
+        });
+        *status = PodStatus {
+            phase: status.phase.take(),
+            reason: status.reason.take(),
+            pod_ip: status.pod_ip.take(),
+            conditions,
+            container_statuses,
+            ..Default::default()
+        };
+    }
+}
+
 /// The node the pod is bound to (`spec.nodeName`), if scheduled.
 pub fn node_name(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref()?.node_name.as_deref()
@@ -304,6 +350,54 @@ mod tests {
             Some(1_767_225_600)
         );
         assert!(observe_pod(&pod("metadata: {name: other}")).is_none());
+    }
+
+    #[test]
+    fn the_cached_pod_keeps_what_reconciles_read() {
+        let full = pod(r#"
+metadata:
+  name: t-0-1
+  labels: {ride.dev/rank: '1', ride.dev/attempt: '0'}
+  annotations: {note: long}
+  ownerReferences: [{apiVersion: ride.dev/v1alpha1, kind: RideTraining, name: t, uid: u1}]
+  deletionTimestamp: '2026-01-01T00:00:00Z'
+spec:
+  nodeName: n1
+  containers: [{name: trainer, image: x, env: [{name: A, value: b}]}]
+status:
+  phase: Failed
+  podIP: 10.0.0.7
+  hostIP: 10.1.0.1
+  conditions:
+  - {type: Ready, status: 'False'}
+  - {type: DisruptionTarget, status: 'True', reason: DeletionByTaintManager, lastTransitionTime: '2026-01-01T00:00:05Z'}
+  containerStatuses:
+  - {name: sidecar, image: y, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 2}}}
+  - name: trainer
+    image: x
+    imageID: sha
+    ready: false
+    restartCount: 0
+    state: {terminated: {exitCode: 75, finishedAt: '2026-01-01T00:00:09Z', message: '{"step":3,"message":"saved"}'}}
+"#);
+        let mut kept = full.clone();
+        slim_pod(&mut kept);
+        assert_eq!(observe_pod(&kept), observe_pod(&full));
+        assert_eq!(
+            observe_pod(&kept).unwrap().exit_message.as_deref(),
+            Some("saved")
+        );
+        assert_eq!(node_name(&kept), Some("n1"));
+        assert_eq!(pod_ip(&kept), pod_ip(&full));
+        assert!(pod_ip(&kept).is_some());
+        assert_eq!(kept.metadata.owner_references, full.metadata.owner_references);
+        assert_eq!(kept.metadata.labels, full.metadata.labels);
+        assert!(kept.metadata.annotations.is_none());
+        assert!(kept.spec.unwrap().containers.is_empty());
+        let status = kept.status.unwrap();
+        assert_eq!(status.container_statuses.unwrap().len(), 1);
+        assert_eq!(status.conditions.unwrap().len(), 1);
+        assert!(status.host_ip.is_none());
     }
 
     #[test]
