@@ -1,7 +1,7 @@
 //! The controller: watches RideTrainings and the Pods and Services they own,
 //! and for each one observes, asks [`crate::lifecycle::decide`] what to do,
-//! does it, and writes the status. All decisions live in `lifecycle`; this
-//! module is the I/O around them.
+//! writes the status and does it (`act`). All decisions live in
+//! `lifecycle`; this module is the I/O around them.
 //!
 //! Reconciles read the watch caches, not the API server: the training as
 //! the controller's store holds it, its pods and Service from reflector
@@ -39,18 +39,12 @@ use crate::metrics::OperatorMetrics;
 use crate::observe::{apply_progress, observe_pod, pod_ip};
 use crate::pod_index::PodIndex;
 use crate::pod_policy::PodPolicy;
-use crate::pods::{
-    headless_service, pod_group, service_name, worker_pod, LABEL_ATTEMPT, LABEL_RANK,
-    LABEL_TRAINING, METRICS_PORT,
-};
+use crate::pods::{service_name, LABEL_ATTEMPT, LABEL_RANK, LABEL_TRAINING, METRICS_PORT};
 use crate::report::{ReportClock, ReportError};
 use futures::FutureExt;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams, Preconditions,
-};
+use kube::api::{Api, ApiResource, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer, ObjectRef, Store};
@@ -61,6 +55,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod act;
 
 /// Field manager for server-side apply.
 pub const FIELD_MANAGER: &str = "ride-operator";
@@ -878,179 +874,22 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
         publish(ctx, &reference, reason, &note, true).await;
     }
 
-    // Events first: a failing pod call below must not lose the record of
-    // a transition whose status is already written.
-    let (events, actions): (Vec<Action>, Vec<Action>) = decision
-        .actions
-        .into_iter()
-        .partition(|a| matches!(a, Action::Event { .. }));
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
-    let mut group_applied = false;
-    for action in events.into_iter().chain(actions) {
-        match action {
-            Action::EnsureService => {
-                // The cache holds only Services with our label. One it lacks
-                // is created (a single request for a new training); only when
-                // the name is taken is it read, so that a same-named Service
-                // of someone else's is refused rather than applied over.
-                let svc = headless_service(&rt);
-                let existing = match &service {
-                    Some(s) => Some(Arc::clone(s)),
-                    None => match svc_api.create(&PostParams::default(), &svc).await {
-                        Ok(_) => continue,
-                        Err(kube::Error::Api(s)) if s.code == 409 => {
-                            svc_api.get_opt(&service_name(&rt)).await?.map(Arc::new)
-                        }
-                        Err(e) => return Err(e.into()),
-                    },
-                };
-                if let Some(foreign) = existing
-                    .as_ref()
-                    .filter(|s| !controlled_by(&s.metadata, &uid))
-                {
-                    let message = not_ours("Service", &service_name(&rt), &foreign.metadata);
-                    report_create_failure(ctx, &rts, &name, &key, &reference, message.clone())
-                        .await?;
-                    return Err(ReconcileError::NotOurs(message));
-                }
-                svc_api
-                    .patch(&service_name(&rt), &apply, &Patch::Apply(&svc))
-                    .await?;
-            }
-            Action::CreatePod {
-                rank,
-                attempt,
-                world_size,
-            } => {
-                // The gang's PodGroup first (once per reconcile), sized to
-                // this attempt, so the scheduler holds the pods until all fit.
-                if let (false, Some(group)) = (group_applied, pod_group(&rt, world_size)) {
-                    let api: Api<DynamicObject> =
-                        Api::namespaced_with(ctx.client.clone(), &ns, &pod_group_resource());
-                    // Only our own: a same-named PodGroup applied over would
-                    // be taken over and then collected with the training.
-                    let existing = match api.get_opt(&name).await {
-                        Ok(e) => e,
-                        // No CRD: the apply below says so.
-                        Err(kube::Error::Api(s)) if s.code == 404 => None,
-                        Err(e) => return Err(e.into()),
-                    };
-                    if let Some(foreign) = existing.filter(|g| !controlled_by(&g.metadata, &uid)) {
-                        let message = not_ours("PodGroup", &name, &foreign.metadata);
-                        report_create_failure(ctx, &rts, &name, &key, &reference, message.clone())
-                            .await?;
-                        return Err(ReconcileError::NotOurs(message));
-                    }
-                    if let Err(e) = api.patch(&name, &apply, &Patch::Apply(&group)).await {
-                        let hint = if matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                            " (is the scheduler-plugins PodGroup CRD installed?)"
-                        } else {
-                            ""
-                        };
-                        let message =
-                            format!("cannot create PodGroup {name}: {}{hint}", api_message(&e));
-                        report_create_failure(ctx, &rts, &name, &key, &reference, message).await?;
-                        return Err(e.into());
-                    }
-                    group_applied = true;
-                }
-                let pod = worker_pod(&rt, rank, attempt, world_size);
-                let pod_name = pod.metadata.name.clone().unwrap_or_default();
-                // A same-named pod of a predecessor (deleted and created
-                // again under its name) is still being collected: applying
-                // over it would make it ours, and its deletion would then
-                // look like a lost worker. Wait until it is gone.
-                let predecessor = pods.iter().any(|p| {
-                    p.metadata.name.as_deref() == Some(pod_name.as_str())
-                        && !p.owner_references().iter().any(|o| o.uid == uid)
-                });
-                if predecessor {
-                    requeue = Some(requeue.map_or(PREDECESSOR_POLL, |r| r.min(PREDECESSOR_POLL)));
-                    continue;
-                }
-                match pods_api.patch(&pod_name, &apply, &Patch::Apply(&pod)).await {
-                    Ok(made) => {
-                        if let Some(made_uid) = made.metadata.uid.as_deref() {
-                            lock(&ctx.expectations).created(&key, made_uid, Instant::now());
-                        }
-                    }
-                    Err(e) => {
-                        // Quota, admission, RBAC: say so where users look,
-                        // then retry with backoff (error_policy).
-                        let message =
-                            format!("cannot create worker pod {pod_name}: {}", api_message(&e));
-                        report_create_failure(ctx, &rts, &name, &key, &reference, message).await?;
-                        return Err(e.into());
-                    }
-                }
-                lock(&ctx.create_failures).remove(&key);
-            }
-            Action::DeletePod {
-                rank,
-                attempt,
-                force,
-            } => {
-                let pod_name = crate::pods::pod_name(&rt, attempt, rank);
-                // The very pod decided on: a same-named one that is not it
-                // (a predecessor's) is left alone.
-                let target = owned
-                    .iter()
-                    .find(|p| p.metadata.name.as_deref() == Some(pod_name.as_str()))
-                    .and_then(|p| p.metadata.uid.clone());
-                let params = DeleteParams {
-                    grace_period_seconds: force.then_some(0),
-                    preconditions: target.clone().map(|uid| Preconditions {
-                        uid: Some(uid),
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
-                match pods_api.delete(&pod_name, &params).await {
-                    Ok(answer) => {
-                        if let Some(uid) = target {
-                            // A Status answer: removed at once (no grace
-                            // period, no finalizer); a Pod: now terminating.
-                            let mut expect = lock(&ctx.expectations);
-                            if answer.is_right() {
-                                expect.gone(&key, &uid, Instant::now());
-                            } else {
-                                expect.deleted(&key, &uid, Instant::now());
-                            }
-                        }
-                    }
-                    Err(e) if is_not_found(&e) => {
-                        // Already gone (its node's pod GC, or kwok/kubelet
-                        // finished it) though the cache still shows it.
-                        if let Some(uid) = target {
-                            lock(&ctx.expectations).gone(&key, &uid, Instant::now());
-                        }
-                    }
-                    // Precondition failed: not the pod decided on.
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Action::DeleteSelf => {
-                tracing::info!(training = %name, namespace = %ns, "deleting after ttlSecondsAfterFinished");
-                match rts.delete(&name, &DeleteParams::background()).await {
-                    Ok(_) => {}
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                return Ok(Requeue::await_change());
-            }
-            Action::Event {
-                reason,
-                message,
-                warning,
-            } => {
-                tracing::info!(training = %name, namespace = %ns, %reason, %message, "transition");
-                publish(ctx, &reference, &reason, &message, warning).await;
-            }
-            Action::RequeueAfter(s) => {
-                requeue = Some(requeue.map_or(s, |r| r.min(s)));
-            }
-        }
+    let acting = act::Acting {
+        ctx,
+        rts: &rts,
+        pods_api: &pods_api,
+        svc_api: &svc_api,
+        rt: &rt,
+        key: &key,
+        reference: &reference,
+        pods: &pods,
+        owned: &owned,
+        service,
+    };
+    match acting.run(decision.actions).await? {
+        act::Acted::DeletedSelf => return Ok(Requeue::await_change()),
+        act::Acted::Done(Some(s)) => requeue = Some(requeue.map_or(s, |r| r.min(s))),
+        act::Acted::Done(None) => {}
     }
     lock(&ctx.failures).remove(&key);
     Ok(match requeue {

@@ -390,7 +390,10 @@ status:
         assert_eq!(node_name(&kept), Some("n1"));
         assert_eq!(pod_ip(&kept), pod_ip(&full));
         assert!(pod_ip(&kept).is_some());
-        assert_eq!(kept.metadata.owner_references, full.metadata.owner_references);
+        assert_eq!(
+            kept.metadata.owner_references,
+            full.metadata.owner_references
+        );
         assert_eq!(kept.metadata.labels, full.metadata.labels);
         assert!(kept.metadata.annotations.is_none());
         assert!(kept.spec.unwrap().containers.is_empty());

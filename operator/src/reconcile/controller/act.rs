@@ -1,0 +1,321 @@
+//! Carrying out one decision, after its status is written: Events, the
+//! Service and pod deletions at once, then the PodGroup and the pod
+//! creations at once. A restart's requests go out together instead of one
+//! after another: at thousands of trainings a reconcile's wall time is
+//! what the 16 concurrent reconciles are short of, not the CPU.
+
+use super::{
+    api_message, controlled_by, is_not_found, lock, not_ours, pod_group_resource, publish,
+    report_create_failure, ReconcileError, FIELD_MANAGER, PREDECESSOR_POLL,
+};
+use super::{Context, RideTraining};
+use crate::lifecycle::Action;
+use crate::pods::{headless_service, pod_group, service_name, worker_pod};
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
+use kube::ResourceExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What one reconcile acts on, as it observed it.
+pub(super) struct Acting<'a> {
+    pub ctx: &'a Context,
+    pub rts: &'a Api<RideTraining>,
+    pub pods_api: &'a Api<Pod>,
+    pub svc_api: &'a Api<Service>,
+    /// The training as decided on (the accepted spec where an edit was refused).
+    pub rt: &'a RideTraining,
+    /// Its uid, which keys the per-training state.
+    pub key: &'a str,
+    pub reference: &'a ObjectReference,
+    /// Every pod labelled for this training, a predecessor's included.
+    pub pods: &'a [Arc<Pod>],
+    /// Those this very training owns.
+    pub owned: &'a [&'a Pod],
+    /// The cached Service of its name, whoever owns it.
+    pub service: Option<Arc<Service>>,
+}
+
+/// How a decision's actions ended.
+pub(super) enum Acted {
+    /// All done; look again after this many seconds (`None`: on a change).
+    Done(Option<i64>),
+    /// The training deleted itself (its TTL): nothing more to look at.
+    DeletedSelf,
+}
+
+impl Acting<'_> {
+    /// Do `actions` (from one decision, in its order within each kind).
+    pub async fn run(&self, actions: Vec<Action>) -> Result<Acted, ReconcileError> {
+        let mut events = Vec::new();
+        let mut deletes = Vec::new();
+        let mut creates = Vec::new();
+        let (mut ensure_service, mut delete_self) = (false, false);
+        let mut requeue: Option<i64> = None;
+        for action in actions {
+            match action {
+                Action::Event {
+                    reason,
+                    message,
+                    warning,
+                } => events.push((reason, message, warning)),
+                Action::EnsureService => ensure_service = true,
+                Action::DeletePod {
+                    rank,
+                    attempt,
+                    force,
+                } => deletes.push((rank, attempt, force)),
+                Action::CreatePod {
+                    rank,
+                    attempt,
+                    world_size,
+                } => creates.push((rank, attempt, world_size)),
+                Action::DeleteSelf => delete_self = true,
+                Action::RequeueAfter(s) => requeue = Some(requeue.map_or(s, |r| r.min(s))),
+            }
+        }
+        // Together; each is awaited, so a failing delete never loses the
+        // Event of a transition whose status is already written.
+        let (_, service, deleted) = futures::join!(
+            join_all(
+                events
+                    .iter()
+                    .map(|(reason, message, warning)| self.event(reason, message, *warning))
+            ),
+            async {
+                match ensure_service {
+                    true => self.ensure_service().await,
+                    false => Ok(()),
+                }
+            },
+            join_all(
+                deletes
+                    .iter()
+                    .map(|&(rank, attempt, force)| self.delete_pod(rank, attempt, force))
+            ),
+        );
+        service?;
+        deleted.into_iter().collect::<Result<Vec<()>, _>>()?;
+        if delete_self {
+            let name = self.rt.name_any();
+            tracing::info!(training = %name, namespace = ?self.rt.namespace(), "deleting after ttlSecondsAfterFinished");
+            match self.rts.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(Acted::DeletedSelf);
+        }
+        if let Some(wait) = self.create_pods(&creates).await? {
+            requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+        }
+        Ok(Acted::Done(requeue))
+    }
+
+    async fn event(&self, reason: &str, message: &str, warning: bool) {
+        tracing::info!(training = %self.rt.name_any(), namespace = ?self.rt.namespace(), %reason, %message, "transition");
+        publish(self.ctx, self.reference, reason, message, warning).await;
+    }
+
+    /// Fail the reconcile, saying why where users look.
+    async fn refuse(&self, message: String) -> ReconcileError {
+        let name = self.rt.name_any();
+        if let Err(e) = report_create_failure(
+            self.ctx,
+            self.rts,
+            &name,
+            self.key,
+            self.reference,
+            message.clone(),
+        )
+        .await
+        {
+            return e;
+        }
+        ReconcileError::NotOurs(message)
+    }
+
+    /// The cache holds only Services with our label. One it lacks is
+    /// created (a single request for a new training); only when the name
+    /// is taken is it read, so that a same-named Service of someone else's
+    /// is refused rather than applied over.
+    async fn ensure_service(&self) -> Result<(), ReconcileError> {
+        let (rt, svc_api) = (self.rt, self.svc_api);
+        let svc = headless_service(rt);
+        let existing = match &self.service {
+            Some(s) => Some(Arc::clone(s)),
+            None => match svc_api.create(&PostParams::default(), &svc).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    svc_api.get_opt(&service_name(rt)).await?.map(Arc::new)
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let uid = rt.metadata.uid.as_deref().unwrap_or_default();
+        if let Some(foreign) = existing
+            .as_ref()
+            .filter(|s| !controlled_by(&s.metadata, uid))
+        {
+            let message = not_ours("Service", &service_name(rt), &foreign.metadata);
+            return Err(self.refuse(message).await);
+        }
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        svc_api
+            .patch(&service_name(rt), &apply, &Patch::Apply(&svc))
+            .await?;
+        Ok(())
+    }
+
+    /// Delete the very pod decided on: a same-named one that is not it (a
+    /// predecessor's) is left alone.
+    async fn delete_pod(&self, rank: i32, attempt: i32, force: bool) -> Result<(), ReconcileError> {
+        let pod_name = crate::pods::pod_name(self.rt, attempt, rank);
+        let target = self
+            .owned
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(pod_name.as_str()))
+            .and_then(|p| p.metadata.uid.clone());
+        let params = DeleteParams {
+            grace_period_seconds: force.then_some(0),
+            preconditions: target.clone().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match self.pods_api.delete(&pod_name, &params).await {
+            Ok(answer) => {
+                if let Some(uid) = target {
+                    // A Status answer: removed at once (no grace period, no
+                    // finalizer); a Pod: now terminating.
+                    let mut expect = lock(&self.ctx.expectations);
+                    if answer.is_right() {
+                        expect.gone(self.key, &uid, Instant::now());
+                    } else {
+                        expect.deleted(self.key, &uid, Instant::now());
+                    }
+                }
+                Ok(())
+            }
+            Err(e) if is_not_found(&e) => {
+                // Already gone (its node's pod GC, or kwok/kubelet finished
+                // it) though the cache still shows it.
+                if let Some(uid) = target {
+                    lock(&self.ctx.expectations).gone(self.key, &uid, Instant::now());
+                }
+                Ok(())
+            }
+            // Precondition failed: not the pod decided on.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The gang's PodGroup first, sized to this attempt, so the scheduler
+    /// holds the pods until all fit; then the pods, applied together.
+    /// Returns when to look again if a predecessor's same-named pod is
+    /// still being collected.
+    async fn create_pods(
+        &self,
+        creates: &[(i32, i32, i32)],
+    ) -> Result<Option<i64>, ReconcileError> {
+        let Some(&(_, _, world_size)) = creates.first() else {
+            return Ok(None);
+        };
+        let rt = self.rt;
+        let uid = rt.metadata.uid.as_deref().unwrap_or_default();
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        if let Some(group) = pod_group(rt, world_size) {
+            self.apply_pod_group(&group, &apply).await?;
+        }
+        let mut wait = None;
+        let mut wanted = Vec::new();
+        for &(rank, attempt, world_size) in creates {
+            let pod = worker_pod(rt, rank, attempt, world_size);
+            let pod_name = pod.metadata.name.clone().unwrap_or_default();
+            // A same-named pod of a predecessor (deleted and created again
+            // under its name) is still being collected: applying over it
+            // would make it ours, and its deletion would then look like a
+            // lost worker. Wait until it is gone.
+            let predecessor = self.pods.iter().any(|p| {
+                p.metadata.name.as_deref() == Some(pod_name.as_str())
+                    && !p.owner_references().iter().any(|o| o.uid == uid)
+            });
+            if predecessor {
+                wait = Some(PREDECESSOR_POLL);
+            } else {
+                wanted.push((pod_name, pod));
+            }
+        }
+        let made = join_all(wanted.iter().map(|(name, pod)| {
+            let apply = &apply;
+            async move { self.pods_api.patch(name, apply, &Patch::Apply(pod)).await }
+        }))
+        .await;
+        let mut failed = None;
+        for ((pod_name, _), made) in wanted.iter().zip(made) {
+            match made {
+                Ok(made) => {
+                    if let Some(made_uid) = made.metadata.uid.as_deref() {
+                        lock(&self.ctx.expectations).created(self.key, made_uid, Instant::now());
+                    }
+                }
+                // The first refusal is the one told.
+                Err(e) if failed.is_none() => failed = Some((pod_name.clone(), e)),
+                Err(_) => {}
+            }
+        }
+        if let Some((pod_name, e)) = failed {
+            // Quota, admission, RBAC: say so where users look, then retry
+            // with backoff (error_policy).
+            let message = format!("cannot create worker pod {pod_name}: {}", api_message(&e));
+            let name = rt.name_any();
+            report_create_failure(self.ctx, self.rts, &name, self.key, self.reference, message)
+                .await?;
+            return Err(e.into());
+        }
+        if !wanted.is_empty() {
+            lock(&self.ctx.create_failures).remove(self.key);
+        }
+        Ok(wait)
+    }
+
+    /// Only our own: a same-named PodGroup applied over would be taken over
+    /// and then collected with the training.
+    async fn apply_pod_group(
+        &self,
+        group: &serde_json::Value,
+        apply: &PatchParams,
+    ) -> Result<(), ReconcileError> {
+        let rt = self.rt;
+        let name = rt.name_any();
+        let uid = rt.metadata.uid.as_deref().unwrap_or_default();
+        let ns = rt.namespace().unwrap_or_default();
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.ctx.client.clone(), &ns, &pod_group_resource());
+        let existing = match api.get_opt(&name).await {
+            Ok(e) => e,
+            // No CRD: the apply below says so.
+            Err(kube::Error::Api(s)) if s.code == 404 => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(foreign) = existing.filter(|g| !controlled_by(&g.metadata, uid)) {
+            let message = not_ours("PodGroup", &name, &foreign.metadata);
+            return Err(self.refuse(message).await);
+        }
+        if let Err(e) = api.patch(&name, apply, &Patch::Apply(group)).await {
+            let hint = if matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                " (is the scheduler-plugins PodGroup CRD installed?)"
+            } else {
+                ""
+            };
+            let message = format!("cannot create PodGroup {name}: {}{hint}", api_message(&e));
+            report_create_failure(self.ctx, self.rts, &name, self.key, self.reference, message)
+                .await?;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
