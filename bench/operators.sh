@@ -8,6 +8,10 @@
 # sustained churn: CHURN=RATExMINUTES trainings a minute (0 skips it;
 # SIZES=0 runs the churn alone).
 #   SIZES=100,500,2000 CHURN=20x10 SYSTEMS=ride,pytorchjob,pytorchjob-tuned,jobset WAIT=180 bench/operators.sh
+# RIDE_BENCH_OPERATOR_LOG=DIR keeps each operator's log there (DIR/ride.log,
+# ...); RIDE_BENCH_RUST_LOG sets ride-operator's filter (default warn; with
+# ride_operator::reconcile::controller=debug it logs what each status write
+# changes).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$here/../scripts/setup.sh" >/dev/null
