@@ -379,6 +379,14 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
+/// The earlier of two looks again (seconds; `None`: none due).
+fn sooner(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 fn unix_now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
@@ -827,7 +835,7 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
             Err(left) => left,
         };
         let next = next.as_secs_f64().ceil() as i64;
-        requeue = Some(requeue.map_or(next, |r| r.min(next)));
+        requeue = sooner(requeue, Some(next));
     }
     if finished {
         ctx.forget(&key);
@@ -888,8 +896,7 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     };
     match acting.run(decision.actions).await? {
         act::Acted::DeletedSelf => return Ok(Requeue::await_change()),
-        act::Acted::Done(Some(s)) => requeue = Some(requeue.map_or(s, |r| r.min(s))),
-        act::Acted::Done(None) => {}
+        act::Acted::Done(then) => requeue = sooner(requeue, then),
     }
     lock(&ctx.failures).remove(&key);
     Ok(match requeue {
@@ -1434,6 +1441,15 @@ mod tests {
     fn failing_reconciles_back_off_to_five_minutes() {
         let d: Vec<u64> = (1..=8).map(|n| super::retry_delay(n).as_secs()).collect();
         assert_eq!(d, [5, 10, 20, 40, 80, 160, 300, 300]);
+    }
+
+    #[test]
+    fn the_sooner_look_wins_and_none_means_none_due() {
+        use super::sooner;
+        assert_eq!(sooner(Some(5), Some(2)), Some(2));
+        assert_eq!(sooner(None, Some(7)), Some(7));
+        assert_eq!(sooner(Some(3), None), Some(3));
+        assert_eq!(sooner(None, None), None);
     }
 
     #[test]

@@ -149,7 +149,6 @@ pub fn slim_pod(pod: &mut Pod) {
     if let Some(spec) = pod.spec.as_mut() {
         *spec = PodSpec {
             node_name: spec.node_name.take(),
-            containers: Vec::new(),
             ..Default::default()
         };
     }

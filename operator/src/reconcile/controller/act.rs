@@ -6,7 +6,7 @@
 
 use super::{
     api_message, controlled_by, is_not_found, lock, not_ours, pod_group_resource, publish,
-    report_create_failure, ReconcileError, FIELD_MANAGER, PREDECESSOR_POLL,
+    report_create_failure, sooner, ReconcileError, FIELD_MANAGER, PREDECESSOR_POLL,
 };
 use super::{Context, RideTraining};
 use crate::lifecycle::Action;
@@ -72,7 +72,7 @@ impl Acting<'_> {
                     world_size,
                 } => creates.push((rank, attempt, world_size)),
                 Action::DeleteSelf => delete_self = true,
-                Action::RequeueAfter(s) => requeue = Some(requeue.map_or(s, |r| r.min(s))),
+                Action::RequeueAfter(s) => requeue = sooner(requeue, Some(s)),
             }
         }
         // Together; each is awaited, so a failing delete never loses the
@@ -107,10 +107,8 @@ impl Acting<'_> {
             }
             return Ok(Acted::DeletedSelf);
         }
-        if let Some(wait) = self.create_pods(&creates).await? {
-            requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
-        }
-        Ok(Acted::Done(requeue))
+        let wait = self.create_pods(&creates).await?;
+        Ok(Acted::Done(sooner(requeue, wait)))
     }
 
     async fn event(&self, reason: &str, message: &str, warning: bool) {
