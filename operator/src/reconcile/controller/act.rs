@@ -12,11 +12,32 @@ use super::{Context, RideTraining};
 use crate::lifecycle::Action;
 use crate::pods::{headless_service, pod_group, service_name, worker_pod};
 use futures::future::join_all;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::ResourceExt;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// At most this many of one decision's pod requests in flight: a gang of
+/// thousands (`workers.replicas` allows 4,096, a tenant's choice) must not
+/// burst the API server on the operator's behalf.
+const POD_REQUESTS_AT_ONCE: usize = 16;
+
+/// Run `requests` with at most [`POD_REQUESTS_AT_ONCE`] in flight; their
+/// outputs in their order.
+async fn at_most_some_at_once<F: std::future::Future>(
+    requests: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    // Collected first: a stream holding the caller's closure across the
+    // await fails the controller's bounds on the reconcile future
+    // ("implementation of FnOnce is not general enough").
+    let requests: Vec<F> = requests.into_iter().collect();
+    futures::stream::iter(requests)
+        .buffered(POD_REQUESTS_AT_ONCE)
+        .collect()
+        .await
+}
 
 /// What one reconcile acts on, as it observed it.
 pub(super) struct Acting<'a> {
@@ -89,7 +110,7 @@ impl Acting<'_> {
                     false => Ok(()),
                 }
             },
-            join_all(
+            at_most_some_at_once(
                 deletes
                     .iter()
                     .map(|&(rank, attempt, force)| self.delete_pod(rank, attempt, force))
@@ -247,7 +268,7 @@ impl Acting<'_> {
                 wanted.push((pod_name, pod));
             }
         }
-        let made = join_all(wanted.iter().map(|(name, pod)| {
+        let made = at_most_some_at_once(wanted.iter().map(|(name, pod)| {
             let apply = &apply;
             async move { self.pods_api.patch(name, apply, &Patch::Apply(pod)).await }
         }))
@@ -315,5 +336,29 @@ impl Acting<'_> {
             return Err(e.into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{at_most_some_at_once, POD_REQUESTS_AT_ONCE};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_huge_gang_keeps_a_bounded_number_of_requests_in_flight_in_order() {
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let outputs = at_most_some_at_once((0..4096).map(|i| {
+            let (now, most) = (&now, &most);
+            async move {
+                let in_flight = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(in_flight, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                i
+            }
+        }))
+        .await;
+        assert_eq!(outputs, (0..4096).collect::<Vec<_>>());
+        assert_eq!(most.load(Ordering::SeqCst), POD_REQUESTS_AT_ONCE);
     }
 }
