@@ -96,9 +96,10 @@ impl Scheme {
             var("AWS_ENDPOINT_URL", false),
         ];
         const GCS: [CredentialVar; 1] = [var("GOOGLE_SERVICE_ACCOUNT_KEY", true)];
-        const AZURE: [CredentialVar; 2] = [
+        const AZURE: [CredentialVar; 3] = [
             var("AZURE_STORAGE_ACCOUNT_NAME", true),
             var("AZURE_STORAGE_ACCOUNT_KEY", true),
+            var("AZURE_STORAGE_ENDPOINT", false),
         ];
         match self {
             Scheme::File => &[],
@@ -113,7 +114,7 @@ impl Scheme {
         match self {
             Scheme::S3 => "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL, AWS_REGION for S3-compatible servers)",
             Scheme::Gcs => "GOOGLE_SERVICE_ACCOUNT_KEY (the key the operator passes on) / GOOGLE_SERVICE_ACCOUNT / GOOGLE_APPLICATION_CREDENTIALS",
-            Scheme::Azure => "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY",
+            Scheme::Azure => "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY (and AZURE_STORAGE_ENDPOINT for a private endpoint or an emulator)",
             Scheme::File => "the file permissions of the output directory",
         }
     }
@@ -463,7 +464,8 @@ mod tests {
             names(Scheme::Azure),
             [
                 ("AZURE_STORAGE_ACCOUNT_NAME", true),
-                ("AZURE_STORAGE_ACCOUNT_KEY", true)
+                ("AZURE_STORAGE_ACCOUNT_KEY", true),
+                ("AZURE_STORAGE_ENDPOINT", false)
             ]
         );
         assert!(names(Scheme::File).is_empty());

@@ -619,6 +619,7 @@ mod tests {
             named(&[
                 ("AZURE_STORAGE_ACCOUNT_NAME", false),
                 ("AZURE_STORAGE_ACCOUNT_KEY", false),
+                ("AZURE_STORAGE_ENDPOINT", true),
             ])
         );
         assert!(keys(Scheme::File).is_empty());

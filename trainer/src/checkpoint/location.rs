@@ -79,32 +79,64 @@ pub fn open(uri: &str) -> Result<(Arc<dyn ObjectStore>, StorePath), LocationErro
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(uri)
                 .with_retry(retry_config());
-            // An http:// endpoint (a local S3-compatible server) needs plain HTTP allowed.
-            if let Ok(ep) =
-                std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"))
-            {
-                if ep.starts_with("http://") {
-                    b = b.with_allow_http(true);
-                }
+            let endpoint = std::env::var("AWS_ENDPOINT_URL")
+                .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                .ok();
+            if plain_http(endpoint.as_deref()) {
+                b = b.with_allow_http(true);
             }
             Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
         }
-        Scheme::Gcs => Arc::new(
-            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+        Scheme::Gcs => {
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_url(uri)
-                .with_retry(retry_config())
-                .build()
-                .map_err(|e| invalid(e.to_string()))?,
-        ),
-        Scheme::Azure => Arc::new(
-            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_retry(retry_config());
+            if plain_http(gcs_base_url().as_deref()) {
+                b = b.with_config(
+                    object_store::gcp::GoogleConfigKey::Client(
+                        object_store::ClientConfigKey::AllowHttp,
+                    ),
+                    "true",
+                );
+            }
+            Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
+        }
+        Scheme::Azure => {
+            let endpoint = std::env::var("AZURE_STORAGE_ENDPOINT").ok();
+            let b = object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_url(uri)
-                .with_retry(retry_config())
-                .build()
-                .map_err(|e| invalid(e.to_string()))?,
-        ),
+                .with_retry(retry_config());
+            let b = if plain_http(endpoint.as_deref()) {
+                b.with_allow_http(true)
+            } else {
+                b
+            };
+            Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
+        }
     };
     Ok((store, prefix))
+}
+
+/// Whether to allow plain HTTP: only where the endpoint the credentials
+/// name is itself `http://` (a server on the cluster, an emulator), as for
+/// `AWS_ENDPOINT_URL`; otherwise the stores' default, HTTPS only.
+fn plain_http(endpoint: Option<&str>) -> bool {
+    endpoint.is_some_and(|e| e.starts_with("http://"))
+}
+
+/// The endpoint a GCS service-account key names (`gcs_base_url`, set for
+/// emulators and private endpoints), from `GOOGLE_SERVICE_ACCOUNT_KEY` or
+/// the key file `GOOGLE_SERVICE_ACCOUNT` / `GOOGLE_APPLICATION_CREDENTIALS`.
+fn gcs_base_url() -> Option<String> {
+    let key = std::env::var("GOOGLE_SERVICE_ACCOUNT_KEY")
+        .ok()
+        .or_else(|| {
+            ["GOOGLE_SERVICE_ACCOUNT", "GOOGLE_APPLICATION_CREDENTIALS"]
+                .iter()
+                .find_map(|v| std::fs::read_to_string(std::env::var(v).ok()?).ok())
+        })?;
+    let json: serde_json::Value = serde_json::from_str(&key).ok()?;
+    Some(json.get("gcs_base_url")?.as_str()?.to_string())
 }
 
 /// Classify a storage error: credentials/permission problems become [`LocationError::Denied`].

@@ -25,6 +25,7 @@
 //! checkpoints when one is corrupt or incomplete.
 
 pub mod location;
+pub mod stream;
 pub mod writer;
 
 pub use location::LocationError;
@@ -219,16 +220,10 @@ pub struct CheckpointStore {
     attempt: Option<u64>,
 }
 
-/// Serialise tensors (moved to the CPU) as a safetensors file image.
+/// Serialise tensors (moved to the CPU) as a safetensors file image, in
+/// memory (the bytes a save streams).
 pub fn tensors_to_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, CheckpointError> {
-    let dir = tempfile::tempdir()?;
-    let p = dir.path().join("t.safetensors");
-    let refs: Vec<(&str, Tensor)> = tensors
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu)))
-        .collect();
-    Tensor::write_safetensors(&refs, &p)?;
-    Ok(std::fs::read(&p)?)
+    stream::safetensors_bytes(tensors)
 }
 
 fn bytes_to_tensors(bytes: &[u8]) -> Result<NamedTensors, CheckpointError> {
@@ -247,7 +242,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 impl CheckpointStore {
     /// Open `uri` (a plain path is a local directory, created if needed).
     pub fn open(uri: &str) -> Result<Self, CheckpointError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // Workers of their own, so that a save's part uploads go on while
+        // the calling thread makes and hashes the next part.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ride-ckpt-io")
             .enable_all()
             .build()?;
         let (store, prefix) = location::open(uri)?;
@@ -438,19 +437,27 @@ impl CheckpointStore {
     }
 
     /// Write a checkpoint: the files, then its manifest, then `latest`.
-    /// Returns the checkpoint's URI and its manifest.
+    /// Each tensor file is streamed from the host copies straight into a
+    /// multipart upload, hashed on the way ([`stream`]). Returns the
+    /// checkpoint's URI and its manifest.
     pub fn save(
         &self,
         model: &[(String, Tensor)],
         optimizer: &[(String, Tensor)],
         meta: &CheckpointMeta,
     ) -> Result<(String, Manifest), CheckpointError> {
-        let files = [
-            (MODEL_FILE, tensors_to_bytes(model)?),
-            (OPTIMIZER_FILE, tensors_to_bytes(optimizer)?),
-            (META_FILE, serde_json::to_vec_pretty(meta)?),
-        ];
-        self.save_files(meta, files.into_iter().collect())
+        let dir = self.fenced_dir(meta)?;
+        let mut digests = BTreeMap::new();
+        for (name, tensors) in [(MODEL_FILE, model), (OPTIMIZER_FILE, optimizer)] {
+            let digest = self.put_tensors(&[&dir, name], tensors)?;
+            digests.insert(name.to_string(), digest);
+        }
+        let meta_json = serde_json::to_vec_pretty(meta)?;
+        digests.insert(
+            META_FILE.to_string(),
+            self.put_digested(&[&dir, META_FILE], meta_json)?,
+        );
+        self.finish_save(meta, dir, digests)
     }
 
     /// Write already-serialised checkpoint files, then the manifest, then `latest`.
@@ -459,21 +466,54 @@ impl CheckpointStore {
         meta: &CheckpointMeta,
         files: Vec<(&str, Vec<u8>)>,
     ) -> Result<(String, Manifest), CheckpointError> {
-        // Before any file: an older attempt must not write into the
-        // directories a newer one saves to.
-        self.fence(self.read_latest()?.as_ref().map(|(m, _)| m))?;
-        let dir = checkpoint_dir_name(meta.epoch, meta.iterations_done);
+        let dir = self.fenced_dir(meta)?;
         let mut digests = BTreeMap::new();
         for (name, bytes) in files {
-            digests.insert(
-                name.to_string(),
-                FileDigest {
-                    sha256: sha256_hex(&bytes),
-                    bytes: bytes.len() as u64,
-                },
-            );
-            self.put(&[&dir, name], bytes)?;
+            digests.insert(name.to_string(), self.put_digested(&[&dir, name], bytes)?);
         }
+        self.finish_save(meta, dir, digests)
+    }
+
+    /// The directory `meta`'s checkpoint goes to, once the fence allows it:
+    /// before any file, an older attempt must not write into the
+    /// directories a newer one saves to.
+    fn fenced_dir(&self, meta: &CheckpointMeta) -> Result<String, CheckpointError> {
+        self.fence(self.read_latest()?.as_ref().map(|(m, _)| m))?;
+        Ok(checkpoint_dir_name(meta.epoch, meta.iterations_done))
+    }
+
+    fn put_digested(&self, parts: &[&str], bytes: Vec<u8>) -> Result<FileDigest, CheckpointError> {
+        let digest = FileDigest {
+            sha256: sha256_hex(&bytes),
+            bytes: bytes.len() as u64,
+        };
+        self.put(parts, bytes)?;
+        Ok(digest)
+    }
+
+    /// Stream `tensors` (host copies) as a safetensors file to `parts`.
+    fn put_tensors(
+        &self,
+        parts: &[&str],
+        tensors: &[(String, Tensor)],
+    ) -> Result<FileDigest, CheckpointError> {
+        let key = self.key(parts);
+        let produce = |sink: &mut dyn FnMut(&[u8]) -> Result<(), stream::StreamError>| {
+            stream::safetensors_pieces(tensors, sink)
+        };
+        stream::put_streamed(&self.rt, self.store.as_ref(), &key, produce).map_err(|e| match e {
+            stream::StreamError::Store(e) => self.err(e),
+            stream::StreamError::Checkpoint(e) => e,
+        })
+    }
+
+    /// The manifest (after every file), then `latest`.
+    fn finish_save(
+        &self,
+        meta: &CheckpointMeta,
+        dir: String,
+        digests: BTreeMap<String, FileDigest>,
+    ) -> Result<(String, Manifest), CheckpointError> {
         let manifest = Manifest {
             format: 1,
             dir: dir.clone(),
