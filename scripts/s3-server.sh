@@ -15,11 +15,13 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env.sh
 source "$here/env.sh"
+# shellcheck source=object-stores/server.sh
+source "$here/object-stores/server.sh"
 GARAGE_VERSION=2.5.0
 GARAGE_ROOT="$RIDE_CACHE/garage"
 GARAGE="$GARAGE_ROOT/bin/garage"
 RIDE_S3_DIR="${RIDE_S3_DIR:-$RIDE_CACHE/s3}"
-S3_PORT="${RIDE_S3_PORT:-39300}"
+PORT="${RIDE_S3_PORT:-39300}"
 RPC_PORT="${RIDE_S3_RPC_PORT:-39301}"
 BUCKET="ride-test"
 # Fixed test-only credentials (loopback server, throw-away data).
@@ -36,10 +38,6 @@ install() {
   cargo install garage --version "$GARAGE_VERSION" --locked \
     --no-default-features --features bundled-libs,sqlite \
     --root "$GARAGE_ROOT" --target-dir "$RIDE_CACHE/garage-target"
-}
-
-running() {
-  [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
 }
 
 g() { "$GARAGE" -c "$CONF" "$@"; }
@@ -59,15 +57,12 @@ rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
 [s3_api]
 s3_region = "garage"
-api_bind_addr = "127.0.0.1:$S3_PORT"
+api_bind_addr = "127.0.0.1:$PORT"
 root_domain = ".s3.garage.localhost"
 TOML
   fi
   if ! running; then
-    if (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null; then
-      echo "error: port $S3_PORT is already in use (another server? stop it, or set RIDE_S3_PORT and RIDE_S3_RPC_PORT)" >&2
-      exit 1
-    fi
+    port_must_be_free "RIDE_S3_PORT and RIDE_S3_RPC_PORT"
     nohup "$GARAGE" -c "$CONF" server > "$RIDE_S3_DIR/garage.log" 2>&1 &
     echo $! > "$PIDFILE"
   fi
@@ -88,43 +83,16 @@ TOML
   g bucket info "$BUCKET" >/dev/null 2>&1 || g bucket create "$BUCKET" >/dev/null
   g bucket allow --read --write --owner "$BUCKET" --key "$KEY_ID" >/dev/null
   # The S3 endpoint must answer before we report ready.
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_for_port "$RIDE_S3_DIR/garage.log"
   cat > "$RIDE_S3_DIR/env" <<ENV
 export AWS_ACCESS_KEY_ID=$KEY_ID
 export AWS_SECRET_ACCESS_KEY=$KEY_SECRET
-export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
+export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT
 export AWS_REGION=garage
 export AWS_ALLOW_HTTP=true
 export RIDE_TEST_S3_BUCKET=$BUCKET
 ENV
-  echo "s3 server: http://127.0.0.1:$S3_PORT (bucket $BUCKET); source $RIDE_S3_DIR/env"
+  echo "s3 server: http://127.0.0.1:$PORT (bucket $BUCKET); source $RIDE_S3_DIR/env"
 }
 
-stop() {
-  if running; then
-    kill "$(cat "$PIDFILE")"
-    for _ in $(seq 1 50); do running || break; sleep 0.1; done
-    running && kill -9 "$(cat "$PIDFILE")" 2>/dev/null || true
-  fi
-  rm -f "$PIDFILE"
-}
-
-# Kill the server at once (SIGKILL), as a crash would; `start` brings it back.
-crash() {
-  if running; then kill -9 "$(cat "$PIDFILE")"; fi
-  for _ in $(seq 1 50); do running || break; sleep 0.02; done
-  rm -f "$PIDFILE"
-}
-
-case "${1:-}" in
-  install) install ;;
-  start) start ;;
-  stop) stop ;;
-  crash) crash ;;
-  restart) stop; start ;;
-  status) if running; then echo "running (pid $(cat "$PIDFILE"))"; else echo "stopped"; exit 1; fi ;;
-  *) echo "usage: $0 install|start|stop|crash|restart|status" >&2; exit 2 ;;
-esac
+dispatch "$@"

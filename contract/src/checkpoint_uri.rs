@@ -88,12 +88,15 @@ impl Scheme {
     /// credentials (the operator as `secretKeyRef`s to the training's
     /// credentials Secret, a Slurm job from the submitting environment).
     pub fn credential_vars(self) -> &'static [CredentialVar] {
-        const S3: [CredentialVar; 5] = [
+        const S3: [CredentialVar; 6] = [
             var("AWS_ACCESS_KEY_ID", true),
             var("AWS_SECRET_ACCESS_KEY", true),
             var("AWS_SESSION_TOKEN", false),
             var("AWS_REGION", false),
             var("AWS_ENDPOINT_URL", false),
+            // `etag`: `latest` is written with If-Match (AWS S3, MinIO);
+            // unset for servers without conditional writes.
+            var("AWS_CONDITIONAL_PUT", false),
         ];
         const GCS: [CredentialVar; 1] = [var("GOOGLE_SERVICE_ACCOUNT_KEY", true)];
         const AZURE: [CredentialVar; 3] = [
@@ -457,6 +460,7 @@ mod tests {
                 ("AWS_SESSION_TOKEN", false),
                 ("AWS_REGION", false),
                 ("AWS_ENDPOINT_URL", false),
+                ("AWS_CONDITIONAL_PUT", false),
             ]
         );
         assert_eq!(names(Scheme::Gcs), [("GOOGLE_SERVICE_ACCOUNT_KEY", true)]);

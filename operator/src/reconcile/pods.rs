@@ -563,7 +563,7 @@ mod tests {
         let p = worker_pod(&rt, 0, 0, 8);
         let env = p.spec.unwrap().containers[0].env.clone().unwrap();
         let secret_vars: Vec<&EnvVar> = env.iter().filter(|e| e.name.starts_with("AWS_")).collect();
-        assert_eq!(secret_vars.len(), 5);
+        assert_eq!(secret_vars.len(), 6);
         for e in secret_vars {
             assert!(e.value.is_none(), "{} has a literal value", e.name);
             let r = e
@@ -608,6 +608,7 @@ mod tests {
                 ("AWS_SESSION_TOKEN", true),
                 ("AWS_REGION", true),
                 ("AWS_ENDPOINT_URL", true),
+                ("AWS_CONDITIONAL_PUT", true),
             ])
         );
         assert_eq!(
@@ -630,7 +631,7 @@ mod tests {
             .env
             .clone()
             .unwrap();
-        assert_eq!(env.iter().filter(|e| e.name.starts_with("AWS_")).count(), 5);
+        assert_eq!(env.iter().filter(|e| e.name.starts_with("AWS_")).count(), 6);
         // No template may set them.
         for scheme in Scheme::ALL {
             for v in scheme.credential_vars() {

@@ -1,5 +1,5 @@
 //! Benchmarks of the distributed and storage paths, for side-by-side runs
-//! with PyTorch (`bench/allreduce.sh`, `bench/checkpoint_s3.sh`):
+//! with PyTorch (`bench/allreduce.sh`, `bench/checkpoint_s3.sh` and its twins):
 //! ring all-reduce bandwidth on the TCP backend, and checkpoint save
 //! throughput against a raw upload of the same bytes.
 
@@ -76,79 +76,154 @@ pub fn all_reduce_bandwidth_from_env(
     ))
 }
 
-/// Checkpoint save against raw upload of the same bytes.
+/// Checkpoint save against raw uploads of the same bytes.
 #[derive(Debug, Serialize)]
 pub struct CheckpointTiming {
-    /// Bytes of the checkpoint files.
+    /// Bytes of the two tensor files.
     pub bytes: u64,
-    /// Median seconds of `CheckpointStore::save` (serialise, SHA-256, upload, manifest, latest).
+    /// Median seconds of `CheckpointStore::save` (stream: serialise, SHA-256
+    /// and a parallel multipart upload at once; then meta, manifest, latest).
     pub save_s: f64,
-    /// Median seconds to upload the same serialised bytes as plain objects.
-    pub raw_upload_s: f64,
+    /// Median seconds of the save before streaming, for comparison: each
+    /// file serialised in memory, hashed, then uploaded in one request.
+    pub previous_save_s: f64,
+    /// Median seconds to upload the same bytes, already in memory, one
+    /// request per file.
+    pub raw_put_s: f64,
+    /// Median seconds to upload the same bytes, already in memory, as
+    /// multipart uploads with the save's part size and parts in flight.
+    pub raw_multipart_s: f64,
     /// Median seconds the training thread is blocked (host copy) with the background writer.
     pub blocking_s: f64,
-    /// Save throughput, MB/s.
-    pub save_mbps: f64,
-    /// Raw upload throughput, MB/s.
-    pub raw_mbps: f64,
+    /// Most resident memory a save added above the host copy (MiB).
+    pub save_peak_extra_mib: f64,
+    /// The host copy's size (MiB): the checkpoint held in memory.
+    pub checkpoint_mib: f64,
 }
 
-/// Time checkpoint saves of `model`/`optimizer` tensors to `uri`, against raw uploads.
+/// Resident set size of this process, bytes.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Run `f`, sampling the resident set every few milliseconds; returns its
+/// result and the peak above what was resident when it started.
+fn peak_extra_rss<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let base = rss_bytes();
+    let (done, peak) = (AtomicBool::new(false), AtomicU64::new(base));
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        });
+        let out = f();
+        done.store(true, Ordering::Relaxed);
+        out
+    });
+    (out, peak.load(Ordering::Relaxed).saturating_sub(base))
+}
+
+fn bench_meta(epoch: u64) -> CheckpointMeta {
+    CheckpointMeta {
+        epoch,
+        iterations_done: None,
+        samples_done: 0,
+        world_size: 1,
+        accumulation: None,
+        step: 0,
+        micro_step: 0,
+        next_lr: 0.0,
+        max_accuracy: 0.0,
+        scaler: None,
+        eval: None,
+        config: String::new(),
+        saved_at: String::new(),
+    }
+}
+
+/// Time checkpoint saves of `model`/`optimizer` tensors to `uri`, against
+/// raw uploads of the same bytes through the same client, round after round.
 pub fn checkpoint_throughput(
     uri: &str,
     model: &[(String, tch::Tensor)],
     optimizer: &[(String, tch::Tensor)],
     rounds: usize,
 ) -> anyhow::Result<CheckpointTiming> {
+    use ride_trainer::checkpoint::stream::{PARTS_IN_FLIGHT, PART_BYTES};
     let store = CheckpointStore::open(uri)?;
-    // The reference: the same bytes as plain objects, straight to the object store.
+    // The references: the same bytes as plain objects, straight to the object store.
     let raw_uri = format!("{}/raw", uri.trim_end_matches('/'));
     let (raw, raw_prefix) = ride_trainer::checkpoint::location::open(&raw_uri)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
     let files = [tensors_to_bytes(model)?, tensors_to_bytes(optimizer)?];
     let bytes: u64 = files.iter().map(|f| f.len() as u64).sum();
-    let (mut save, mut upload, mut blocking) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut save, mut previous, mut put, mut multipart, mut blocking) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut extra, mut held) = (0u64, 0u64);
     for r in 0..rounds {
-        let meta = CheckpointMeta {
-            epoch: r as u64,
-            iterations_done: None,
-            samples_done: 0,
-            world_size: 1,
-            accumulation: None,
-            step: 0,
-            micro_step: 0,
-            next_lr: 0.0,
-            max_accuracy: 0.0,
-            scaler: None,
-            eval: None,
-            config: String::new(),
-            saved_at: String::new(),
-        };
+        let meta = bench_meta(2 * r as u64);
+        let before = rss_bytes();
         let t = Instant::now();
         let snap = ride_trainer::checkpoint::Snapshot::capture(model, optimizer, meta.clone());
         blocking.push(t.elapsed().as_secs_f64());
+        held = held.max(rss_bytes().saturating_sub(before));
         let t = Instant::now();
-        store.save(&snap.model, &snap.optimizer, &meta)?;
+        let (saved, added) = peak_extra_rss(|| store.save(&snap.model, &snap.optimizer, &meta));
+        saved?;
         save.push(t.elapsed().as_secs_f64());
+        extra = extra.max(added);
+        drop(snap);
+        // The save before streaming: in-memory image, hash, one request.
+        let meta = bench_meta(2 * r as u64 + 1);
+        let t = Instant::now();
+        let image = vec![
+            ("model.safetensors", tensors_to_bytes(model)?),
+            ("optimizer.safetensors", tensors_to_bytes(optimizer)?),
+            ("meta.json", serde_json::to_vec_pretty(&meta)?),
+        ];
+        store.save_files(&meta, image)?;
+        previous.push(t.elapsed().as_secs_f64());
+        let key = |kind: &str, i: usize| {
+            raw_prefix
+                .child(format!("round{r}"))
+                .child(format!("{kind}{i}"))
+        };
         let t = Instant::now();
         for (i, f) in files.iter().enumerate() {
-            let key = raw_prefix
-                .child(format!("round{r}"))
-                .child(format!("file{i}"));
-            rt.block_on(raw.put(&key, PutPayload::from(f.clone())))?;
+            rt.block_on(raw.put(&key("put", i), PutPayload::from(f.clone())))?;
         }
-        upload.push(t.elapsed().as_secs_f64());
+        put.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for (i, f) in files.iter().enumerate() {
+            let upload = rt.block_on(raw.put_multipart(&key("multipart", i)))?;
+            let _in_runtime = rt.enter();
+            let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+            for piece in f.chunks(PART_BYTES) {
+                rt.block_on(w.wait_for_capacity(PARTS_IN_FLIGHT))?;
+                w.write(piece);
+            }
+            rt.block_on(w.finish())?;
+        }
+        multipart.push(t.elapsed().as_secs_f64());
     }
-    let (save_s, raw_upload_s) = (median(save), median(upload));
     Ok(CheckpointTiming {
         bytes,
-        save_s,
-        raw_upload_s,
+        save_s: median(save),
+        previous_save_s: median(previous),
+        raw_put_s: median(put),
+        raw_multipart_s: median(multipart),
         blocking_s: median(blocking),
-        save_mbps: bytes as f64 / save_s / 1e6,
-        raw_mbps: bytes as f64 / raw_upload_s / 1e6,
+        save_peak_extra_mib: extra as f64 / (1 << 20) as f64,
+        checkpoint_mib: held as f64 / (1 << 20) as f64,
     })
 }
 
