@@ -2,12 +2,12 @@
 # Checkpoint save throughput to a real object store server on loopback
 # against raw uploads of the same bytes through the same client, in one run:
 #   bench/checkpoint_store.sh SERVER [CFG] [ROUNDS]
-# SERVER is s3 (Garage, scripts/s3-server.sh) or az (Azurite,
-# scripts/az-server.sh); bench/checkpoint_s3.sh and bench/checkpoint_az.sh
-# call this.
+# SERVER is s3 (Garage, scripts/s3-server.sh), gs (fake-gcs-server,
+# scripts/gcs-server.sh) or az (Azurite, scripts/az-server.sh);
+# bench/checkpoint_s3.sh, checkpoint_gs.sh and checkpoint_az.sh call this.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-SERVER="${1:?usage: $0 s3|az [CFG] [ROUNDS]}"
+SERVER="${1:?usage: $0 s3|gs|az [CFG] [ROUNDS]}"
 CFG="${2:-$here/../configs/swin_tiny_patch4_window7_224_lt_2_experts_ride.yaml}"
 ROUNDS="${3:-3}"
 "$here/../scripts/setup.sh" >/dev/null
@@ -16,10 +16,11 @@ source "$here/../scripts/env.sh"
 dir="$(mktemp -d "${TMPDIR:-/tmp}/ride-$SERVER-bench.XXXXXX")"
 case "$SERVER" in
   s3) export RIDE_S3_DIR="$dir"; bucket_var=RIDE_TEST_S3_BUCKET; name="S3 (Garage)" ;;
+  gs) export RIDE_GCS_DIR="$dir"; bucket_var=RIDE_TEST_GCS_BUCKET; name="GCS (fake-gcs-server)"; script=gcs ;;
   az) export RIDE_AZ_DIR="$dir"; bucket_var=RIDE_TEST_AZ_CONTAINER; name="Azure Blob Storage (Azurite)" ;;
-  *) echo "error: SERVER is s3 or az, not $SERVER" >&2; exit 2 ;;
+  *) echo "error: SERVER is s3, gs or az, not $SERVER" >&2; exit 2 ;;
 esac
-script="$here/../scripts/$SERVER-server.sh"
+script="$here/../scripts/${script:-$SERVER}-server.sh"
 trap '"$script" stop; rm -rf "$dir"' EXIT
 "$script" start >/dev/null
 # shellcheck disable=SC1091

@@ -37,9 +37,13 @@ install() {
   if [ -x "$BIN" ] && [ "$(cat "$ROOT/.stamp" 2>/dev/null)" = "$(stamp_of)" ]; then
     return
   fi
-  if ! command -v npm >/dev/null 2>&1; then
-    echo "error: npm not found; Azurite comes from npm (Debian: apt-get install nodejs npm)" >&2
-    exit 1
+  if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+      echo "error: Azurite comes from npm, which is missing; run: sudo apt-get install --no-install-recommends nodejs npm" >&2
+      exit 1
+    fi
+    echo "==> installing Debian's nodejs and npm packages (Azurite comes from npm)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm >/dev/null
   fi
   local t0
   t0=$(date +%s)
