@@ -498,7 +498,7 @@ impl CheckpointStore {
         tensors: &[(String, Tensor)],
     ) -> Result<FileDigest, CheckpointError> {
         let key = self.key(parts);
-        let produce = |sink: &mut dyn FnMut(&[u8]) -> Result<(), stream::StreamError>| {
+        let produce = |sink: &mut dyn FnMut(bytes::Bytes) -> Result<(), stream::StreamError>| {
             stream::safetensors_pieces(tensors, sink)
         };
         stream::put_streamed(&self.rt, self.store.as_ref(), &key, produce).map_err(|e| match e {

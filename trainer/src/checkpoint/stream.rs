@@ -5,6 +5,7 @@
 //! flight beside the host copy (never a second image of the checkpoint).
 
 use super::{CheckpointError, FileDigest};
+use bytes::Bytes;
 use object_store::{path::Path as StorePath, ObjectStore, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
@@ -97,16 +98,14 @@ impl From<tch::TchError> for StreamError {
 
 /// Feed the safetensors image of `tensors` (on the CPU) to `sink` in
 /// pieces of at most `PART_BYTES`; the same bytes `Tensor::read_safetensors`
-/// reads back.
+/// reads back. Each tensor's bytes are copied out of it once; the pieces
+/// share that copy, so an upload takes them without copying again.
 pub fn safetensors_pieces(
     tensors: &[(String, Tensor)],
-    mut sink: impl FnMut(&[u8]) -> Result<(), StreamError>,
+    mut sink: impl FnMut(Bytes) -> Result<(), StreamError>,
 ) -> Result<(), StreamError> {
     let (head, sizes) = safetensors_head(tensors)?;
-    sink(&head)?;
-    // One reused buffer, as large as the largest tensor: the only copy of
-    // tensor data the save makes besides the parts in flight.
-    let mut buf = Vec::new();
+    sink(Bytes::from(head))?;
     for ((_, t), &bytes) in tensors.iter().zip(&sizes) {
         if bytes == 0 {
             continue;
@@ -117,10 +116,11 @@ pub fn safetensors_pieces(
         } else {
             t.f_to_device(tch::Device::Cpu)?.f_contiguous()?
         };
-        buf.resize(bytes, 0);
+        let mut buf = vec![0u8; bytes];
         t.f_copy_data_u8(&mut buf, t.numel())?;
-        for piece in buf.chunks(PART_BYTES) {
-            sink(piece)?;
+        let data = Bytes::from(buf);
+        for start in (0..bytes).step_by(PART_BYTES) {
+            sink(data.slice(start..bytes.min(start + PART_BYTES)))?;
         }
     }
     Ok(())
@@ -131,7 +131,7 @@ pub fn safetensors_pieces(
 pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, CheckpointError> {
     let mut all = Vec::new();
     safetensors_pieces(tensors, |piece| {
-        all.extend_from_slice(piece);
+        all.extend_from_slice(&piece);
         Ok(())
     })
     .map_err(|e| match e {
@@ -150,7 +150,7 @@ pub fn put_streamed(
     rt: &tokio::runtime::Runtime,
     store: &dyn ObjectStore,
     key: &StorePath,
-    produce: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<(), StreamError>) -> Result<(), StreamError>,
+    produce: impl FnOnce(&mut dyn FnMut(Bytes) -> Result<(), StreamError>) -> Result<(), StreamError>,
 ) -> Result<FileDigest, StreamError> {
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
@@ -162,9 +162,9 @@ pub fn put_streamed(
     let Some(upload) = upload else {
         let mut whole = Vec::new();
         produce(&mut |piece| {
-            hasher.update(piece);
+            hasher.update(&piece);
             bytes += piece.len() as u64;
-            whole.extend_from_slice(piece);
+            whole.extend_from_slice(&piece);
             Ok(())
         })?;
         rt.block_on(store.put(key, PutPayload::from(whole)))?;
@@ -175,10 +175,10 @@ pub fn put_streamed(
     let _in_runtime = rt.enter();
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
     let fed = produce(&mut |piece| {
-        hasher.update(piece);
+        hasher.update(&piece);
         bytes += piece.len() as u64;
         rt.block_on(writer.wait_for_capacity(PARTS_IN_FLIGHT))?;
-        writer.write(piece);
+        writer.put(piece);
         Ok(())
     });
     match fed {
@@ -291,10 +291,10 @@ mod tests {
             .build()
             .unwrap();
         let key = StorePath::from("ckpt/model.safetensors");
-        let chunk = vec![7u8; PART_BYTES];
+        let chunk = Bytes::from(vec![7u8; PART_BYTES]);
         let result = put_streamed(&rt, &store, &key, |sink| {
-            sink(&chunk)?;
-            sink(&chunk)?;
+            sink(chunk.clone())?;
+            sink(chunk.clone())?;
             Err(CheckpointError::Io(std::io::Error::other("the tensors went away")).into())
         });
         assert!(matches!(result, Err(StreamError::Checkpoint(_))));
