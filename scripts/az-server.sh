@@ -70,7 +70,7 @@ start() {
     echo $! > "$PIDFILE"
   fi
   wait_for_port "$RIDE_AZ_DIR/azurite.log"
-  node "$PKG/create-container.js" "http://127.0.0.1:$PORT" "$CONTAINER"
+  node "$PKG/create-container.js" "http://127.0.0.1:$PORT" "$CONTAINER" "$ACCOUNT" "$KEY"
   cat > "$RIDE_AZ_DIR/env" <<ENV
 export AZURE_STORAGE_ACCOUNT_NAME=$ACCOUNT
 export AZURE_STORAGE_ACCOUNT_KEY=$KEY

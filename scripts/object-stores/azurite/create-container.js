@@ -1,18 +1,14 @@
-// Creates a blob container on Azurite, signed with the emulator's
-// well-known account key (Shared Key auth; Azurite accepts nothing less).
-// No dependencies beyond Node itself. Exits 0 when the container exists.
-//   node create-container.js http://127.0.0.1:PORT CONTAINER
+// Creates a blob container on Azurite, signed with the account's key
+// (Shared Key auth; Azurite accepts nothing less). No dependencies beyond
+// Node itself. Exits 0 when the container exists.
+//   node create-container.js http://127.0.0.1:PORT CONTAINER ACCOUNT KEY
 "use strict";
 const crypto = require("crypto");
 const http = require("http");
 
-const ACCOUNT = "devstoreaccount1";
-// Azurite's documented development key, public by design.
-const KEY =
-  "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-const [base, container] = process.argv.slice(2);
-if (!base || !container) {
-  console.error("usage: node create-container.js http://127.0.0.1:PORT CONTAINER");
+const [base, container, ACCOUNT, KEY] = process.argv.slice(2);
+if (!base || !container || !ACCOUNT || !KEY) {
+  console.error("usage: node create-container.js http://127.0.0.1:PORT CONTAINER ACCOUNT KEY");
   process.exit(2);
 }
 const url = new URL(`${base}/${ACCOUNT}/${container}?restype=container`);

@@ -194,9 +194,8 @@ pub fn put_streamed(
 }
 
 fn digest(hasher: Sha256, bytes: u64) -> FileDigest {
-    let d = hasher.finalize();
     FileDigest {
-        sha256: d.iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: super::hex(&hasher.finalize()),
         bytes,
     }
 }
@@ -232,6 +231,22 @@ mod tests {
         ]
     }
 
+    /// A directory as a store, and a runtime like the checkpoint store's.
+    fn local_store() -> (
+        tempfile::TempDir,
+        object_store::local::LocalFileSystem,
+        tokio::runtime::Runtime,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        (dir, store, rt)
+    }
+
     #[test]
     fn the_image_reads_back_as_the_same_tensors() {
         let tensors = sample();
@@ -265,13 +280,7 @@ mod tests {
             ("small".into(), Tensor::from(1.5f32)),
         ];
         let expected = safetensors_bytes(&tensors).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let (dir, store, rt) = local_store();
         let key = StorePath::from("ckpt/model.safetensors");
         let digest =
             put_streamed(&rt, &store, &key, |sink| safetensors_pieces(&tensors, sink)).unwrap();
@@ -283,13 +292,7 @@ mod tests {
 
     #[test]
     fn a_failure_while_producing_leaves_no_object() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let (dir, store, rt) = local_store();
         let key = StorePath::from("ckpt/model.safetensors");
         let chunk = Bytes::from(vec![7u8; PART_BYTES]);
         let result = put_streamed(&rt, &store, &key, |sink| {
