@@ -184,8 +184,16 @@ start_control_plane() {
     audit=(--audit-policy-file "$DIR/audit-policy.yaml" --audit-log-path "$DIR/audit.log"
       --audit-log-format json --audit-log-mode blocking)
   fi
+  # RIDE_K8S_FEATURE_GATES=A=true,B=true: feature gates for the API server,
+  # the controller manager and the scheduler (operator/tests/queues.rs turns
+  # on the alpha gang scheduling); RIDE_K8S_RUNTIME_CONFIG: the API server's
+  # --runtime-config, for the API versions those gates serve. Read at every
+  # start.
+  local gates=() runtime=()
+  if [ -n "${RIDE_K8S_FEATURE_GATES:-}" ]; then gates=(--feature-gates "$RIDE_K8S_FEATURE_GATES"); fi
+  if [ -n "${RIDE_K8S_RUNTIME_CONFIG:-}" ]; then runtime=(--runtime-config "$RIDE_K8S_RUNTIME_CONFIG"); fi
   launch kube-apiserver \
-    "${audit[@]}" \
+    "${audit[@]}" "${gates[@]}" "${runtime[@]}" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
@@ -203,7 +211,7 @@ start_control_plane() {
   wait_until 60 kube-apiserver "$BIN/kubectl" --kubeconfig "$ADMIN" get --raw /readyz || return 1
 
   kubeconfig "$DIR/controller-manager.kubeconfig" controller-manager
-  launch kube-controller-manager \
+  launch kube-controller-manager "${gates[@]}" \
     --kubeconfig "$DIR/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$DIR/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$DIR/controller-manager.kubeconfig" \
@@ -214,7 +222,7 @@ start_control_plane() {
     --node-monitor-period 1s --node-monitor-grace-period 8s \
     --profiling=false --v 1
   kubeconfig "$DIR/scheduler.kubeconfig" scheduler
-  launch kube-scheduler \
+  launch kube-scheduler "${gates[@]}" \
     --kubeconfig "$DIR/scheduler.kubeconfig" \
     --authentication-kubeconfig "$DIR/scheduler.kubeconfig" \
     --authorization-kubeconfig "$DIR/scheduler.kubeconfig" \

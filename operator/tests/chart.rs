@@ -151,6 +151,11 @@ const NEEDED: &[(&str, &str, &str)] = &[
     ("scheduling.x-k8s.io", "podgroups", "get"),
     ("scheduling.x-k8s.io", "podgroups", "create"),
     ("scheduling.x-k8s.io", "podgroups", "patch"),
+    ("scheduling.k8s.io", "podgroups", "get"),
+    ("scheduling.k8s.io", "podgroups", "list"),
+    ("scheduling.k8s.io", "podgroups", "create"),
+    ("scheduling.k8s.io", "podgroups", "patch"),
+    ("scheduling.k8s.io", "podgroups", "delete"),
 ];
 
 fn granted(role: &Value) -> BTreeSet<(String, String, String)> {

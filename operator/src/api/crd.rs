@@ -415,6 +415,12 @@ pub enum GangScheduler {
     /// `minMember` is the current world size, pods labelled
     /// `scheduling.x-k8s.io/pod-group`.
     Coscheduling,
+    /// The scheduler's own gang scheduling (Kubernetes 1.36 alpha: feature
+    /// gates `GenericWorkload` and `GangScheduling`, API
+    /// `scheduling.k8s.io/v1alpha2` served): one PodGroup per attempt,
+    /// `schedulingPolicy.gang.minCount` its world size, named by each
+    /// worker's `spec.schedulingGroup`.
+    Native,
 }
 
 /// Where a training is in its lifecycle (`status.phase`, also the

@@ -32,7 +32,9 @@
 //! `/progress` endpoint, polled in the background (a slow pod never holds
 //! up a reconcile), and its termination message when it ends.
 
-use crate::crd::{phase_labels, Phase, RideTraining, RideTrainingStatus, PENDING_LABEL};
+use crate::crd::{
+    phase_labels, GangScheduler, Phase, RideTraining, RideTrainingStatus, PENDING_LABEL,
+};
 use crate::expectations::{CachedPod, Expectations, Verdict};
 use crate::lifecycle::{decide, Action, Observed};
 use crate::metrics::OperatorMetrics;
@@ -81,6 +83,9 @@ pub enum ReconcileError {
     /// something else; the operator does not take it over.
     #[error("{0}")]
     NotOurs(String),
+    /// A worker pod could not be turned into the JSON applied (a bug).
+    #[error("building a worker pod's manifest: {0}")]
+    Manifest(#[from] serde_json::Error),
 }
 
 /// Whether `obj` is controlled by the object with `uid`.
@@ -1085,12 +1090,15 @@ fn api_message(e: &kube::Error) -> String {
     }
 }
 
-/// The coscheduling PodGroup's API resource.
-fn pod_group_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("scheduling.x-k8s.io", "v1alpha1", "PodGroup"),
-        "podgroups",
-    )
+/// The API resource of a gang scheduler's PodGroup.
+fn pod_group_resource(gang: GangScheduler) -> ApiResource {
+    let gvk = match gang {
+        GangScheduler::Coscheduling => {
+            GroupVersionKind::gvk("scheduling.x-k8s.io", "v1alpha1", "PodGroup")
+        }
+        GangScheduler::Native => GroupVersionKind::gvk("scheduling.k8s.io", "v1alpha2", "PodGroup"),
+    };
+    ApiResource::from_gvk_with_plural(&gvk, "podgroups")
 }
 
 /// Say why a worker (or its PodGroup) cannot be created where users look:

@@ -44,14 +44,23 @@ pub const KUEUE_POD_GROUP_COUNT: &str = "kueue.x-k8s.io/pod-group-total-count";
 /// The coscheduling plugin's label naming a pod's PodGroup.
 pub const POD_GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
 
-/// The PodGroup of a training scheduled by coscheduling (`None` without
-/// gang scheduling): all `world_size` workers are placed together or none,
-/// and the scheduler gives up after the elastic timeout, after which the
+/// The API version of the scheduler's own PodGroup (Kubernetes 1.36 alpha).
+pub const NATIVE_POD_GROUP_API_VERSION: &str = "scheduling.k8s.io/v1alpha2";
+
+/// The PodGroup that holds attempt `attempt`'s `world_size` workers until
+/// all of them fit (`None` without gang scheduling).
+///
+/// Coscheduling: one group per training, `minMember` updated on a resize;
+/// the scheduler gives up after the elastic timeout, after which the
 /// operator may shrink the gang (and the group with it).
-pub fn pod_group(rt: &RideTraining, world_size: i32) -> Option<serde_json::Value> {
+///
+/// Native: the group's `schedulingPolicy` is immutable, so each attempt
+/// gets its own group, named after it like its pods (`NAME-ATTEMPT`) and
+/// labelled with the attempt, so older attempts' groups can be collected.
+pub fn pod_group(rt: &RideTraining, attempt: i32, world_size: i32) -> Option<serde_json::Value> {
     let gang = rt.spec.scheduling.as_ref()?.gang?;
-    match gang {
-        crate::crd::GangScheduler::Coscheduling => Some(serde_json::json!({
+    Some(match gang {
+        crate::crd::GangScheduler::Coscheduling => serde_json::json!({
             "apiVersion": "scheduling.x-k8s.io/v1alpha1",
             "kind": "PodGroup",
             "metadata": {
@@ -64,8 +73,51 @@ pub fn pod_group(rt: &RideTraining, world_size: i32) -> Option<serde_json::Value
                 "minMember": world_size,
                 "scheduleTimeoutSeconds": rt.spec.workers.elastic_timeout_seconds,
             },
-        })),
+        }),
+        crate::crd::GangScheduler::Native => {
+            let mut group_labels = labels(rt);
+            group_labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
+            serde_json::json!({
+                "apiVersion": NATIVE_POD_GROUP_API_VERSION,
+                "kind": "PodGroup",
+                "metadata": {
+                    "name": native_pod_group_name(rt, attempt),
+                    "namespace": rt.metadata.namespace,
+                    "labels": group_labels,
+                    "ownerReferences": [owner(rt)],
+                },
+                "spec": {
+                    "schedulingPolicy": {"gang": {"minCount": world_size}},
+                },
+            })
+        }
+    })
+}
+
+/// The name of attempt `attempt`'s native PodGroup.
+pub fn native_pod_group_name(rt: &RideTraining, attempt: i32) -> String {
+    format!("{}-{attempt}", name(rt))
+}
+
+/// A worker pod as applied: [`worker_pod`], plus, under native gang
+/// scheduling, `spec.schedulingGroup` naming its attempt's PodGroup (a
+/// Kubernetes 1.36 field the operator's 1.33 API types do not have, so it is
+/// added to the JSON).
+pub fn worker_pod_manifest(
+    rt: &RideTraining,
+    rank: i32,
+    attempt: i32,
+    world_size: i32,
+) -> Result<serde_json::Value, serde_json::Error> {
+    let mut pod = serde_json::to_value(worker_pod(rt, rank, attempt, world_size))?;
+    let native = sched_gang(rt) == Some(crate::crd::GangScheduler::Native);
+    if let (true, Some(spec)) = (native, pod.get_mut("spec").and_then(|s| s.as_object_mut())) {
+        spec.insert(
+            "schedulingGroup".into(),
+            serde_json::json!({"podGroupName": native_pod_group_name(rt, attempt)}),
+        );
     }
+    Ok(pod)
 }
 
 /// The security context every container of a worker gets unless it says
@@ -95,6 +147,11 @@ pub(crate) fn harden_sidecar(mut c: Container) -> Container {
     }
     sc.run_as_non_root = sc.run_as_non_root.or(defaults.run_as_non_root);
     c
+}
+
+/// The training's gang scheduler, if any.
+fn sched_gang(rt: &RideTraining) -> Option<crate::crd::GangScheduler> {
+    rt.spec.scheduling.as_ref()?.gang
 }
 
 fn name(rt: &RideTraining) -> String {
@@ -393,7 +450,7 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
         );
         annotations.insert(KUEUE_POD_GROUP_COUNT.into(), world_size.to_string());
     }
-    if pod_group(rt, world_size).is_some() {
+    if sched_gang(rt) == Some(crate::crd::GangScheduler::Coscheduling) {
         pod_labels.insert(POD_GROUP_LABEL.into(), name(rt));
     }
     pod_labels.extend(labels(rt));
@@ -803,12 +860,14 @@ sidecars: [{name: shipper, image: "fluent-bit:3"}]
     #[test]
     fn a_gang_gets_one_pod_group_sized_to_the_attempt() {
         let mut rt = rt();
-        assert!(pod_group(&rt, 2).is_none());
+        assert!(pod_group(&rt, 1, 2).is_none());
+        let plain = worker_pod_manifest(&rt, 0, 1, 2).unwrap();
+        assert!(plain["spec"].get("schedulingGroup").is_none(), "{plain}");
         rt.spec.scheduling = Some(crate::crd::SchedulingSpec {
             gang: Some(crate::crd::GangScheduler::Coscheduling),
             ..Default::default()
         });
-        let g = pod_group(&rt, 3).unwrap();
+        let g = pod_group(&rt, 1, 3).unwrap();
         assert_eq!(g["kind"], "PodGroup");
         assert_eq!(g["metadata"]["name"], "ride-tiny-2e");
         assert_eq!(g["spec"]["minMember"], 3);
@@ -817,6 +876,37 @@ sidecars: [{name: shipper, image: "fluent-bit:3"}]
         assert_eq!(
             pod.metadata.labels.unwrap()[POD_GROUP_LABEL],
             "ride-tiny-2e"
+        );
+        let applied = worker_pod_manifest(&rt, 0, 1, 3).unwrap();
+        assert!(applied["spec"].get("schedulingGroup").is_none());
+    }
+
+    #[test]
+    fn a_native_gang_gets_one_immutable_pod_group_per_attempt_named_by_its_pods() {
+        let mut rt = rt();
+        rt.spec.scheduling = Some(crate::crd::SchedulingSpec {
+            gang: Some(crate::crd::GangScheduler::Native),
+            ..Default::default()
+        });
+        let g = pod_group(&rt, 4, 3).unwrap();
+        assert_eq!(g["apiVersion"], NATIVE_POD_GROUP_API_VERSION);
+        assert_eq!(g["metadata"]["name"], "ride-tiny-2e-4");
+        assert_eq!(g["metadata"]["labels"][LABEL_ATTEMPT], "4");
+        assert_eq!(g["metadata"]["labels"][LABEL_TRAINING], "ride-tiny-2e");
+        assert_eq!(g["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(
+            g["spec"],
+            serde_json::json!({"schedulingPolicy": {"gang": {"minCount": 3}}})
+        );
+        let pod = worker_pod_manifest(&rt, 2, 4, 3).unwrap();
+        assert_eq!(
+            pod["spec"]["schedulingGroup"],
+            serde_json::json!({"podGroupName": "ride-tiny-2e-4"})
+        );
+        assert_eq!(pod["metadata"]["name"], "ride-tiny-2e-4-2");
+        assert!(
+            pod["metadata"]["labels"].get(POD_GROUP_LABEL).is_none(),
+            "no coscheduling label: {pod}"
         );
     }
 

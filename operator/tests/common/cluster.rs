@@ -38,6 +38,12 @@ impl Cluster {
     /// once by `scripts/k8s-tools.sh`). Its directory is under
     /// `$RIDE_K8S_TEST_ROOT` when set (so `scripts/test.sh` can reap strays).
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`Cluster::start`] with extra variables for `scripts/k8s-cluster.sh`
+    /// (e.g. `RIDE_K8S_FEATURE_GATES`).
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
         let root = std::env::var_os("RIDE_K8S_TEST_ROOT")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
@@ -50,6 +56,7 @@ impl Cluster {
         let out = Command::new(script())
             .arg("start")
             .env("RIDE_K8S_DIR", &dir)
+            .envs(env.iter().copied())
             .output()
             .expect("run scripts/k8s-cluster.sh");
         assert!(

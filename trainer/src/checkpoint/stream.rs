@@ -96,10 +96,51 @@ impl From<tch::TchError> for StreamError {
     }
 }
 
-/// Feed the safetensors image of `tensors` (on the CPU) to `sink` in
-/// pieces of at most `PART_BYTES`; the same bytes `Tensor::read_safetensors`
-/// reads back. Each tensor's bytes are copied out of it once; the pieces
-/// share that copy, so an upload takes them without copying again.
+/// A contiguous CPU tensor's bytes, shared without a copy: the handle keeps
+/// its storage alive for as long as any piece cut from it lives.
+struct TensorBytes {
+    tensor: Tensor,
+    len: usize,
+}
+
+impl AsRef<[u8]> for TensorBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `tensor` is contiguous, on the CPU and holds `len` bytes
+        // from its data pointer (checked in `tensor_bytes`); the handle owns
+        // a reference to the storage, so the memory outlives the slice, and
+        // callers of `safetensors_pieces` leave the tensors unmodified while
+        // pieces live.
+        unsafe { std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, self.len) }
+    }
+}
+
+/// The bytes of `t` (`bytes` of them, as the safetensors header says), on
+/// the CPU and contiguous, without copying a CPU tensor that already is.
+fn tensor_bytes(t: &Tensor, bytes: usize) -> Result<Bytes, StreamError> {
+    let tensor = if t.device() == tch::Device::Cpu {
+        t.f_contiguous()?
+    } else {
+        t.f_to_device(tch::Device::Cpu)?.f_contiguous()?
+    };
+    let elem = tensor.kind().elt_size_in_bytes();
+    if !tensor.is_contiguous() || tensor.numel() * elem != bytes {
+        return Err(StreamError::Checkpoint(CheckpointError::Io(
+            std::io::Error::other(format!(
+                "tensor of {} elements of {elem} bytes is not the {bytes} bytes its header says",
+                tensor.numel()
+            )),
+        )));
+    }
+    Ok(Bytes::from_owner(TensorBytes { tensor, len: bytes }))
+}
+
+/// Feed the safetensors image of `tensors` to `sink` in pieces of at most
+/// `PART_BYTES`; the same bytes `Tensor::read_safetensors` reads back. The
+/// pieces share the tensors' own memory (a tensor not contiguous on the CPU
+/// is copied there once), so neither this nor an upload copies them: the
+/// tensors must not be written to while a piece lives, which holds for a
+/// save's host copies (its own) and for a sink that consumes each piece
+/// before returning.
 pub fn safetensors_pieces(
     tensors: &[(String, Tensor)],
     mut sink: impl FnMut(Bytes) -> Result<(), StreamError>,
@@ -110,15 +151,7 @@ pub fn safetensors_pieces(
         if bytes == 0 {
             continue;
         }
-        // Host copies are on the CPU already; anything else is moved there.
-        let t = if t.device() == tch::Device::Cpu {
-            t.f_contiguous()?
-        } else {
-            t.f_to_device(tch::Device::Cpu)?.f_contiguous()?
-        };
-        let mut buf = vec![0u8; bytes];
-        t.f_copy_data_u8(&mut buf, t.numel())?;
-        let data = Bytes::from(buf);
+        let data = tensor_bytes(t, bytes)?;
         for start in (0..bytes).step_by(PART_BYTES) {
             sink(data.slice(start..bytes.min(start + PART_BYTES)))?;
         }

@@ -9,12 +9,18 @@ use super::{
     report_create_failure, sooner, ReconcileError, FIELD_MANAGER, PREDECESSOR_POLL,
 };
 use super::{Context, RideTraining};
+use crate::crd::GangScheduler;
 use crate::lifecycle::Action;
-use crate::pods::{headless_service, pod_group, service_name, worker_pod};
+use crate::pods::{
+    headless_service, pod_group, pod_name, service_name, worker_pod_manifest, LABEL_ATTEMPT,
+    LABEL_TRAINING,
+};
 use futures::future::join_all;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::ResourceExt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -240,20 +246,26 @@ impl Acting<'_> {
         &self,
         creates: &[(i32, i32, i32)],
     ) -> Result<Option<i64>, ReconcileError> {
-        let Some(&(_, _, world_size)) = creates.first() else {
+        let Some(&(_, attempt, world_size)) = creates.first() else {
             return Ok(None);
         };
         let rt = self.rt;
         let uid = rt.metadata.uid.as_deref().unwrap_or_default();
         let apply = PatchParams::apply(FIELD_MANAGER).force();
-        if let Some(group) = pod_group(rt, world_size) {
-            self.apply_pod_group(&group, &apply).await?;
+        if let (Some(group), Some(gang)) = (
+            pod_group(rt, attempt, world_size),
+            rt.spec.scheduling.as_ref().and_then(|s| s.gang),
+        ) {
+            self.apply_pod_group(&group, gang, &apply).await?;
+            if gang == GangScheduler::Native && attempt > 0 {
+                self.delete_older_native_groups(attempt).await?;
+            }
         }
         let mut wait = None;
         let mut wanted = Vec::new();
         for &(rank, attempt, world_size) in creates {
-            let pod = worker_pod(rt, rank, attempt, world_size);
-            let pod_name = pod.metadata.name.clone().unwrap_or_default();
+            let pod = worker_pod_manifest(rt, rank, attempt, world_size)?;
+            let pod_name = pod_name(rt, attempt, rank);
             // A same-named pod of a predecessor (deleted and created again
             // under its name) is still being collected: applying over it
             // would make it ours, and its deletion would then look like a
@@ -306,36 +318,92 @@ impl Acting<'_> {
     async fn apply_pod_group(
         &self,
         group: &serde_json::Value,
+        gang: GangScheduler,
         apply: &PatchParams,
     ) -> Result<(), ReconcileError> {
         let rt = self.rt;
-        let name = rt.name_any();
+        let name = group["metadata"]["name"].as_str().unwrap_or_default();
         let uid = rt.metadata.uid.as_deref().unwrap_or_default();
-        let ns = rt.namespace().unwrap_or_default();
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.ctx.client.clone(), &ns, &pod_group_resource());
-        let existing = match api.get_opt(&name).await {
+        let api = self.pod_groups(gang);
+        let existing = match api.get_opt(name).await {
             Ok(e) => e,
-            // No CRD: the apply below says so.
+            // No CRD (or API version not served): the apply below says so.
             Err(kube::Error::Api(s)) if s.code == 404 => None,
             Err(e) => return Err(e.into()),
         };
         if let Some(foreign) = existing.filter(|g| !controlled_by(&g.metadata, uid)) {
-            let message = not_ours("PodGroup", &name, &foreign.metadata);
+            let message = not_ours("PodGroup", name, &foreign.metadata);
             return Err(self.refuse(message).await);
         }
-        if let Err(e) = api.patch(&name, apply, &Patch::Apply(group)).await {
-            let hint = if matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                " (is the scheduler-plugins PodGroup CRD installed?)"
-            } else {
-                ""
+        if let Err(e) = api.patch(name, apply, &Patch::Apply(group)).await {
+            let hint = match (&e, gang) {
+                (kube::Error::Api(s), GangScheduler::Coscheduling) if s.code == 404 => {
+                    " (is the scheduler-plugins PodGroup CRD installed?)"
+                }
+                (kube::Error::Api(s), GangScheduler::Native) if s.code == 404 => {
+                    " (is scheduling.k8s.io/v1alpha2 served? Native gang scheduling needs \
+                     Kubernetes 1.36 with the feature gates GenericWorkload and GangScheduling \
+                     and --runtime-config=scheduling.k8s.io/v1alpha2=true)"
+                }
+                _ => "",
             };
             let message = format!("cannot create PodGroup {name}: {}{hint}", api_message(&e));
-            report_create_failure(self.ctx, self.rts, &name, self.key, self.reference, message)
-                .await?;
+            let rt_name = rt.name_any();
+            report_create_failure(
+                self.ctx,
+                self.rts,
+                &rt_name,
+                self.key,
+                self.reference,
+                message,
+            )
+            .await?;
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// A native PodGroup is immutable and per attempt: once attempt
+    /// `attempt`'s group exists the older attempts' groups (this training's
+    /// own, found by label, their pods gone before a new attempt starts)
+    /// are deleted rather than kept until the training is.
+    async fn delete_older_native_groups(&self, attempt: i32) -> Result<(), ReconcileError> {
+        let rt = self.rt;
+        let uid = rt.metadata.uid.as_deref().unwrap_or_default();
+        let api = self.pod_groups(GangScheduler::Native);
+        let selector = format!(
+            "{LABEL_TRAINING}={},{LABEL_ATTEMPT}!={attempt}",
+            rt.name_any()
+        );
+        let older = api
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await?;
+        for group in older.items {
+            if !controlled_by(&group.metadata, uid) {
+                continue;
+            }
+            let name = group.name_any();
+            let precondition = DeleteParams {
+                preconditions: group.metadata.uid.clone().map(|uid| Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&name, &precondition).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The PodGroups of `gang` in the training's namespace.
+    fn pod_groups(&self, gang: GangScheduler) -> Api<DynamicObject> {
+        let ns = self.rt.namespace().unwrap_or_default();
+        Api::namespaced_with(self.ctx.client.clone(), &ns, &pod_group_resource(gang))
     }
 }
 
