@@ -10,8 +10,8 @@ mod common;
 use common::cluster::Cluster;
 use common::node_agent::NodeSpec;
 use common::{
-    describe, eventually, example_with_checkpoint, live_pod_names, names, pods_of, repo, setup,
-    signal, stand_in_image, status, training, wait_for_event, Operator,
+    describe, eventually, example_with_checkpoint, live_pod_names, names, phase_of, pods_of, repo,
+    setup, signal, stand_in_image, status, training, wait_for_event, Operator,
 };
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::Api;
@@ -631,13 +631,6 @@ async fn an_unschedulable_worker_shrinks_the_gang_and_it_grows_back_later() {
         (json!(2), json!(0)),
         "{st}"
     );
-}
-
-fn phase_of(p: &Pod) -> &str {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
 }
 
 fn attempt_of(p: &Pod) -> String {

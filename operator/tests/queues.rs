@@ -9,8 +9,8 @@ mod common;
 use common::cluster::Cluster;
 use common::node_agent::NodeSpec;
 use common::{
-    describe, eventually, example_with_checkpoint, pods_of, signal, stand_in_image, status,
-    Operator, NS,
+    describe, eventually, example_with_checkpoint, phase_of, pods_of, signal, stand_in_image,
+    status, Operator, NS,
 };
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{json, Value};
@@ -124,10 +124,7 @@ async fn a_native_gang_is_placed_whole_or_not_at_all_with_a_group_per_attempt() 
         "all three workers bound and running",
         || async move {
             let p = pods_of(c, NS, "nat").await;
-            let running = p
-                .iter()
-                .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
-            (p.len() == 3 && running).then_some(p)
+            (p.len() == 3 && p.iter().all(|p| phase_of(p) == "Running")).then_some(p)
         },
         ctx,
     )
@@ -158,9 +155,7 @@ async fn a_native_gang_is_placed_whole_or_not_at_all_with_a_group_per_attempt() 
         || async move {
             let p = pods_of(c, NS, "nat").await;
             let names: Vec<_> = p.iter().filter_map(|p| p.metadata.name.clone()).collect();
-            let running = p
-                .iter()
-                .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+            let running = p.iter().all(|p| phase_of(p) == "Running");
             let new = g.get_opt("nat-1").await.ok()??;
             let old_gone = g.get_opt("nat-0").await.ok()?.is_none();
             (names == ["nat-1-0", "nat-1-1", "nat-1-2"] && running && old_gone).then_some(new)

@@ -58,8 +58,7 @@ pub const NATIVE_POD_GROUP_API_VERSION: &str = "scheduling.k8s.io/v1alpha2";
 /// gets its own group, named after it like its pods (`NAME-ATTEMPT`) and
 /// labelled with the attempt, so older attempts' groups can be collected.
 pub fn pod_group(rt: &RideTraining, attempt: i32, world_size: i32) -> Option<serde_json::Value> {
-    let gang = rt.spec.scheduling.as_ref()?.gang?;
-    Some(match gang {
+    Some(match gang_scheduler(rt)? {
         crate::crd::GangScheduler::Coscheduling => serde_json::json!({
             "apiVersion": "scheduling.x-k8s.io/v1alpha1",
             "kind": "PodGroup",
@@ -110,7 +109,7 @@ pub fn worker_pod_manifest(
     world_size: i32,
 ) -> Result<serde_json::Value, serde_json::Error> {
     let mut pod = serde_json::to_value(worker_pod(rt, rank, attempt, world_size))?;
-    let native = sched_gang(rt) == Some(crate::crd::GangScheduler::Native);
+    let native = gang_scheduler(rt) == Some(crate::crd::GangScheduler::Native);
     if let (true, Some(spec)) = (native, pod.get_mut("spec").and_then(|s| s.as_object_mut())) {
         spec.insert(
             "schedulingGroup".into(),
@@ -150,7 +149,7 @@ pub(crate) fn harden_sidecar(mut c: Container) -> Container {
 }
 
 /// The training's gang scheduler, if any.
-fn sched_gang(rt: &RideTraining) -> Option<crate::crd::GangScheduler> {
+pub fn gang_scheduler(rt: &RideTraining) -> Option<crate::crd::GangScheduler> {
     rt.spec.scheduling.as_ref()?.gang
 }
 
@@ -450,7 +449,7 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
         );
         annotations.insert(KUEUE_POD_GROUP_COUNT.into(), world_size.to_string());
     }
-    if sched_gang(rt) == Some(crate::crd::GangScheduler::Coscheduling) {
+    if gang_scheduler(rt) == Some(crate::crd::GangScheduler::Coscheduling) {
         pod_labels.insert(POD_GROUP_LABEL.into(), name(rt));
     }
     pod_labels.extend(labels(rt));

@@ -265,6 +265,14 @@ pub async fn pods_of(client: &kube::Client, ns: &str, rt: &str) -> Vec<Pod> {
     pods
 }
 
+/// A pod's phase (`""` before it has one).
+pub fn phase_of(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default()
+}
+
 /// Names of `pods`.
 pub fn names(pods: &[Pod]) -> Vec<String> {
     pods.iter()

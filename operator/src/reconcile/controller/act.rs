@@ -12,8 +12,8 @@ use super::{Context, RideTraining};
 use crate::crd::GangScheduler;
 use crate::lifecycle::Action;
 use crate::pods::{
-    headless_service, pod_group, pod_name, service_name, worker_pod_manifest, LABEL_ATTEMPT,
-    LABEL_TRAINING,
+    gang_scheduler, headless_service, pod_group, pod_name, service_name, worker_pod_manifest,
+    LABEL_ATTEMPT, LABEL_TRAINING,
 };
 use futures::future::join_all;
 use futures::StreamExt;
@@ -252,10 +252,8 @@ impl Acting<'_> {
         let rt = self.rt;
         let uid = rt.metadata.uid.as_deref().unwrap_or_default();
         let apply = PatchParams::apply(FIELD_MANAGER).force();
-        if let (Some(group), Some(gang)) = (
-            pod_group(rt, attempt, world_size),
-            rt.spec.scheduling.as_ref().and_then(|s| s.gang),
-        ) {
+        if let (Some(group), Some(gang)) = (pod_group(rt, attempt, world_size), gang_scheduler(rt))
+        {
             self.apply_pod_group(&group, gang, &apply).await?;
             if gang == GangScheduler::Native && attempt > 0 {
                 self.delete_older_native_groups(attempt).await?;
