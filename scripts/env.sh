@@ -21,6 +21,10 @@ export RIDE_K8S_CRDS
 # bench/operators.sh (scripts/k8s-peers.sh).
 RIDE_K8S_PEERS="${RIDE_K8S_PEERS:-$RIDE_CACHE/k8s/peers}"
 export RIDE_K8S_PEERS
+# Kueue for operator/tests/queues.rs (scripts/k8s-kueue.sh).
+RIDE_KUEUE_VERSION=v0.17.0
+RIDE_K8S_KUEUE="${RIDE_K8S_KUEUE:-$RIDE_CACHE/k8s/kueue/$RIDE_KUEUE_VERSION}"
+export RIDE_K8S_KUEUE
 
 # ride_free_port: a loopback port that is free now, drawn below the kernel's
 # ephemeral range so that no outgoing connection of a busy test run can take

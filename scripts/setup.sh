@@ -48,10 +48,12 @@ if [ "${RIDE_SETUP_BENCH:-0}" = 1 ]; then
   }
 fi
 # The tests' Kubernetes control plane, kubectl and helm, built from Go modules
-# once (scripts/k8s-tools.sh); the main job does not need them.
+# once (scripts/k8s-tools.sh), and Kueue (scripts/k8s-kueue.sh); the main job
+# does not need them.
 if [ "${RIDE_SETUP_K8S:-0}" = 1 ]; then
   "$here/k8s-tools.sh"
   "$here/k8s-crds.sh"
+  "$here/k8s-kueue.sh"
 fi
 cd "$here/.."
 echo "==> building (cargo target dir: $CARGO_TARGET_DIR)"

@@ -17,7 +17,7 @@ pub use api::{crd, pod_policy, reserved, spec_hash, timestamps};
 pub use cli::{local, manifest, slurm};
 pub use reconcile::{
     controller, expectations, global_batch, lifecycle, nodes, observe, pod_index, pods, progress,
-    report,
+    queue, report,
 };
 pub use runtime::{leader, metrics, secure_metrics, training_gauges};
 

@@ -156,6 +156,7 @@ const NEEDED: &[(&str, &str, &str)] = &[
     ("scheduling.k8s.io", "podgroups", "create"),
     ("scheduling.k8s.io", "podgroups", "patch"),
     ("scheduling.k8s.io", "podgroups", "delete"),
+    ("kueue.x-k8s.io", "workloads", "get"),
 ];
 
 fn granted(role: &Value) -> BTreeSet<(String, String, String)> {

@@ -165,8 +165,9 @@ prop_compose! {
         start_problem in prop::option::of(".{0,20}"),
         exit_message in prop::option::of(".{0,20}"),
         node_lost in prop::option::of(".{0,20}"),
+        stopped in any::<bool>(),
     ) -> ObservedPod {
-        ObservedPod { rank, attempt, state, deletion_deadline, ended_at, start_problem, exit_message, node_lost }
+        ObservedPod { rank, attempt, state, deletion_deadline, ended_at, start_problem, exit_message, node_lost, stopped }
     }
 }
 
@@ -307,13 +308,14 @@ proptest! {
         now in prop_oneof![1_700_000_000i64..1_900_000_000, any_i64()],
         service_exists in any::<bool>(),
         generation in prop::option::of(any_i64()),
+        queued in prop::option::of(".{0,20}"),
     ) {
         if keep_hash {
             st.spec_hash = Some(ride_operator::lifecycle::spec_hash(&spec));
         }
         let invalid_spec = spec.validate().err().map(|e| e.to_string());
         let valid = invalid_spec.is_none();
-        let obs = Observed { now, pods, service_exists, invalid_spec, generation };
+        let obs = Observed { now, pods, service_exists, invalid_spec, generation, queued };
         let d = decide(&spec, &st, &obs);
         let created: Vec<(i32, i32)> = d.actions.iter().filter_map(|a| match a {
             Action::CreatePod { rank, world_size, .. } => Some((*rank, *world_size)),

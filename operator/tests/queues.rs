@@ -1,12 +1,16 @@
 //! Queues and gangs for real, with the unmodified `ride-operator` binary on
-//! a real control plane (`scripts/k8s-cluster.sh`) and stand-in workers
-//! (`common::stand_in_image`): the scheduler's own gang scheduling
-//! (Kubernetes 1.36 alpha, `scheduling.gang: Native`) places a training's
-//! workers all together or none.
+//! a real control plane (`scripts/k8s-cluster.sh`): Kueue v0.17 (built from
+//! its module by `scripts/k8s-kueue.sh`, run out of cluster with its
+//! webhooks on loopback) admitting trainings as plain pod groups against a
+//! GPU quota, and the scheduler's own gang scheduling (Kubernetes 1.36
+//! alpha, `scheduling.gang: Native`) placing a training's workers all
+//! together or none. Stand-in workers (`common::stand_in_image`) where the
+//! trainer's work does not matter.
 
 mod common;
 
 use common::cluster::Cluster;
+use common::kueue::Kueue;
 use common::node_agent::NodeSpec;
 use common::{
     describe, eventually, example_with_checkpoint, phase_of, pods_of, signal, stand_in_image,
@@ -165,5 +169,268 @@ async fn a_native_gang_is_placed_whole_or_not_at_all_with_a_group_per_attempt() 
     .await;
     let st: Value = status(c, NS, "nat").await;
     assert_eq!(st["restarts"], json!(1), "{st}");
+    drop(agents);
+}
+
+/// A ResourceFlavor, a ClusterQueue `gpus` with `gpus` GPUs of quota for
+/// every namespace, and a LocalQueue `team-q` in the tests' namespace: what
+/// docs/operator.md tells a platform team to create.
+fn kueue_queues(gpus: u32) -> String {
+    format!(
+        "apiVersion: kueue.x-k8s.io/v1beta2
+kind: ResourceFlavor
+metadata: {{name: default-flavor}}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ClusterQueue
+metadata: {{name: gpus}}
+spec:
+  namespaceSelector: {{}}
+  resourceGroups:
+  - coveredResources: [cpu, memory, nvidia.com/gpu]
+    flavors:
+    - name: default-flavor
+      resources:
+      - {{name: cpu, nominalQuota: 64}}
+      - {{name: memory, nominalQuota: 256Gi}}
+      - {{name: nvidia.com/gpu, nominalQuota: {gpus}}}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: LocalQueue
+metadata: {{name: team-q, namespace: {NS}}}
+spec: {{clusterQueue: gpus}}
+"
+    )
+}
+
+fn workloads(client: &kube::Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("kueue.x-k8s.io", "v1beta2", "Workload");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "workloads");
+    Api::namespaced_with(client.clone(), NS, &resource)
+}
+
+/// The Workload Kueue made for training `rt`'s pod group, by the group
+/// label on its pods.
+async fn workload_of(client: &kube::Client, rt: &str) -> Option<DynamicObject> {
+    let pods = pods_of(client, NS, rt).await;
+    let group = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .find_map(|p| {
+            p.metadata
+                .labels
+                .as_ref()?
+                .get("kueue.x-k8s.io/pod-group-name")
+                .cloned()
+        })?;
+    workloads(client).get_opt(&group).await.ok()?
+}
+
+/// A Workload condition's (status, lastTransitionTime), if it has it.
+fn condition(w: &DynamicObject, ty: &str) -> Option<(String, String)> {
+    w.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["lastTransitionTime"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+}
+
+fn gated(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| g.iter().any(|g| g.name == "kueue.x-k8s.io/admission"))
+}
+
+/// A 2-worker training of 2 GPUs each (4 of the quota), in LocalQueue team-q.
+fn queued_training(cluster: &Cluster, name: &str) -> std::path::PathBuf {
+    let manifest = example_with_checkpoint(&cluster.dir, name);
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace(
+            &format!("  name: {name}\n"),
+            &format!("  name: {name}\n  labels: {{kueue.x-k8s.io/queue-name: team-q}}\n"),
+        )
+        .replace(
+            "    replicas: 2\n",
+            "    replicas: 2\n    gpusPerWorker: 2\n",
+        );
+    std::fs::write(&manifest, text).unwrap();
+    manifest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kueue_holds_trainings_past_the_quota_and_a_restart_keeps_its_admission() {
+    let cluster = Cluster::start();
+    cluster.install_crd();
+    let kueue = Kueue::start(&cluster).await;
+    let client = cluster.client().await;
+    let c = &client;
+    // Two nodes of 4 GPUs: room for two trainings, quota for one.
+    let mut agents = Vec::new();
+    for name in ["gpu-a", "gpu-b"] {
+        let mut spec = NodeSpec::new(name, vec![stand_in_image(&cluster.dir)]);
+        spec.gpus = 4;
+        agents.push(cluster.node(spec).await);
+    }
+    let queues = cluster.dir.join("queues.yaml");
+    std::fs::write(&queues, kueue_queues(4)).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", queues.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let op = Operator::start(&cluster.kubeconfig, "op-k", &["--no-leader-election"]);
+    let ctx = || {
+        let (_, w) = cluster.kubectl(&["get", "workloads.kueue.x-k8s.io", "-o", "yaml"]);
+        format!(
+            "{}\n{}\n{}\nworkloads:\n{w}\nkueue log:\n{}",
+            describe(&cluster, &op, "qa"),
+            describe(&cluster, &op, "qb"),
+            describe(&cluster, &op, "qc"),
+            kueue.log_tail(30)
+        )
+    };
+    let apply = |name: &str| {
+        let (ok, out) = cluster.kubectl(&[
+            "apply",
+            "-f",
+            queued_training(&cluster, name).to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}");
+    };
+
+    // The first training fits the quota: admitted and running.
+    apply("qa");
+    eventually(
+        90,
+        "qa Running",
+        || async move { (status(c, NS, "qa").await["phase"] == "Running").then_some(()) },
+        ctx,
+    )
+    .await;
+    let qa = workload_of(c, "qa").await.expect("qa's Workload");
+    assert_eq!(
+        condition(&qa, "Admitted").map(|c| c.0).as_deref(),
+        Some("True"),
+        "{qa:?}"
+    );
+
+    // The second does not: its pods stay gated and unbound, and its status
+    // says it is queued, in Kueue's words. A third queues behind it.
+    let created = Instant::now();
+    apply("qb");
+    let st = eventually(
+        90,
+        "qb Queued with Kueue's reason",
+        || async move {
+            let st = status(c, NS, "qb").await;
+            (st["reason"] == "Queued"
+                && st["message"]
+                    .as_str()?
+                    .contains("insufficient unused quota for nvidia.com/gpu"))
+            .then_some(st)
+        },
+        ctx,
+    )
+    .await;
+    println!("kueue: qb queued: {}", st["message"]);
+    let pods = pods_of(c, NS, "qb").await;
+    assert_eq!(pods.len(), 2, "{}", ctx());
+    assert!(
+        pods.iter().all(|p| gated(p) && node_of(p).is_none()),
+        "{}",
+        ctx()
+    );
+    assert_ne!(st["phase"], "Running", "{st}");
+    apply("qc");
+    eventually(
+        90,
+        "qc Queued",
+        || async move { (status(c, NS, "qc").await["reason"] == "Queued").then_some(()) },
+        ctx,
+    )
+    .await;
+    // Once Kueue has tried qc and found no quota, both wait as inadmissible
+    // and quota coming free requeues them in creation order. (Before that,
+    // BestEffortFIFO would let a newer workload it has not tried yet take
+    // quota that frees first.)
+    eventually(
+        90,
+        "Kueue tried qc's Workload",
+        || async move {
+            let w = workload_of(c, "qc").await?;
+            (condition(&w, "QuotaReserved")?.0 == "False").then_some(())
+        },
+        ctx,
+    )
+    .await;
+
+    // The first finishes: Kueue admits the second (the first in line), which
+    // runs; the third still waits.
+    for rank in 0..2 {
+        signal(&agents, &format!("qa-0-{rank}"), "USR1");
+    }
+    let finished = Instant::now();
+    eventually(
+        90,
+        "qa Succeeded, qb Running",
+        || async move {
+            let a = status(c, NS, "qa").await["phase"] == "Succeeded";
+            let b = status(c, NS, "qb").await["phase"] == "Running";
+            (a && b).then_some(())
+        },
+        ctx,
+    )
+    .await;
+    println!(
+        "kueue: qb gated -> admitted and running {:.1}s after qa's workers finished ({:.1}s after it was created)",
+        finished.elapsed().as_secs_f64(),
+        created.elapsed().as_secs_f64()
+    );
+    let qb = workload_of(c, "qb").await.expect("qb's Workload");
+    let admitted = condition(&qb, "Admitted").expect("qb Admitted");
+    assert_eq!(admitted.0, "True", "{qb:?}");
+    let qb_uid = qb.metadata.uid.clone();
+    assert!(pods_of(c, NS, "qc").await.iter().all(gated), "{}", ctx());
+
+    // A worker of the second fails: the whole gang restarts as attempt 1 in
+    // the same pod group, admitted at once as the failed pods'
+    // replacements. The Workload is the same object and was never
+    // un-admitted, so the third, next in line, stays queued.
+    signal(&agents, "qb-0-1", "USR2");
+    let restarted = Instant::now();
+    eventually(
+        90,
+        "qb attempt 1 running, attempt 0 gone",
+        || async move {
+            let p = pods_of(c, NS, "qb").await;
+            let names: Vec<_> = p.iter().filter_map(|p| p.metadata.name.clone()).collect();
+            let running = p.iter().all(|p| phase_of(p) == "Running");
+            (names == ["qb-1-0", "qb-1-1"] && running).then_some(())
+        },
+        ctx,
+    )
+    .await;
+    println!(
+        "kueue: qb's gang restart running again {:.1}s after the failure, without queueing",
+        restarted.elapsed().as_secs_f64()
+    );
+    let st = status(c, NS, "qb").await;
+    assert_eq!(st["restarts"], json!(1), "{st}");
+    assert_eq!(st["phase"], "Running", "{st}");
+    let qb = workload_of(c, "qb")
+        .await
+        .expect("qb's Workload after the restart");
+    assert_eq!(qb.metadata.uid, qb_uid, "a new Workload: {qb:?}");
+    assert_eq!(condition(&qb, "Admitted"), Some(admitted), "{qb:?}");
+    let qc = status(c, NS, "qc").await;
+    assert_eq!(qc["reason"], "Queued", "{qc}");
+    assert!(pods_of(c, NS, "qc").await.iter().all(gated), "{}", ctx());
     drop(agents);
 }

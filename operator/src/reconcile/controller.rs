@@ -46,7 +46,9 @@ use crate::report::{ReportClock, ReportError};
 use futures::FutureExt;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use kube::api::{Api, ApiResource, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer, ObjectRef, Store};
@@ -672,12 +674,20 @@ async fn reconcile_inner(cached: &RideTraining, ctx: &Context) -> Result<Requeue
     let service_exists = service
         .as_ref()
         .is_some_and(|s| controlled_by(&s.metadata, &uid));
+    let queued = match crate::queue::gated_group(owned.iter().copied(), old_status.attempt) {
+        Some(gated) => {
+            let workload = kueue_workload(&ctx.client, &ns, &gated.group).await;
+            Some(crate::queue::queued_message(&gated, workload.as_ref()))
+        }
+        None => None,
+    };
     let observed = Observed {
         now,
         pods: observed_pods,
         service_exists,
         invalid_spec,
         generation: rt.metadata.generation,
+        queued,
     };
     let decision = decide(&rt.spec, &old_status, &observed);
     let mut status = decision.status;
@@ -1099,6 +1109,27 @@ fn pod_group_resource(gang: GangScheduler) -> ApiResource {
         GangScheduler::Native => GroupVersionKind::gvk("scheduling.k8s.io", "v1alpha2", "PodGroup"),
     };
     ApiResource::from_gvk_with_plural(&gvk, "podgroups")
+}
+
+/// Kueue's Workload `name` in `ns`, if it can be read. Only asked while
+/// the current attempt's workers carry Kueue's gate, which is rare next to
+/// the pod events that drive reconciles; without Kueue's CRD or the
+/// permission to read Workloads the status just says less.
+async fn kueue_workload(client: &Client, ns: &str, name: &str) -> Option<serde_json::Value> {
+    let gvk = GroupVersionKind::gvk(
+        crate::queue::KUEUE_GROUP,
+        crate::queue::KUEUE_VERSION,
+        "Workload",
+    );
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "workloads");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    match api.get_opt(name).await {
+        Ok(found) => found.map(|w| w.data),
+        Err(e) => {
+            tracing::debug!(workload = name, error = %e, "Kueue Workload not readable");
+            None
+        }
+    }
 }
 
 /// Say why a worker (or its PodGroup) cannot be created where users look:

@@ -75,6 +75,11 @@ pub struct ObservedPod {
     /// such a pod cannot stop gracefully, so it is force-deleted and its
     /// gang replaced at once ([`crate::nodes::node_lost`]).
     pub node_lost: Option<String>,
+    /// Its pod is in a terminal phase (`Succeeded`/`Failed`): the kubelet
+    /// has stopped every container. Such a pod may still be there (a
+    /// finalizer, e.g. Kueue's, keeps it until a replacement exists) but
+    /// runs nothing.
+    pub stopped: bool,
 }
 
 /// Everything the decision needs from the world.
@@ -91,6 +96,9 @@ pub struct Observed {
     pub invalid_spec: Option<String>,
     /// The resource's `metadata.generation`.
     pub generation: Option<i64>,
+    /// Why this attempt's workers wait for a queue to admit them (Kueue's
+    /// scheduling gate is on them), if they do.
+    pub queued: Option<String>,
 }
 
 /// Something to do.
@@ -234,8 +242,13 @@ impl Ctx<'_> {
     fn delete_pods_where(&mut self, wanted: impl Fn(&ObservedPod) -> bool) {
         let obs = self.obs;
         for p in obs.pods.iter().filter(|p| wanted(p)) {
-            let stuck = self.stuck(p)
-                || (p.attempt == self.st.attempt && self.force_ranks.contains(&p.rank));
+            // A stopped pod being deleted is held only by a finalizer (the
+            // API server deletes a terminal pod without a grace period):
+            // forcing it again changes nothing.
+            let held = p.stopped && p.deletion_deadline.is_some();
+            let stuck = !held
+                && (self.stuck(p)
+                    || (p.attempt == self.st.attempt && self.force_ranks.contains(&p.rank)));
             if p.deletion_deadline.is_none() || stuck {
                 self.actions.push(Action::DeletePod {
                     rank: p.rank,
@@ -1113,15 +1126,20 @@ fn elastic(c: &mut Ctx<'_>) -> ControlFlow<()> {
 }
 
 /// Two gangs never run at once: the new attempt waits until every pod of
-/// older attempts is gone (force-deleted once stuck past the grace, or at
-/// once on a lost node).
+/// older attempts is gone or stopped (force-deleted once stuck past the
+/// grace, or at once on a lost node). A deleted pod whose phase is terminal
+/// counts as stopped: Kueue keeps a replaced pod of a pod group (its
+/// finalizer) until the replacement exists, so waiting for it to be gone
+/// would wait forever.
 fn old_gang(c: &mut Ctx<'_>) -> ControlFlow<()> {
     let attempt = c.st.attempt;
     let waiting_for_old = c
         .obs
         .pods
         .iter()
-        .filter(|p| p.attempt != attempt && !c.stuck(p))
+        .filter(|p| {
+            p.attempt != attempt && !c.stuck(p) && !(p.stopped && p.deletion_deadline.is_some())
+        })
         .count();
     if waiting_for_old == 0 {
         return ControlFlow::Continue(());
@@ -1231,6 +1249,14 @@ fn running_gang(c: &mut Ctx<'_>) {
     );
 }
 
+/// The reason while a queue (Kueue) holds the attempt's workers back.
+pub const QUEUED_REASON: &str = "Queued";
+/// The reason once the queue let them go, until they all run.
+pub const ADMITTED_REASON: &str = "Admitted";
+/// How often a queued training's message is brought up to date with what
+/// Kueue says: one GET of its Workload each time.
+pub const QUEUED_LOOK_AGAIN_SECONDS: i64 = 15;
+
 /// How long a starting gang says "starting N workers" before it counts
 /// them: a gang that comes up within it costs one status write on the way
 /// to Running instead of one per worker; one that takes longer says how
@@ -1247,7 +1273,26 @@ fn starting_gang(c: &mut Ctx<'_>, current: &[&ObservedPod], running: i32) {
         _ if c.st.attempt > 0 => Phase::Restarting,
         _ => Phase::Created,
     };
-    let reason = c.st.reason.clone().unwrap_or_else(|| "Created".into());
+    if let Some(why) = &c.obs.queued {
+        // Waiting for a queue is not a worker failing to start: say whose
+        // turn it is (Kueue's words) as the reason and message, with one
+        // Event when the wait begins.
+        if c.st.reason.as_deref() != Some(QUEUED_REASON) {
+            c.event(QUEUED_REASON, why.clone(), false);
+        }
+        c.note(phase, QUEUED_REASON, why.clone());
+        c.st.phase = Some(phase);
+        c.st.reason = Some(QUEUED_REASON.into());
+        // Admission lifts the gate, a pod event that wakes us; what Kueue
+        // says meanwhile (its Workload is not watched) is looked at again.
+        c.wake_at(c.obs.now.saturating_add(QUEUED_LOOK_AGAIN_SECONDS));
+        return;
+    }
+    let reason = match c.st.reason.clone() {
+        Some(r) if r == QUEUED_REASON => ADMITTED_REASON.to_string(),
+        Some(r) => r,
+        None => "Created".into(),
+    };
     // A worker that cannot start (image, missing Secret key) is what users
     // need to read, not a count; say it once as an Event too.
     let problem = current.iter().find_map(|p| {

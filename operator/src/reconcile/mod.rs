@@ -13,4 +13,5 @@ pub mod observe;
 pub mod pod_index;
 pub mod pods;
 pub mod progress;
+pub mod queue;
 pub mod report;

@@ -131,12 +131,14 @@ pub fn observe_pod(pod: &Pod) -> Option<ObservedPod> {
             .map(|m| crate::report::shorten(&m, crate::report::MAX_MESSAGE_BYTES)),
         // Filled from the node cache by the controller.
         node_lost: None,
+        stopped: matches!(phase, "Succeeded" | "Failed"),
     })
 }
 
 /// A worker pod as the caches keep it: only what the functions of this
-/// module and the pod index read (metadata without annotations or managed
-/// fields, the node it is bound to, phase, reason, IP, the conditions
+/// module, [`crate::queue`] and the pod index read (metadata without
+/// annotations or managed fields, the node it is bound to, Kueue's
+/// scheduling gate, phase, reason, IP, the conditions
 /// [`observe_pod`] looks for and the trainer container's state). At
 /// thousands of trainings the full objects (env, volumes, probes, every
 /// container's image and resources) were most of the operator's memory.
@@ -147,8 +149,16 @@ pub fn slim_pod(pod: &mut Pod) {
     meta.annotations = None;
     meta.generate_name = None;
     if let Some(spec) = pod.spec.as_mut() {
+        // Kueue's admission gate says the pod waits for a queue
+        // ([`crate::queue::gated_group`]); other gates are not read.
+        let gates = spec.scheduling_gates.take().map(|gs| {
+            gs.into_iter()
+                .filter(|g| g.name == crate::queue::KUEUE_ADMISSION_GATE)
+                .collect()
+        });
         *spec = PodSpec {
             node_name: spec.node_name.take(),
+            scheduling_gates: gates,
             ..Default::default()
         };
     }
@@ -387,6 +397,27 @@ status:
             Some("saved")
         );
         assert_eq!(node_name(&kept), Some("n1"));
+        // Kueue's gate is kept, other gates are not.
+        let mut gated = pod(r#"
+metadata:
+  name: t-0-1
+  labels: {ride.dev/rank: '1', ride.dev/attempt: '0', kueue.x-k8s.io/pod-group-name: t-u1, kueue.x-k8s.io/queue-name: q}
+spec:
+  containers: [{name: trainer, image: x}]
+  schedulingGates: [{name: kueue.x-k8s.io/admission}, {name: kueue.x-k8s.io/topology}]
+"#);
+        let want = crate::queue::gated_group([&gated], 0);
+        assert!(want.is_some());
+        slim_pod(&mut gated);
+        assert_eq!(crate::queue::gated_group([&gated], 0), want);
+        let gates = gated
+            .spec
+            .as_ref()
+            .unwrap()
+            .scheduling_gates
+            .as_ref()
+            .unwrap();
+        assert_eq!(gates.len(), 1);
         assert_eq!(pod_ip(&kept), pod_ip(&full));
         assert!(pod_ip(&kept).is_some());
         assert_eq!(

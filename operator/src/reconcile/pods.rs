@@ -35,7 +35,8 @@ pub const LABEL_RANK: &str = "ride.dev/rank";
 /// Label: the attempt (0-based, one per gang start) a worker pod belongs to.
 pub const LABEL_ATTEMPT: &str = "ride.dev/attempt";
 /// Kueue's queue label; on a RideTraining it is passed to its pods, which
-/// Kueue's pod integration then admits as one group per attempt.
+/// Kueue's pod integration then admits as one pod group
+/// ([`kueue_pod_group_name`]).
 pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
 /// Kueue's pod-group label (pods admitted together).
 pub const KUEUE_POD_GROUP_LABEL: &str = "kueue.x-k8s.io/pod-group-name";
@@ -91,6 +92,40 @@ pub fn pod_group(rt: &RideTraining, attempt: i32, world_size: i32) -> Option<ser
             })
         }
     })
+}
+
+/// The Kueue pod group (and so Kueue Workload) of a training's workers at
+/// `world_size`: one for the training's life, not one per attempt, so a
+/// gang restart keeps the group's admission (Kueue admits the new attempt's
+/// pods as replacements of the failed ones) instead of queueing again
+/// behind everyone else. Kueue needs every pod of a group to carry the same
+/// total count, so a gang resized by the elastic policy is a new group
+/// (`-w<size>`). The uid's first 8 characters keep a recreated training of
+/// the same name out of its predecessor's group while that one's pods are
+/// still going. At most 63 characters, as a label value must be.
+pub fn kueue_pod_group_name(rt: &RideTraining, world_size: i32) -> String {
+    let uid: String = rt
+        .metadata
+        .uid
+        .as_deref()
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let mut suffix = String::new();
+    if !uid.is_empty() {
+        suffix = format!("-{uid}");
+    }
+    if world_size != rt.spec.workers.replicas {
+        suffix.push_str(&format!("-w{world_size}"));
+    }
+    let name = name(rt);
+    let keep = 63usize.saturating_sub(suffix.len()).min(name.len());
+    // Names are DNS labels (ASCII), so any byte is a char boundary.
+    let base = name.get(..keep).unwrap_or(&name).trim_end_matches('-');
+    format!("{base}{suffix}")
 }
 
 /// The name of attempt `attempt`'s native PodGroup.
@@ -445,7 +480,7 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
         pod_labels.insert(KUEUE_QUEUE_LABEL.into(), queue.clone());
         pod_labels.insert(
             KUEUE_POD_GROUP_LABEL.into(),
-            format!("{}-{attempt}", name(rt)),
+            kueue_pod_group_name(rt, world_size),
         );
         annotations.insert(KUEUE_POD_GROUP_COUNT.into(), world_size.to_string());
     }
@@ -705,6 +740,33 @@ mod tests {
         assert_eq!(spec.selector.unwrap()[LABEL_TRAINING], "ride-tiny-2e");
     }
 
+    #[test]
+    fn a_kueue_pod_group_lasts_the_training_and_changes_with_its_size() {
+        let mut rt = rt();
+        rt.metadata.labels = Some(BTreeMap::from([(
+            KUEUE_QUEUE_LABEL.to_string(),
+            "team-a".to_string(),
+        )]));
+        rt.metadata.uid = Some("3F2A9C1E-77aa-4b1c-9d2e-000000000000".into());
+        let full = rt.spec.workers.replicas;
+        let group = |attempt, world| {
+            worker_pod(&rt, 0, attempt, world).metadata.labels.unwrap()[KUEUE_POD_GROUP_LABEL]
+                .clone()
+        };
+        assert_eq!(group(0, full), "ride-tiny-2e-3f2a9c1e");
+        assert_eq!(group(5, full), group(0, full));
+        assert_eq!(
+            group(1, full - 1),
+            format!("ride-tiny-2e-3f2a9c1e-w{}", full - 1)
+        );
+        // A long name is cut so that the suffix still fits a label value.
+        rt.metadata.name = Some(format!("{}-x", "a".repeat(61)));
+        let long = kueue_pod_group_name(&rt, 3);
+        assert!(long.len() <= 63, "{long}");
+        assert!(long.ends_with("-3f2a9c1e-w3"), "{long}");
+        assert!(!long.contains("--"), "{long}");
+    }
+
     fn with_template(yaml: &str) -> RideTraining {
         let mut rt = rt();
         rt.spec.workers.template = Some(serde_norway::from_str(yaml).unwrap());
@@ -735,7 +797,9 @@ sidecars: [{name: shipper, image: "fluent-bit:3"}]
         // Ours win a clash.
         assert_eq!(labels[LABEL_RANK], "1");
         assert_eq!(labels[KUEUE_QUEUE_LABEL], "team-a");
-        assert_eq!(labels[KUEUE_POD_GROUP_LABEL], "ride-tiny-2e-2");
+        // One group for every attempt at this size (attempt 2 here); 4 is
+        // not the spec's size, so the group is the resized one.
+        assert_eq!(labels[KUEUE_POD_GROUP_LABEL], "ride-tiny-2e-uid1-w4");
         let ann = pod.metadata.annotations.as_ref().unwrap();
         assert_eq!(ann[KUEUE_POD_GROUP_COUNT], "4");
         assert_eq!(ann["prometheus.io/scrape"], "true");

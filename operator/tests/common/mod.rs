@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod kueue;
 pub mod node_agent;
 
 use k8s_openapi::api::core::v1::Pod;

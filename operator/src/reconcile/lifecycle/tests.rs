@@ -29,6 +29,7 @@ fn pod(rank: i32, attempt: i32, state: PodState) -> ObservedPod {
         start_problem: None,
         exit_message: None,
         node_lost: None,
+        stopped: false,
     }
 }
 
@@ -43,6 +44,7 @@ fn obs(now: i64, pods: Vec<ObservedPod>) -> Observed {
         service_exists: true,
         invalid_spec: None,
         generation: Some(1),
+        queued: None,
     }
 }
 
@@ -1152,4 +1154,72 @@ fn a_restart_writes_status_when_it_decides_when_the_new_gang_starts_and_when_it_
     assert_eq!(start.status.attempt_start_time, Some(104));
     let run = decide(&s, &start.status, &obs(105, gang(1, 4, PodState::Running)));
     assert_eq!(run.status.phase, Some(Phase::Running));
+}
+
+#[test]
+fn an_old_gang_held_only_by_a_finalizer_does_not_hold_the_new_attempt_back() {
+    let mut s = spec();
+    s.restart_policy.backoff_seconds = 0;
+    let st = running(&s);
+    let mut pods = gang(0, 4, PodState::Running);
+    pods[2].state = PodState::Failed { exit_code: 1 };
+    pods[2].ended_at = Some(100);
+    let restart = decide(&s, &st, &obs(101, pods.clone()));
+    // Every old pod is being deleted; three still run their trainer.
+    let mut going = pods.clone();
+    for p in &mut going {
+        p.deletion_deadline = Some(131);
+    }
+    going[2].stopped = true;
+    let d = decide(&s, &restart.status, &obs(102, going.clone()));
+    assert!(creates(&d).is_empty(), "{:?}", d.actions);
+    // All stopped (terminal phase) but kept by a finalizer, as Kueue keeps
+    // a group's pods until their replacements exist: the new gang starts,
+    // and the held pods are not force-deleted over and over.
+    for p in &mut going {
+        p.state = PodState::Failed { exit_code: 75 };
+        p.stopped = true;
+    }
+    let d = decide(&s, &restart.status, &obs(400, going));
+    assert_eq!(creates(&d).len(), 4, "{:?}", d.actions);
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::DeletePod { .. })),
+        "{:?}",
+        d.actions
+    );
+}
+
+#[test]
+fn workers_held_by_a_queue_say_so_and_say_admitted_once_let_go() {
+    let s = spec();
+    let first = decide(&s, &RideTrainingStatus::default(), &obs(0, vec![]));
+    let pending = PodState::Pending {
+        unschedulable_since: None,
+    };
+    let mut queued = obs(1, gang(0, 4, pending.clone()));
+    queued.queued =
+        Some("waiting for Kueue to admit workload t-1 (LocalQueue q): Pending: no quota".into());
+    let d = decide(&s, &first.status, &queued);
+    assert_eq!(d.status.reason.as_deref(), Some(QUEUED_REASON));
+    assert_eq!(d.status.phase, Some(Phase::Created));
+    assert!(d.status.message.as_deref().unwrap().ends_with("no quota"));
+    let queued_event = |d: &Decision| {
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Event { reason, .. } if reason == QUEUED_REASON))
+    };
+    assert!(queued_event(&d), "{:?}", d.actions);
+    assert!(d
+        .actions
+        .contains(&Action::RequeueAfter(QUEUED_LOOK_AGAIN_SECONDS)));
+    // Still queued: no second Event.
+    let again = decide(&s, &d.status, &queued);
+    assert!(!queued_event(&again), "{:?}", again.actions);
+    // Admitted, still starting: the reason moves on.
+    let d = decide(&s, &again.status, &obs(2, gang(0, 4, pending)));
+    assert_eq!(d.status.reason.as_deref(), Some(ADMITTED_REASON));
+    let d = decide(&s, &d.status, &obs(3, gang(0, 4, PodState::Running)));
+    assert_eq!(d.status.phase, Some(Phase::Running));
 }
