@@ -1194,7 +1194,21 @@ async fn workers_with_a_template_pass_restricted_pod_security_and_refusals_reach
     let labels = pods[0].metadata.labels.as_ref().unwrap();
     assert_eq!(labels["team"], "vision");
     assert_eq!(labels["kueue.x-k8s.io/queue-name"], "team-a");
-    assert_eq!(labels["kueue.x-k8s.io/pod-group-name"], "strict-0");
+    // One Kueue pod group for the training's life: its name and the
+    // first 8 characters of its uid.
+    let (_, uid) = cluster.kubectl(&[
+        "-n",
+        "secure",
+        "get",
+        "rt",
+        "strict",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    assert_eq!(
+        labels["kueue.x-k8s.io/pod-group-name"],
+        format!("strict-{}", &uid.replace('-', "")[..8])
+    );
     let annotations = pods[0].metadata.annotations.as_ref().unwrap();
     assert_eq!(annotations["kueue.x-k8s.io/pod-group-total-count"], "2");
     assert_eq!(annotations["example.com/owner"], "ml");

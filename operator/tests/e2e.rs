@@ -23,7 +23,10 @@ mod common;
 
 use common::cluster::Cluster;
 use common::node_agent::NodeAgent;
-use common::{eventually, names, pods_of, repo, status, wait_succeeded, Operator};
+use common::{
+    checkpoint_dirs, eventually, find_latest, names, pods_of, repo, status, wait_succeeded,
+    Operator,
+};
 use std::path::{Path, PathBuf};
 
 const NS: &str = "default";
@@ -125,20 +128,6 @@ fn service_account_kubeconfig(cluster: &Cluster) -> PathBuf {
 fn operator_as_service_account(cluster: &Cluster, identity: &str) -> Operator {
     let kubeconfig = service_account_kubeconfig(cluster);
     Operator::start(&kubeconfig, identity, &["--lease-namespace", RELEASE_NS])
-}
-
-fn find_latest(dir: &Path) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            if let Some(f) = find_latest(&p) {
-                return Some(f);
-            }
-        } else if p.file_name().is_some_and(|n| n == "latest") {
-            return Some(p);
-        }
-    }
-    None
 }
 
 /// `examples/ride-cpu.yaml` named `name` and trained for 2 epochs on a
@@ -424,11 +413,11 @@ async fn helm_install_then_the_cpu_example_survives_a_killed_worker_and_succeeds
         "{rank0}"
     );
     assert!(
-        walk(&ex.ckpt)
+        checkpoint_dirs(&ex.ckpt)
             .iter()
             .any(|p| p.ends_with("router/ckpt_epoch_1")),
         "router checkpoints under the same URI: {:?}",
-        walk(&ex.ckpt)
+        checkpoint_dirs(&ex.ckpt)
     );
 }
 
@@ -536,7 +525,7 @@ async fn a_suspension_mid_epoch_saves_a_checkpoint_and_the_resumed_gang_starts_f
     .await;
     let stopped = asked.elapsed().as_secs_f64();
     // The workers saved where they stopped, mid-epoch.
-    let mid_epoch = walk(&ex.ckpt)
+    let mid_epoch = checkpoint_dirs(&ex.ckpt)
         .into_iter()
         .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
         .find(|n| n.starts_with("ckpt_epoch_1_iter_"))
@@ -565,19 +554,6 @@ async fn a_suspension_mid_epoch_saves_a_checkpoint_and_the_resumed_gang_starts_f
         "the new gang resumes from {mid_epoch}:\n{resumed}"
     );
     println!("suspend -> workers checkpointed at {mid_epoch} and gone: {stopped:.1} s");
-}
-
-/// Every directory under `dir`, recursively.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

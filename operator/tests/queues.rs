@@ -9,12 +9,12 @@
 
 mod common;
 
-use common::cluster::Cluster;
+use common::cluster::{trainer_image, Cluster};
 use common::kueue::Kueue;
-use common::node_agent::NodeSpec;
+use common::node_agent::{Image, NodeSpec};
 use common::{
-    describe, eventually, example_with_checkpoint, phase_of, pods_of, signal, stand_in_image,
-    status, Operator, NS,
+    checkpoint_dirs, describe, eventually, example_with_checkpoint, find_latest, phase_of, pods_of,
+    signal, stand_in_image, status, wait_succeeded, Operator, NS,
 };
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{json, Value};
@@ -173,7 +173,8 @@ async fn a_native_gang_is_placed_whole_or_not_at_all_with_a_group_per_attempt() 
 }
 
 /// A ResourceFlavor, a ClusterQueue `gpus` with `gpus` GPUs of quota for
-/// every namespace, and a LocalQueue `team-q` in the tests' namespace: what
+/// every namespace that preempts lower priorities, a LocalQueue `team-q` in
+/// the tests' namespace, and WorkloadPriorityClasses `low` and `high`: what
 /// docs/operator.md tells a platform team to create.
 fn kueue_queues(gpus: u32) -> String {
     format!(
@@ -186,6 +187,7 @@ kind: ClusterQueue
 metadata: {{name: gpus}}
 spec:
   namespaceSelector: {{}}
+  preemption: {{withinClusterQueue: LowerPriority}}
   resourceGroups:
   - coveredResources: [cpu, memory, nvidia.com/gpu]
     flavors:
@@ -199,6 +201,16 @@ apiVersion: kueue.x-k8s.io/v1beta2
 kind: LocalQueue
 metadata: {{name: team-q, namespace: {NS}}}
 spec: {{clusterQueue: gpus}}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: WorkloadPriorityClass
+metadata: {{name: low}}
+value: 100
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: WorkloadPriorityClass
+metadata: {{name: high}}
+value: 1000
 "
     )
 }
@@ -252,18 +264,28 @@ fn gated(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
 
 /// A 2-worker training of 2 GPUs each (4 of the quota), in LocalQueue team-q.
 fn queued_training(cluster: &Cluster, name: &str) -> std::path::PathBuf {
+    queued_training_with(cluster, name, "kueue.x-k8s.io/queue-name: team-q", |t| t)
+}
+
+/// [`queued_training`] with `labels` and the manifest's text changed by `edit`.
+fn queued_training_with(
+    cluster: &Cluster,
+    name: &str,
+    labels: &str,
+    edit: impl Fn(String) -> String,
+) -> std::path::PathBuf {
     let manifest = example_with_checkpoint(&cluster.dir, name);
     let text = std::fs::read_to_string(&manifest)
         .unwrap()
         .replace(
             &format!("  name: {name}\n"),
-            &format!("  name: {name}\n  labels: {{kueue.x-k8s.io/queue-name: team-q}}\n"),
+            &format!("  name: {name}\n  labels: {{{labels}}}\n"),
         )
         .replace(
             "    replicas: 2\n",
             "    replicas: 2\n    gpusPerWorker: 2\n",
         );
-    std::fs::write(&manifest, text).unwrap();
+    std::fs::write(&manifest, edit(text)).unwrap();
     manifest
 }
 
@@ -433,4 +455,155 @@ async fn kueue_holds_trainings_past_the_quota_and_a_restart_keeps_its_admission(
     assert_eq!(qc["reason"], "Queued", "{qc}");
     assert!(pods_of(c, NS, "qc").await.iter().all(gated), "{}", ctx());
     drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kueue_preemption_is_a_planned_stop_the_trainer_saves_and_resumes_from() {
+    let cluster = Cluster::start();
+    cluster.install_crd();
+    let kueue = Kueue::start(&cluster).await;
+    let client = cluster.client().await;
+    let c = &client;
+    // The low-priority training runs the real trainer; the high-priority
+    // one stand-ins (image `stand-in:1`). Room for both, quota for one.
+    let stand_in = Image {
+        matches: "stand-in".into(),
+        ..stand_in_image(&cluster.dir)
+    };
+    let mut agents = Vec::new();
+    for name in ["gpu-a", "gpu-b"] {
+        let mut spec = NodeSpec::new(name, vec![trainer_image(), stand_in.clone()]);
+        spec.gpus = 4;
+        agents.push(cluster.node(spec).await);
+    }
+    let queues = cluster.dir.join("queues.yaml");
+    std::fs::write(&queues, kueue_queues(4)).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", queues.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let op = Operator::start(&cluster.kubeconfig, "op-p", &["--no-leader-election"]);
+    let ckpt = cluster.dir.join("ckpt");
+    let ctx = || {
+        let (_, w) = cluster.kubectl(&["get", "workloads.kueue.x-k8s.io", "-o", "yaml"]);
+        let logs: String = agents.iter().map(|a| a.logs()).collect();
+        format!(
+            "{}\n{}\nworkloads:\n{w}\nkueue log:\n{}\n{logs}",
+            describe(&cluster, &op, "low"),
+            describe(&cluster, &op, "high"),
+            kueue.log_tail(30)
+        )
+    };
+    let apply = |path: std::path::PathBuf| {
+        let (ok, out) = cluster.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+        assert!(ok, "{out}");
+    };
+
+    // Two epochs of the CPU example; its first checkpoint ends epoch 0.
+    apply(queued_training_with(
+        &cluster,
+        "low",
+        "kueue.x-k8s.io/queue-name: team-q, kueue.x-k8s.io/priority-class: low",
+        |t| t.replace("TRAIN.EPOCHS: \"1\"", "TRAIN.EPOCHS: \"2\""),
+    ));
+    eventually(
+        600,
+        "low's first checkpoint",
+        || async { find_latest(&ckpt) },
+        ctx,
+    )
+    .await;
+
+    // A higher priority needs the quota: Kueue preempts `low` (a
+    // TerminationTarget condition on its pods, then deletes them).
+    apply(queued_training_with(
+        &cluster,
+        "high",
+        "kueue.x-k8s.io/queue-name: team-q, kueue.x-k8s.io/priority-class: high",
+        |t| t.replace("ghcr.io/ride-on-cluster/ride-trainer:0.1.0", "stand-in:1"),
+    ));
+    let preempting = Instant::now();
+    let st = eventually(
+        240,
+        "low preempted, saved, and queued again",
+        || async move {
+            let st = status(c, NS, "low").await;
+            let queued = st["reason"] == "Queued" && st["message"].as_str()?.contains("evicted");
+            (st["restartsByCause"]["preemption"] == 1 && queued).then_some(st)
+        },
+        ctx,
+    )
+    .await;
+    let saved = preempting.elapsed().as_secs_f64();
+    println!("kueue: low preempted: {}", st["message"]);
+    assert_eq!(st["restarts"], 0, "preemption is outside the budget: {st}");
+    assert!(
+        st["lostWork"].is_null(),
+        "a planned stop loses nothing: {st}"
+    );
+    // The trainers saved where they stopped, mid-epoch.
+    let mid_epoch = checkpoint_dirs(&ckpt)
+        .into_iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+        .find(|n| n.starts_with("ckpt_epoch_1_iter_"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no mid-epoch checkpoint under {}\n{}",
+                ckpt.display(),
+                ctx()
+            )
+        });
+    // The high-priority one runs; low's next attempt waits, gated.
+    eventually(
+        90,
+        "high Running",
+        || async move { (status(c, NS, "high").await["phase"] == "Running").then_some(()) },
+        ctx,
+    )
+    .await;
+    let low = pods_of(c, NS, "low").await;
+    let next: Vec<_> = low
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("low-1-"))
+        })
+        .collect();
+    assert_eq!(next.len(), 2, "{}", ctx());
+    assert!(
+        next.iter().all(|p| gated(p) && node_of(p).is_none()),
+        "{}",
+        ctx()
+    );
+
+    // The high-priority one finishes: Kueue admits `low` again, which
+    // resumes from the checkpoint it saved when preempted, and finishes.
+    for rank in 0..2 {
+        signal(&agents, &format!("high-0-{rank}"), "USR1");
+    }
+    let released = Instant::now();
+    eventually(
+        120,
+        "low running again",
+        || async move { (status(c, NS, "low").await["phase"] == "Running").then_some(()) },
+        ctx,
+    )
+    .await;
+    let readmitted = released.elapsed().as_secs_f64();
+    let st = wait_succeeded(c, NS, "low", 900, ctx).await;
+    assert_eq!(st["restarts"], 0, "{st}");
+    assert_eq!(st["restartsByCause"]["preemption"], 1, "{st}");
+    let resumed: String = agents
+        .iter()
+        .map(|a| std::fs::read_to_string(a.log_path(NS, "low-1-0")).unwrap_or_default())
+        .collect();
+    assert!(
+        resumed.contains("resumed from") && resumed.contains(&mid_epoch),
+        "the readmitted gang resumes from {mid_epoch}:\n{resumed}"
+    );
+    assert!(resumed.contains("| top-1 overall"), "{resumed}");
+    println!(
+        "kueue: preempted -> saved {mid_epoch} and queued again in {saved:.1}s; \
+         readmitted and running {readmitted:.1}s after the preemptor finished; resumed from it and succeeded"
+    );
 }

@@ -484,7 +484,8 @@ pub enum RestartCause {
     /// A node was lost, a worker evicted or deleted, or workers could not
     /// be scheduled (elastic shrink).
     Infrastructure,
-    /// A worker exited 75: preempted with a checkpoint.
+    /// A worker exited 75 (preempted, with a checkpoint), or a scheduler
+    /// or a queue (Kueue) preempted the gang; they save as they stop.
     Preemption,
     /// The gang stopped making progress (a watchdog exited 76): uses
     /// `restartPolicy.stallBudget`.

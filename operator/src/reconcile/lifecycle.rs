@@ -274,7 +274,7 @@ impl Ctx<'_> {
     fn account_lost_work(&mut self, cause: RestartCause) -> String {
         match cause {
             RestartCause::Preemption => {
-                return "; no work lost: the workers saved a checkpoint as they stopped".into()
+                return "; no work lost: preempted workers save a checkpoint as they stop (SIGTERM, within terminationGracePeriodSeconds)".into()
             }
             RestartCause::User => {
                 return format!(
@@ -1061,6 +1061,9 @@ fn restart_or_fail(c: &mut Ctx<'_>, state: &PodState, by_rule: bool, what: Strin
         ExitAction::RestartExempt => {
             let cause = match state {
                 PodState::Failed { .. } => RestartCause::Preemption,
+                PodState::Disrupted { reason } if crate::observe::is_preemption(reason) => {
+                    RestartCause::Preemption
+                }
                 _ => RestartCause::Infrastructure,
             };
             c.restart(world, cause, "Preempted", what);

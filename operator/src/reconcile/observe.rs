@@ -13,28 +13,46 @@ fn unix(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
     t.0.as_second()
 }
 
-/// Why a pod was disrupted rather than ending on its own: the node
-/// lifecycle controller's taint eviction, the Eviction API, scheduler
-/// preemption, kubelet eviction (all `DisruptionTarget`), or the older
-/// `NodeLost`/`Evicted` reasons and phase `Unknown`.
+/// The condition types that mark a pod for disruption: Kubernetes'
+/// `DisruptionTarget` (the node lifecycle controller's taint eviction, the
+/// Eviction API, scheduler preemption, kubelet eviction) and Kueue's
+/// `TerminationTarget` (its pod integration stopping an evicted or
+/// preempted Workload's pods, reason e.g. `WorkloadEvictedDueToPreempted`).
+const DISRUPTION_CONDITIONS: [&str; 2] = ["DisruptionTarget", "TerminationTarget"];
+
+/// The pod's disruption condition (see [`DISRUPTION_CONDITIONS`]), if set.
+fn disruption_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    DISRUPTION_CONDITIONS.iter().find_map(|ty| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == *ty && c.status == "True")
+    })
+}
+
+/// Why a pod was disrupted rather than ending on its own: the reason of
+/// its disruption condition, or the older `NodeLost`/`Evicted` reasons and
+/// phase `Unknown`.
 fn disruption(pod: &Pod) -> Option<String> {
-    let status = pod.status.as_ref()?;
-    let target = status.conditions.as_ref().and_then(|cs| {
-        cs.iter()
-            .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
-    });
-    if let Some(c) = target {
-        return Some(
-            c.reason
-                .clone()
-                .unwrap_or_else(|| "DisruptionTarget".into()),
-        );
+    if let Some(c) = disruption_condition(pod) {
+        return Some(c.reason.clone().unwrap_or_else(|| c.type_.clone()));
     }
+    let status = pod.status.as_ref()?;
     match (status.reason.as_deref(), status.phase.as_deref()) {
         (Some(r @ ("NodeLost" | "Evicted" | "Preempting")), _) => Some(r.to_string()),
         (_, Some("Unknown")) => Some("NodeLost".into()),
         _ => None,
     }
+}
+
+/// Whether a disruption `reason` is a preemption decided by a scheduler or
+/// a queue (a planned stop with the pod's grace period, in which the
+/// trainer saves a checkpoint), rather than a lost node or an eviction.
+pub fn is_preemption(reason: &str) -> bool {
+    matches!(
+        reason,
+        "PreemptionByScheduler" | "Preempting" | "WorkloadEvictedDueToPreempted"
+    )
 }
 
 /// When a pod ended or began to be taken away: its container's finish
@@ -47,15 +65,7 @@ fn ended_at(
     if let Some(t) = terminated.and_then(|t| t.finished_at.as_ref()) {
         return Some(unix(t));
     }
-    let disrupted = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
-        })
-        .and_then(|c| c.last_transition_time.as_ref());
+    let disrupted = disruption_condition(pod).and_then(|c| c.last_transition_time.as_ref());
     if let Some(t) = disrupted {
         return Some(unix(t));
     }
@@ -165,7 +175,9 @@ pub fn slim_pod(pod: &mut Pod) {
     if let Some(status) = pod.status.as_mut() {
         let conditions = status.conditions.take().map(|cs| {
             cs.into_iter()
-                .filter(|c| c.type_ == "DisruptionTarget" || c.type_ == "PodScheduled")
+                .filter(|c| {
+                    DISRUPTION_CONDITIONS.contains(&c.type_.as_str()) || c.type_ == "PodScheduled"
+                })
                 .collect()
         });
         let container_statuses = status.container_statuses.take().map(|cs| {
@@ -443,6 +455,21 @@ spec:
                 reason: "DeletionByTaintManager".into()
             }
         );
+        // Kueue stopping a preempted Workload's pods; kept by the cache.
+        let kueue = "status:\n  phase: Running\n  conditions:\n  - {type: TerminationTarget, status: 'True', reason: WorkloadEvictedDueToPreempted, lastTransitionTime: '2026-01-01T00:00:07Z'}";
+        let mut p = pod(&format!("{META}{kueue}"));
+        let seen = observe_pod(&p).unwrap();
+        assert_eq!(
+            seen.state,
+            PodState::Disrupted {
+                reason: "WorkloadEvictedDueToPreempted".into()
+            }
+        );
+        assert!(seen.ended_at.is_some());
+        slim_pod(&mut p);
+        assert_eq!(observe_pod(&p).unwrap(), seen);
+        assert!(is_preemption("WorkloadEvictedDueToPreempted"));
+        assert!(!is_preemption("DeletionByTaintManager"));
         let kubelet = pod(&format!("{META}status: {{phase: Failed, reason: Evicted}}"));
         assert!(matches!(
             observe_pod(&kubelet).unwrap().state,

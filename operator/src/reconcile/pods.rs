@@ -38,6 +38,9 @@ pub const LABEL_ATTEMPT: &str = "ride.dev/attempt";
 /// Kueue's pod integration then admits as one pod group
 /// ([`kueue_pod_group_name`]).
 pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
+/// Kueue's priority label (a WorkloadPriorityClass name); on a
+/// RideTraining with a queue it is passed to its pods like the queue label.
+pub const KUEUE_PRIORITY_LABEL: &str = "kueue.x-k8s.io/priority-class";
 /// Kueue's pod-group label (pods admitted together).
 pub const KUEUE_POD_GROUP_LABEL: &str = "kueue.x-k8s.io/pod-group-name";
 /// Kueue's pod-group size annotation.
@@ -483,6 +486,14 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
             kueue_pod_group_name(rt, world_size),
         );
         annotations.insert(KUEUE_POD_GROUP_COUNT.into(), world_size.to_string());
+        if let Some(priority) = rt
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(KUEUE_PRIORITY_LABEL))
+        {
+            pod_labels.insert(KUEUE_PRIORITY_LABEL.into(), priority.clone());
+        }
     }
     if gang_scheduler(rt) == Some(crate::crd::GangScheduler::Coscheduling) {
         pod_labels.insert(POD_GROUP_LABEL.into(), name(rt));
@@ -787,16 +798,17 @@ sidecars: [{name: shipper, image: "fluent-bit:3"}]
     fn a_template_adds_under_the_operators_fields() {
         let mut rt = with_template(TEMPLATE);
         rt.spec.validate().unwrap();
-        rt.metadata.labels = Some(BTreeMap::from([(
-            KUEUE_QUEUE_LABEL.to_string(),
-            "team-a".to_string(),
-        )]));
+        rt.metadata.labels = Some(BTreeMap::from([
+            (KUEUE_QUEUE_LABEL.to_string(), "team-a".to_string()),
+            (KUEUE_PRIORITY_LABEL.to_string(), "low".to_string()),
+        ]));
         let pod = worker_pod(&rt, 1, 2, 4);
         let labels = pod.metadata.labels.as_ref().unwrap();
         assert_eq!(labels["team"], "vision");
         // Ours win a clash.
         assert_eq!(labels[LABEL_RANK], "1");
         assert_eq!(labels[KUEUE_QUEUE_LABEL], "team-a");
+        assert_eq!(labels[KUEUE_PRIORITY_LABEL], "low");
         // One group for every attempt at this size (attempt 2 here); 4 is
         // not the spec's size, so the group is the resized one.
         assert_eq!(labels[KUEUE_POD_GROUP_LABEL], "ride-tiny-2e-uid1-w4");

@@ -537,3 +537,32 @@ pub fn get_secure_metrics(port: u16, token: Option<&str>) -> (u16, String) {
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
+
+/// The first `latest` file of a checkpoint store under `dir`, if one is
+/// written yet.
+pub fn find_latest(dir: &Path) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(f) = find_latest(&p) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == "latest") {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Every directory under `dir`, recursively.
+pub fn checkpoint_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(checkpoint_dirs(&p));
+            out.push(p);
+        }
+    }
+    out
+}

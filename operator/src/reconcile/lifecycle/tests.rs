@@ -1223,3 +1223,30 @@ fn workers_held_by_a_queue_say_so_and_say_admitted_once_let_go() {
     let d = decide(&s, &d.status, &obs(3, gang(0, 4, PodState::Running)));
     assert_eq!(d.status.phase, Some(Phase::Running));
 }
+
+#[test]
+fn a_queue_or_scheduler_preemption_is_a_preemption_restart_and_an_eviction_is_not() {
+    let s = spec();
+    for (reason, want) in [
+        ("WorkloadEvictedDueToPreempted", RestartCause::Preemption),
+        ("PreemptionByScheduler", RestartCause::Preemption),
+        ("EvictionByEvictionAPI", RestartCause::Infrastructure),
+        ("DeletionByTaintManager", RestartCause::Infrastructure),
+    ] {
+        let st = running(&s);
+        let mut pods = gang(0, 4, PodState::Running);
+        pods[1].state = PodState::Disrupted {
+            reason: reason.into(),
+        };
+        pods[1].ended_at = Some(100);
+        let d = decide(&s, &st, &obs(101, pods));
+        assert_eq!(d.status.attempt, 1, "{reason}");
+        assert_eq!(d.status.restarts, 0, "{reason}: outside the budget");
+        assert_eq!(
+            d.status.restarts_by_cause.get(want),
+            1,
+            "{reason}: {:?}",
+            d.status.restarts_by_cause
+        );
+    }
+}
