@@ -27,7 +27,7 @@ use common::{
     checkpoint_dirs, eventually, find_latest, names, pods_of, repo, status, wait_succeeded,
     Operator,
 };
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const NS: &str = "default";
 const RELEASE_NS: &str = "ride-system";
