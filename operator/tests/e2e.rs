@@ -24,8 +24,8 @@ mod common;
 use common::cluster::Cluster;
 use common::node_agent::NodeAgent;
 use common::{
-    checkpoint_dirs, eventually, find_latest, names, pods_of, repo, status, wait_succeeded,
-    Operator,
+    checkpoint_dirs, eventually, find_latest, mid_epoch_checkpoint, names, pod_log, pods_of, repo,
+    status, wait_succeeded, Operator,
 };
 use std::path::PathBuf;
 
@@ -525,17 +525,13 @@ async fn a_suspension_mid_epoch_saves_a_checkpoint_and_the_resumed_gang_starts_f
     .await;
     let stopped = asked.elapsed().as_secs_f64();
     // The workers saved where they stopped, mid-epoch.
-    let mid_epoch = checkpoint_dirs(&ex.ckpt)
-        .into_iter()
-        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
-        .find(|n| n.starts_with("ckpt_epoch_1_iter_"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no mid-epoch checkpoint under {}\n{}",
-                ex.ckpt.display(),
-                ctx()
-            )
-        });
+    let mid_epoch = mid_epoch_checkpoint(&ex.ckpt).unwrap_or_else(|| {
+        panic!(
+            "no mid-epoch checkpoint under {}\n{}",
+            ex.ckpt.display(),
+            ctx()
+        )
+    });
     let st = status(c, NS, "ride-suspend").await;
     assert_eq!(st["restartsByCause"]["user"], 1, "{st}");
     assert!(
@@ -545,10 +541,7 @@ async fn a_suspension_mid_epoch_saves_a_checkpoint_and_the_resumed_gang_starts_f
     suspend(false);
     let st = wait_succeeded(c, NS, "ride-suspend", 900, ctx).await;
     assert_eq!(st["restarts"], 0, "{st}");
-    let resumed: String = agents
-        .iter()
-        .map(|a| std::fs::read_to_string(a.log_path(NS, "ride-suspend-1-0")).unwrap_or_default())
-        .collect();
+    let resumed = pod_log(agents, "ride-suspend-1-0");
     assert!(
         resumed.contains("resumed from") && resumed.contains(&mid_epoch),
         "the new gang resumes from {mid_epoch}:\n{resumed}"

@@ -13,8 +13,8 @@ use common::cluster::{trainer_image, Cluster};
 use common::kueue::Kueue;
 use common::node_agent::{Image, NodeSpec};
 use common::{
-    checkpoint_dirs, describe, eventually, example_with_checkpoint, find_latest, phase_of, pods_of,
-    signal, stand_in_image, status, wait_succeeded, Operator, NS,
+    describe, eventually, example_with_checkpoint, find_latest, mid_epoch_checkpoint, phase_of,
+    pod_log, pods_of, signal, stand_in_image, status, wait_succeeded, Operator, NS,
 };
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{json, Value};
@@ -215,6 +215,28 @@ value: 1000
     )
 }
 
+/// Two node agents `gpu-a` and `gpu-b` of 4 GPUs each running `images`,
+/// the queues of [`kueue_queues`] with 4 GPUs of quota, and the operator as
+/// `identity`.
+async fn gpu_nodes_queues_and_operator(
+    cluster: &Cluster,
+    images: Vec<Image>,
+    identity: &str,
+) -> (Vec<common::node_agent::NodeAgent>, Operator) {
+    let mut agents = Vec::new();
+    for name in ["gpu-a", "gpu-b"] {
+        let mut spec = NodeSpec::new(name, images.clone());
+        spec.gpus = 4;
+        agents.push(cluster.node(spec).await);
+    }
+    let queues = cluster.dir.join("queues.yaml");
+    std::fs::write(&queues, kueue_queues(4)).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", queues.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let op = Operator::start(&cluster.kubeconfig, identity, &["--no-leader-election"]);
+    (agents, op)
+}
+
 fn workloads(client: &kube::Client) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("kueue.x-k8s.io", "v1beta2", "Workload");
     let resource = ApiResource::from_gvk_with_plural(&gvk, "workloads");
@@ -297,17 +319,8 @@ async fn kueue_holds_trainings_past_the_quota_and_a_restart_keeps_its_admission(
     let client = cluster.client().await;
     let c = &client;
     // Two nodes of 4 GPUs: room for two trainings, quota for one.
-    let mut agents = Vec::new();
-    for name in ["gpu-a", "gpu-b"] {
-        let mut spec = NodeSpec::new(name, vec![stand_in_image(&cluster.dir)]);
-        spec.gpus = 4;
-        agents.push(cluster.node(spec).await);
-    }
-    let queues = cluster.dir.join("queues.yaml");
-    std::fs::write(&queues, kueue_queues(4)).unwrap();
-    let (ok, out) = cluster.kubectl(&["apply", "-f", queues.to_str().unwrap()]);
-    assert!(ok, "{out}");
-    let op = Operator::start(&cluster.kubeconfig, "op-k", &["--no-leader-election"]);
+    let (agents, op) =
+        gpu_nodes_queues_and_operator(&cluster, vec![stand_in_image(&cluster.dir)], "op-k").await;
     let ctx = || {
         let (_, w) = cluster.kubectl(&["get", "workloads.kueue.x-k8s.io", "-o", "yaml"]);
         format!(
@@ -470,17 +483,8 @@ async fn kueue_preemption_is_a_planned_stop_the_trainer_saves_and_resumes_from()
         matches: "stand-in".into(),
         ..stand_in_image(&cluster.dir)
     };
-    let mut agents = Vec::new();
-    for name in ["gpu-a", "gpu-b"] {
-        let mut spec = NodeSpec::new(name, vec![trainer_image(), stand_in.clone()]);
-        spec.gpus = 4;
-        agents.push(cluster.node(spec).await);
-    }
-    let queues = cluster.dir.join("queues.yaml");
-    std::fs::write(&queues, kueue_queues(4)).unwrap();
-    let (ok, out) = cluster.kubectl(&["apply", "-f", queues.to_str().unwrap()]);
-    assert!(ok, "{out}");
-    let op = Operator::start(&cluster.kubeconfig, "op-p", &["--no-leader-election"]);
+    let (agents, op) =
+        gpu_nodes_queues_and_operator(&cluster, vec![trainer_image(), stand_in], "op-p").await;
     let ckpt = cluster.dir.join("ckpt");
     let ctx = || {
         let (_, w) = cluster.kubectl(&["get", "workloads.kueue.x-k8s.io", "-o", "yaml"]);
@@ -540,17 +544,13 @@ async fn kueue_preemption_is_a_planned_stop_the_trainer_saves_and_resumes_from()
         "a planned stop loses nothing: {st}"
     );
     // The trainers saved where they stopped, mid-epoch.
-    let mid_epoch = checkpoint_dirs(&ckpt)
-        .into_iter()
-        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
-        .find(|n| n.starts_with("ckpt_epoch_1_iter_"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no mid-epoch checkpoint under {}\n{}",
-                ckpt.display(),
-                ctx()
-            )
-        });
+    let mid_epoch = mid_epoch_checkpoint(&ckpt).unwrap_or_else(|| {
+        panic!(
+            "no mid-epoch checkpoint under {}\n{}",
+            ckpt.display(),
+            ctx()
+        )
+    });
     // The high-priority one runs; low's next attempt waits, gated.
     eventually(
         90,
@@ -593,10 +593,7 @@ async fn kueue_preemption_is_a_planned_stop_the_trainer_saves_and_resumes_from()
     let st = wait_succeeded(c, NS, "low", 900, ctx).await;
     assert_eq!(st["restarts"], 0, "{st}");
     assert_eq!(st["restartsByCause"]["preemption"], 1, "{st}");
-    let resumed: String = agents
-        .iter()
-        .map(|a| std::fs::read_to_string(a.log_path(NS, "low-1-0")).unwrap_or_default())
-        .collect();
+    let resumed = pod_log(&agents, "low-1-0");
     assert!(
         resumed.contains("resumed from") && resumed.contains(&mid_epoch),
         "the readmitted gang resumes from {mid_epoch}:\n{resumed}"

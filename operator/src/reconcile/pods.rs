@@ -474,25 +474,16 @@ pub fn worker_pod(rt: &RideTraining, rank: i32, attempt: i32, world_size: i32) -
     // The user's labels and annotations first, so ours win on a clash.
     let mut pod_labels = meta.labels;
     let mut annotations = meta.annotations;
-    if let Some(queue) = rt
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(KUEUE_QUEUE_LABEL))
-    {
-        pod_labels.insert(KUEUE_QUEUE_LABEL.into(), queue.clone());
+    let training_label = |key: &str| rt.metadata.labels.as_ref()?.get(key).cloned();
+    if let Some(queue) = training_label(KUEUE_QUEUE_LABEL) {
+        pod_labels.insert(KUEUE_QUEUE_LABEL.into(), queue);
         pod_labels.insert(
             KUEUE_POD_GROUP_LABEL.into(),
             kueue_pod_group_name(rt, world_size),
         );
         annotations.insert(KUEUE_POD_GROUP_COUNT.into(), world_size.to_string());
-        if let Some(priority) = rt
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(KUEUE_PRIORITY_LABEL))
-        {
-            pod_labels.insert(KUEUE_PRIORITY_LABEL.into(), priority.clone());
+        if let Some(priority) = training_label(KUEUE_PRIORITY_LABEL) {
+            pod_labels.insert(KUEUE_PRIORITY_LABEL.into(), priority);
         }
     }
     if gang_scheduler(rt) == Some(crate::crd::GangScheduler::Coscheduling) {

@@ -566,3 +566,21 @@ pub fn checkpoint_dirs(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The name of the first mid-epoch checkpoint of epoch 1
+/// (`ckpt_epoch_1_iter_N`) under `dir`: what trainers stopped by SIGTERM in
+/// the CPU example's second epoch save.
+pub fn mid_epoch_checkpoint(dir: &Path) -> Option<String> {
+    checkpoint_dirs(dir)
+        .into_iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+        .find(|n| n.starts_with("ckpt_epoch_1_iter_"))
+}
+
+/// Pod `name`'s log in the tests' namespace, from whichever node agent ran it.
+pub fn pod_log(agents: &[node_agent::NodeAgent], name: &str) -> String {
+    agents
+        .iter()
+        .map(|a| std::fs::read_to_string(a.log_path(NS, name)).unwrap_or_default())
+        .collect()
+}
